@@ -1,0 +1,1 @@
+//! The npm oidc-provider server, spawned per test.
