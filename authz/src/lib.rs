@@ -1,1 +1,3 @@
 //! tollgate-authz
+
+pub mod identity;

@@ -1,0 +1,72 @@
+//! Who made a request: the identity every authentication method produces, and which the policy,
+//! the upstream headers and Envoy's dynamic metadata are built from.
+
+use std::time::SystemTime;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// A JWT bearer token verified against an issuer's keys.
+    Jwt,
+    /// An opaque OAuth 2.0 token accepted by RFC 7662 introspection.
+    Introspection,
+    /// An API key from the key store.
+    ApiKey,
+    /// No credential; only where a policy rule is public.
+    Anonymous,
+}
+
+impl Method {
+    /// The bounded label used in metrics, metadata and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Jwt => "jwt",
+            Method::Introspection => "introspection",
+            Method::ApiKey => "api_key",
+            Method::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub method: Method,
+    /// `sub` of a token, or the owner of an API key.
+    pub subject: String,
+    /// The token issuer (JWT / introspection).
+    pub issuer: Option<String>,
+    /// The API key's public id (never its secret).
+    pub key_id: Option<String>,
+    pub tenant: Option<String>,
+    /// Plan / tier, e.g. `gold`; rate limits can follow it through dynamic metadata.
+    pub plan: Option<String>,
+    pub scopes: Vec<String>,
+    /// Token claims (JWT payload or introspection response); empty for API keys.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// When the credential stops being valid, if it says.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Identity {
+    /// An identity with only a method and subject set.
+    pub fn new(method: Method, subject: impl Into<String>) -> Self {
+        Self {
+            method,
+            subject: subject.into(),
+            issuer: None,
+            key_id: None,
+            tenant: None,
+            plan: None,
+            scopes: Vec::new(),
+            claims: serde_json::Map::new(),
+            expires_at: None,
+        }
+    }
+
+    /// Whether the identity carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
