@@ -84,11 +84,11 @@ apt_install() {
     echo "setup: installing $pkg (apt)"
   done
   if ! $apt_updated; then
-    quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    quietly as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq
     apt_updated=true
   fi
   quietly as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "$@"
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@"
 }
 
 # A package's postinst may start a system-wide service; tests spawn their own instances on free
