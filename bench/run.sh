@@ -1,0 +1,621 @@
+#!/usr/bin/env bash
+# bench/run.sh: measures Tollgate's two gRPC services against Envoy's own filters and a no-op
+# gRPC service, either through Envoy (`envoy` mode, wrk as the client) or directly (`direct`
+# mode, grpc-load as the client). See bench/README.md for what each figure means.
+#
+# Everything it generates (Envoy configs, keys, logs) lives in one temp dir, removed on exit
+# unless --keep is given. Every process it starts is killed on exit.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--threads T] [options]
+       bench/run.sh direct [--rounds N] [--duration SECS] [--concurrency N] [--grpc-connections C] [options]
+
+  --rounds N            interleaved rounds per variant (default 5)
+  --duration SECS       seconds per measured run (default 10)
+  --warmup SECS         unmeasured run per variant before round 1 (default 2)
+  --connections C       envoy: wrk connections (default 32)
+  --threads T           envoy: wrk threads (default 2)
+  --concurrency N       direct: grpc-load calls in flight (default 32)
+  --grpc-connections C  direct: grpc-load HTTP/2 connections (default 1, like one Envoy worker)
+  --stand-in            run noop-grpc in place of the two Tollgate binaries (checks the harness
+                        itself while the services are unavailable; results are labelled)
+  --no-build            do not run cargo build
+  --keep                keep the temp dir (configs, logs) and print its path
+EOF
+}
+
+MODE=${1:-}
+case "$MODE" in
+  envoy | direct) shift ;;
+  -h | --help) usage; exit 0 ;;
+  *) usage >&2; exit 2 ;;
+esac
+
+ROUNDS=5 DURATION=10 WARMUP=2 CONNECTIONS=32 WRK_THREADS=2 CONCURRENCY=32 GRPC_CONNECTIONS=1
+STAND_IN=0 BUILD=1 KEEP=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --warmup) WARMUP=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --threads) WRK_THREADS=$2; shift 2 ;;
+    --concurrency) CONCURRENCY=$2; shift 2 ;;
+    --grpc-connections) GRPC_CONNECTIONS=$2; shift 2 ;;
+    --stand-in) STAND_IN=1; shift ;;
+    --no-build) BUILD=0; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+for n in "$ROUNDS" "$DURATION" "$WARMUP" "$CONNECTIONS" "$WRK_THREADS" "$CONCURRENCY" "$GRPC_CONNECTIONS"; do
+  [[ $n =~ ^[0-9]+$ ]] || { echo "not a whole number: $n" >&2; exit 2; }
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+ENVOY=${ENVOY:-$ROOT/.venv/bin/envoy}
+REL=$ROOT/target/release
+AUTHZ_BIN=${TOLLGATE_AUTHZ_BIN:-$REL/tollgate-authz}
+RATELIMIT_BIN=${TOLLGATE_RATELIMIT_BIN:-$REL/tollgate-ratelimit}
+HZ=$(getconf CLK_TCK)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+die() {
+  echo "ERROR: $*" >&2
+  exit 1
+}
+
+# ---------------------------------------------------------------- processes
+
+declare -A PID=() LOG=()
+STARTED=()
+
+cleanup() {
+  local name
+  for name in "${STARTED[@]}"; do
+    kill "${PID[$name]}" 2>/dev/null || true
+  done
+  for name in "${STARTED[@]}"; do
+    wait "${PID[$name]}" 2>/dev/null || true
+  done
+  if [[ $KEEP == 1 ]]; then
+    echo "kept: $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log.
+start() {
+  local name=$1
+  shift
+  LOG[$name]=$WORK/$name.log
+  "$@" >"${LOG[$name]}" 2>&1 &
+  PID[$name]=$!
+  STARTED+=("$name")
+}
+
+show_log() {
+  echo "----- $1 log (${LOG[$1]}), last 40 lines -----" >&2
+  tail -n 40 "${LOG[$1]}" >&2 || true
+  echo "-----" >&2
+}
+
+# wait_ready NAME SECS CHECK...: polls CHECK until it succeeds; fails (showing NAME's log) if the
+# process exits or the deadline passes.
+wait_ready() {
+  local name=$1 secs=$2
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+      show_log "$name"
+      die "$name exited before becoming ready"
+    fi
+    if ((SECONDS >= deadline)); then
+      show_log "$name"
+      die "$name not ready after ${secs}s"
+    fi
+    sleep 0.05
+  done
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+http_ok() { curl -fsS -o /dev/null --max-time 1 "$1"; }
+
+# free_ports N: N distinct free loopback ports, asked of the kernel in one go so none repeats.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# cpu_ticks PID: user+system clock ticks of the whole process (all threads) so far.
+cpu_ticks() {
+  local line rest
+  read -r line <"/proc/$1/stat"
+  rest=${line##*) } # the command name may contain spaces and parentheses
+  local -a f
+  read -r -a f <<<"$rest"
+  # f[0] is field 3 (state): utime is field 14, stime field 15.
+  echo $((f[11] + f[12]))
+}
+
+# ---------------------------------------------------------------- numbers
+
+# median: of the numbers on stdin (mean of the two middle ones for an even count).
+median() {
+  sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan"; exit }
+    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# col VARIANT FIELD: median of FIELD (1-based, in results.tsv) over the rounds of VARIANT.
+col() { awk -F'\t' -v v="$1" -v f="$2" '$1 == v { print $f }' "$RESULTS" | median; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0 || a == "nan" || b == "nan") print "n/a"; else printf "%.2f", a / b }'; }
+
+# per_req TICKS COUNT: microseconds of CPU per request.
+per_req() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { if (n == 0) print "nan"; else printf "%.1f", t * 1e6 / hz / n }'; }
+
+fmt_ms() { awk -v us="$1" 'BEGIN { if (us == "nan") print "n/a"; else printf "%.2fms", us / 1000 }'; }
+
+# ---------------------------------------------------------------- build
+
+if [[ $BUILD == 1 ]]; then
+  pkgs=(-p tollgate-bench)
+  [[ $STAND_IN == 1 ]] || pkgs+=(-p tollgate-authz -p tollgate-ratelimit)
+  echo "building: cargo build --release ${pkgs[*]}" >&2
+  if ! cargo build --release "${pkgs[@]}" >&2; then
+    die "cargo build failed (use --stand-in to check the harness with noop-grpc in Tollgate's place)"
+  fi
+fi
+for b in noop-grpc grpc-load http-upstream; do
+  [[ -x $REL/$b ]] || die "missing $REL/$b (build with: cargo build --release -p tollgate-bench)"
+done
+
+# ---------------------------------------------------------------- shared setup
+
+# A JWT signed with a fresh RSA key; Envoy's jwt_authn validates it against an inline JWKS. The
+# same header goes to every variant so the client's work is identical.
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+make_jwt() {
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/jwt.key" 2>/dev/null
+  local n now header payload signing sig
+  n=$(openssl rsa -in "$WORK/jwt.key" -noout -modulus | cut -d= -f2 | xxd -r -p | b64url)
+  JWKS='{"keys":[{"kty":"RSA","alg":"RS256","use":"sig","kid":"bench","n":"'$n'","e":"AQAB"}]}'
+  now=$(date +%s)
+  header=$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | b64url)
+  payload=$(printf '{"iss":"https://issuer.bench.local","sub":"bench-user","aud":"bench","iat":%d,"exp":%d}' \
+    "$now" $((now + 86400)) | b64url)
+  signing=$header.$payload
+  sig=$(printf '%s' "$signing" | openssl dgst -sha256 -sign "$WORK/jwt.key" -binary | b64url)
+  JWT=$signing.$sig
+}
+make_jwt
+
+# start_tollgate PREFIX: starts the two Tollgate services (or two noop-grpc stand-ins) and sets
+# ${PREFIX}_AUTHZ_PORT / ${PREFIX}_RL_PORT. Names of the processes: authz, ratelimit.
+AUTHZ_PORT= RL_PORT=
+start_tollgate() {
+  read -r AUTHZ_PORT authz_http RL_PORT rl_http <<<"$(free_ports 4)"
+  if [[ $STAND_IN == 1 ]]; then
+    start authz "$REL/noop-grpc" --addr "127.0.0.1:$AUTHZ_PORT"
+    start ratelimit "$REL/noop-grpc" --addr "127.0.0.1:$RL_PORT"
+    wait_ready authz 20 tcp_open "$AUTHZ_PORT"
+    wait_ready ratelimit 20 tcp_open "$RL_PORT"
+    return
+  fi
+  local bin
+  for bin in "$AUTHZ_BIN" "$RATELIMIT_BIN"; do
+    [[ -x $bin ]] || die "Tollgate variant: $bin does not exist (build it, or use --stand-in)"
+  done
+  mkdir -p "$WORK/config"
+  cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"
+  sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$AUTHZ_PORT|" \
+    -e "s|http_addr:.*|http_addr: 127.0.0.1:$authz_http|" \
+    "$ROOT/bench/config/authz.yaml" >"$WORK/config/authz.yaml"
+  sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$RL_PORT|" \
+    -e "s|http_addr:.*|http_addr: 127.0.0.1:$rl_http|" \
+    -e "s|path: bench/config/limits|path: $WORK/config/limits|" \
+    "$ROOT/bench/config/ratelimit.yaml" >"$WORK/config/ratelimit.yaml"
+  start authz "$AUTHZ_BIN" serve --config "$WORK/config/authz.yaml"
+  start ratelimit "$RATELIMIT_BIN" serve --config "$WORK/config/ratelimit.yaml"
+  wait_ready authz 30 http_ok "http://127.0.0.1:$authz_http/readyz"
+  wait_ready ratelimit 30 http_ok "http://127.0.0.1:$rl_http/readyz"
+}
+if [[ $STAND_IN == 1 ]]; then
+  TG_LABEL="tollgate (STAND-IN: noop-grpc)"
+else
+  TG_LABEL="tollgate"
+fi
+
+# ================================================================ envoy mode
+
+# envoy_config VARIANT LISTEN_PORT ADMIN_PORT [AUTHZ_PORT RL_PORT]
+envoy_config() {
+  local variant=$1 listen=$2 admin=$3 authz=${4:-} rl=${5:-}
+  local filters="" rate_limits="" clusters=""
+  case "$variant" in
+    native)
+      filters=$(
+        cat <<EOF
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: https://issuer.bench.local
+                  audiences: [bench]
+                  forward: true
+                  local_jwks:
+                    inline_string: '$JWKS'
+                  jwt_cache_config:
+                    jwt_cache_size: 1000
+              rules:
+              - match: {prefix: /}
+                requires: {provider_name: bench}
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: bench_local
+              token_bucket:
+                max_tokens: 1000000000
+                tokens_per_fill: 1000000000
+                fill_interval: 1s
+              filter_enabled:
+                runtime_key: bench_local_enabled
+                default_value: {numerator: 100, denominator: HUNDRED}
+              filter_enforced:
+                runtime_key: bench_local_enforced
+                default_value: {numerator: 100, denominator: HUNDRED}
+EOF
+      )
+      ;;
+    noop | tollgate)
+      filters=$(
+        cat <<EOF
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: {cluster_name: authz}
+                timeout: 1s
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: bench
+              failure_mode_deny: true
+              timeout: 1s
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service:
+                  envoy_grpc: {cluster_name: ratelimit}
+EOF
+      )
+      # Actions that always produce a descriptor: an action whose input is missing (say, a
+      # request_headers action for an absent header) silently skips the call.
+      rate_limits=$(
+        cat <<'EOF'
+                  rate_limits:
+                  - actions: [{generic_key: {descriptor_value: bench}}]
+                  - actions: [{remote_address: {}}]
+EOF
+      )
+      clusters=$(
+        cat <<EOF
+  - name: authz
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: authz
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $authz}}}}]}]
+  - name: ratelimit
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: ratelimit
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $rl}}}}]}]
+EOF
+      )
+      ;;
+  esac
+  cat <<EOF
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: $listen}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route:
+                  cluster: upstream
+$rate_limits
+          http_filters:
+$filters
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $UPSTREAM_PORT}}}}]}]
+$clusters
+EOF
+}
+
+# Counters that prove each variant really did its work, and the minimum count per request.
+declare -A CHECKS=(
+  [plain]=""
+  [native]="http.ingress.jwt_authn.allowed bench_local.http_local_rate_limit.ok"
+  [noop]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
+  [tollgate]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
+)
+
+# stats_snapshot ADMIN_PORT: the counters of interest; counter FILE NAME: one value (0 if absent).
+stats_snapshot() {
+  curl -fsS --max-time 5 -G --data-urlencode 'filter=^(http\.ingress|cluster\.upstream|bench_local)\.' \
+    "http://127.0.0.1:$1/stats"
+}
+counter() { awk -v n="$2:" '$1 == n { print $2; found = 1 } END { if (!found) print 0 }' "$1"; }
+
+# wrk_run VARIANT SECS OUT: wrk through VARIANT's Envoy.
+wrk_run() {
+  wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency \
+    -H "authorization: Bearer $JWT" -H "accept: application/json" \
+    "http://127.0.0.1:${LISTEN[$1]}/api/v1/orders/42?expand=items" >"$3" 2>&1
+}
+
+# wrk_field FILE: prints "rps requests p50_us p99_us non2xx socket_errors".
+wrk_fields() {
+  awk '
+    function us(v) {
+      if (v ~ /us$/) return v + 0
+      if (v ~ /ms$/) return v * 1000
+      if (v ~ /m$/) return v * 60e6
+      if (v ~ /s$/) return v * 1e6
+      return v
+    }
+    /Requests\/sec:/ { rps = $2 }
+    / requests in / { reqs = $1 }
+    $1 == "50%" { p50 = us($2) }
+    $1 == "99%" { p99 = us($2) }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ { gsub(",", ""); serr = $4 + $6 + $8 + $10 }
+    END { printf "%s %s %s %s %d %d\n", rps, reqs, p50, p99, non2xx, serr }' "$1"
+}
+
+run_envoy_mode() {
+  command -v wrk >/dev/null || die "wrk not found (apt-get install -y wrk)"
+  [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (run scripts/setup.sh, or set ENVOY=/path/to/envoy)"
+
+  VARIANTS=(plain native noop tollgate)
+  declare -gA LABEL=(
+    [plain]="plain proxy"
+    [native]="jwt_authn + local_ratelimit"
+    [noop]="ext_authz + ratelimit -> noop-grpc"
+    [tollgate]="ext_authz + ratelimit -> $TG_LABEL"
+  )
+  # Processes whose CPU each variant is charged with (beyond its own Envoy).
+  declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit")
+  declare -gA LISTEN=() ADMIN=()
+
+  read -r UPSTREAM_PORT NOOP_PORT <<<"$(free_ports 2)"
+  start upstream "$REL/http-upstream" --addr "127.0.0.1:$UPSTREAM_PORT"
+  start noop "$REL/noop-grpc" --addr "127.0.0.1:$NOOP_PORT"
+  wait_ready upstream 20 tcp_open "$UPSTREAM_PORT"
+  wait_ready noop 20 tcp_open "$NOOP_PORT"
+  start_tollgate
+
+  local v ports
+  for v in "${VARIANTS[@]}"; do
+    read -r LISTEN[$v] ADMIN[$v] <<<"$(free_ports 2)"
+    case $v in
+      noop) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$NOOP_PORT" "$NOOP_PORT" ;;
+      tollgate) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$AUTHZ_PORT" "$RL_PORT" ;;
+      *) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" ;;
+    esac >"$WORK/envoy-$v.yaml"
+    start "envoy-$v" "$ENVOY" -c "$WORK/envoy-$v.yaml" --concurrency 1 --disable-hot-restart \
+      --log-level warn
+  done
+  for v in "${VARIANTS[@]}"; do
+    wait_ready "envoy-$v" 60 http_ok "http://127.0.0.1:${ADMIN[$v]}/ready"
+    # One request by hand: a 401/403/429 here means the variant is misconfigured.
+    local code
+    code=$(curl -sS -o "$WORK/probe-$v.body" -w '%{http_code}' --max-time 5 \
+      -H "authorization: Bearer $JWT" "http://127.0.0.1:${LISTEN[$v]}/api/v1/orders/42") || true
+    if [[ $code != 200 ]]; then
+      show_log "envoy-$v"
+      die "variant ${LABEL[$v]}: probe request answered $code: $(head -c 300 "$WORK/probe-$v.body")"
+    fi
+  done
+
+  echo "Envoy $("$ENVOY" --version 2>/dev/null | awk 'NF { print $NF }' | cut -d/ -f2) --concurrency 1;" \
+    "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS interleaved rounds; $(nproc) cores; CLK_TCK=$HZ"
+  if ((WARMUP > 0)); then
+    for v in "${VARIANTS[@]}"; do
+      wrk_run "$v" "$WARMUP" "$WORK/warmup-$v.txt"
+    done
+  fi
+
+  local r p name t0 t1 rps reqs p50 p99 non2xx serr line c checks
+  declare -A before=() after=()
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for v in "${VARIANTS[@]}"; do
+      stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-before.txt"
+      for name in "envoy-$v" ${PROCS[$v]}; do before[$name]=$(cpu_ticks "${PID[$name]}"); done
+      wrk_run "$v" "$DURATION" "$WORK/wrk-$v-$r.txt"
+      for name in "envoy-$v" ${PROCS[$v]}; do after[$name]=$(cpu_ticks "${PID[$name]}"); done
+      stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-after.txt"
+
+      read -r rps reqs p50 p99 non2xx serr <<<"$(wrk_fields "$WORK/wrk-$v-$r.txt")"
+      [[ -n $reqs && $reqs -gt 0 ]] || { cat "$WORK/wrk-$v-$r.txt" >&2; die "wrk made no request (${LABEL[$v]})"; }
+      if ((non2xx > 0 || serr > 0)); then
+        cat "$WORK/wrk-$v-$r.txt" >&2
+        die "${LABEL[$v]}: $non2xx non-2xx responses, $serr socket errors"
+      fi
+      line=$(printf 'round %d/%d  %-46s %9.0f req/s  p50 %s  p99 %s' "$r" "$ROUNDS" "${LABEL[$v]}" "$rps" \
+        "$(fmt_ms "$p50")" "$(fmt_ms "$p99")")
+      # Results row: variant round rps p50 p99 then cpu/req of envoy, upstream, svc1, svc2.
+      local row="$v	$r	$rps	$p50	$p99"
+      line+="  cpu us/req:"
+      for name in "envoy-$v" upstream noop authz ratelimit; do
+        if [[ $name == "envoy-$v" || " ${PROCS[$v]} " == *" $name "* ]]; then
+          p=$(per_req $((after[$name] - before[$name])) "$reqs")
+          line+=" ${name%%-*} $p"
+        else
+          p=nan
+        fi
+        row+="	$p"
+      done
+      checks=""
+      for c in ${CHECKS[$v]}; do
+        t0=$(counter "$WORK/stats-before.txt" "$c")
+        t1=$(counter "$WORK/stats-after.txt" "$c")
+        p=$(awk -v d=$((t1 - t0)) -v n="$reqs" 'BEGIN { printf "%.2f", d / n }')
+        checks+=" ${c#*.}=$p/req"
+        if awk -v p="$p" 'BEGIN { exit !(p < 0.9) }'; then
+          echo "$line" >&2
+          die "${LABEL[$v]}: counter $c grew by $((t1 - t0)) for $reqs requests: the calls did not happen"
+        fi
+      done
+      [[ -z $checks ]] || line+="  [${checks# }]"
+      echo "$line"
+      echo "$row" >>"$RESULTS"
+    done
+  done
+
+  echo
+  echo "Medians over $ROUNDS rounds (CPU is microseconds per proxied request, all threads of each process)"
+  printf '%-46s %9s %9s %9s %9s %9s %9s %9s %9s\n' variant req/s p50 p99 envoy upstream noop authz ratelim
+  for v in "${VARIANTS[@]}"; do
+    printf '%-46s %9.0f %9s %9s' "${LABEL[$v]}" "$(col "$v" 3)" "$(fmt_ms "$(col "$v" 4)")" "$(fmt_ms "$(col "$v" 5)")"
+    for f in 6 7 8 9 10; do printf ' %9s' "$(col "$v" $f)"; done
+    echo
+  done
+  local tg_svc noop_svc
+  tg_svc=$(awk -v a="$(col tollgate 9)" -v b="$(col tollgate 10)" 'BEGIN { print a + b }')
+  noop_svc=$(col noop 8)
+  echo
+  echo "Tollgate / no-op:"
+  echo "  throughput                                 $(ratio "$(col tollgate 3)" "$(col noop 3)")"
+  echo "  p50 / p99 latency                          $(ratio "$(col tollgate 4)" "$(col noop 4)") / $(ratio "$(col tollgate 5)" "$(col noop 5)")"
+  echo "  Envoy CPU per request                      $(ratio "$(col tollgate 6)" "$(col noop 6)")"
+  echo "  service CPU per request (authz+ratelimit = $tg_svc us vs noop $noop_svc us)  $(ratio "$tg_svc" "$noop_svc")"
+  echo "Each variant vs plain proxy (throughput, p50, p99, Envoy CPU per request):"
+  for v in native noop tollgate; do
+    printf '  %-46s %6s %6s %6s %6s\n' "${LABEL[$v]}" "$(ratio "$(col "$v" 3)" "$(col plain 3)")" \
+      "$(ratio "$(col "$v" 4)" "$(col plain 4)")" "$(ratio "$(col "$v" 5)" "$(col plain 5)")" \
+      "$(ratio "$(col "$v" 6)" "$(col plain 6)")"
+  done
+}
+
+# ================================================================ direct mode
+
+run_direct_mode() {
+  read -r NOOP_PORT <<<"$(free_ports 1)"
+  start noop "$REL/noop-grpc" --addr "127.0.0.1:$NOOP_PORT"
+  wait_ready noop 20 tcp_open "$NOOP_PORT"
+  start_tollgate
+
+  # target name -> (port, process) for each API.
+  declare -A PORT=([noop-check]=$NOOP_PORT [noop-ratelimit]=$NOOP_PORT
+    [tollgate-check]=$AUTHZ_PORT [tollgate-ratelimit]=$RL_PORT)
+  declare -A PROC=([noop-check]=noop [noop-ratelimit]=noop [tollgate-check]=authz [tollgate-ratelimit]=ratelimit)
+
+  load() { # load KEY SECS OUT
+    local api=${1#*-}
+    "$REL/grpc-load" --target "127.0.0.1:${PORT[$1]}" --api "$api" --concurrency "$CONCURRENCY" \
+      --connections "$GRPC_CONNECTIONS" --duration "${2}s" \
+      --header "authorization=Bearer $JWT" --header "x-forwarded-for=10.1.2.3" \
+      --domain bench --descriptor generic_key=bench --descriptor remote_address=127.0.0.1 >"$3" 2>&1 ||
+      { cat "$3" >&2; die "grpc-load against $1 failed"; }
+  }
+  field() { grep '^RESULT' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+
+  local keys=(noop-check tollgate-check noop-ratelimit tollgate-ratelimit)
+  echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
+    "$(nproc) cores; CLK_TCK=$HZ; tollgate = $TG_LABEL"
+  local k r t0 t1 calls errors denied rps p50 p99 cpu
+  if ((WARMUP > 0)); then
+    for k in "${keys[@]}"; do load "$k" "$WARMUP" "$WORK/warmup-$k.txt"; done
+  fi
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for k in "${keys[@]}"; do
+      t0=$(cpu_ticks "${PID[${PROC[$k]}]}")
+      load "$k" "$DURATION" "$WORK/load-$k-$r.txt"
+      t1=$(cpu_ticks "${PID[${PROC[$k]}]}")
+      calls=$(field "$WORK/load-$k-$r.txt" calls)
+      errors=$(field "$WORK/load-$k-$r.txt" errors)
+      denied=$(field "$WORK/load-$k-$r.txt" denied)
+      rps=$(field "$WORK/load-$k-$r.txt" rps)
+      p50=$(field "$WORK/load-$k-$r.txt" p50_us)
+      p99=$(field "$WORK/load-$k-$r.txt" p99_us)
+      if ((errors > 0 || denied > 0)); then
+        cat "$WORK/load-$k-$r.txt" >&2
+        die "$k: $errors errors, $denied denials (the benchmark expects every call to be allowed)"
+      fi
+      cpu=$(per_req $((t1 - t0)) "$calls")
+      printf 'round %d/%d  %-20s %9.0f calls/s  p50 %s  p99 %s  service cpu %6s us/call\n' \
+        "$r" "$ROUNDS" "$k" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "$cpu"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$r" "$rps" "$p50" "$p99" "$cpu" >>"$RESULTS"
+    done
+  done
+
+  echo
+  echo "Medians over $ROUNDS rounds (service CPU: all threads of the service process, per call)"
+  printf '%-20s %10s %9s %9s %14s\n' target calls/s p50 p99 "cpu us/call"
+  for k in "${keys[@]}"; do
+    printf '%-20s %10.0f %9s %9s %14s\n' "$k" "$(col "$k" 3)" "$(fmt_ms "$(col "$k" 4)")" \
+      "$(fmt_ms "$(col "$k" 5)")" "$(col "$k" 6)"
+  done
+  echo
+  echo "Tollgate / no-op (calls/s, CPU per call):"
+  for api in check ratelimit; do
+    printf '  %-10s calls/s %s   cpu/call %s\n' "$api" "$(ratio "$(col "tollgate-$api" 3)" "$(col "noop-$api" 3)")" \
+      "$(ratio "$(col "tollgate-$api" 6)" "$(col "noop-$api" 6)")"
+  done
+}
+
+case "$MODE" in
+  envoy) run_envoy_mode ;;
+  direct) run_direct_mode ;;
+esac
