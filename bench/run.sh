@@ -66,14 +66,16 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
+# die MESSAGE: aborts, keeping the temp dir so its logs and configs can be read.
 die() {
   echo "ERROR: $*" >&2
+  KEEP=1
   exit 1
 }
 
 # ---------------------------------------------------------------- processes
 
-declare -A PID=() LOG=()
+declare -A PID=() LOG=() CMD=()
 STARTED=()
 
 cleanup() {
@@ -98,6 +100,7 @@ start() {
   local name=$1
   shift
   LOG[$name]=$WORK/$name.log
+  CMD[$name]="$*"
   "$@" >"${LOG[$name]}" 2>&1 &
   PID[$name]=$!
   STARTED+=("$name")
@@ -117,8 +120,10 @@ wait_ready() {
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
     if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+      local rc=0
+      wait "${PID[$name]}" || rc=$?
       show_log "$name"
-      die "$name exited before becoming ready"
+      die "$name ($(basename "${CMD[$name]%% *}")) exited with status $rc before becoming ready; command: ${CMD[$name]}"
     fi
     if ((SECONDS >= deadline)); then
       show_log "$name"
@@ -171,6 +176,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0 || a == "nan" || b == "nan
 
 # per_req TICKS COUNT: microseconds of CPU per request.
 per_req() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN { if (n == 0) print "nan"; else printf "%.1f", t * 1e6 / hz / n }'; }
+
+num1() { awk -v x="$1" 'BEGIN { if (x == "nan") print "-"; else printf "%.1f", x }'; }
 
 fmt_ms() { awk -v us="$1" 'BEGIN { if (us == "nan") print "n/a"; else printf "%.2fms", us / 1000 }'; }
 
@@ -239,7 +246,7 @@ start_tollgate() {
   wait_ready ratelimit 30 http_ok "http://127.0.0.1:$rl_http/readyz"
 }
 if [[ $STAND_IN == 1 ]]; then
-  TG_LABEL="tollgate (STAND-IN: noop-grpc)"
+  TG_LABEL="stand-in"
 else
   TG_LABEL="tollgate"
 fi
@@ -429,10 +436,10 @@ run_envoy_mode() {
 
   VARIANTS=(plain native noop tollgate)
   declare -gA LABEL=(
-    [plain]="plain proxy"
-    [native]="jwt_authn + local_ratelimit"
-    [noop]="ext_authz + ratelimit -> noop-grpc"
-    [tollgate]="ext_authz + ratelimit -> $TG_LABEL"
+    [plain]="(a) plain proxy"
+    [native]="(b) jwt_authn + local_ratelimit"
+    [noop]="(c) ext_authz+ratelimit: noop-grpc"
+    [tollgate]="(d) ext_authz+ratelimit: $TG_LABEL"
   )
   # Processes whose CPU each variant is charged with (beyond its own Envoy).
   declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit")
@@ -470,6 +477,7 @@ run_envoy_mode() {
 
   echo "Envoy $("$ENVOY" --version 2>/dev/null | awk 'NF { print $NF }' | cut -d/ -f2) --concurrency 1;" \
     "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS interleaved rounds; $(nproc) cores; CLK_TCK=$HZ"
+  [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: variant (d) runs two noop-grpc processes in place of Tollgate's services"
   if ((WARMUP > 0)); then
     for v in "${VARIANTS[@]}"; do
       wrk_run "$v" "$WARMUP" "$WORK/warmup-$v.txt"
@@ -492,20 +500,22 @@ run_envoy_mode() {
         cat "$WORK/wrk-$v-$r.txt" >&2
         die "${LABEL[$v]}: $non2xx non-2xx responses, $serr socket errors"
       fi
-      line=$(printf 'round %d/%d  %-46s %9.0f req/s  p50 %s  p99 %s' "$r" "$ROUNDS" "${LABEL[$v]}" "$rps" \
+      line=$(printf 'round %d/%d  %-38s %9.0f req/s  p50 %s  p99 %s' "$r" "$ROUNDS" "${LABEL[$v]}" "$rps" \
         "$(fmt_ms "$p50")" "$(fmt_ms "$p99")")
       # Results row: variant round rps p50 p99 then cpu/req of envoy, upstream, svc1, svc2.
-      local row="$v	$r	$rps	$p50	$p99"
+      local row="$v	$r	$rps	$p50	$p99" total=0
       line+="  cpu us/req:"
       for name in "envoy-$v" upstream noop authz ratelimit; do
         if [[ $name == "envoy-$v" || " ${PROCS[$v]} " == *" $name "* ]]; then
           p=$(per_req $((after[$name] - before[$name])) "$reqs")
           line+=" ${name%%-*} $p"
+          total=$(awk -v a="$total" -v b="$p" 'BEGIN { print a + b }')
         else
           p=nan
         fi
         row+="	$p"
       done
+      row+="	$total"
       checks=""
       for c in ${CHECKS[$v]}; do
         t0=$(counter "$WORK/stats-before.txt" "$c")
@@ -525,26 +535,29 @@ run_envoy_mode() {
 
   echo
   echo "Medians over $ROUNDS rounds (CPU is microseconds per proxied request, all threads of each process)"
-  printf '%-46s %9s %9s %9s %9s %9s %9s %9s %9s\n' variant req/s p50 p99 envoy upstream noop authz ratelim
+  printf '%-38s %8s %8s %8s | %-28s\n' "" "" "" "" "CPU us per request"
+  printf '%-38s %8s %8s %8s | %6s %6s %6s %6s %6s %6s\n' variant req/s p50 p99 envoy upstrm noop authz rlimit total
   for v in "${VARIANTS[@]}"; do
-    printf '%-46s %9.0f %9s %9s' "${LABEL[$v]}" "$(col "$v" 3)" "$(fmt_ms "$(col "$v" 4)")" "$(fmt_ms "$(col "$v" 5)")"
-    for f in 6 7 8 9 10; do printf ' %9s' "$(col "$v" $f)"; done
+    printf '%-38s %8.0f %8s %8s |' "${LABEL[$v]}" "$(col "$v" 3)" "$(fmt_ms "$(col "$v" 4)")" "$(fmt_ms "$(col "$v" 5)")"
+    for f in 6 7 8 9 10 11; do printf ' %6s' "$(num1 "$(col "$v" $f)")"; done
     echo
   done
   local tg_svc noop_svc
-  tg_svc=$(awk -v a="$(col tollgate 9)" -v b="$(col tollgate 10)" 'BEGIN { print a + b }')
-  noop_svc=$(col noop 8)
+  tg_svc=$(num1 "$(awk -F'\t' '$1 == "tollgate" { print $9 + $10 }' "$RESULTS" | median)")
+  noop_svc=$(num1 "$(col noop 8)")
   echo
-  echo "Tollgate / no-op:"
-  echo "  throughput                                 $(ratio "$(col tollgate 3)" "$(col noop 3)")"
-  echo "  p50 / p99 latency                          $(ratio "$(col tollgate 4)" "$(col noop 4)") / $(ratio "$(col tollgate 5)" "$(col noop 5)")"
-  echo "  Envoy CPU per request                      $(ratio "$(col tollgate 6)" "$(col noop 6)")"
-  echo "  service CPU per request (authz+ratelimit = $tg_svc us vs noop $noop_svc us)  $(ratio "$tg_svc" "$noop_svc")"
-  echo "Each variant vs plain proxy (throughput, p50, p99, Envoy CPU per request):"
+  echo "Tollgate / no-op, (d) / (c):"
+  printf '  %-26s %s\n' "throughput" "$(ratio "$(col tollgate 3)" "$(col noop 3)")" \
+    "p50 / p99 latency" "$(ratio "$(col tollgate 4)" "$(col noop 4)") / $(ratio "$(col tollgate 5)" "$(col noop 5)")" \
+    "Envoy CPU per request" "$(ratio "$(col tollgate 6)" "$(col noop 6)")" \
+    "service CPU per request" "$(ratio "$tg_svc" "$noop_svc")  (authz+ratelimit $tg_svc us, noop-grpc $noop_svc us)" \
+    "total CPU per request" "$(ratio "$(col tollgate 11)" "$(col noop 11)")"
+  echo "Each variant / plain proxy:"
+  printf '  %-38s %6s %6s %6s %6s %6s\n' "" req/s p50 p99 envoy total
   for v in native noop tollgate; do
-    printf '  %-46s %6s %6s %6s %6s\n' "${LABEL[$v]}" "$(ratio "$(col "$v" 3)" "$(col plain 3)")" \
+    printf '  %-38s %6s %6s %6s %6s %6s\n' "${LABEL[$v]}" "$(ratio "$(col "$v" 3)" "$(col plain 3)")" \
       "$(ratio "$(col "$v" 4)" "$(col plain 4)")" "$(ratio "$(col "$v" 5)" "$(col plain 5)")" \
-      "$(ratio "$(col "$v" 6)" "$(col plain 6)")"
+      "$(ratio "$(col "$v" 6)" "$(col plain 6)")" "$(ratio "$(col "$v" 11)" "$(col plain 11)")"
   done
 }
 
@@ -573,7 +586,8 @@ run_direct_mode() {
 
   local keys=(noop-check tollgate-check noop-ratelimit tollgate-ratelimit)
   echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
-    "$(nproc) cores; CLK_TCK=$HZ; tollgate = $TG_LABEL"
+    "$(nproc) cores; CLK_TCK=$HZ"
+  [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: the tollgate-* targets are two noop-grpc processes, not Tollgate's services"
   local k r t0 t1 calls errors denied rps p50 p99 cpu
   if ((WARMUP > 0)); then
     for k in "${keys[@]}"; do load "$k" "$WARMUP" "$WORK/warmup-$k.txt"; done
@@ -605,7 +619,7 @@ run_direct_mode() {
   printf '%-20s %10s %9s %9s %14s\n' target calls/s p50 p99 "cpu us/call"
   for k in "${keys[@]}"; do
     printf '%-20s %10.0f %9s %9s %14s\n' "$k" "$(col "$k" 3)" "$(fmt_ms "$(col "$k" 4)")" \
-      "$(fmt_ms "$(col "$k" 5)")" "$(col "$k" 6)"
+      "$(fmt_ms "$(col "$k" 5)")" "$(num1 "$(col "$k" 6)")"
   done
   echo
   echo "Tollgate / no-op (calls/s, CPU per call):"
