@@ -90,11 +90,21 @@ impl Errors {
     pub fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
         let field = field.into();
         let line = self.text.as_deref().and_then(|t| line_of(t, &field));
-        self.list.push(FieldError { file: self.file.clone(), line, field, reason: reason.into() });
+        self.list.push(FieldError {
+            file: self.file.clone(),
+            line,
+            field,
+            reason: reason.into(),
+        });
     }
 
     /// Records an error with a known line.
-    pub fn push_at(&mut self, line: Option<usize>, field: impl Into<String>, reason: impl Into<String>) {
+    pub fn push_at(
+        &mut self,
+        line: Option<usize>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
         self.list.push(FieldError {
             file: self.file.clone(),
             line,
@@ -114,7 +124,11 @@ impl Errors {
 
     /// `Ok(v)` when nothing was recorded.
     pub fn finish<T>(self, v: T) -> Result<T, ConfigErrors> {
-        if self.list.is_empty() { Ok(v) } else { Err(ConfigErrors(self.list)) }
+        if self.list.is_empty() {
+            Ok(v)
+        } else {
+            Err(ConfigErrors(self.list))
+        }
     }
 }
 
@@ -125,7 +139,11 @@ pub trait Validate {
 
 /// Joins a parent path and a field name (`""` + `server` = `server`).
 pub fn join(at: &str, field: &str) -> String {
-    if at.is_empty() { field.to_string() } else { format!("{at}.{field}") }
+    if at.is_empty() {
+        field.to_string()
+    } else {
+        format!("{at}.{field}")
+    }
 }
 
 /// The environment as a map, so that tests can pass their own instead of the process's.
@@ -152,7 +170,13 @@ pub struct Sources {
 pub const ENV_PREFIX: &str = "TOLLGATE_";
 
 /// Environment variables that configure the binaries themselves rather than a config field.
-const ENV_RESERVED: &[&str] = &["TOLLGATE_CONFIG", "TOLLGATE_LOG", "TOLLGATE_ADMIN_TOKEN", "TOLLGATE_ENVOY", "TOLLGATE_REDIS_SERVER"];
+const ENV_RESERVED: &[&str] = &[
+    "TOLLGATE_CONFIG",
+    "TOLLGATE_LOG",
+    "TOLLGATE_ADMIN_TOKEN",
+    "TOLLGATE_ENVOY",
+    "TOLLGATE_REDIS_SERVER",
+];
 
 /// Loads a config: reads and parses the file, merges env and flag overrides, deserialises
 /// strictly and validates. Returns the config and the file text (for later line lookups).
@@ -183,7 +207,9 @@ where
     }
     let mut errors = Errors::for_file(file, text.as_deref());
     for (k, v) in &sources.env {
-        let Some(rest) = k.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         if ENV_RESERVED.contains(&k.as_str()) || rest.is_empty() {
             continue;
         }
@@ -229,7 +255,8 @@ fn unreachable_value<T>() -> T {
 /// Sets `path` in a YAML mapping to `raw`, parsed as a YAML scalar (so `true` and `10` keep
 /// their types, and `a,b` stays a string).
 fn set_path(root: &mut Value, path: &[String], raw: &str) -> Result<(), String> {
-    let parsed: Value = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let parsed: Value =
+        serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
     let mut cur = root;
     for (i, seg) in path.iter().enumerate() {
         if seg.is_empty() {
@@ -283,7 +310,8 @@ pub fn line_of(text: &str, field: &str) -> Option<usize> {
                     let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
                     let body_indent = l.len() - body.len();
                     if body_indent >= min_indent
-                        && (body.starts_with(&format!("{k}:")) || body.starts_with(&format!("\"{k}\":")))
+                        && (body.starts_with(&format!("{k}:"))
+                            || body.starts_with(&format!("\"{k}\":")))
                     {
                         hit = Some((i, body_indent));
                         break;
@@ -410,8 +438,11 @@ mod tests {
     #[test]
     fn reports_every_semantic_error_with_file_and_line() {
         let f = write("server:\n  port: 0\nitems:\n  - n: 1\n  - n: -2\n  - n: -3\n");
-        let err = load::<Cfg>(&Sources { file: Some(f.path().into()), ..Default::default() })
-            .unwrap_err();
+        let err = load::<Cfg>(&Sources {
+            file: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         let lines: Vec<_> = err.0.iter().map(|e| (e.field.clone(), e.line)).collect();
         assert_eq!(
             lines,
@@ -421,18 +452,28 @@ mod tests {
                 ("items[2].n".to_string(), Some(6))
             ]
         );
-        assert!(err.to_string().contains(&format!("{}:2: server.port: must not be 0", f.path().display())));
+        assert!(err.to_string().contains(&format!(
+            "{}:2: server.port: must not be 0",
+            f.path().display()
+        )));
     }
 
     #[test]
     fn unknown_field_is_named_with_its_path() {
         let f = write("server:\n  port: 1\n  nmae: x\n");
-        let err = load::<Cfg>(&Sources { file: Some(f.path().into()), ..Default::default() })
-            .unwrap_err();
+        let err = load::<Cfg>(&Sources {
+            file: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(err.0.len(), 1);
         assert_eq!(err.0[0].field, "server.nmae");
         assert_eq!(err.0[0].line, Some(3));
-        assert!(err.0[0].reason.contains("unknown field `nmae`"), "{}", err.0[0].reason);
+        assert!(
+            err.0[0].reason.contains("unknown field `nmae`"),
+            "{}",
+            err.0[0].reason
+        );
     }
 
     #[test]
@@ -457,8 +498,11 @@ mod tests {
     #[test]
     fn invalid_yaml_reports_its_line() {
         let f = write("server:\n  port: 1\n bad: [\n");
-        let err = load::<Cfg>(&Sources { file: Some(f.path().into()), ..Default::default() })
-            .unwrap_err();
+        let err = load::<Cfg>(&Sources {
+            file: Some(f.path().into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(err.0[0].line.is_some());
         assert!(err.0[0].reason.starts_with("invalid YAML"));
     }
@@ -470,6 +514,9 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/tollgate.yaml: cannot read"));
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/tollgate.yaml: cannot read")
+        );
     }
 }

@@ -3,7 +3,19 @@
 //!
 //! # Layout
 //! - [`config`]: YAML + env + flag loading, strict parsing, every error with file, line and field.
+//! - [`cli`]: the flags both binaries share.
+//! - [`server`]: the gRPC and HTTP side listeners, TLS/mTLS, readiness and graceful shutdown.
+//! - [`tls`]: rustls configs from PEM files, reloaded when the files change.
+//! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
+//! - [`telemetry`]: JSON logs with a runtime-changeable level, the Prometheus recorder.
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
 
+pub mod cli;
 pub mod config;
 pub mod secret;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tls;
+
+pub use shutdown::{Shutdown, shutdown_on_signals};

@@ -1,0 +1,509 @@
+//! The two listeners every Tollgate service runs: gRPC (the Envoy API + gRPC health) and an HTTP
+//! side listener (`/healthz`, `/readyz`, `/metrics`, plus service routes), both optionally TLS,
+//! with graceful shutdown: report not-ready, wait `shutdown_delay`, drain for at most
+//! `drain_timeout`, stop.
+//!
+//! Binding is separate from serving so that tests can bind port 0 and learn the addresses, and so
+//! that a config is fully validated before any port is taken.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::{Errors, Validate, join};
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+use crate::tls::{ReloadingAcceptor, TlsConfig, TlsError};
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8081))
+}
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_shutdown_delay() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// The `server:` section shared by both services.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where Envoy reaches the gRPC service.
+    #[serde(default = "default_grpc")]
+    pub grpc_addr: SocketAddr,
+    /// The side listener: health, readiness, metrics, service routes.
+    #[serde(default = "default_http")]
+    pub http_addr: SocketAddr,
+    /// TLS (and mTLS with `client_ca_file`) on the gRPC listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// TLS on the side listener (usually without a client CA, so probes can reach it).
+    #[serde(default)]
+    pub http_tls: Option<TlsConfig>,
+    /// After SIGTERM, how long to keep serving while reporting not-ready, so load balancers
+    /// (Kubernetes endpoints, Envoy's health checks) stop sending new work first.
+    #[serde(default = "default_shutdown_delay", with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// Then how long in-flight requests may take to finish before the process stops anyway.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Upper bound of concurrent HTTP/2 streams per gRPC connection.
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self::with_ports(default_grpc().port(), default_http().port())
+    }
+}
+
+impl ServerConfig {
+    /// Defaults with the given ports on all interfaces.
+    pub fn with_ports(grpc: u16, http: u16) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], grpc)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], http)),
+            tls: None,
+            http_tls: None,
+            shutdown_delay: default_shutdown_delay(),
+            drain_timeout: default_drain(),
+            max_concurrent_streams: None,
+        }
+    }
+
+    /// Loopback port 0 for both listeners, no delays: what in-process tests want.
+    pub fn ephemeral() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(5),
+            ..Self::default()
+        }
+    }
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
+            errors.push(join(at, "http_addr"), "must differ from grpc_addr");
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&join(at, "tls"), errors);
+        }
+        if let Some(tls) = &self.http_tls {
+            tls.validate(&join(at, "http_tls"), errors);
+        }
+        if self.max_concurrent_streams == Some(0) {
+            errors.push(join(at, "max_concurrent_streams"), "must be at least 1");
+        }
+    }
+}
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// What a service hands to [`Bound::serve`].
+pub struct Services {
+    /// The gRPC health service name that reports this service's readiness, e.g.
+    /// `envoy.service.ratelimit.v3.RateLimitService`.
+    pub name: &'static str,
+    /// The Envoy API service(s).
+    pub grpc: tonic::service::Routes,
+    /// Extra side-listener routes (e.g. `/config`).
+    pub http: Router,
+}
+
+/// Whether the service should receive traffic; shared by `/readyz` and the gRPC health service.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Both listeners, bound and not yet serving.
+pub struct Bound {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    grpc: TcpListener,
+    http: TcpListener,
+    grpc_tls: Option<ReloadingAcceptor>,
+    http_tls: Option<ReloadingAcceptor>,
+    cfg: ServerConfig,
+    /// Readiness of this server; a service may also flip it (e.g. while its store is down).
+    pub readiness: Readiness,
+}
+
+const H2: &[&[u8]] = &[b"h2"];
+const H1_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Binds both listeners (port 0 picks a free port) and loads TLS material.
+pub async fn bind(cfg: &ServerConfig) -> Result<Bound, ServeError> {
+    let grpc_tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| ReloadingAcceptor::new(t, H2))
+        .transpose()?;
+    let http_tls = cfg
+        .http_tls
+        .as_ref()
+        .map(|t| ReloadingAcceptor::new(t, H1_H2))
+        .transpose()?;
+    let grpc = TcpListener::bind(cfg.grpc_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "gRPC",
+            addr: cfg.grpc_addr,
+            source,
+        })?;
+    let http = TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "HTTP",
+            addr: cfg.http_addr,
+            source,
+        })?;
+    Ok(Bound {
+        grpc_addr: grpc.local_addr().expect("bound socket has an address"),
+        http_addr: http.local_addr().expect("bound socket has an address"),
+        grpc,
+        http,
+        grpc_tls,
+        http_tls,
+        cfg: cfg.clone(),
+        readiness: Readiness::default(),
+    })
+}
+
+impl Bound {
+    /// Serves until `shutdown` triggers, then reports not-ready, waits `shutdown_delay`, and
+    /// drains in-flight calls for at most `drain_timeout`.
+    pub async fn serve(self, services: Services, shutdown: Shutdown) -> Result<(), ServeError> {
+        let Bound {
+            grpc_addr,
+            http_addr,
+            grpc,
+            http,
+            grpc_tls,
+            http_tls,
+            cfg,
+            readiness,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let name = services.name;
+
+        // Not ready → delay → stop accepting: both listeners stop on `drain`.
+        let drain = Shutdown::new();
+        {
+            let (shutdown, drain, readiness, health) = (
+                shutdown.clone(),
+                drain.clone(),
+                readiness.clone(),
+                health.clone(),
+            );
+            let delay = cfg.shutdown_delay;
+            tokio::spawn(async move {
+                shutdown.triggered().await;
+                readiness.set(false);
+                health
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                tracing::info!(delay = ?delay, "not ready; draining after the delay");
+                tokio::time::sleep(delay).await;
+                drain.trigger();
+            });
+        }
+
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let Some(n) = cfg.max_concurrent_streams {
+            builder = builder.max_concurrent_streams(n);
+        }
+        let routes = services.grpc.add_service(health_service);
+        let grpc_incoming = incoming(grpc, grpc_tls, drain.clone());
+        let grpc_drain = drain.clone();
+        let grpc_task = tokio::spawn(async move {
+            builder
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    grpc_incoming,
+                    async move { grpc_drain.triggered().await },
+                )
+                .await
+        });
+
+        let router = side_router(readiness.clone()).merge(services.http);
+        let http_task = tokio::spawn(serve_http(http, http_tls, router, drain.clone()));
+
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        readiness.set(true);
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, service = name, "serving");
+
+        drain.triggered().await;
+        let deadline = cfg.drain_timeout;
+        let drained = tokio::time::timeout(deadline, async {
+            let g = grpc_task.await;
+            let _ = http_task.await;
+            g
+        })
+        .await;
+        match drained {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!("drained; stopped");
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(ServeError::Grpc(e)),
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "gRPC server task failed");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?deadline, "drain timed out; stopping with calls in flight");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn side_router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.get();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        telemetry::prometheus().render(),
+    )
+}
+
+/// A connection, plain or TLS.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Peer information of a [`Conn`], available to gRPC handlers through request extensions.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote_addr: Option<SocketAddr>,
+    /// Whether the peer presented a verified client certificate.
+    pub client_cert: bool,
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Conn::Plain(s) => ConnInfo {
+                remote_addr: s.peer_addr().ok(),
+                client_cert: false,
+            },
+            Conn::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                ConnInfo {
+                    remote_addr: tcp.peer_addr().ok(),
+                    client_cert: session.peer_certificates().is_some_and(|c| !c.is_empty()),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted connections as a stream; TLS handshakes run in their own tasks so a slow client
+/// cannot hold up the accept loop. The stream ends when `stop` triggers.
+fn incoming(
+    listener: TcpListener,
+    tls: Option<ReloadingAcceptor>,
+    stop: Shutdown,
+) -> ReceiverStream<std::io::Result<Conn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.triggered() => break,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match &tls {
+                None => {
+                    if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
+                        break;
+                    }
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.acceptor();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(s)) => {
+                                let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<ReloadingAcceptor>,
+    router: Router,
+    stop: Shutdown,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use tokio_stream::StreamExt;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = incoming(listener, tls, stop.clone());
+    while let Some(conn) = conns.next().await {
+        let Ok(conn) = conn else { continue };
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let builder = Builder::new(TokioExecutor::new());
+        let fut = builder
+            .serve_connection_with_upgrades(TokioIo::new(conn), svc)
+            .into_owned();
+        let fut = graceful.watch(fut);
+        tokio::spawn(async move {
+            let _ = fut.await;
+        });
+    }
+    // The accept loop ended because `stop` triggered: let open requests finish.
+    graceful.shutdown().await;
+}

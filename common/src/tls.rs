@@ -1,0 +1,220 @@
+//! TLS for the listeners: a rustls server config built from PEM files, with optional client
+//! certificate verification (mTLS), rebuilt when the files change.
+//!
+//! The files are watched through their parent directories, because Kubernetes updates mounted
+//! Secrets by swapping a `..data` symlink, which a watch on the file itself never sees. A reload
+//! that fails (half-written file, mismatched key) keeps the previous config and logs why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig as RustlsConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+use crate::config::{Errors, Validate};
+
+/// The `tls:` section of a listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl Validate for TlsConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        if let Err(e) = build(self, &[]) {
+            errors.push(at.to_string(), e.to_string());
+        }
+    }
+}
+
+/// Why a TLS config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    Pem { path: PathBuf, reason: String },
+    #[error("invalid TLS setup: {0}")]
+    Rustls(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
+    let certs = certs.map_err(|e| TlsError::Pem {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.into(),
+            reason: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| TlsError::Pem {
+            path: path.into(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::Pem {
+            path: path.into(),
+            reason: "no private key found".into(),
+        })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds a rustls server config offering `alpn` protocols.
+pub fn build(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<RustlsConfig>, TlsError> {
+    let chain = certs(&cfg.cert_file)?;
+    let key = key(&cfg.key_file)?;
+    let builder = RustlsConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = match &cfg.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| TlsError::Pem {
+                    path: ca.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A TLS acceptor whose config is swapped in place when the certificate files change.
+#[derive(Clone)]
+pub struct ReloadingAcceptor {
+    current: Arc<ArcSwap<RustlsConfig>>,
+    // Keeps the file watcher alive as long as the acceptor.
+    _watcher: Arc<Option<notify::RecommendedWatcher>>,
+}
+
+impl std::fmt::Debug for ReloadingAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingAcceptor").finish_non_exhaustive()
+    }
+}
+
+impl ReloadingAcceptor {
+    /// Builds the initial config (failing if it is invalid) and starts watching the files.
+    pub fn new(cfg: &TlsConfig, alpn: &'static [&'static [u8]]) -> Result<Self, TlsError> {
+        let current = Arc::new(ArcSwap::new(build(cfg, alpn)?));
+        let watcher = watch(cfg.clone(), alpn, current.clone());
+        Ok(Self {
+            current,
+            _watcher: Arc::new(watcher),
+        })
+    }
+
+    /// An acceptor for the config in force now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+fn watch(
+    cfg: TlsConfig,
+    alpn: &'static [&'static [u8]],
+    current: Arc<ArcSwap<RustlsConfig>>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = match notify::recommended_watcher(
+        move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.try_send(());
+            }
+        },
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch TLS files; certificates will not be reloaded");
+            return None;
+        }
+    };
+    let mut dirs: Vec<PathBuf> = [
+        Some(&cfg.cert_file),
+        Some(&cfg.key_file),
+        cfg.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| {
+        p.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    })
+    .map(|p| {
+        if p.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            p
+        }
+    })
+    .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch TLS directory");
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Writers often replace cert and key in two steps: let them finish.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            match build(&cfg, alpn) {
+                Ok(new) => {
+                    current.store(new);
+                    tracing::info!(cert = %cfg.cert_file.display(), "TLS certificates reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates")
+                }
+            }
+        }
+    });
+    Some(watcher)
+}
