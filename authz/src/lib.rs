@@ -1,3 +1,263 @@
-//! tollgate-authz
+//! `tollgate-authz`: Envoy's external authorization service. It answers
+//! `envoy.service.auth.v3.Authorization/Check` by matching a per-route policy, authenticating the
+//! caller (JWT, OAuth 2.0 introspection or API key), checking the rule's conditions, and
+//! returning identity headers for the upstream plus dynamic metadata that Envoy's rate-limit
+//! actions turn into descriptors.
+//!
+//! # Layout
+//! - [`config`]: the config file (`server`, `log`, `policy`, `jwt`, `introspection`,
+//!   `api_keys`, `admin`, `headers`) and its validation.
+//! - [`policy`]: rules matching host/path/method, identity methods and conditions per route.
+//! - [`check`]: the decision flow and the gRPC service.
+//! - [`identity`]: the `Identity` type; [`identity::jwt`] + [`identity::jwks`] (bearer JWTs),
+//!   [`identity::introspection`] (opaque tokens), [`identity::cache`] (verified credentials).
+//! - [`apikey`]: API keys and their stores; [`admin`]: the admin HTTP API; [`cli`]: the `keys`
+//!   subcommand.
+//! - [`metrics`]: the Prometheus series.
+//!
+//! [`start`] binds every listener (gRPC, side HTTP, admin) and serves in the background, which
+//! is what tests use with port 0; [`run`] does the same and waits.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tollgate_common::Shutdown;
+use tollgate_common::server::{self, ServeError, Services};
+use tollgate_proto::auth::AuthorizationServer;
+
+pub mod apikey;
+pub mod check;
+pub mod config;
 pub mod identity;
+pub mod metrics;
+pub mod policy;
+
+pub use check::{Authorizer, AuthzService};
+pub use config::Config;
+
+use apikey::{ApiKeys, KeyStoreError};
+use identity::introspection::{IntrospectionSetupError, Introspector};
+use identity::jwks::JwksError;
+use identity::jwt::JwtVerifier;
+
+/// The gRPC health service name reporting this service's readiness.
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("API key store: {0}")]
+    KeyStore(#[from] KeyStoreError),
+    #[error("JWT issuer keys: {0}")]
+    Jwks(#[from] JwksError),
+    #[error("introspection: {0}")]
+    Introspection(#[from] IntrospectionSetupError),
+    #[error("policy: {0}")]
+    Policy(#[from] regex::Error),
+    #[error("HTTP client: {0}")]
+    Http(String),
+    #[error("admin API: {0}")]
+    Admin(String),
+    #[error("cannot bind admin listener on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A service started by [`start`].
+pub struct Running {
+    /// Where Envoy's ext_authz cluster should point.
+    pub grpc_addr: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub http_addr: SocketAddr,
+    /// The admin API, when configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// Resolves when the service has stopped (after the shutdown has been triggered).
+    pub handle: JoinHandle<Result<(), Error>>,
+}
+
+/// The decision maker and the API keys it uses, built from a config without binding anything.
+pub struct Built {
+    pub authorizer: Arc<Authorizer>,
+    pub api_keys: Option<ApiKeys>,
+}
+
+/// Builds the authorizer: compiles the policy, opens the key store, prepares the JWT issuers
+/// (their remote keys are fetched by [`start`]'s refreshers) and the introspection client.
+pub async fn build(config: &Config) -> Result<Built, Error> {
+    let clock = identity::system_clock();
+    let methods = config.methods();
+    let policy = policy::Policy::compile(&config.policy, &methods)?;
+    let jwt = match &config.jwt {
+        Some(j) => {
+            // Redirects are not followed: a key set must come from the configured URL.
+            let http = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| Error::Http(e.to_string()))?;
+            Some(JwtVerifier::new(j, http, clock.clone())?)
+        }
+        None => None,
+    };
+    let introspection = match &config.introspection {
+        Some(i) => Some(Introspector::new(i, clock.clone())?),
+        None => None,
+    };
+    let api_keys = match &config.api_keys {
+        Some(k) => Some(ApiKeys::open(k).await?),
+        None => None,
+    };
+    let keys_for_check = match (&api_keys, &config.api_keys) {
+        (Some(keys), Some(cfg)) => {
+            Some((keys.clone(), cfg.header.clone(), cfg.query_param.clone()))
+        }
+        _ => None,
+    };
+    let authorizer = Arc::new(Authorizer::new(
+        policy,
+        jwt,
+        introspection,
+        keys_for_check,
+        &config.headers,
+    ));
+    Ok(Built {
+        authorizer,
+        api_keys,
+    })
+}
+
+/// Binds the gRPC, side HTTP and (when configured) admin listeners, then serves in the
+/// background until `shutdown` triggers.
+pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error> {
+    let _ = tollgate_common::telemetry::prometheus();
+    metrics::describe();
+    let Built {
+        authorizer,
+        api_keys,
+    } = build(&config).await?;
+
+    let bound = server::bind(&config.server).await?;
+    let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
+
+    let admin = match (&config.admin, &api_keys) {
+        (Some(admin_cfg), Some(keys)) => {
+            let router =
+                admin::router(keys.clone(), admin_cfg).map_err(|e| Error::Admin(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(admin_cfg.addr)
+                .await
+                .map_err(|source| Error::AdminBind {
+                    addr: admin_cfg.addr,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| Error::AdminBind {
+                addr: admin_cfg.addr,
+                source,
+            })?;
+            Some((listener, router, addr))
+        }
+        _ => None,
+    };
+    let admin_addr = admin.as_ref().map(|(_, _, a)| *a);
+
+    if let Some(jwt) = authorizer.jwt() {
+        jwt.spawn_refresh(shutdown.clone());
+    }
+
+    let services = Services {
+        name: SERVICE_NAME,
+        grpc: tonic::service::Routes::new(AuthorizationServer::new(AuthzService::new(authorizer))),
+        http: axum::Router::new(),
+    };
+    let handle = tokio::spawn(async move {
+        let admin_task = admin.map(|(listener, router, addr)| {
+            let s = shutdown.clone();
+            tracing::info!(admin = %addr, "admin API listening");
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { s.triggered().await })
+                    .await
+            })
+        });
+        let served = bound.serve(services, shutdown).await;
+        if let Some(t) = admin_task {
+            match t.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "admin API stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "admin API task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        if let Some(keys) = api_keys {
+            if let Err(e) = keys.flush_last_used().await {
+                tracing::warn!(error = %e, "could not write last-used times at shutdown");
+            }
+        }
+        served.map_err(Error::from)
+    });
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        admin_addr,
+        handle,
+    })
+}
+
+/// [`start`], then waits for the service to stop.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let running = start(config, shutdown).await?;
+    match running.handle.await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Admin(format!("service task failed: {e}"))),
+    }
+}
+
+// Stand-ins with the agreed signatures, replaced by `pub mod admin;` / `pub mod cli;` when the
+// admin API and the `keys` client land.
+pub mod admin {
+    //! The admin HTTP API (stand-in).
+    use std::net::SocketAddr;
+
+    use serde::Deserialize;
+    use tollgate_common::config::{Errors, Validate};
+
+    use crate::apikey::ApiKeys;
+
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct AdminConfig {
+        #[serde(default = "default_addr")]
+        pub addr: SocketAddr,
+    }
+
+    fn default_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9092))
+    }
+
+    impl Validate for AdminConfig {
+        fn validate(&self, _at: &str, _errors: &mut Errors) {}
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("admin API not available")]
+    pub struct AdminError;
+
+    pub fn router(_keys: ApiKeys, _cfg: &AdminConfig) -> Result<axum::Router, AdminError> {
+        Err(AdminError)
+    }
+}
+
+pub mod cli {
+    //! The `keys` subcommand (stand-in).
+    #[derive(Debug, clap::Subcommand)]
+    pub enum KeysCommand {
+        /// List keys.
+        List,
+    }
+
+    pub async fn run_keys(_cmd: KeysCommand) -> anyhow::Result<()> {
+        anyhow::bail!("not available")
+    }
+}

@@ -1,1 +1,73 @@
-fn main() {}
+//! The `tollgate-authz` binary: `serve`, `check-config`, and `keys` (the admin API's client).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate_authz::Config;
+use tollgate_common::cli::ConfigArgs;
+use tollgate_common::config::load;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate-authz",
+    version,
+    about = "Envoy external authorization: JWT, OAuth 2.0 introspection, API keys"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ConfigArgs),
+    /// Validate a config (every error with file, line and field) and exit.
+    CheckConfig(ConfigArgs),
+    /// Manage API keys through the admin API.
+    #[command(subcommand)]
+    Keys(tollgate_authz::cli::KeysCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig(args) => match load::<Config>(&args.sources()) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve(args) => {
+            let config = match load::<Config>(&args.sources()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tollgate_common::telemetry::init_logging(&config.log);
+            let shutdown = tollgate_common::shutdown_on_signals();
+            match tollgate_authz::run(config, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "tollgate-authz failed");
+                    eprintln!("tollgate-authz: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Keys(cmd) => match tollgate_authz::cli::run_keys(cmd).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -70,3 +70,44 @@ impl Identity {
         self.scopes.iter().any(|s| s == scope)
     }
 }
+
+pub mod cache;
+pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+
+/// The wall clock, injected so that expiry logic can be tested without waiting.
+pub type Clock = std::sync::Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    std::sync::Arc::new(SystemTime::now)
+}
+
+/// Why a presented token was not accepted. The variant picks the RFC 6750 answer; the
+/// [`Rejection::reason`] goes to logs and metrics only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The credential is not acceptable (bad signature, expired, wrong audience, unknown, ...).
+    #[error("invalid credential: {0}")]
+    Invalid(&'static str),
+    /// The credential could not be checked (issuer or store unreachable, no keys yet): deny, retryable.
+    #[error("credential check unavailable: {0}")]
+    Unavailable(&'static str),
+}
+
+impl Rejection {
+    /// The bounded reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Invalid(r) | Rejection::Unavailable(r) => r,
+        }
+    }
+}
+
+/// Seconds since the epoch of `t` (0 before it).
+pub(crate) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

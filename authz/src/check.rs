@@ -1,0 +1,603 @@
+//! The Check decision and the gRPC service Envoy's ext_authz filter calls.
+//!
+//! A decision: pick the policy rule (or the one `context_extensions` names) → if public, allow →
+//! collect the credentials the rule's identity methods understand (two different ones is a
+//! 400, see below) → the first method in the rule's order that finds its credential verifies it
+//! → check the rule's conditions → allow with identity headers and dynamic metadata, or deny
+//! with an RFC 6750 answer. The reason of a denial goes to metrics and logs, never to the client
+//! beyond the RFC's error codes.
+//!
+//! Ambiguous credentials: a request carrying both a bearer token and an API key (or an API key
+//! in both the header and the query) is answered 400 `invalid_request`, as RFC 6750 §3.1 asks
+//! for "more than one method for including an access token": guessing which one the client meant
+//! would let an attacker-controlled credential shadow the real one.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tollgate_proto::auth::{
+    Authorization, CheckRequest, CheckResponse, HttpView, denied_response, header, ok_response,
+};
+use tollgate_proto::metadata;
+use tollgate_proto::pb::envoy::config::core::v3::HeaderValueOption;
+use tollgate_proto::rpc_code;
+
+use crate::apikey::{ApiKeyError, ApiKeys};
+use crate::config::HeadersConfig;
+use crate::identity::introspection::Introspector;
+use crate::identity::jwt::JwtVerifier;
+use crate::identity::{Identity, Method, Rejection};
+use crate::metrics;
+use crate::policy::{Policy, Unmet};
+
+/// `context_extensions` keys a route may set in its ext_authz per-route config.
+pub mod extensions {
+    /// Use the named policy rule instead of matching.
+    pub const RULE: &str = "tollgate.rule";
+    /// Comma-separated identity methods, in order, replacing the rule's.
+    pub const IDENTITY: &str = "tollgate.identity";
+    /// Space-separated scopes required on top of the rule's conditions.
+    pub const SCOPES: &str = "tollgate.scopes";
+}
+
+const REALM: &str = "tollgate";
+
+/// Everything a decision needs; built once from the config.
+pub struct Authorizer {
+    policy: Policy,
+    jwt: Option<JwtVerifier>,
+    introspection: Option<Introspector>,
+    api_keys: Option<ApiKeys>,
+    api_key_header: String,
+    api_key_query: Option<String>,
+    headers: HeaderPlan,
+}
+
+/// Names of the identity headers, resolved once.
+struct HeaderPlan {
+    subject: String,
+    tenant: String,
+    plan: String,
+    scopes: String,
+    method: String,
+    key_id: String,
+    claims: Vec<(Vec<String>, String)>,
+    remove_credential: bool,
+    max_value: usize,
+}
+
+impl HeaderPlan {
+    fn new(cfg: &HeadersConfig) -> Self {
+        let lower = |s: &String| s.to_ascii_lowercase();
+        Self {
+            subject: lower(&cfg.subject),
+            tenant: lower(&cfg.tenant),
+            plan: lower(&cfg.plan),
+            scopes: lower(&cfg.scopes),
+            method: lower(&cfg.method),
+            key_id: lower(&cfg.key_id),
+            claims: cfg
+                .claims
+                .iter()
+                .map(|(c, h)| (c.split('.').map(str::to_string).collect(), lower(h)))
+                .collect(),
+            remove_credential: cfg.remove_credential,
+            max_value: cfg.max_value_bytes,
+        }
+    }
+}
+
+/// The outcome of a decision, for metrics.
+struct Outcome {
+    response: CheckResponse,
+    decision: &'static str,
+    method: &'static str,
+    reason: &'static str,
+}
+
+/// A credential found in the request.
+#[derive(Clone, Copy)]
+enum Credential<'a> {
+    Bearer(&'a str),
+    ApiKey(&'a str),
+}
+
+impl Authorizer {
+    pub fn new(
+        policy: Policy,
+        jwt: Option<JwtVerifier>,
+        introspection: Option<Introspector>,
+        api_keys: Option<(ApiKeys, String, Option<String>)>,
+        headers: &HeadersConfig,
+    ) -> Self {
+        let (api_keys, api_key_header, api_key_query) = match api_keys {
+            Some((k, h, q)) => (Some(k), h.to_ascii_lowercase(), q),
+            None => (None, String::new(), None),
+        };
+        Self {
+            policy,
+            jwt,
+            introspection,
+            api_keys,
+            api_key_header,
+            api_key_query,
+            headers: HeaderPlan::new(headers),
+        }
+    }
+
+    /// The JWT verifier, when configured (for starting its key refreshers).
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
+    }
+
+    /// Answers one Check.
+    pub async fn check(&self, req: &CheckRequest) -> CheckResponse {
+        let start = Instant::now();
+        let out = self.decide(req).await;
+        metrics::check(out.decision, out.method, out.reason, start.elapsed());
+        if out.decision == "deny" {
+            tracing::debug!(method = out.method, reason = out.reason, "denied");
+        }
+        out.response
+    }
+
+    async fn decide(&self, req: &CheckRequest) -> Outcome {
+        let Some(view) = HttpView::of(req) else {
+            return deny(Denial::Forbidden, "none", "no_http_attributes", None);
+        };
+        let ext = view.context_extensions;
+        let rule = match ext.get(extensions::RULE) {
+            Some(name) => match self.policy.by_name(name) {
+                Some(r) => r,
+                None => {
+                    tracing::warn!(rule = %name, "context_extensions names an unknown rule; denying");
+                    return deny(Denial::Forbidden, "none", "unknown_rule", None);
+                }
+            },
+            None => match self.policy.select(view.host, view.path, view.method) {
+                Some(r) => r,
+                None => return deny(Denial::Forbidden, "none", "no_rule", None),
+            },
+        };
+        if rule.public {
+            let anon = Identity::new(Method::Anonymous, "");
+            return self.allow(&anon, None, "public");
+        }
+        let methods: Cow<'_, [Method]> = match ext.get(extensions::IDENTITY) {
+            Some(list) => match parse_methods(list) {
+                Some(m) => Cow::Owned(m.into_iter().filter(|m| self.has(*m)).collect()),
+                None => {
+                    tracing::warn!(value = %list, "invalid tollgate.identity in context_extensions; denying");
+                    return deny(Denial::Forbidden, "none", "bad_route_override", None);
+                }
+            },
+            None => Cow::Borrowed(&rule.identity),
+        };
+        let wants_bearer = methods
+            .iter()
+            .any(|m| matches!(m, Method::Jwt | Method::Introspection));
+        let wants_key = methods.contains(&Method::ApiKey);
+        let challenge = if wants_bearer {
+            Scheme::Bearer
+        } else {
+            Scheme::ApiKey
+        };
+
+        let bearer = if wants_bearer {
+            match bearer_token(view.header("authorization")) {
+                Ok(b) => b,
+                Err(()) => {
+                    return deny(
+                        Denial::BadRequest(challenge),
+                        "none",
+                        "malformed_authorization",
+                        None,
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        let api_key = if wants_key {
+            let h = view.header(&self.api_key_header).filter(|v| !v.is_empty());
+            let q = self
+                .api_key_query
+                .as_deref()
+                .and_then(|p| query_param(view.query, p));
+            match (h, q) {
+                (Some(_), Some(_)) => {
+                    return deny(
+                        Denial::BadRequest(challenge),
+                        "api_key",
+                        "ambiguous_credentials",
+                        None,
+                    );
+                }
+                (h, q) => h.or(q),
+            }
+        } else {
+            None
+        };
+        if bearer.is_some() && api_key.is_some() {
+            return deny(
+                Denial::BadRequest(challenge),
+                "none",
+                "ambiguous_credentials",
+                None,
+            );
+        }
+
+        // The first method, in the rule's order, that finds its credential decides.
+        let mut chosen = None;
+        for m in methods.iter() {
+            let cred = match (m, bearer, api_key) {
+                // With introspection also accepted, JWT takes only JWT-shaped tokens.
+                (Method::Jwt, Some(t), _)
+                    if JwtVerifier::looks_like_jwt(t)
+                        || !methods.contains(&Method::Introspection) =>
+                {
+                    Some(Credential::Bearer(t))
+                }
+                (Method::Introspection, Some(t), _) => Some(Credential::Bearer(t)),
+                (Method::ApiKey, _, Some(k)) => Some(Credential::ApiKey(k)),
+                _ => None,
+            };
+            if let Some(c) = cred {
+                chosen = Some((*m, c));
+                break;
+            }
+        }
+        let Some((method, cred)) = chosen else {
+            return deny(
+                Denial::Unauthenticated(challenge),
+                "none",
+                "no_credential",
+                None,
+            );
+        };
+        let identity: Result<Arc<Identity>, (Rejection, Scheme)> = match (method, cred) {
+            (Method::Jwt, Credential::Bearer(t)) => match &self.jwt {
+                Some(j) => j.verify(t).await.map_err(|r| (r, Scheme::Bearer)),
+                None => Err((Rejection::Invalid("not_configured"), Scheme::Bearer)),
+            },
+            (Method::Introspection, Credential::Bearer(t)) => match &self.introspection {
+                Some(i) => i.verify(t).await.map_err(|r| (r, Scheme::Bearer)),
+                None => Err((Rejection::Invalid("not_configured"), Scheme::Bearer)),
+            },
+            (Method::ApiKey, Credential::ApiKey(k)) => match &self.api_keys {
+                Some(keys) => keys
+                    .verify(k)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| (api_key_rejection(&e), Scheme::ApiKey)),
+                None => Err((Rejection::Invalid("not_configured"), Scheme::ApiKey)),
+            },
+            _ => Err((Rejection::Invalid("internal"), Scheme::Bearer)),
+        };
+        let identity = match identity {
+            Ok(id) => id,
+            Err((Rejection::Invalid(reason), scheme)) => {
+                return deny(Denial::InvalidToken(scheme), method.as_str(), reason, None);
+            }
+            Err((Rejection::Unavailable(reason), _)) => {
+                return deny(Denial::Unavailable, method.as_str(), reason, None);
+            }
+        };
+
+        let extra: Vec<&str> = match ext.get(extensions::SCOPES) {
+            Some(s) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+            None => Vec::new(),
+        };
+        match rule.unmet(&identity, &extra) {
+            None => {}
+            Some(Unmet::Scope(s)) => {
+                let scheme = if method == Method::ApiKey {
+                    Scheme::ApiKey
+                } else {
+                    Scheme::Bearer
+                };
+                return deny(
+                    Denial::InsufficientScope(scheme),
+                    method.as_str(),
+                    "insufficient_scope",
+                    Some(s),
+                );
+            }
+            Some(Unmet::Claim) => {
+                let scheme = if method == Method::ApiKey {
+                    Scheme::ApiKey
+                } else {
+                    Scheme::Bearer
+                };
+                return deny(
+                    Denial::InsufficientScope(scheme),
+                    method.as_str(),
+                    "claim_condition",
+                    None,
+                );
+            }
+        }
+        self.allow(&identity, Some(cred), "allowed")
+    }
+
+    fn has(&self, m: Method) -> bool {
+        match m {
+            Method::Jwt => self.jwt.is_some(),
+            Method::Introspection => self.introspection.is_some(),
+            Method::ApiKey => self.api_keys.is_some(),
+            Method::Anonymous => false,
+        }
+    }
+
+    fn allow(&self, id: &Identity, cred: Option<Credential<'_>>, reason: &'static str) -> Outcome {
+        let h = &self.headers;
+        let max = h.max_value;
+        let mut set: Vec<HeaderValueOption> = Vec::with_capacity(6 + h.claims.len());
+        let mut remove: Vec<String> = Vec::with_capacity(6 + h.claims.len() + 1);
+        // Every identity header is either set (overwriting the client's copy) or removed, so a
+        // client can never smuggle one through; headers we set are not also listed for removal,
+        // whatever order Envoy applies the two lists in.
+        let mut put = |name: &String, value: Option<&str>| match value {
+            Some(v) if !v.is_empty() => set.push(header(name.clone(), sanitize(v, max))),
+            _ => remove.push(name.clone()),
+        };
+        let anonymous = id.method == Method::Anonymous;
+        put(&h.subject, (!anonymous).then_some(id.subject.as_str()));
+        put(&h.method, Some(id.method.as_str()));
+        put(&h.tenant, id.tenant.as_deref());
+        put(&h.plan, id.plan.as_deref());
+        put(&h.key_id, id.key_id.as_deref());
+        let scopes = (!id.scopes.is_empty()).then(|| id.scopes.join(" "));
+        put(&h.scopes, scopes.as_deref());
+        for (path, name) in &h.claims {
+            let v = claim_string(id, path);
+            put(name, v.as_deref());
+        }
+        if h.remove_credential {
+            match cred {
+                Some(Credential::Bearer(_)) => remove.push("authorization".into()),
+                Some(Credential::ApiKey(_)) => remove.push(self.api_key_header.clone()),
+                None => {}
+            }
+        }
+        let mut fields = Vec::with_capacity(5);
+        fields.push(("method", metadata::string(id.method.as_str())));
+        if !anonymous {
+            fields.push(("subject", metadata::string(id.subject.clone())));
+        }
+        if let Some(k) = &id.key_id {
+            fields.push(("key_id", metadata::string(k.clone())));
+        }
+        if let Some(t) = &id.tenant {
+            fields.push(("tenant", metadata::string(t.clone())));
+        }
+        if let Some(p) = &id.plan {
+            fields.push(("plan", metadata::string(p.clone())));
+        }
+        Outcome {
+            response: ok_response(set, remove, Some(metadata::structure(fields))),
+            decision: "allow",
+            method: id.method.as_str(),
+            reason,
+        }
+    }
+}
+
+fn api_key_rejection(e: &ApiKeyError) -> Rejection {
+    match e {
+        ApiKeyError::Store(_) => {
+            metrics::key_store_error();
+            tracing::warn!(error = %e, "API key store error; denying");
+            Rejection::Unavailable("key_store_error")
+        }
+        other => Rejection::Invalid(other.reason()),
+    }
+}
+
+fn parse_methods(list: &str) -> Option<Vec<Method>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s {
+            "jwt" => Some(Method::Jwt),
+            "introspection" => Some(Method::Introspection),
+            "api_key" => Some(Method::ApiKey),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The bearer token of an Authorization header: `Ok(None)` when absent or another scheme,
+/// `Err` when it says Bearer but the token is not an RFC 6750 b64token (or is repeated).
+fn bearer_token(h: Option<&str>) -> Result<Option<&str>, ()> {
+    let Some(h) = h else { return Ok(None) };
+    let h = h.trim_matches(' ');
+    let (scheme, rest) = match h.split_once(' ') {
+        Some(p) => p,
+        None => {
+            return if h.eq_ignore_ascii_case("bearer") {
+                Err(())
+            } else {
+                Ok(None)
+            };
+        }
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_start_matches(' ');
+    let body = token.trim_end_matches('=');
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    {
+        return Err(());
+    }
+    Ok(Some(token))
+}
+
+/// The value of query parameter `name` (not percent-decoded: keys are URL-safe).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == name && !v.is_empty() => Some(v),
+            _ => None,
+        })
+}
+
+fn claim_string(id: &Identity, path: &[String]) -> Option<String> {
+    let mut cur = id.claims.get(&path[0])?;
+    for seg in &path[1..] {
+        cur = cur.get(seg.as_str())?;
+    }
+    match cur {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        serde_json::Value::Array(items) => {
+            let parts: Vec<&str> = items.iter().filter_map(|i| i.as_str()).collect();
+            (!parts.is_empty()).then(|| parts.join(","))
+        }
+        _ => None,
+    }
+}
+
+/// A header value without CR, LF or NUL (which would split or truncate the header) and no
+/// longer than `max` bytes.
+pub fn sanitize(v: &str, max: usize) -> String {
+    let mut out = String::with_capacity(v.len().min(max));
+    for c in v.chars() {
+        if matches!(c, '\r' | '\n' | '\0') {
+            continue;
+        }
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Scheme {
+    Bearer,
+    ApiKey,
+}
+
+impl Scheme {
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::Bearer => "Bearer",
+            Scheme::ApiKey => "ApiKey",
+        }
+    }
+}
+
+/// The RFC 6750 answers.
+#[derive(Clone, Copy)]
+enum Denial {
+    /// No credential: 401 with a bare challenge (§3.1: no error code).
+    Unauthenticated(Scheme),
+    /// 400 invalid_request.
+    BadRequest(Scheme),
+    /// 401 invalid_token.
+    InvalidToken(Scheme),
+    /// 403 insufficient_scope.
+    InsufficientScope(Scheme),
+    /// 403: no rule allows this request.
+    Forbidden,
+    /// 503: the credential could not be checked now (issuer, introspection or key store down).
+    Unavailable,
+}
+
+fn deny(d: Denial, method: &'static str, reason: &'static str, scope: Option<&str>) -> Outcome {
+    let (status, rpc, error, scheme) = match d {
+        Denial::Unauthenticated(s) => (401, rpc_code::UNAUTHENTICATED, None, Some(s)),
+        Denial::BadRequest(s) => (
+            400,
+            rpc_code::INVALID_ARGUMENT,
+            Some("invalid_request"),
+            Some(s),
+        ),
+        Denial::InvalidToken(s) => (
+            401,
+            rpc_code::UNAUTHENTICATED,
+            Some("invalid_token"),
+            Some(s),
+        ),
+        Denial::InsufficientScope(s) => (
+            403,
+            rpc_code::PERMISSION_DENIED,
+            Some("insufficient_scope"),
+            Some(s),
+        ),
+        Denial::Forbidden => (
+            403,
+            rpc_code::PERMISSION_DENIED,
+            Some("access_denied"),
+            None,
+        ),
+        Denial::Unavailable => (
+            503,
+            rpc_code::UNAVAILABLE,
+            Some("temporarily_unavailable"),
+            None,
+        ),
+    };
+    let mut headers = Vec::with_capacity(3);
+    if let Some(s) = scheme {
+        let mut challenge = format!("{} realm=\"{REALM}\"", s.name());
+        if let Some(e) = error {
+            challenge.push_str(&format!(", error=\"{e}\""));
+        }
+        if let Some(sc) = scope {
+            // Scopes are config values (validated: no spaces); quotes are dropped defensively.
+            challenge.push_str(&format!(", scope=\"{}\"", sc.replace(['"', '\\'], "")));
+        }
+        headers.push(header("www-authenticate", challenge));
+    }
+    if status == 503 {
+        headers.push(header("retry-after", "5"));
+    }
+    headers.push(header("content-type", "application/json"));
+    headers.push(header("cache-control", "no-store"));
+    let body = match error {
+        Some(e) => format!("{{\"error\":\"{e}\"}}"),
+        None => "{\"error\":\"unauthorized\"}".to_string(),
+    };
+    Outcome {
+        response: denied_response(rpc, status, headers, body),
+        decision: "deny",
+        method,
+        reason,
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct AuthzService {
+    inner: Arc<Authorizer>,
+}
+
+impl AuthzService {
+    pub fn new(inner: Arc<Authorizer>) -> Self {
+        Self { inner }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let req = request.into_inner();
+        Ok(tonic::Response::new(self.inner.check(&req).await))
+    }
+}
+
+#[cfg(test)]
+mod tests;

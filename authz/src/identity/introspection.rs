@@ -1,0 +1,357 @@
+//! Opaque OAuth 2.0 access tokens checked by RFC 7662 introspection (the `oauth2` crate), with
+//! client authentication. Active answers are cached until min(configured TTL, token `exp`);
+//! inactive answers, errors and timeouts deny and are never cached, so a flaky introspection
+//! endpoint cannot pin a decision in either direction.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenResponse, BasicTokenType,
+};
+use oauth2::{
+    AccessToken, AuthType, Client, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
+    ExtraTokenFields, IntrospectionUrl, StandardRevocableToken, StandardTokenIntrospectionResponse,
+    TokenIntrospectionResponse,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tollgate_common::config::{Errors, Validate, join};
+use tollgate_common::secret::Secret;
+
+use super::cache::{IdentityCache, hash_token};
+use super::jwt::ClaimMapping;
+use super::{Clock, Identity, Method, Rejection, unix};
+use crate::metrics;
+
+/// The `introspection:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The RFC 7662 endpoint.
+    pub endpoint: String,
+    pub client_id: String,
+    /// The client secret, inline (prefer `client_secret_file` or `TOLLGATE_INTROSPECTION__CLIENT_SECRET`).
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth_method: ClientAuth,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Active answers are cached for at most this long (and never past the token's `exp`).
+    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: usize,
+    /// When set, the answer's `iss` must equal it.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// When non-empty, the answer's `aud` must contain one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    #[serde(default)]
+    pub claims: ClaimMapping,
+}
+
+/// How the service authenticates to the introspection endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_max_token_bytes() -> usize {
+    4096
+}
+
+impl Validate for IntrospectionConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        if IntrospectionUrl::new(self.endpoint.clone()).is_err()
+            || !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://"))
+        {
+            errors.push(join(at, "endpoint"), "must be an http(s) URL");
+        }
+        if self.client_id.is_empty() {
+            errors.push(join(at, "client_id"), "must not be empty");
+        }
+        match (&self.client_secret, &self.client_secret_file) {
+            (Some(_), Some(_)) => errors.push(
+                join(at, "client_secret"),
+                "set one of `client_secret` or `client_secret_file`",
+            ),
+            (None, None) => errors.push(
+                join(at, "client_secret"),
+                "required (or `client_secret_file`)",
+            ),
+            (None, Some(p)) => {
+                if let Err(e) = std::fs::metadata(p) {
+                    errors.push(join(at, "client_secret_file"), format!("cannot read: {e}"));
+                }
+            }
+            (Some(s), None) if s.is_empty() => {
+                errors.push(join(at, "client_secret"), "must not be empty")
+            }
+            _ => {}
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(30) {
+            errors.push(join(at, "timeout"), "must be between 1ms and 30s");
+        }
+        if !(16..=64 * 1024).contains(&self.max_token_bytes) {
+            errors.push(join(at, "max_token_bytes"), "must be between 16 and 65536");
+        }
+    }
+}
+
+/// Every member of the introspection answer beyond RFC 7662's own, kept as claims.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct OtherMembers {
+    #[serde(flatten)]
+    pub members: Map<String, Value>,
+}
+
+impl ExtraTokenFields for OtherMembers {}
+
+type Answer = StandardTokenIntrospectionResponse<OtherMembers, BasicTokenType>;
+type OAuthClient = Client<
+    BasicErrorResponse,
+    BasicTokenResponse,
+    Answer,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+>;
+
+/// Why the introspector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectionSetupError {
+    #[error("reading the client secret from {path}: {source}")]
+    Secret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid endpoint URL: {0}")]
+    Url(String),
+    #[error("building the HTTP client: {0}")]
+    Http(String),
+}
+
+/// Checks opaque tokens at the introspection endpoint.
+pub struct Introspector {
+    client: OAuthClient,
+    http: reqwest::Client,
+    timeout: Duration,
+    cache: IdentityCache,
+    cache_ttl: Duration,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    max_token_bytes: usize,
+    claims: ClaimMapping,
+    clock: Clock,
+}
+
+impl Introspector {
+    pub fn new(
+        cfg: &IntrospectionConfig,
+        clock: Clock,
+    ) -> Result<Introspector, IntrospectionSetupError> {
+        let secret = match (&cfg.client_secret, &cfg.client_secret_file) {
+            (Some(s), _) => s.expose().to_string(),
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .map_err(|source| IntrospectionSetupError::Secret {
+                    path: p.clone(),
+                    source,
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        let url = IntrospectionUrl::new(cfg.endpoint.clone())
+            .map_err(|e| IntrospectionSetupError::Url(e.to_string()))?;
+        let client = Client::new(ClientId::new(cfg.client_id.clone()))
+            .set_client_secret(ClientSecret::new(secret))
+            .set_auth_type(match cfg.auth_method {
+                ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
+                ClientAuth::ClientSecretPost => AuthType::RequestBody,
+            })
+            .set_introspection_url(url);
+        // Redirects are not followed: the client secret must only ever go to the configured URL.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(cfg.timeout)
+            .build()
+            .map_err(|e| IntrospectionSetupError::Http(e.to_string()))?;
+        Ok(Introspector {
+            client,
+            http,
+            timeout: cfg.timeout,
+            cache: IdentityCache::new(cfg.cache_max_entries),
+            cache_ttl: cfg.cache_ttl,
+            issuer: cfg.issuer.clone(),
+            audiences: cfg.audiences.clone(),
+            max_token_bytes: cfg.max_token_bytes,
+            claims: cfg.claims.clone(),
+            clock,
+        })
+    }
+
+    /// Checks a token, from the cache when an earlier active answer still holds.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Rejection> {
+        if token.len() > self.max_token_bytes {
+            return Err(Rejection::Invalid("token_too_large"));
+        }
+        // RFC 6750 §2.1 b64token charset; anything else cannot be a token and is not sent out.
+        if token.is_empty()
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+        {
+            return Err(Rejection::Invalid("malformed"));
+        }
+        let now = (self.clock)();
+        let key = hash_token(token);
+        if let Some(id) = self.cache.get(&key, now) {
+            metrics::cache("introspection", true);
+            return Ok(id);
+        }
+        metrics::cache("introspection", false);
+        let access = AccessToken::new(token.to_string());
+        let request = self
+            .client
+            .introspect(&access)
+            .set_token_type_hint("access_token");
+        let answer =
+            match tokio::time::timeout(self.timeout, request.request_async(&self.http)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    metrics::introspection("error");
+                    tracing::warn!(error = %e, "introspection failed; denying");
+                    return Err(Rejection::Unavailable("introspection_error"));
+                }
+                Err(_) => {
+                    metrics::introspection("error");
+                    tracing::warn!("introspection timed out; denying");
+                    return Err(Rejection::Unavailable("introspection_timeout"));
+                }
+            };
+        if !answer.active() {
+            metrics::introspection("inactive");
+            return Err(Rejection::Invalid("inactive"));
+        }
+        metrics::introspection("active");
+        let (identity, exp) = self.identity(&answer, now)?;
+        let identity = Arc::new(identity);
+        let until = match exp {
+            Some(exp) => (now + self.cache_ttl).min(exp),
+            None => now + self.cache_ttl,
+        };
+        self.cache.insert(key, identity.clone(), until, now);
+        Ok(identity)
+    }
+
+    fn identity(
+        &self,
+        a: &Answer,
+        now: SystemTime,
+    ) -> Result<(Identity, Option<SystemTime>), Rejection> {
+        let now_s = unix(now) as i64;
+        let exp = a.exp().map(|t| t.timestamp());
+        if exp.is_some_and(|e| e <= now_s) {
+            return Err(Rejection::Invalid("expired"));
+        }
+        if a.nbf().is_some_and(|t| t.timestamp() > now_s) {
+            return Err(Rejection::Invalid("not_yet_valid"));
+        }
+        if let Some(want) = &self.issuer {
+            if a.iss() != Some(want.as_str()) {
+                return Err(Rejection::Invalid("wrong_issuer"));
+            }
+        }
+        if !self.audiences.is_empty() {
+            let ok = a
+                .aud()
+                .is_some_and(|auds| auds.iter().any(|x| self.audiences.contains(x)));
+            if !ok {
+                return Err(Rejection::Invalid("wrong_audience"));
+            }
+        }
+        let mut claims = a.extra_fields().members.clone();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                claims.insert(k.to_string(), v);
+            }
+        };
+        put("sub", a.sub().map(|s| Value::String(s.to_string())));
+        put("iss", a.iss().map(|s| Value::String(s.to_string())));
+        put(
+            "client_id",
+            a.client_id().map(|c| Value::String(c.as_str().to_string())),
+        );
+        put(
+            "username",
+            a.username().map(|s| Value::String(s.to_string())),
+        );
+        put(
+            "aud",
+            a.aud()
+                .map(|v| Value::Array(v.iter().cloned().map(Value::String).collect())),
+        );
+        put("exp", exp.map(|e| Value::from(e)));
+        let scopes: Vec<String> = a
+            .scopes()
+            .map(|s| s.iter().map(|s| s.as_str().to_string()).collect())
+            .unwrap_or_default();
+        put(
+            "scope",
+            (!scopes.is_empty()).then(|| Value::String(scopes.join(" "))),
+        );
+
+        let subject = match claims.get(&self.claims.subject) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(Rejection::Invalid("missing_subject")),
+        };
+        let str_claim = |name: &Option<String>| match name.as_ref().and_then(|n| claims.get(n)) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let mut id = Identity::new(Method::Introspection, subject);
+        id.issuer = a.iss().map(str::to_string).or_else(|| self.issuer.clone());
+        id.tenant = str_claim(&self.claims.tenant);
+        id.plan = str_claim(&self.claims.plan);
+        id.scopes = if scopes.is_empty() {
+            self.claims
+                .scopes
+                .iter()
+                .find_map(|c| claims.get(c))
+                .map(super::jwt::scopes_of)
+                .unwrap_or_default()
+        } else {
+            scopes
+        };
+        let exp_at = exp
+            .and_then(|e| u64::try_from(e).ok())
+            .map(|e| SystemTime::UNIX_EPOCH + Duration::from_secs(e));
+        id.expires_at = exp_at;
+        id.claims = claims;
+        Ok((id, exp_at))
+    }
+}

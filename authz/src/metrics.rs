@@ -1,0 +1,75 @@
+//! The service's Prometheus metrics. Every label takes a bounded value (a decision, a method, a
+//! reason from a fixed list, a cache name); never a subject, key id or token.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_histogram, histogram};
+
+pub const CHECKS: &str = "tollgate_authz_checks_total";
+pub const CHECK_DURATION: &str = "tollgate_authz_check_duration_seconds";
+pub const JWKS_FETCHES: &str = "tollgate_authz_jwks_fetches_total";
+pub const JWKS_REFETCH_SUPPRESSED: &str = "tollgate_authz_jwks_refetch_suppressed_total";
+pub const CACHE_LOOKUPS: &str = "tollgate_authz_cache_lookups_total";
+pub const INTROSPECTIONS: &str = "tollgate_authz_introspection_requests_total";
+pub const KEY_STORE_ERRORS: &str = "tollgate_authz_key_store_errors_total";
+
+/// Registers descriptions (once at startup; harmless to repeat).
+pub fn describe() {
+    describe_counter!(
+        CHECKS,
+        "Check calls answered, by decision, identity method and reason"
+    );
+    describe_histogram!(
+        CHECK_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer a Check call"
+    );
+    describe_counter!(JWKS_FETCHES, "JWKS (and discovery) fetches, by result");
+    describe_counter!(
+        JWKS_REFETCH_SUPPRESSED,
+        "Unknown-kid refetches skipped because one ran within the interval"
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Verified-credential cache lookups, by cache and result"
+    );
+    describe_counter!(INTROSPECTIONS, "RFC 7662 introspection requests, by result");
+    describe_counter!(
+        KEY_STORE_ERRORS,
+        "API key store errors seen while answering Check"
+    );
+}
+
+/// One answered Check.
+pub fn check(
+    decision: &'static str,
+    method: &'static str,
+    reason: &'static str,
+    elapsed: Duration,
+) {
+    counter!(CHECKS, "decision" => decision, "method" => method, "reason" => reason).increment(1);
+    histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn jwks_fetch(ok: bool) {
+    counter!(JWKS_FETCHES, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub fn jwks_refetch_suppressed() {
+    counter!(JWKS_REFETCH_SUPPRESSED).increment(1);
+}
+
+/// A lookup in the `jwt` or `introspection` cache.
+pub fn cache(cache: &'static str, hit: bool) {
+    counter!(CACHE_LOOKUPS, "cache" => cache, "result" => if hit { "hit" } else { "miss" })
+        .increment(1);
+}
+
+/// An introspection request's outcome: `active`, `inactive` or `error`.
+pub fn introspection(result: &'static str) {
+    counter!(INTROSPECTIONS, "result" => result).increment(1);
+}
+
+pub fn key_store_error() {
+    counter!(KEY_STORE_ERRORS).increment(1);
+}

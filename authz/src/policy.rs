@@ -1,0 +1,670 @@
+//! Per-route policies: ordered rules matching host, path and method, each naming the identity
+//! methods a route accepts and the conditions (scopes, claims) the caller must meet, or marking
+//! the route public.
+//!
+//! Rules are compiled once (regexes included) from [`PolicyConfig`]; matching is pure and
+//! allocation-free so that it can run on every Check.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+use tollgate_common::config::{Errors, Validate, join};
+
+use crate::identity::{Identity, Method};
+
+/// The `policy:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// What happens when no rule matches.
+    #[serde(default)]
+    pub no_match: NoMatch,
+    /// The order in which identity methods are tried on a route that does not list its own.
+    #[serde(default = "default_identity_order")]
+    pub identity_order: Vec<Method>,
+    /// Evaluated in order; the first rule that matches decides.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            no_match: NoMatch::Deny,
+            identity_order: default_identity_order(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+fn default_identity_order() -> Vec<Method> {
+    vec![Method::Jwt, Method::Introspection, Method::ApiKey]
+}
+
+/// The decision for a request no rule matched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoMatch {
+    /// 403 (the safe default).
+    #[default]
+    Deny,
+    /// Any identity method of `identity_order`, no conditions.
+    Authenticated,
+    /// Allowed without a credential.
+    Public,
+}
+
+/// One rule of `policy.rules`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Names the rule in logs and in `context_extensions` (`tollgate.rule`).
+    pub name: String,
+    /// Exact host names or `*.suffix` wildcards (port ignored); empty matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path match on the path Envoy normalised; absent matches any path.
+    #[serde(default)]
+    pub path: Option<PathMatchConfig>,
+    /// HTTP methods (upper case); empty matches any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Allowed without a credential.
+    #[serde(default)]
+    pub public: bool,
+    /// Identity methods accepted here, in the order they are tried; default `policy.identity_order`.
+    #[serde(default)]
+    pub identity: Option<Vec<Method>>,
+    /// All must hold for the request to be allowed.
+    #[serde(default)]
+    pub conditions: Vec<ConditionConfig>,
+}
+
+/// How a rule matches the path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PathMatchConfig {
+    Exact(String),
+    Prefix(String),
+    /// Anchored implicitly: the whole path must match.
+    Regex(String),
+}
+
+/// A condition on the caller's identity; exactly one of `scope` or `claim` (with one operator).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionConfig {
+    /// The identity must carry this scope.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Dotted path into the token claims (`realm_access.roles`), or `tenant` / `plan` /
+    /// `subject` for the identity's own fields.
+    #[serde(default)]
+    pub claim: Option<String>,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    /// The claim (a list, or a space-separated string) contains this value.
+    #[serde(default)]
+    pub contains: Option<Value>,
+    #[serde(default)]
+    pub one_of: Option<Vec<Value>>,
+}
+
+impl Validate for PolicyConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        if self.identity_order.is_empty() {
+            errors.push(join(at, "identity_order"), "must list at least one method");
+        }
+        if self.identity_order.contains(&Method::Anonymous) {
+            errors.push(
+                join(at, "identity_order"),
+                "`anonymous` is not a credential; use `public: true`",
+            );
+        }
+        let mut names = HashMap::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = format!("{}[{i}]", join(at, "rules"));
+            if r.name.is_empty() {
+                errors.push(join(&at, "name"), "must not be empty");
+            } else if let Some(prev) = names.insert(r.name.as_str(), i) {
+                errors.push(join(&at, "name"), format!("duplicate of rules[{prev}]"));
+            }
+            for (j, h) in r.hosts.iter().enumerate() {
+                if h.is_empty()
+                    || (h.contains('*') && !(h.starts_with("*.") && h[2..].find('*').is_none()))
+                {
+                    errors.push(
+                        format!("{}[{j}]", join(&at, "hosts")),
+                        "expected a host name or `*.suffix`",
+                    );
+                }
+            }
+            match &r.path {
+                Some(PathMatchConfig::Exact(p)) | Some(PathMatchConfig::Prefix(p))
+                    if !p.starts_with('/') =>
+                {
+                    errors.push(join(&at, "path"), "must start with `/`");
+                }
+                Some(PathMatchConfig::Regex(re)) => {
+                    if let Err(e) = compile_path_regex(re) {
+                        errors.push(join(&at, "path.regex"), format!("invalid regex: {e}"));
+                    }
+                }
+                _ => {}
+            }
+            for (j, m) in r.methods.iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    errors.push(
+                        format!("{}[{j}]", join(&at, "methods")),
+                        "expected an upper-case HTTP method",
+                    );
+                }
+            }
+            if let Some(ids) = &r.identity {
+                if ids.is_empty() && !r.public {
+                    errors.push(
+                        join(&at, "identity"),
+                        "must list at least one method (or set `public: true`)",
+                    );
+                }
+                if ids.contains(&Method::Anonymous) {
+                    errors.push(
+                        join(&at, "identity"),
+                        "`anonymous` is not a credential; use `public: true`",
+                    );
+                }
+            }
+            if r.public && (!r.conditions.is_empty() || r.identity.is_some()) {
+                errors.push(
+                    join(&at, "public"),
+                    "a public rule takes no `identity` or `conditions`",
+                );
+            }
+            for (j, c) in r.conditions.iter().enumerate() {
+                let at = format!("{}[{j}]", join(&at, "conditions"));
+                let ops = [c.equals.is_some(), c.contains.is_some(), c.one_of.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                match (&c.scope, &c.claim) {
+                    (Some(s), None) if ops == 0 => {
+                        if s.is_empty() || s.contains(' ') {
+                            errors.push(join(&at, "scope"), "must be one non-empty scope");
+                        }
+                    }
+                    (Some(_), None) => {
+                        errors.push(at, "a `scope` condition takes no operator");
+                    }
+                    (None, Some(cl)) if ops == 1 => {
+                        if cl.is_empty() || cl.split('.').any(str::is_empty) {
+                            errors.push(join(&at, "claim"), "expected a dotted claim path");
+                        }
+                    }
+                    (None, Some(_)) => {
+                        errors.push(at, "a `claim` condition takes exactly one of `equals`, `contains`, `one_of`");
+                    }
+                    _ => errors.push(at, "expected exactly one of `scope` or `claim`"),
+                }
+            }
+        }
+    }
+}
+
+/// The identity methods configured on the service, to check rules against.
+pub fn check_methods_configured(
+    cfg: &PolicyConfig,
+    configured: &[Method],
+    at: &str,
+    errors: &mut Errors,
+) {
+    let order_at = join(at, "identity_order");
+    let mut any = false;
+    for m in &cfg.identity_order {
+        any |= configured.contains(m);
+    }
+    if !any
+        && (cfg.no_match == NoMatch::Authenticated
+            || cfg.rules.iter().any(|r| !r.public && r.identity.is_none()))
+    {
+        errors.push(order_at, "none of these identity methods is configured");
+    }
+    for (i, r) in cfg.rules.iter().enumerate() {
+        if let Some(ids) = &r.identity {
+            for (j, m) in ids.iter().enumerate() {
+                if *m != Method::Anonymous && !configured.contains(m) {
+                    errors.push(
+                        format!("{}[{i}].identity[{j}]", join(at, "rules")),
+                        format!("`{}` is not configured (add its section)", m.as_str()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn compile_path_regex(re: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(1 << 20)
+        .build()
+}
+
+/// A compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    by_name: HashMap<String, usize>,
+    no_match: Option<Rule>,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    hosts: Vec<HostMatch>,
+    path: PathMatch,
+    methods: Vec<String>,
+    /// Allowed without a credential.
+    pub public: bool,
+    /// Identity methods accepted, in the order they are tried (only configured ones).
+    pub identity: Vec<Method>,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    Scope(String),
+    Claim { path: Vec<String>, op: ClaimOp },
+}
+
+#[derive(Debug, Clone)]
+pub enum ClaimOp {
+    Equals(Value),
+    Contains(Value),
+    OneOf(Vec<Value>),
+}
+
+/// Why conditions failed: a missing scope is reported to the client (RFC 6750 `scope`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unmet<'a> {
+    Scope(&'a str),
+    Claim,
+}
+
+impl Policy {
+    /// Compiles a validated config; `configured` are the identity methods the service has.
+    pub fn compile(cfg: &PolicyConfig, configured: &[Method]) -> Result<Policy, regex::Error> {
+        let order: Vec<Method> = cfg
+            .identity_order
+            .iter()
+            .copied()
+            .filter(|m| configured.contains(m))
+            .collect();
+        let mut rules = Vec::with_capacity(cfg.rules.len());
+        let mut by_name = HashMap::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let path = match &r.path {
+                None => PathMatch::Any,
+                Some(PathMatchConfig::Exact(p)) => PathMatch::Exact(p.clone()),
+                Some(PathMatchConfig::Prefix(p)) => PathMatch::Prefix(p.clone()),
+                Some(PathMatchConfig::Regex(re)) => PathMatch::Regex(compile_path_regex(re)?),
+            };
+            let identity = match (&r.identity, r.public) {
+                (_, true) => Vec::new(),
+                (Some(ids), false) => ids
+                    .iter()
+                    .copied()
+                    .filter(|m| configured.contains(m))
+                    .collect(),
+                (None, false) => order.clone(),
+            };
+            rules.push(Rule {
+                name: r.name.clone(),
+                hosts: r
+                    .hosts
+                    .iter()
+                    .map(|h| match h.strip_prefix('*') {
+                        Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase()),
+                        None => HostMatch::Exact(h.to_ascii_lowercase()),
+                    })
+                    .collect(),
+                path,
+                methods: r.methods.clone(),
+                public: r.public,
+                identity,
+                conditions: r.conditions.iter().map(compile_condition).collect(),
+            });
+            by_name.insert(r.name.clone(), i);
+        }
+        let no_match = match cfg.no_match {
+            NoMatch::Deny => None,
+            NoMatch::Public | NoMatch::Authenticated => Some(Rule {
+                name: "no_match".into(),
+                hosts: Vec::new(),
+                path: PathMatch::Any,
+                methods: Vec::new(),
+                public: cfg.no_match == NoMatch::Public,
+                identity: if cfg.no_match == NoMatch::Public {
+                    Vec::new()
+                } else {
+                    order
+                },
+                conditions: Vec::new(),
+            }),
+        };
+        Ok(Policy {
+            rules,
+            by_name,
+            no_match,
+        })
+    }
+
+    /// The first rule matching the request, or the no-match rule (`None` means deny).
+    pub fn select(&self, host: &str, path: &str, method: &str) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.matches(host, path, method))
+            .or(self.no_match.as_ref())
+    }
+
+    /// A rule by name (for `context_extensions` overrides).
+    pub fn by_name(&self, name: &str) -> Option<&Rule> {
+        self.by_name.get(name).map(|&i| &self.rules[i])
+    }
+}
+
+fn compile_condition(c: &ConditionConfig) -> Condition {
+    if let Some(s) = &c.scope {
+        return Condition::Scope(s.clone());
+    }
+    let path = c
+        .claim
+        .as_deref()
+        .unwrap_or_default()
+        .split('.')
+        .map(str::to_string)
+        .collect();
+    let op = if let Some(v) = &c.equals {
+        ClaimOp::Equals(v.clone())
+    } else if let Some(v) = &c.contains {
+        ClaimOp::Contains(v.clone())
+    } else {
+        ClaimOp::OneOf(c.one_of.clone().unwrap_or_default())
+    };
+    Condition::Claim { path, op }
+}
+
+impl Rule {
+    fn matches(&self, host: &str, path: &str, method: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && self.matches_host(host)
+            && match &self.path {
+                PathMatch::Any => true,
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+                PathMatch::Regex(re) => re.is_match(path),
+            }
+    }
+
+    fn matches_host(&self, host: &str) -> bool {
+        if self.hosts.is_empty() {
+            return true;
+        }
+        // Strip a port, but not from a bracketed IPv6 literal's inside.
+        let host = match host.rfind(':') {
+            Some(i) if !host[i..].contains(']') => &host[..i],
+            _ => host,
+        };
+        self.hosts.iter().any(|h| match h {
+            HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
+            HostMatch::Suffix(s) => {
+                host.len() > s.len()
+                    && host.is_char_boundary(host.len() - s.len())
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+        })
+    }
+
+    /// The first condition the identity does not meet.
+    pub fn unmet<'a>(&'a self, id: &Identity, extra_scopes: &'a [&'a str]) -> Option<Unmet<'a>> {
+        for s in extra_scopes {
+            if !id.has_scope(s) {
+                return Some(Unmet::Scope(s));
+            }
+        }
+        for c in &self.conditions {
+            match c {
+                Condition::Scope(s) => {
+                    if !id.has_scope(s) {
+                        return Some(Unmet::Scope(s));
+                    }
+                }
+                Condition::Claim { path, op } => {
+                    if !claim_holds(id, path, op) {
+                        return Some(Unmet::Claim);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+fn claim_holds(id: &Identity, path: &[String], op: &ClaimOp) -> bool {
+    let owned;
+    let value: &Value = match (path.len(), path[0].as_str()) {
+        (1, "subject") if !id.claims.contains_key("subject") => {
+            owned = Value::String(id.subject.clone());
+            &owned
+        }
+        (1, "tenant") if !id.claims.contains_key("tenant") => match &id.tenant {
+            Some(t) => {
+                owned = Value::String(t.clone());
+                &owned
+            }
+            None => return false,
+        },
+        (1, "plan") if !id.claims.contains_key("plan") => match &id.plan {
+            Some(p) => {
+                owned = Value::String(p.clone());
+                &owned
+            }
+            None => return false,
+        },
+        _ => {
+            let mut cur = match id.claims.get(&path[0]) {
+                Some(v) => v,
+                None => return false,
+            };
+            for seg in &path[1..] {
+                cur = match cur.get(seg.as_str()) {
+                    Some(v) => v,
+                    None => return false,
+                };
+            }
+            cur
+        }
+    };
+    match op {
+        ClaimOp::Equals(want) => value == want,
+        ClaimOp::OneOf(set) => set.iter().any(|w| w == value),
+        ClaimOp::Contains(want) => match value {
+            Value::Array(items) => items.iter().any(|i| i == want),
+            Value::String(s) => match want {
+                Value::String(w) => s.split(' ').any(|part| part == w),
+                _ => false,
+            },
+            _ => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(yaml: &str) -> Policy {
+        let cfg: PolicyConfig = serde_yaml::from_str(yaml).unwrap();
+        let mut e = Errors::default();
+        cfg.validate("policy", &mut e);
+        assert!(e.is_empty(), "{e:?}");
+        Policy::compile(&cfg, &[Method::Jwt, Method::ApiKey]).unwrap()
+    }
+
+    const P: &str = r#"
+rules:
+  - name: health
+    path: {exact: /healthz}
+    public: true
+  - name: admin
+    hosts: ["*.example.com"]
+    path: {regex: "/admin/[0-9]+"}
+    methods: [POST]
+    identity: [api_key]
+    conditions:
+      - scope: admin
+      - claim: tenant
+        equals: acme
+  - name: api
+    path: {prefix: /v1/}
+    conditions:
+      - claim: groups
+        contains: ops
+      - claim: org.tier
+        one_of: [gold, silver]
+"#;
+
+    #[test]
+    fn first_matching_rule_wins_and_unmatched_is_denied() {
+        let p = policy(P);
+        assert_eq!(p.select("a", "/healthz", "GET").unwrap().name, "health");
+        assert!(p.select("a", "/healthz/x", "GET").is_none());
+        assert_eq!(
+            p.select("x.example.com:8080", "/admin/12", "POST")
+                .unwrap()
+                .name,
+            "admin"
+        );
+        assert!(
+            p.select("example.com", "/admin/12", "POST").is_none(),
+            "wildcard needs a label"
+        );
+        assert!(p.select("x.example.com", "/admin/12", "GET").is_none());
+        assert!(
+            p.select("x.example.com", "/admin/12/x", "POST").is_none(),
+            "regex is anchored"
+        );
+        assert!(p.select("evil.com", "/admin/12", "POST").is_none());
+        assert_eq!(
+            p.select("h", "/v1/x", "GET").unwrap().identity,
+            vec![Method::Jwt, Method::ApiKey]
+        );
+        assert_eq!(
+            p.select("x.EXAMPLE.com", "/admin/1", "POST")
+                .unwrap()
+                .identity,
+            vec![Method::ApiKey]
+        );
+    }
+
+    #[test]
+    fn no_match_can_be_public_or_authenticated() {
+        let p = policy("no_match: public");
+        assert!(p.select("h", "/x", "GET").unwrap().public);
+        let p = policy("no_match: authenticated\nidentity_order: [api_key, introspection]");
+        let r = p.select("h", "/x", "GET").unwrap();
+        assert!(!r.public);
+        assert_eq!(
+            r.identity,
+            vec![Method::ApiKey],
+            "unconfigured methods are dropped"
+        );
+    }
+
+    #[test]
+    fn conditions_on_scopes_and_claims() {
+        let p = policy(P);
+        let admin = p.by_name("admin").unwrap();
+        let mut id = Identity::new(Method::ApiKey, "u");
+        assert_eq!(admin.unmet(&id, &[]), Some(Unmet::Scope("admin")));
+        id.scopes = vec!["admin".into()];
+        assert_eq!(admin.unmet(&id, &[]), Some(Unmet::Claim));
+        id.tenant = Some("acme".into());
+        assert_eq!(admin.unmet(&id, &[]), None);
+        assert_eq!(admin.unmet(&id, &["write"]), Some(Unmet::Scope("write")));
+
+        let api = p.by_name("api").unwrap();
+        let mut id = Identity::new(Method::Jwt, "u");
+        id.claims = json!({"groups": ["dev", "ops"], "org": {"tier": "gold"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(api.unmet(&id, &[]), None);
+        id.claims = json!({"groups": "dev ops", "org": {"tier": "bronze"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(api.unmet(&id, &[]), Some(Unmet::Claim));
+        id.claims = json!({"groups": "devops", "org": {"tier": "gold"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            api.unmet(&id, &[]),
+            Some(Unmet::Claim),
+            "contains is per word, not substring"
+        );
+    }
+
+    #[test]
+    fn invalid_rules_are_all_reported() {
+        let cfg: PolicyConfig = serde_yaml::from_str(
+            r#"
+rules:
+  - name: a
+    path: {regex: "("}
+    methods: [get]
+  - name: a
+    hosts: ["ex*ample.com"]
+    path: {prefix: "v1"}
+    conditions:
+      - claim: x
+      - scope: a
+        equals: b
+"#,
+        )
+        .unwrap();
+        let mut e = Errors::default();
+        cfg.validate("policy", &mut e);
+        let errs = e.finish(()).unwrap_err().to_string();
+        for want in [
+            "policy.rules[0].path.regex",
+            "policy.rules[0].methods[0]",
+            "policy.rules[1].name: duplicate",
+            "policy.rules[1].hosts[0]",
+            "policy.rules[1].path",
+            "policy.rules[1].conditions[0]",
+            "policy.rules[1].conditions[1]",
+        ] {
+            assert!(errs.contains(want), "missing {want} in\n{errs}");
+        }
+    }
+}
