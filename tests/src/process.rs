@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound then released; the small race is acceptable in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A free loopback address.
@@ -33,9 +37,16 @@ impl ChildProcess {
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("spawning {name} ({:?}): {e}", cmd.get_program()))
+            std::io::Error::new(
+                e.kind(),
+                format!("spawning {name} ({:?}): {e}", cmd.get_program()),
+            )
         })?;
-        Ok(Self { name: name.to_string(), child, log: log.to_path_buf() })
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     /// The process id.
@@ -64,7 +75,12 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log());
+            eprintln!(
+                "----- {} log ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }
