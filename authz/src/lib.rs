@@ -26,6 +26,7 @@ use tollgate_common::Shutdown;
 use tollgate_common::server::{self, ServeError, Services};
 use tollgate_proto::auth::AuthorizationServer;
 
+pub mod admin;
 pub mod apikey;
 pub mod check;
 pub mod config;
@@ -214,41 +215,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     }
 }
 
-// Stand-ins with the agreed signatures, replaced by `pub mod admin;` / `pub mod cli;` when the
-// admin API and the `keys` client land.
-pub mod admin {
-    //! The admin HTTP API (stand-in).
-    use std::net::SocketAddr;
-
-    use serde::Deserialize;
-    use tollgate_common::config::{Errors, Validate};
-
-    use crate::apikey::ApiKeys;
-
-    #[derive(Debug, Clone, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct AdminConfig {
-        #[serde(default = "default_addr")]
-        pub addr: SocketAddr,
-    }
-
-    fn default_addr() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 9092))
-    }
-
-    impl Validate for AdminConfig {
-        fn validate(&self, _at: &str, _errors: &mut Errors) {}
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("admin API not available")]
-    pub struct AdminError;
-
-    pub fn router(_keys: ApiKeys, _cfg: &AdminConfig) -> Result<axum::Router, AdminError> {
-        Err(AdminError)
-    }
-}
-
+// A stand-in with the agreed signature, replaced by `pub mod cli;` when the `keys` client lands.
 pub mod cli {
     //! The `keys` subcommand (stand-in).
     #[derive(Debug, clap::Subcommand)]
