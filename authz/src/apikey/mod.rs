@@ -1,0 +1,816 @@
+//! API keys: the key format, verification on the Check path, key management for the admin API,
+//! and the stores behind them.
+//!
+//! # Layout
+//! - [`format`]: `tgk_<id>_<secret><checksum>`, generation, parsing, hashing;
+//! - [`record`]: what a store keeps per key (hashes, never secrets);
+//! - `store`: the embedded redb store and the Redis store with its invalidation feed;
+//! - `cache`: the bounded cache that lets a Check skip the store.
+//!
+//! A Check parses the key (no store touched for malformed input), looks the id up in the cache
+//! (or the store on a miss), compares the SHA-256 of the presented key with the stored hashes in
+//! constant time, then checks revocation and expiry. Last-used times are collected in memory
+//! and written in batches, so a Check never writes to the store.
+
+pub mod format;
+pub mod record;
+
+mod cache;
+mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tollgate_common::config::{Errors, Validate, join};
+use tollgate_common::secret::Secret;
+
+use crate::identity::{Identity, Method};
+use cache::Caches;
+use record::{KeyRecord, StoredSecret};
+use store::{Replaced, Store};
+
+/// The `api_keys:` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// Request header that carries the key.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Query parameter that may carry the key instead (off unless set; query strings end up in
+    /// access logs, so prefer the header).
+    #[serde(default)]
+    pub query_param: Option<String>,
+    #[serde(default)]
+    pub store: KeyStoreConfig,
+    #[serde(default)]
+    pub cache: KeyCacheConfig,
+    /// How often last-used times are written to the store.
+    #[serde(default = "default_flush", with = "humantime_serde")]
+    pub last_used_flush: Duration,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        Self {
+            header: default_header(),
+            query_param: None,
+            store: KeyStoreConfig::default(),
+            cache: KeyCacheConfig::default(),
+            last_used_flush: default_flush(),
+        }
+    }
+}
+
+fn default_header() -> String {
+    "x-api-key".into()
+}
+
+fn default_flush() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Where keys live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeyStoreConfig {
+    /// A redb file on local disk (single node).
+    Embedded(EmbeddedStoreConfig),
+    /// Redis, shared by every replica.
+    Redis(RedisStoreConfig),
+}
+
+impl Default for KeyStoreConfig {
+    fn default() -> Self {
+        KeyStoreConfig::Embedded(EmbeddedStoreConfig::default())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedStoreConfig {
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_path(),
+        }
+    }
+}
+
+fn default_path() -> PathBuf {
+    PathBuf::from("tollgate-keys.redb")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreConfig {
+    /// `redis://[user:password@]host:port[/db]` (a Secret, since it may hold a password).
+    pub url: Secret,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Per-command timeout.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_prefix() -> String {
+    "tollgate:apikeys:".into()
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCacheConfig {
+    /// Most keys held; unknown ids get a quarter of that on top.
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+    /// Backstop age of a cached key; changes invalidate entries long before.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long an unknown id is remembered.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for KeyCacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: default_capacity(),
+            ttl: default_ttl(),
+            negative_ttl: default_negative_ttl(),
+        }
+    }
+}
+
+fn default_capacity() -> usize {
+    100_000
+}
+
+fn default_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Validate for ApiKeysConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        if !is_header_name(&self.header) {
+            errors.push(join(at, "header"), "must be a lower-case HTTP header name");
+        }
+        if let Some(q) = &self.query_param {
+            if q.is_empty()
+                || !q
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            {
+                errors.push(
+                    join(at, "query_param"),
+                    "must be a non-empty name of [A-Za-z0-9-_.]",
+                );
+            }
+        }
+        if self.last_used_flush.is_zero() {
+            errors.push(join(at, "last_used_flush"), "must be greater than 0");
+        }
+        let store = join(at, "store");
+        match &self.store {
+            KeyStoreConfig::Embedded(e) => {
+                if e.path.as_os_str().is_empty() {
+                    errors.push(join(&store, "path"), "must not be empty");
+                }
+            }
+            KeyStoreConfig::Redis(r) => {
+                let url = r.url.expose();
+                if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                    .iter()
+                    .any(|s| url.starts_with(s))
+                {
+                    errors.push(
+                        join(&store, "url"),
+                        "must start with redis://, rediss:// or unix://",
+                    );
+                }
+                if r.timeout.is_zero() {
+                    errors.push(join(&store, "timeout"), "must be greater than 0");
+                }
+            }
+        }
+        let cache = join(at, "cache");
+        if self.cache.capacity == 0 {
+            errors.push(join(&cache, "capacity"), "must be at least 1");
+        }
+        if self.cache.ttl.is_zero() {
+            errors.push(join(&cache, "ttl"), "must be greater than 0");
+        }
+    }
+}
+
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_".contains(&c))
+}
+
+/// The time source; injected so that expiry and grace periods can be tested.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+/// The real clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    pub fn new(start: SystemTime) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(start)))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock()
+    }
+}
+
+/// A key store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("cannot open the key database {}: {reason}", path.display())]
+    Open { path: PathBuf, reason: String },
+    #[error("embedded key store: {0}")]
+    Embedded(String),
+    #[error("redis key store: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("key store timed out")]
+    Timeout,
+    #[error("stored key {id} is unreadable: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("key store task failed: {0}")]
+    Task(String),
+}
+
+/// Why a presented key was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiKeyError {
+    /// Not a well-formed key (wrong prefix, length, alphabet or checksum); no store was asked.
+    #[error("malformed API key")]
+    Malformed,
+    /// No such key, or the secret does not match.
+    #[error("unknown API key")]
+    Unknown,
+    #[error("revoked API key")]
+    Revoked,
+    /// The key expired, or this secret was rotated out and its grace period is over.
+    #[error("expired API key")]
+    Expired,
+    /// The store could not answer: deny (fail closed).
+    #[error(transparent)]
+    Store(KeyStoreError),
+}
+
+impl ApiKeyError {
+    /// A bounded label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiKeyError::Malformed => "malformed",
+            ApiKeyError::Unknown => "unknown",
+            ApiKeyError::Revoked => "revoked",
+            ApiKeyError::Expired => "expired",
+            ApiKeyError::Store(_) => "store_error",
+        }
+    }
+}
+
+/// Why a management operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("no such key")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the key is revoked")]
+    Revoked,
+    #[error("the key is being changed concurrently; retry")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] KeyStoreError),
+}
+
+/// A key as shown to operators: metadata, never a secret or hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub tenant: Option<String>,
+    pub scopes: Vec<String>,
+    pub plan: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub expires_at: Option<SystemTime>,
+    #[serde(with = "humantime_serde")]
+    pub created_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    pub updated_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    pub last_used_at: Option<SystemTime>,
+    pub revoked: bool,
+    #[serde(with = "humantime_serde")]
+    pub revoked_at: Option<SystemTime>,
+    /// While a rotation's grace period runs: when the previous secret stops working.
+    #[serde(with = "humantime_serde")]
+    pub previous_secret_valid_until: Option<SystemTime>,
+}
+
+impl KeyInfo {
+    fn of(rec: &KeyRecord) -> Self {
+        Self {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            owner: rec.owner.clone(),
+            tenant: rec.tenant.clone(),
+            scopes: rec.scopes.clone(),
+            plan: rec.plan.clone(),
+            expires_at: rec.expires_at,
+            created_at: rec.created_at,
+            updated_at: rec.updated_at,
+            last_used_at: rec.last_used_at,
+            revoked: rec.is_revoked(),
+            revoked_at: rec.revoked_at,
+            previous_secret_valid_until: rec.secrets.iter().filter_map(|s| s.valid_until).max(),
+        }
+    }
+}
+
+/// What a new key says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NewKey {
+    pub name: String,
+    pub owner: String,
+    pub tenant: Option<String>,
+    pub scopes: Vec<String>,
+    pub plan: Option<String>,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A metadata change; `None` leaves a field as it is, `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub tenant: Option<Option<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub plan: Option<Option<String>>,
+    pub expires_at: Option<Option<SystemTime>>,
+}
+
+/// One page of keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyPage {
+    pub keys: Vec<KeyInfo>,
+    /// Pass as `cursor` to get the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// The API key service: verification for Checks and management for the admin API.
+/// Cheap to clone; background tasks stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct ApiKeys {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    caches: Arc<Caches>,
+    clock: Arc<dyn Clock>,
+    /// Last-used times not yet written.
+    pending: Arc<Mutex<HashMap<String, SystemTime>>>,
+    /// Dropped with the last clone, which ends the background tasks.
+    _stop: watch::Sender<()>,
+}
+
+const MAX_TEXT: usize = 256;
+const MAX_SCOPES: usize = 100;
+
+impl ApiKeys {
+    /// Opens the configured store (Redis: waits until the invalidation feed is subscribed).
+    pub async fn open(cfg: &ApiKeysConfig) -> Result<ApiKeys, KeyStoreError> {
+        Self::open_with_clock(cfg, Arc::new(SystemClock)).await
+    }
+
+    /// [`ApiKeys::open`] with a given clock.
+    pub async fn open_with_clock(
+        cfg: &ApiKeysConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<ApiKeys, KeyStoreError> {
+        let (stop_tx, stop_rx) = watch::channel(());
+        let c = &cfg.cache;
+        let (store, caches) = match &cfg.store {
+            KeyStoreConfig::Embedded(e) => {
+                let store = store::embedded::EmbeddedStore::open(&e.path).await?;
+                // One process owns the file and makes every change itself: always live.
+                (
+                    Store::Embedded(store),
+                    Caches::new(c.capacity, c.ttl, c.negative_ttl, true),
+                )
+            }
+            KeyStoreConfig::Redis(r) => {
+                let store =
+                    store::redis::RedisStore::open(r.url.expose(), &r.prefix, r.timeout).await?;
+                let caches = Caches::new(c.capacity, c.ttl, c.negative_ttl, false);
+                store
+                    .spawn_subscriber(caches.clone(), stop_rx.clone())
+                    .await
+                    .map_err(|_| KeyStoreError::Task("subscriber ended".into()))??;
+                (Store::Redis(store), caches)
+            }
+        };
+        let pending = Arc::new(Mutex::new(HashMap::new()));
+        spawn_flusher(store.clone(), pending.clone(), cfg.last_used_flush, stop_rx);
+        Ok(ApiKeys {
+            inner: Arc::new(Inner {
+                store,
+                caches,
+                clock,
+                pending,
+                _stop: stop_tx,
+            }),
+        })
+    }
+
+    /// The configured store kind (`embedded` or `redis`), for logs.
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.kind()
+    }
+
+    /// Verifies a presented key and returns the identity it stands for.
+    pub async fn verify(&self, presented: &str) -> Result<Identity, ApiKeyError> {
+        let key = format::parse(presented).map_err(|_| ApiKeyError::Malformed)?;
+        let id = key.id();
+        let Some(rec) = self.lookup(id).await? else {
+            return Err(ApiKeyError::Unknown);
+        };
+        let Some(secret) = rec.matching_secret(&key.hash()) else {
+            return Err(ApiKeyError::Unknown);
+        };
+        // Revocation and expiry are only told to holders of a matching secret.
+        if rec.is_revoked() {
+            return Err(ApiKeyError::Revoked);
+        }
+        let now = self.inner.clock.now();
+        let expires_at = match (rec.expires_at, secret.valid_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if expires_at.is_some_and(|t| t <= now) {
+            return Err(ApiKeyError::Expired);
+        }
+        self.note_used(id, now);
+        Ok(Identity {
+            key_id: Some(rec.id.clone()),
+            tenant: rec.tenant.clone(),
+            plan: rec.plan.clone(),
+            scopes: rec.scopes.clone(),
+            expires_at,
+            ..Identity::new(Method::ApiKey, rec.owner.clone())
+        })
+    }
+
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, ApiKeyError> {
+        let caches = &self.inner.caches;
+        if let Some(hit) = caches.get(id) {
+            metrics::counter!("tollgate_authz_api_key_cache_total", "result" => "hit").increment(1);
+            return Ok(hit);
+        }
+        metrics::counter!("tollgate_authz_api_key_cache_total", "result" => "miss").increment(1);
+        let epoch = caches.epoch();
+        let rec = self
+            .inner
+            .store
+            .get(id)
+            .await
+            .map_err(ApiKeyError::Store)?
+            .map(Arc::new);
+        caches.insert(id, rec.clone(), epoch);
+        Ok(rec)
+    }
+
+    fn note_used(&self, id: &str, now: SystemTime) {
+        let mut pending = self.inner.pending.lock();
+        match pending.get_mut(id) {
+            Some(t) => *t = now,
+            None => {
+                pending.insert(id.to_string(), now);
+            }
+        }
+    }
+
+    /// Writes pending last-used times now (also done periodically and on drop).
+    pub async fn flush_last_used(&self) -> Result<(), KeyStoreError> {
+        flush(&self.inner.store, &self.inner.pending).await
+    }
+
+    /// Creates a key. Returns its metadata and the key itself, which is shown this once.
+    pub async fn create(&self, new: NewKey) -> Result<(KeyInfo, Secret), ManageError> {
+        check_text("name", &new.name, true)?;
+        check_text("owner", &new.owner, true)?;
+        check_opt("tenant", new.tenant.as_deref())?;
+        check_opt("plan", new.plan.as_deref())?;
+        check_scopes(&new.scopes)?;
+        let now = self.inner.clock.now();
+        for _ in 0..4 {
+            let id = format::generate_id();
+            let key = format::generate_key(&id);
+            let rec = KeyRecord {
+                id: id.clone(),
+                name: new.name.clone(),
+                owner: new.owner.clone(),
+                tenant: new.tenant.clone(),
+                scopes: new.scopes.clone(),
+                plan: new.plan.clone(),
+                expires_at: new.expires_at,
+                created_at: now,
+                updated_at: now,
+                revoked_at: None,
+                secrets: vec![StoredSecret {
+                    hash: format::KeyHash::of(&key).to_hex(),
+                    created_at: now,
+                    valid_until: None,
+                }],
+                version: 1,
+                last_used_at: None,
+            };
+            if self.inner.store.insert(&rec).await? {
+                self.inner.caches.invalidate(&id);
+                return Ok((KeyInfo::of(&rec), Secret::new(key)));
+            }
+        }
+        // 71-bit random ids colliding four times in a row means the RNG is broken.
+        Err(ManageError::Busy)
+    }
+
+    /// One key's metadata.
+    pub async fn get(&self, id: &str) -> Result<KeyInfo, ManageError> {
+        if !format::is_valid_id(id) {
+            return Err(ManageError::NotFound);
+        }
+        let rec = self
+            .inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        Ok(self.with_pending(KeyInfo::of(&rec)))
+    }
+
+    /// A page of keys in id order, after `cursor`.
+    pub async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<KeyPage, ManageError> {
+        if cursor.is_some_and(|c| !format::is_valid_id(c)) {
+            return Err(ManageError::Invalid("cursor is not a key id".into()));
+        }
+        let limit = limit.clamp(1, 1000);
+        let mut recs = self.inner.store.list(cursor, limit + 1).await?;
+        let next_cursor = if recs.len() > limit {
+            recs.truncate(limit);
+            recs.last().map(|r| r.id.clone())
+        } else {
+            None
+        };
+        let keys = recs
+            .iter()
+            .map(|r| self.with_pending(KeyInfo::of(r)))
+            .collect();
+        Ok(KeyPage { keys, next_cursor })
+    }
+
+    /// Changes metadata.
+    pub async fn update(&self, id: &str, patch: KeyPatch) -> Result<KeyInfo, ManageError> {
+        if let Some(n) = &patch.name {
+            check_text("name", n, true)?;
+        }
+        if let Some(o) = &patch.owner {
+            check_text("owner", o, true)?;
+        }
+        if let Some(t) = &patch.tenant {
+            check_opt("tenant", t.as_deref())?;
+        }
+        if let Some(p) = &patch.plan {
+            check_opt("plan", p.as_deref())?;
+        }
+        if let Some(s) = &patch.scopes {
+            check_scopes(s)?;
+        }
+        let (rec, ()) = self
+            .modify(id, |rec, _| {
+                let p = patch.clone();
+                if let Some(v) = p.name {
+                    rec.name = v;
+                }
+                if let Some(v) = p.owner {
+                    rec.owner = v;
+                }
+                if let Some(v) = p.tenant {
+                    rec.tenant = v;
+                }
+                if let Some(v) = p.scopes {
+                    rec.scopes = v;
+                }
+                if let Some(v) = p.plan {
+                    rec.plan = v;
+                }
+                if let Some(v) = p.expires_at {
+                    rec.expires_at = v;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(self.with_pending(KeyInfo::of(&rec)))
+    }
+
+    /// Revokes a key at once, on every replica. Revoking twice is not an error.
+    pub async fn revoke(&self, id: &str) -> Result<KeyInfo, ManageError> {
+        let (rec, ()) = self
+            .modify(id, |rec, now| {
+                rec.revoked_at.get_or_insert(now);
+                Ok(())
+            })
+            .await?;
+        Ok(self.with_pending(KeyInfo::of(&rec)))
+    }
+
+    /// Gives a key a new secret (same id); the previous one keeps working for `grace`.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(KeyInfo, Secret), ManageError> {
+        let (rec, key) = self
+            .modify(id, |rec, now| {
+                if rec.is_revoked() {
+                    return Err(ManageError::Revoked);
+                }
+                let key = format::generate_key(&rec.id);
+                rec.rotate(&format::KeyHash::of(&key), grace, now);
+                Ok(key)
+            })
+            .await?;
+        Ok((self.with_pending(KeyInfo::of(&rec)), Secret::new(key)))
+    }
+
+    /// Read, change, write back if nobody else wrote meanwhile; retried a few times.
+    async fn modify<T>(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut KeyRecord, SystemTime) -> Result<T, ManageError>,
+    ) -> Result<(KeyRecord, T), ManageError> {
+        if !format::is_valid_id(id) {
+            return Err(ManageError::NotFound);
+        }
+        for _ in 0..8 {
+            let current = self
+                .inner
+                .store
+                .get(id)
+                .await?
+                .ok_or(ManageError::NotFound)?;
+            let mut next = current.clone();
+            let now = self.inner.clock.now();
+            let out = change(&mut next, now)?;
+            next.version = current.version + 1;
+            next.updated_at = now;
+            match self.inner.store.replace(&next, current.version).await? {
+                Replaced::Done => {
+                    // Local replicas learn at once; others through the store's feed.
+                    self.inner.caches.invalidate(id);
+                    return Ok((next, out));
+                }
+                Replaced::Conflict => continue,
+                Replaced::Missing => return Err(ManageError::NotFound),
+            }
+        }
+        Err(ManageError::Busy)
+    }
+
+    fn with_pending(&self, mut info: KeyInfo) -> KeyInfo {
+        if let Some(t) = self.inner.pending.lock().get(&info.id) {
+            info.last_used_at = Some(info.last_used_at.map_or(*t, |s| s.max(*t)));
+        }
+        info
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cached_entries(&self) -> usize {
+        self.inner.caches.len()
+    }
+}
+
+async fn flush(
+    store: &Store,
+    pending: &Mutex<HashMap<String, SystemTime>>,
+) -> Result<(), KeyStoreError> {
+    let batch: Vec<(String, SystemTime)> =
+        std::mem::take(&mut *pending.lock()).into_iter().collect();
+    let r = store.touch(&batch).await;
+    if r.is_err() {
+        // Put them back unless newer uses arrived meanwhile; last-used is best effort.
+        let mut p = pending.lock();
+        for (id, t) in batch {
+            p.entry(id).or_insert(t);
+        }
+    }
+    r
+}
+
+fn spawn_flusher(
+    store: Store,
+    pending: Arc<Mutex<HashMap<String, SystemTime>>>,
+    every: Duration,
+    mut stop: watch::Receiver<()>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.changed() => true,
+            };
+            if let Err(e) = flush(&store, &pending).await {
+                tracing::warn!(error = %e, "cannot record API key last-used times");
+            }
+            if stopping {
+                return;
+            }
+        }
+    });
+}
+
+fn check_text(field: &str, v: &str, required: bool) -> Result<(), ManageError> {
+    if required && v.trim().is_empty() {
+        return Err(ManageError::Invalid(format!("{field} must not be empty")));
+    }
+    if v.len() > MAX_TEXT {
+        return Err(ManageError::Invalid(format!(
+            "{field} is longer than {MAX_TEXT} bytes"
+        )));
+    }
+    // These values become upstream headers and metadata: no control characters at all.
+    if v.chars().any(char::is_control) {
+        return Err(ManageError::Invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_opt(field: &str, v: Option<&str>) -> Result<(), ManageError> {
+    v.map_or(Ok(()), |v| check_text(field, v, true))
+}
+
+fn check_scopes(scopes: &[String]) -> Result<(), ManageError> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(ManageError::Invalid(format!("at most {MAX_SCOPES} scopes")));
+    }
+    for s in scopes {
+        // RFC 6749 scope-token: printable ASCII except space, `"` and `\`.
+        if s.is_empty()
+            || s.len() > MAX_TEXT
+            || !s
+                .bytes()
+                .all(|c| (0x21..=0x7e).contains(&c) && c != b'"' && c != b'\\')
+        {
+            return Err(ManageError::Invalid(format!("invalid scope {s:?}")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+//! What a key store keeps per key: metadata plus the hashes of its current (and, during a
+//! rotation's grace period, previous) secrets. Never a secret itself.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::format::KeyHash;
+
+/// One key as stored. `last_used_at` is stored apart (written in batches) and merged on read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// Who the key acts for; becomes the identity's subject.
+    pub owner: String,
+    pub tenant: Option<String>,
+    pub scopes: Vec<String>,
+    pub plan: Option<String>,
+    pub expires_at: Option<SystemTime>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
+    /// Newest first. Older entries carry the end of their grace period.
+    pub secrets: Vec<StoredSecret>,
+    /// Incremented by every change; stores use it to refuse lost updates.
+    pub version: u64,
+    #[serde(skip)]
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// The hash of one secret of a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSecret {
+    /// Hex SHA-256 (see [`KeyHash`]).
+    pub hash: String,
+    pub created_at: SystemTime,
+    /// Set on the previous secret by a rotation: the end of its grace period.
+    pub valid_until: Option<SystemTime>,
+}
+
+impl KeyRecord {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+
+    /// Finds the secret whose hash equals `presented`, comparing against every stored hash in
+    /// constant time (the number of hashes is not secret; their contents are).
+    pub fn matching_secret(&self, presented: &KeyHash) -> Option<&StoredSecret> {
+        let mut found = None;
+        for s in &self.secrets {
+            let Some(h) = KeyHash::from_hex(&s.hash) else {
+                continue;
+            };
+            if bool::from(h.ct_eq(presented)) {
+                found = Some(s);
+            }
+        }
+        found
+    }
+
+    /// Applies a rotation: the new secret first; every older one keeps working until
+    /// `now + grace` at the latest; ones already past their grace are dropped.
+    pub fn rotate(&mut self, new_hash: &KeyHash, grace: Duration, now: SystemTime) {
+        let until = now + grace;
+        self.secrets
+            .retain(|s| s.valid_until.is_none_or(|u| u > now));
+        for s in &mut self.secrets {
+            s.valid_until = Some(s.valid_until.map_or(until, |u| u.min(until)));
+        }
+        if grace.is_zero() {
+            self.secrets.clear();
+        }
+        self.secrets.insert(
+            0,
+            StoredSecret {
+                hash: new_hash.to_hex(),
+                created_at: now,
+                valid_until: None,
+            },
+        );
+    }
+
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a key record always serialises")
+    }
+
+    pub(crate) fn from_json(id: &str, bytes: &[u8]) -> Result<Self, super::KeyStoreError> {
+        serde_json::from_slice(bytes).map_err(|e| super::KeyStoreError::Corrupt {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}

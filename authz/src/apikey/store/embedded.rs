@@ -1,0 +1,176 @@
+//! The embedded key store: one redb file. redb is a pure-Rust, ACID, crash-safe B-tree store
+//! that takes an exclusive lock on its file, so exactly one process owns the keys: right for a
+//! single-node deployment, where no invalidation feed is needed beyond the process itself.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Replaced, from_unix_ms, unix_ms};
+use crate::apikey::KeyStoreError;
+use crate::apikey::record::KeyRecord;
+
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
+
+#[derive(Clone)]
+pub(crate) struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn err(e: impl std::fmt::Display) -> KeyStoreError {
+    KeyStoreError::Embedded(e.to_string())
+}
+
+impl EmbeddedStore {
+    pub(crate) async fn open(path: &Path) -> Result<Self, KeyStoreError> {
+        let path: PathBuf = path.to_path_buf();
+        blocking(move || {
+            let open_err = |reason: String| KeyStoreError::Open {
+                path: path.clone(),
+                reason,
+            };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+            }
+            let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+            // Create the tables up front so that readers never see them missing.
+            let txn = db.begin_write().map_err(err)?;
+            txn.open_table(KEYS).map_err(err)?;
+            txn.open_table(LAST_USED).map_err(err)?;
+            txn.commit().map_err(err)?;
+            Ok(Self { db: Arc::new(db) })
+        })
+        .await
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<KeyRecord>, KeyStoreError> {
+        let db = self.db.clone();
+        let id = id.to_string();
+        blocking(move || {
+            let txn = db.begin_read().map_err(err)?;
+            let keys = txn.open_table(KEYS).map_err(err)?;
+            let Some(bytes) = keys.get(id.as_str()).map_err(err)? else {
+                return Ok(None);
+            };
+            let mut rec = KeyRecord::from_json(&id, bytes.value())?;
+            let used = txn.open_table(LAST_USED).map_err(err)?;
+            rec.last_used_at = used
+                .get(id.as_str())
+                .map_err(err)?
+                .map(|v| from_unix_ms(v.value()));
+            Ok(Some(rec))
+        })
+        .await
+    }
+
+    pub(crate) async fn insert(&self, rec: &KeyRecord) -> Result<bool, KeyStoreError> {
+        let db = self.db.clone();
+        let (id, json) = (rec.id.clone(), rec.to_json());
+        blocking(move || {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut keys = txn.open_table(KEYS).map_err(err)?;
+                if keys.get(id.as_str()).map_err(err)?.is_some() {
+                    return Ok(false);
+                }
+                keys.insert(id.as_str(), json.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(crate) async fn replace(
+        &self,
+        rec: &KeyRecord,
+        expected: u64,
+    ) -> Result<Replaced, KeyStoreError> {
+        let db = self.db.clone();
+        let (id, json) = (rec.id.clone(), rec.to_json());
+        blocking(move || {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut keys = txn.open_table(KEYS).map_err(err)?;
+                let current = match keys.get(id.as_str()).map_err(err)? {
+                    None => return Ok(Replaced::Missing),
+                    Some(bytes) => KeyRecord::from_json(&id, bytes.value())?,
+                };
+                if current.version != expected {
+                    return Ok(Replaced::Conflict);
+                }
+                keys.insert(id.as_str(), json.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(Replaced::Done)
+        })
+        .await
+    }
+
+    pub(crate) async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, KeyStoreError> {
+        let db = self.db.clone();
+        let after = after.map(str::to_string);
+        blocking(move || {
+            let txn = db.begin_read().map_err(err)?;
+            let keys = txn.open_table(KEYS).map_err(err)?;
+            let used = txn.open_table(LAST_USED).map_err(err)?;
+            let start = match after.as_deref() {
+                Some(a) => Bound::Excluded(a),
+                None => Bound::Unbounded,
+            };
+            let mut out = Vec::new();
+            for item in keys
+                .range::<&str>((start, Bound::Unbounded))
+                .map_err(err)?
+                .take(limit)
+            {
+                let (k, v) = item.map_err(err)?;
+                let mut rec = KeyRecord::from_json(k.value(), v.value())?;
+                rec.last_used_at = used
+                    .get(k.value())
+                    .map_err(err)?
+                    .map(|v| from_unix_ms(v.value()));
+                out.push(rec);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn touch(&self, used: &[(String, SystemTime)]) -> Result<(), KeyStoreError> {
+        let db = self.db.clone();
+        let used: Vec<(String, u64)> = used
+            .iter()
+            .map(|(id, t)| (id.clone(), unix_ms(*t)))
+            .collect();
+        blocking(move || {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut table = txn.open_table(LAST_USED).map_err(err)?;
+                for (id, ms) in &used {
+                    table.insert(id.as_str(), *ms).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// redb is synchronous (and fsyncs on commit): keep it off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, KeyStoreError> + Send + 'static,
+) -> Result<T, KeyStoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KeyStoreError::Task(e.to_string()))?
+}

@@ -1,0 +1,1 @@
+//! Unit tests of the API key service against the embedded store.
