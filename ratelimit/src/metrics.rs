@@ -1,0 +1,137 @@
+//! Prometheus metrics of the rate-limit service. Labels take bounded values only: the domain and
+//! limit name come from the configuration, never from a request (a descriptor's values appear only
+//! in the separate `..._detailed_...` series, for limits marked `detailed_metric: true`).
+//!
+//! Handles are created once (per limit when the limits are compiled, per engine for the rest) so
+//! that a call records without a registry lookup.
+
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, gauge, histogram};
+
+/// Per-request decisions per limit; `decision` is one of the [`Decision`] labels.
+pub const DECISIONS: &str = "tollgate_ratelimit_decisions_total";
+/// Hits asked for per limit (the sum of hits_addend, whether or not admitted).
+pub const HITS: &str = "tollgate_ratelimit_hits_total";
+/// As [`DECISIONS`], with the descriptor's values, for `detailed_metric` limits only.
+pub const DETAILED_DECISIONS: &str = "tollgate_ratelimit_detailed_decisions_total";
+/// Hits answered by the local over-limit cache, without a store round trip.
+pub const LOCAL_CACHE_HITS: &str = "tollgate_ratelimit_local_cache_hits_total";
+pub const UNKNOWN_DOMAIN: &str = "tollgate_ratelimit_unknown_domain_total";
+pub const STORE_DURATION: &str = "tollgate_ratelimit_store_duration_seconds";
+pub const STORE_ERRORS: &str = "tollgate_ratelimit_store_errors_total";
+/// Config loads by `result` (`ok` | `error`).
+pub const CONFIG_LOADS: &str = "tollgate_ratelimit_config_loads_total";
+/// Errors found across all loads (each bad file/field once per load).
+pub const CONFIG_ERRORS: &str = "tollgate_ratelimit_config_errors_total";
+/// Errors in the configuration now on disk (0 when every file is good).
+pub const CONFIG_ERRORS_ACTIVE: &str = "tollgate_ratelimit_config_errors";
+pub const CONFIG_DOMAINS: &str = "tollgate_ratelimit_config_domains";
+
+/// The outcome of one hit on one limit; exclusive (a near-limit hit is not also within-limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    WithinLimit,
+    NearLimit,
+    OverLimit,
+    /// Over a shadow-mode limit: counted, not denied.
+    ShadowOverLimit,
+}
+
+impl Decision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WithinLimit => "within_limit",
+            Self::NearLimit => "near_limit",
+            Self::OverLimit => "over_limit",
+            Self::ShadowOverLimit => "shadow_over_limit",
+        }
+    }
+}
+
+/// The counters of one configured limit.
+#[derive(Debug, Clone)]
+pub(crate) struct LimitMetrics {
+    domain: std::sync::Arc<str>,
+    name: std::sync::Arc<str>,
+    within: Counter,
+    near: Counter,
+    over: Counter,
+    shadow: Counter,
+    hits: Counter,
+    cached: Counter,
+}
+
+impl LimitMetrics {
+    pub(crate) fn new(domain: &std::sync::Arc<str>, name: &str) -> Self {
+        let c = |d: Decision| counter!(DECISIONS, "domain" => domain.to_string(), "limit" => name.to_string(), "decision" => d.label());
+        Self {
+            domain: domain.clone(),
+            name: name.into(),
+            within: c(Decision::WithinLimit),
+            near: c(Decision::NearLimit),
+            over: c(Decision::OverLimit),
+            shadow: c(Decision::ShadowOverLimit),
+            hits: counter!(HITS, "domain" => domain.to_string(), "limit" => name.to_string()),
+            cached: counter!(LOCAL_CACHE_HITS, "domain" => domain.to_string(), "limit" => name.to_string()),
+        }
+    }
+
+    /// Records one hit. `detailed` is the counter key, for `detailed_metric` limits.
+    pub(crate) fn record(&self, d: Decision, cost: u64, cached: bool, detailed: Option<&str>) {
+        match d {
+            Decision::WithinLimit => &self.within,
+            Decision::NearLimit => &self.near,
+            Decision::OverLimit => &self.over,
+            Decision::ShadowOverLimit => &self.shadow,
+        }
+        .increment(1);
+        self.hits.increment(cost);
+        if cached {
+            self.cached.increment(1);
+        }
+        if let Some(key) = detailed {
+            // The descriptor part of the key: after `rl|domain`, before the `#position` suffix.
+            let descriptor = key.split_once('|').map_or(key, |(_, r)| r);
+            let descriptor = descriptor.split_once('|').map_or("", |(_, r)| r);
+            let descriptor = descriptor.rsplit_once('#').map_or(descriptor, |(l, _)| l);
+            counter!(DETAILED_DECISIONS,
+                "domain" => self.domain.to_string(), "limit" => self.name.to_string(),
+                "descriptor" => descriptor.to_string(), "decision" => d.label())
+            .increment(1);
+        }
+    }
+}
+
+/// The engine's own handles.
+#[derive(Debug, Clone)]
+pub(crate) struct EngineMetrics {
+    pub(crate) unknown_domain: Counter,
+    pub(crate) store_duration: Histogram,
+}
+
+impl EngineMetrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            unknown_domain: counter!(UNKNOWN_DOMAIN),
+            store_duration: histogram!(STORE_DURATION),
+        }
+    }
+
+    pub(crate) fn store_latency(&self, d: Duration) {
+        self.store_duration.record(d.as_secs_f64());
+    }
+}
+
+/// Counts a store failure by kind.
+pub(crate) fn store_error(kind: &'static str) {
+    counter!(STORE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// Records a limits load.
+pub(crate) fn config_loaded(errors: usize, domains: usize) {
+    counter!(CONFIG_LOADS, "result" => if errors == 0 { "ok" } else { "error" }).increment(1);
+    counter!(CONFIG_ERRORS).increment(errors as u64);
+    gauge!(CONFIG_ERRORS_ACTIVE).set(errors as f64);
+    gauge!(CONFIG_DOMAINS).set(domains as f64);
+}
