@@ -1,0 +1,442 @@
+//! The `keys` subcommand: an operator's client for the admin API (create, list, get, revoke,
+//! rotate) with readable output. The key itself is printed once, on create and rotate.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use humantime_serde::re::humantime;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::admin::{IssuedKey, TOKEN_ENV};
+use crate::apikey::{KeyInfo, KeyPage};
+
+/// Where the admin API is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Base URL of the admin API.
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9092"
+    )]
+    pub admin_url: String,
+    /// File holding the admin credential; without it, TOLLGATE_ADMIN_TOKEN is used. (There is no
+    /// flag for the credential itself: it would show in the process list.)
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (once).
+    Create {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// Who the key acts for (becomes the identity's subject).
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A scope; repeat or separate with commas.
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Plan / tier, e.g. `gold`.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Lifetime from now, e.g. `90d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        /// Print the raw JSON response.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys as a table.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Keys per page.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this key id (the `next` hint of a previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow every page.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Get {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+    /// Give a key a new secret (same id) and print it (once).
+    Rotate {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        /// How long the previous secret keeps working, e.g. `1h` (default: not at all).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        grace: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `keys` subcommand, printing to stdout.
+pub async fn run_keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    let env_token = std::env::var(TOKEN_ENV).ok();
+    let mut out = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    let r = run_keys_to(cmd, env_token, &mut buf).await;
+    out.write_all(&buf)?;
+    r
+}
+
+/// Runs a `keys` subcommand with the credential from `env_token` (unless a token file is given),
+/// writing its output to `out`.
+pub async fn run_keys_to(
+    cmd: KeysCommand,
+    env_token: Option<String>,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let admin = match &cmd {
+        KeysCommand::Create { admin, .. }
+        | KeysCommand::List { admin, .. }
+        | KeysCommand::Get { admin, .. }
+        | KeysCommand::Revoke { admin, .. }
+        | KeysCommand::Rotate { admin, .. } => admin.clone(),
+    };
+    let client = Client::new(&admin, env_token)?;
+    match cmd {
+        KeysCommand::Create {
+            name,
+            owner,
+            tenant,
+            scopes,
+            plan,
+            expires_in,
+            json,
+            ..
+        } => {
+            let mut body = json!({"name": name, "owner": owner, "tenant": tenant, "scopes": scopes, "plan": plan});
+            if let Some(d) = expires_in {
+                body["expires_in"] = json!(humantime::format_duration(d).to_string());
+            }
+            let issued: IssuedKey = client
+                .send(reqwest::Method::POST, "/v1/keys", Some(body))
+                .await?;
+            print_issued(out, &issued, json, "Created")?;
+        }
+        KeysCommand::List {
+            limit,
+            cursor,
+            all,
+            json,
+            ..
+        } => {
+            let mut cursor = cursor;
+            let mut keys = Vec::new();
+            let next = loop {
+                let mut path = format!("/v1/keys?limit={limit}");
+                if let Some(c) = &cursor {
+                    path.push_str(&format!("&cursor={}", encode(c)));
+                }
+                let page: KeyPage = client.send(reqwest::Method::GET, &path, None).await?;
+                keys.extend(page.keys);
+                match page.next_cursor {
+                    Some(n) if all => cursor = Some(n),
+                    n => break n,
+                }
+            };
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&KeyPage {
+                        keys,
+                        next_cursor: next
+                    })?
+                )?;
+            } else {
+                write_table(out, &keys, SystemTime::now())?;
+                if let Some(n) = next {
+                    writeln!(out, "\nmore keys: --cursor {n} (or --all)")?;
+                }
+            }
+        }
+        KeysCommand::Get { id, json, .. } => {
+            let info: KeyInfo = client
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/v1/keys/{}", encode(&id)),
+                    None,
+                )
+                .await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
+            } else {
+                write_details(out, &info, SystemTime::now())?;
+            }
+        }
+        KeysCommand::Revoke { id, .. } => {
+            let info: KeyInfo = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v1/keys/{}/revoke", encode(&id)),
+                    None,
+                )
+                .await?;
+            writeln!(
+                out,
+                "Revoked key {} ({}); every replica refuses it within a second.",
+                info.id, info.name
+            )?;
+        }
+        KeysCommand::Rotate {
+            id, grace, json, ..
+        } => {
+            let body = json!({"grace_period": humantime::format_duration(grace).to_string()});
+            let issued: IssuedKey = client
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v1/keys/{}/rotate", encode(&id)),
+                    Some(body),
+                )
+                .await?;
+            print_issued(out, &issued, json, "Rotated")?;
+        }
+    }
+    Ok(())
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+impl Client {
+    fn new(admin: &AdminArgs, env_token: Option<String>) -> anyhow::Result<Self> {
+        let token = match &admin.token_file {
+            Some(f) => std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the admin token file {}", f.display()))?
+                .trim_end()
+                .to_string(),
+            None => env_token
+                .map(|t| t.trim_end().to_string())
+                .unwrap_or_default(),
+        };
+        if token.is_empty() {
+            bail!("no admin credential: pass --token-file or set {TOKEN_ENV}");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            http,
+            base: admin.admin_url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => bail!("{} ({}): {}", status.as_u16(), e.error, e.message),
+                Err(_) => bail!("{status} from the admin API"),
+            }
+        }
+        serde_json::from_slice(&bytes).context("unexpected response from the admin API")
+    }
+}
+
+/// Percent-encodes anything but unreserved characters (ids are base62; this guards typos).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_issued(
+    out: &mut Vec<u8>,
+    issued: &IssuedKey,
+    json: bool,
+    verb: &str,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(issued)?)?;
+        return Ok(());
+    }
+    let k = &issued.key;
+    writeln!(out, "{verb} key {} ({}, owner {}).", k.id, k.name, k.owner)?;
+    if let Some(t) = k.previous_secret_valid_until {
+        writeln!(
+            out,
+            "The previous secret keeps working until {}.",
+            time(Some(t))
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "    {}", issued.secret)?;
+    writeln!(out)?;
+    writeln!(out, "WARNING: {}.", issued.warning)?;
+    Ok(())
+}
+
+fn time(t: Option<SystemTime>) -> String {
+    t.map_or_else(
+        || "-".to_string(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
+}
+
+fn status(k: &KeyInfo, now: SystemTime) -> &'static str {
+    if k.revoked {
+        "revoked"
+    } else if k.expires_at.is_some_and(|t| t <= now) {
+        "expired"
+    } else if k.previous_secret_valid_until.is_some_and(|t| t > now) {
+        "rotating"
+    } else {
+        "active"
+    }
+}
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
+}
+
+/// A plain aligned table: one key a line, no secrets.
+fn write_table(out: &mut Vec<u8>, keys: &[KeyInfo], now: SystemTime) -> std::io::Result<()> {
+    if keys.is_empty() {
+        return writeln!(out, "no keys");
+    }
+    let header = [
+        "ID",
+        "NAME",
+        "OWNER",
+        "TENANT",
+        "PLAN",
+        "SCOPES",
+        "STATUS",
+        "EXPIRES",
+        "LAST USED",
+    ];
+    let rows: Vec<[String; 9]> = keys
+        .iter()
+        .map(|k| {
+            [
+                k.id.clone(),
+                k.name.clone(),
+                k.owner.clone(),
+                opt(&k.tenant),
+                opt(&k.plan),
+                if k.scopes.is_empty() {
+                    "-".into()
+                } else {
+                    k.scopes.join(",")
+                },
+                status(k, now).into(),
+                time(k.expires_at),
+                time(k.last_used_at),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut Vec<u8>, cells: &[&str]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        writeln!(out, "{}", s.trim_end())
+    };
+    line(out, &header)?;
+    for row in &rows {
+        line(out, &row.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
+    Ok(())
+}
+
+fn write_details(out: &mut Vec<u8>, k: &KeyInfo, now: SystemTime) -> std::io::Result<()> {
+    let rows = [
+        ("id", k.id.clone()),
+        ("name", k.name.clone()),
+        ("owner", k.owner.clone()),
+        ("tenant", opt(&k.tenant)),
+        ("plan", opt(&k.plan)),
+        (
+            "scopes",
+            if k.scopes.is_empty() {
+                "-".into()
+            } else {
+                k.scopes.join(", ")
+            },
+        ),
+        ("status", status(k, now).into()),
+        ("expires", time(k.expires_at)),
+        ("created", time(Some(k.created_at))),
+        ("updated", time(Some(k.updated_at))),
+        ("last used", time(k.last_used_at)),
+        ("revoked", time(k.revoked_at)),
+        ("old secret until", time(k.previous_secret_valid_until)),
+    ];
+    for (name, value) in rows {
+        writeln!(out, "{name:<17}{value}")?;
+    }
+    Ok(())
+}
