@@ -303,7 +303,7 @@ mod tests {
         )
         .unwrap_err();
         for want in [
-            "authz.yaml:4: policy.rules[0].identity[0]: `introspection` is not configured",
+            "policy.rules[0].identity[0]: `introspection` is not configured",
             "jwt.issuers[0]: set exactly one",
             "jwt.issuers[0].audiences",
             "jwt.issuers[0].algorithms[0]: HMAC",

@@ -82,14 +82,17 @@ pub struct RuleConfig {
     pub conditions: Vec<ConditionConfig>,
 }
 
-/// How a rule matches the path.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum PathMatchConfig {
-    Exact(String),
-    Prefix(String),
+/// How a rule matches the path: exactly one of `exact`, `prefix` or `regex`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatchConfig {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
     /// Anchored implicitly: the whole path must match.
-    Regex(String),
+    #[serde(default)]
+    pub regex: Option<String>,
 }
 
 /// A condition on the caller's identity; exactly one of `scope` or `claim` (with one operator).
@@ -141,18 +144,24 @@ impl Validate for PolicyConfig {
                     );
                 }
             }
-            match &r.path {
-                Some(PathMatchConfig::Exact(p)) | Some(PathMatchConfig::Prefix(p))
-                    if !p.starts_with('/') =>
-                {
-                    errors.push(join(&at, "path"), "must start with `/`");
+            if let Some(p) = &r.path {
+                let set = [p.exact.is_some(), p.prefix.is_some(), p.regex.is_some()];
+                if set.iter().filter(|b| **b).count() != 1 {
+                    errors.push(
+                        join(&at, "path"),
+                        "set exactly one of `exact`, `prefix` or `regex`",
+                    );
                 }
-                Some(PathMatchConfig::Regex(re)) => {
+                for (f, v) in [("exact", &p.exact), ("prefix", &p.prefix)] {
+                    if v.as_ref().is_some_and(|v| !v.starts_with('/')) {
+                        errors.push(join(&join(&at, "path"), f), "must start with `/`");
+                    }
+                }
+                if let Some(re) = &p.regex {
                     if let Err(e) = compile_path_regex(re) {
                         errors.push(join(&at, "path.regex"), format!("invalid regex: {e}"));
                     }
                 }
-                _ => {}
             }
             for (j, m) in r.methods.iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -322,9 +331,14 @@ impl Policy {
         for (i, r) in cfg.rules.iter().enumerate() {
             let path = match &r.path {
                 None => PathMatch::Any,
-                Some(PathMatchConfig::Exact(p)) => PathMatch::Exact(p.clone()),
-                Some(PathMatchConfig::Prefix(p)) => PathMatch::Prefix(p.clone()),
-                Some(PathMatchConfig::Regex(re)) => PathMatch::Regex(compile_path_regex(re)?),
+                Some(PathMatchConfig { exact: Some(p), .. }) => PathMatch::Exact(p.clone()),
+                Some(PathMatchConfig {
+                    prefix: Some(p), ..
+                }) => PathMatch::Prefix(p.clone()),
+                Some(PathMatchConfig {
+                    regex: Some(re), ..
+                }) => PathMatch::Regex(compile_path_regex(re)?),
+                Some(_) => PathMatch::Any,
             };
             let identity = match (&r.identity, r.public) {
                 (_, true) => Vec::new(),
@@ -660,7 +674,7 @@ rules:
             "policy.rules[0].methods[0]",
             "policy.rules[1].name: duplicate",
             "policy.rules[1].hosts[0]",
-            "policy.rules[1].path",
+            "policy.rules[1].path.prefix",
             "policy.rules[1].conditions[0]",
             "policy.rules[1].conditions[1]",
         ] {

@@ -1,1 +1,527 @@
-//! Tests of the Check decision.
+//! Tests of the Check decision: policy selection, credentials (and their ambiguity), RFC 6750
+//! answers, identity headers (spoofing, sanitising) and dynamic metadata.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+use tollgate_common::config::{Sources, load};
+use tollgate_proto::auth::attribute_context::{HttpRequest, Request};
+use tollgate_proto::auth::{AttributeContext, CheckRequest, CheckResponse, HttpResponse};
+use tollgate_proto::pb::envoy::r#type::v3::StatusCode;
+
+use crate::apikey::NewKey;
+use crate::identity::jwt::tests::{AUD, EC, ISS, RSA1, claims, public_jwk, sign};
+use crate::{Built, Config, build};
+
+fn now() -> u64 {
+    crate::identity::unix(std::time::SystemTime::now())
+}
+
+struct Fixture {
+    built: Built,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(extra: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = serde_json::to_string(&vec![public_jwk(RSA1, Algorithm::RS256, "k1")]).unwrap();
+    let yaml = format!(
+        r#"
+policy:
+  identity_order: [jwt, api_key]
+  rules:
+    - name: health
+      path: {{exact: /healthz}}
+      public: true
+    - name: admin
+      path: {{prefix: /admin}}
+      identity: [jwt]
+      conditions:
+        - scope: admin
+    - name: tenant-only
+      path: {{prefix: /acme}}
+      conditions:
+        - claim: tenant
+          equals: acme
+    - name: keys-only
+      path: {{prefix: /keys}}
+      identity: [api_key]
+    - name: api
+      path: {{prefix: /api}}
+jwt:
+  issuers:
+    - issuer: {ISS}
+      audiences: [{AUD}]
+      keys: {keys}
+      claims: {{tenant: org, plan: tier}}
+api_keys:
+  query_param: api_key
+  store: {{kind: embedded, path: {}}}
+headers:
+  claims: {{email: x-user-email}}
+{extra}"#,
+        dir.path().join("keys.redb").display()
+    );
+    let p = dir.path().join("authz.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let cfg: Config = load(&Sources {
+        file: Some(p),
+        ..Default::default()
+    })
+    .unwrap();
+    Fixture {
+        built: build(&cfg).await.unwrap(),
+        _dir: dir,
+    }
+}
+
+fn req(method: &str, path: &str, headers: &[(&str, &str)], ext: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    host: "api.example.com".into(),
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: ext
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The HTTP status Envoy would answer (200 for OK).
+fn status(r: &CheckResponse) -> i32 {
+    match r.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(_) => 200,
+        HttpResponse::DeniedResponse(d) => d.status.as_ref().unwrap().code,
+        HttpResponse::ErrorResponse(_) => panic!("error response"),
+    }
+}
+
+fn headers(r: &CheckResponse) -> HashMap<String, String> {
+    let hs = match r.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(o) => &o.headers,
+        HttpResponse::DeniedResponse(d) => &d.headers,
+        HttpResponse::ErrorResponse(_) => panic!("error response"),
+    };
+    hs.iter()
+        .map(|h| h.header.as_ref().unwrap())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
+}
+
+fn removed(r: &CheckResponse) -> Vec<String> {
+    match r.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(o) => o.headers_to_remove.clone(),
+        _ => panic!("denied"),
+    }
+}
+
+fn body(r: &CheckResponse) -> String {
+    match r.http_response.as_ref().unwrap() {
+        HttpResponse::DeniedResponse(d) => d.body.clone(),
+        _ => panic!("allowed"),
+    }
+}
+
+fn meta(r: &CheckResponse, k: &str) -> Option<String> {
+    tollgate_proto::metadata::get_str(r.dynamic_metadata.as_ref()?, k).map(str::to_string)
+}
+
+const IDENTITY_HEADERS: [&str; 7] = [
+    "x-tollgate-subject",
+    "x-tollgate-tenant",
+    "x-tollgate-plan",
+    "x-tollgate-scopes",
+    "x-tollgate-auth-method",
+    "x-tollgate-key-id",
+    "x-user-email",
+];
+
+fn token(extra: serde_json::Value) -> String {
+    let mut c = claims(now());
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    format!("Bearer {}", sign(RSA1, Algorithm::RS256, Some("k1"), &c))
+}
+
+#[tokio::test]
+async fn allowed_jwt_sets_identity_headers_and_metadata() {
+    let f = fixture("").await;
+    let a = &f.built.authorizer;
+    let t = token(json!({"tier": "gold", "email": "alice@example.com"}));
+    let r = a
+        .check(&req("GET", "/api/x", &[("authorization", &t)], &[]))
+        .await;
+    assert_eq!(status(&r), 200);
+    assert_eq!(r.status.as_ref().unwrap().code, 0);
+    let h = headers(&r);
+    assert_eq!(h["x-tollgate-subject"], "alice");
+    assert_eq!(h["x-tollgate-tenant"], "acme");
+    assert_eq!(h["x-tollgate-plan"], "gold");
+    assert_eq!(h["x-tollgate-scopes"], "read write");
+    assert_eq!(h["x-tollgate-auth-method"], "jwt");
+    assert_eq!(h["x-user-email"], "alice@example.com");
+    assert_eq!(
+        removed(&r),
+        vec!["x-tollgate-key-id"],
+        "unset identity headers are stripped"
+    );
+    assert_eq!(meta(&r, "subject").as_deref(), Some("alice"));
+    assert_eq!(meta(&r, "plan").as_deref(), Some("gold"));
+    assert_eq!(meta(&r, "tenant").as_deref(), Some("acme"));
+    assert_eq!(meta(&r, "method").as_deref(), Some("jwt"));
+    assert_eq!(meta(&r, "key_id"), None);
+}
+
+#[tokio::test]
+async fn rfc6750_denials() {
+    let f = fixture("").await;
+    let a = &f.built.authorizer;
+    let r = a.check(&req("GET", "/api/x", &[], &[])).await;
+    assert_eq!(status(&r), StatusCode::Unauthorized as i32);
+    assert_eq!(headers(&r)["www-authenticate"], "Bearer realm=\"tollgate\"");
+    assert_eq!(r.dynamic_metadata, None);
+
+    let r = a
+        .check(&req(
+            "GET",
+            "/api/x",
+            &[("authorization", "Bearer abc.def.ghi")],
+            &[],
+        ))
+        .await;
+    assert_eq!(status(&r), 401);
+    assert_eq!(
+        headers(&r)["www-authenticate"],
+        "Bearer realm=\"tollgate\", error=\"invalid_token\""
+    );
+    assert_eq!(
+        body(&r),
+        "{\"error\":\"invalid_token\"}",
+        "no reason beyond the RFC code"
+    );
+
+    for bad in ["Bearer", "Bearer a b", "Bearer a,b", "Bearer \"x\""] {
+        let r = a
+            .check(&req("GET", "/api/x", &[("authorization", bad)], &[]))
+            .await;
+        assert_eq!(status(&r), 400, "{bad}");
+        assert!(headers(&r)["www-authenticate"].contains("invalid_request"));
+    }
+    // Another scheme is not ours: no credential.
+    let r = a
+        .check(&req(
+            "GET",
+            "/api/x",
+            &[("authorization", "Basic YTpi")],
+            &[],
+        ))
+        .await;
+    assert_eq!(status(&r), 401);
+
+    let r = a
+        .check(&req(
+            "GET",
+            "/admin/x",
+            &[("authorization", &token(json!({})))],
+            &[],
+        ))
+        .await;
+    assert_eq!(status(&r), 403);
+    assert_eq!(
+        headers(&r)["www-authenticate"],
+        "Bearer realm=\"tollgate\", error=\"insufficient_scope\", scope=\"admin\""
+    );
+    let r = a
+        .check(&req(
+            "GET",
+            "/admin/x",
+            &[("authorization", &token(json!({"scope": "admin"})))],
+            &[],
+        ))
+        .await;
+    assert_eq!(status(&r), 200);
+
+    let r = a
+        .check(&req(
+            "GET",
+            "/acme",
+            &[("authorization", &token(json!({"org": "other"})))],
+            &[],
+        ))
+        .await;
+    assert_eq!(status(&r), 403);
+    let r = a
+        .check(&req(
+            "GET",
+            "/nowhere",
+            &[("authorization", &token(json!({})))],
+            &[],
+        ))
+        .await;
+    assert_eq!(status(&r), 403, "no rule matched: deny");
+    assert_eq!(body(&r), "{\"error\":\"access_denied\"}");
+
+    let r = a.check(&CheckRequest::default()).await;
+    assert_eq!(status(&r), 403);
+}
+
+#[tokio::test]
+async fn expired_and_foreign_tokens_are_invalid() {
+    let f = fixture("").await;
+    let a = &f.built.authorizer;
+    let t = token(json!({"exp": now() - 3600}));
+    assert_eq!(
+        status(
+            &a.check(&req("GET", "/api", &[("authorization", &t)], &[]))
+                .await
+        ),
+        401
+    );
+    let t = token(json!({"aud": "https://elsewhere.test"}));
+    assert_eq!(
+        status(
+            &a.check(&req("GET", "/api", &[("authorization", &t)], &[]))
+                .await
+        ),
+        401
+    );
+    let t = format!(
+        "Bearer {}",
+        sign(EC, Algorithm::ES256, Some("k1"), &claims(now()))
+    );
+    assert_eq!(
+        status(
+            &a.check(&req("GET", "/api", &[("authorization", &t)], &[]))
+                .await
+        ),
+        401
+    );
+}
+
+#[tokio::test]
+async fn public_routes_strip_spoofed_identity_headers() {
+    let f = fixture("").await;
+    let a = &f.built.authorizer;
+    let spoof: Vec<(&str, &str)> = IDENTITY_HEADERS.iter().map(|h| (*h, "root")).collect();
+    let r = a.check(&req("GET", "/healthz", &spoof, &[])).await;
+    assert_eq!(status(&r), 200);
+    let h = headers(&r);
+    assert_eq!(h["x-tollgate-auth-method"], "anonymous");
+    let mut rm = removed(&r);
+    rm.sort();
+    let mut want: Vec<String> = IDENTITY_HEADERS
+        .iter()
+        .filter(|h| **h != "x-tollgate-auth-method")
+        .map(|h| h.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(rm, want);
+
+    // On an authenticated route, the client's copies are overwritten or removed too.
+    let mut hs = spoof.clone();
+    let t = token(json!({}));
+    hs.push(("authorization", &t));
+    let r = a.check(&req("GET", "/api", &hs, &[])).await;
+    let h = headers(&r);
+    assert_eq!(h["x-tollgate-subject"], "alice");
+    for name in IDENTITY_HEADERS {
+        assert!(
+            h.contains_key(name) ^ removed(&r).iter().any(|x| x == name),
+            "{name} neither set nor removed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn header_values_are_sanitised() {
+    let f = fixture("").await;
+    let t = token(json!({"sub": "al\r\nx-admin: 1\u{0}ice", "email": "a".repeat(5000)}));
+    let r = f
+        .built
+        .authorizer
+        .check(&req("GET", "/api", &[("authorization", &t)], &[]))
+        .await;
+    let h = headers(&r);
+    assert_eq!(h["x-tollgate-subject"], "alx-admin: 1ice");
+    assert_eq!(h["x-user-email"].len(), 1024);
+    assert_eq!(
+        meta(&r, "subject").as_deref(),
+        Some("al\r\nx-admin: 1\u{0}ice"),
+        "metadata is structured, not a header"
+    );
+}
+
+#[tokio::test]
+async fn api_keys_and_ambiguous_credentials() {
+    let f = fixture("").await;
+    let a = &f.built.authorizer;
+    let keys = f.built.api_keys.as_ref().unwrap();
+    let (info, secret) = keys
+        .create(NewKey {
+            name: "ci".into(),
+            owner: "team-a".into(),
+            tenant: Some("acme".into()),
+            scopes: vec!["read".into()],
+            plan: Some("silver".into()),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let key = secret.expose();
+    let r = a
+        .check(&req("GET", "/keys/x", &[("x-api-key", key)], &[]))
+        .await;
+    assert_eq!(status(&r), 200);
+    let h = headers(&r);
+    assert_eq!(h["x-tollgate-subject"], "team-a");
+    assert_eq!(h["x-tollgate-key-id"], info.id);
+    assert_eq!(h["x-tollgate-auth-method"], "api_key");
+    assert_eq!(meta(&r, "plan").as_deref(), Some("silver"));
+    assert_eq!(meta(&r, "key_id").as_deref(), Some(info.id.as_str()));
+    assert!(
+        !removed(&r).contains(&"x-api-key".to_string()),
+        "credential kept unless configured"
+    );
+
+    let r = a
+        .check(&req("GET", "/keys/x", &[("x-api-key", "tgk_nope")], &[]))
+        .await;
+    assert_eq!(status(&r), 401);
+    assert!(
+        headers(&r)["www-authenticate"]
+            .starts_with("ApiKey realm=\"tollgate\", error=\"invalid_token\"")
+    );
+
+    // Both a bearer token and an API key: 400, whichever would have been valid.
+    let t = token(json!({}));
+    let r = a
+        .check(&req(
+            "GET",
+            "/api",
+            &[("authorization", &t), ("x-api-key", key)],
+            &[],
+        ))
+        .await;
+    assert_eq!(status(&r), 400);
+    assert_eq!(body(&r), "{\"error\":\"invalid_request\"}");
+
+    // A route that takes only API keys ignores a bearer token (it may be for the upstream).
+    let r = a
+        .check(&req("GET", "/keys", &[("authorization", &t)], &[]))
+        .await;
+    assert_eq!(status(&r), 401);
+    assert!(headers(&r)["www-authenticate"].starts_with("ApiKey"));
+
+    keys.revoke(&info.id).await.unwrap();
+    let r = a
+        .check(&req("GET", "/keys/x", &[("x-api-key", key)], &[]))
+        .await;
+    assert_eq!(status(&r), 401, "revoked");
+}
+
+#[tokio::test]
+async fn query_parameter_keys_and_credential_removal() {
+    let f = fixture("  remove_credential: true\n").await;
+    let a = &f.built.authorizer;
+    let t = token(json!({}));
+    let r = a
+        .check(&req("GET", "/api", &[("authorization", &t)], &[]))
+        .await;
+    assert!(removed(&r).contains(&"authorization".to_string()));
+
+    let keys = f.built.api_keys.as_ref().unwrap();
+    let (_, secret) = keys
+        .create(NewKey {
+            name: "q".into(),
+            owner: "o".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let key = secret.expose();
+    let path = format!("/keys?x=1&api_key={key}");
+    let r = a.check(&req("GET", &path, &[], &[])).await;
+    assert_eq!(status(&r), 200);
+    assert!(removed(&r).contains(&"x-api-key".to_string()));
+    let r = a
+        .check(&req("GET", &path, &[("x-api-key", key)], &[]))
+        .await;
+    assert_eq!(
+        status(&r),
+        400,
+        "a key in both the header and the query is ambiguous"
+    );
+}
+
+#[tokio::test]
+async fn context_extensions_override_per_route() {
+    let f = fixture("").await;
+    let a = &f.built.authorizer;
+    let t = token(json!({}));
+    let auth = [("authorization", t.as_str())];
+    // Name a rule: /nowhere would be denied, but the route says "use `api`".
+    let r = a
+        .check(&req("GET", "/nowhere", &auth, &[("tollgate.rule", "api")]))
+        .await;
+    assert_eq!(status(&r), 200);
+    let r = a
+        .check(&req("GET", "/api", &[], &[("tollgate.rule", "health")]))
+        .await;
+    assert_eq!(status(&r), 200, "the route made itself public");
+    let r = a
+        .check(&req("GET", "/api", &auth, &[("tollgate.rule", "missing")]))
+        .await;
+    assert_eq!(status(&r), 403, "an unknown rule name denies");
+    let r = a
+        .check(&req(
+            "GET",
+            "/api",
+            &auth,
+            &[("tollgate.scopes", "read write")],
+        ))
+        .await;
+    assert_eq!(status(&r), 200);
+    let r = a
+        .check(&req(
+            "GET",
+            "/api",
+            &auth,
+            &[("tollgate.scopes", "billing")],
+        ))
+        .await;
+    assert_eq!(status(&r), 403);
+    assert!(headers(&r)["www-authenticate"].contains("scope=\"billing\""));
+    let r = a
+        .check(&req(
+            "GET",
+            "/api",
+            &auth,
+            &[("tollgate.identity", "api_key")],
+        ))
+        .await;
+    assert_eq!(status(&r), 401, "the route accepts API keys only");
+    let r = a
+        .check(&req(
+            "GET",
+            "/api",
+            &auth,
+            &[("tollgate.identity", "kerberos")],
+        ))
+        .await;
+    assert_eq!(status(&r), 403);
+}

@@ -565,3 +565,7 @@ pub fn scopes_of(v: &Value) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+#[path = "jwt_tests.rs"]
+pub(crate) mod tests;
