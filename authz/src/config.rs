@@ -118,17 +118,17 @@ impl Validate for Config {
             }
         }
         self.headers.validate(&join(at, "headers"), errors);
-        if let (Some(k), true) = (&self.api_keys, self.headers.remove_credential) {
-            if self
+        if let Some(k) = &self.api_keys
+            && self
                 .headers
                 .all_names()
                 .any(|n| n == k.header.to_ascii_lowercase())
-            {
-                errors.push(
-                    join(at, "headers"),
-                    "an identity header has the API key header's name",
-                );
-            }
+        {
+            // The credential would be overwritten (or stripped) before anyone saw it.
+            errors.push(
+                join(at, "headers"),
+                "an identity header has the API key header's name",
+            );
         }
     }
 }

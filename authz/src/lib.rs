@@ -28,6 +28,7 @@ use tollgate_proto::auth::AuthorizationServer;
 
 pub mod admin;
 pub mod apikey;
+pub mod cli;
 pub mod check;
 pub mod config;
 pub mod identity;
@@ -191,10 +192,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error>
                 Ok(Ok(())) => {}
             }
         }
-        if let Some(keys) = api_keys {
-            if let Err(e) = keys.flush_last_used().await {
-                tracing::warn!(error = %e, "could not write last-used times at shutdown");
-            }
+        if let Some(keys) = api_keys
+            && let Err(e) = keys.flush_last_used().await
+        {
+            tracing::warn!(error = %e, "could not write last-used times at shutdown");
         }
         served.map_err(Error::from)
     });
@@ -212,19 +213,5 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     match running.handle.await {
         Ok(r) => r,
         Err(e) => Err(Error::Admin(format!("service task failed: {e}"))),
-    }
-}
-
-// A stand-in with the agreed signature, replaced by `pub mod cli;` when the `keys` client lands.
-pub mod cli {
-    //! The `keys` subcommand (stand-in).
-    #[derive(Debug, clap::Subcommand)]
-    pub enum KeysCommand {
-        /// List keys.
-        List,
-    }
-
-    pub async fn run_keys(_cmd: KeysCommand) -> anyhow::Result<()> {
-        anyhow::bail!("not available")
     }
 }

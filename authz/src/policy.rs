@@ -157,10 +157,10 @@ impl Validate for PolicyConfig {
                         errors.push(join(&join(&at, "path"), f), "must start with `/`");
                     }
                 }
-                if let Some(re) = &p.regex {
-                    if let Err(e) = compile_path_regex(re) {
-                        errors.push(join(&at, "path.regex"), format!("invalid regex: {e}"));
-                    }
+                if let Some(re) = &p.regex
+                    && let Err(e) = compile_path_regex(re)
+                {
+                    errors.push(join(&at, "path.regex"), format!("invalid regex: {e}"));
                 }
             }
             for (j, m) in r.methods.iter().enumerate() {

@@ -281,10 +281,10 @@ impl Introspector {
         if a.nbf().is_some_and(|t| t.timestamp() > now_s) {
             return Err(Rejection::Invalid("not_yet_valid"));
         }
-        if let Some(want) = &self.issuer {
-            if a.iss() != Some(want.as_str()) {
-                return Err(Rejection::Invalid("wrong_issuer"));
-            }
+        if let Some(want) = &self.issuer
+            && a.iss() != Some(want.as_str())
+        {
+            return Err(Rejection::Invalid("wrong_issuer"));
         }
         if !self.audiences.is_empty() {
             let ok = a
@@ -315,7 +315,7 @@ impl Introspector {
             a.aud()
                 .map(|v| Value::Array(v.iter().cloned().map(Value::String).collect())),
         );
-        put("exp", exp.map(|e| Value::from(e)));
+        put("exp", exp.map(Value::from));
         let scopes: Vec<String> = a
             .scopes()
             .map(|s| s.iter().map(|s| s.as_str().to_string()).collect())

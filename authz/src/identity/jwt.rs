@@ -182,22 +182,21 @@ impl Validate for JwtConfig {
                     "set exactly one of `jwks_url`, `discovery: true` or `keys`",
                 );
             }
-            if let Some(u) = &iss.jwks_url {
-                if !(u.starts_with("https://") || u.starts_with("http://")) {
-                    errors.push(join(&at, "jwks_url"), "must be an http(s) URL");
-                }
+            if let Some(u) = &iss.jwks_url
+                && !(u.starts_with("https://") || u.starts_with("http://"))
+            {
+                errors.push(join(&at, "jwks_url"), "must be an http(s) URL");
             }
             if iss.discovery
                 && !(iss.issuer.starts_with("https://") || iss.issuer.starts_with("http://"))
             {
                 errors.push(join(&at, "issuer"), "discovery needs an http(s) issuer URL");
             }
-            if let Some(keys) = &iss.keys {
-                if let Err(e) =
+            if let Some(keys) = &iss.keys
+                && let Err(e) =
                     super::jwks::KeySet::from_jwks(keys, &iss.algorithms, iss.max_keys.max(1))
-                {
-                    errors.push(join(&at, "keys"), e.to_string());
-                }
+            {
+                errors.push(join(&at, "keys"), e.to_string());
             }
             if iss.audiences.is_empty() || iss.audiences.iter().any(String::is_empty) {
                 errors.push(
@@ -451,10 +450,10 @@ impl JwtVerifier {
     }
 
     async fn key_for(&self, issuer: &Issuer, kid: &str) -> Result<Arc<VerifyKey>, Rejection> {
-        if let Some(keys) = issuer.jwks.keys() {
-            if let Some(k) = keys.get(kid) {
-                return Ok(k.clone());
-            }
+        if let Some(keys) = issuer.jwks.keys()
+            && let Some(k) = keys.get(kid)
+        {
+            return Ok(k.clone());
         }
         issuer.jwks.refetch_for_unknown_kid().await;
         match issuer.jwks.keys() {
@@ -478,10 +477,10 @@ impl JwtVerifier {
             None if issuer.require_exp => return Err(Rejection::Invalid("missing_exp")),
             None => None,
         };
-        if let Some(exp) = exp {
-            if exp.saturating_add(issuer.leeway) <= now_s {
-                return Err(Rejection::Invalid("expired"));
-            }
+        if let Some(exp) = exp
+            && exp.saturating_add(issuer.leeway) <= now_s
+        {
+            return Err(Rejection::Invalid("expired"));
         }
         if let Some(v) = claims.get("nbf") {
             let nbf = numeric_date(v).ok_or(Rejection::Invalid("malformed_nbf"))?;
