@@ -355,3 +355,196 @@ impl Introspector {
         Ok((id, exp_at))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use base64::Engine;
+    use parking_lot::Mutex;
+    use serde_json::json;
+
+    use super::*;
+    use crate::identity::jwt::tests::clock_at;
+
+    const T0: u64 = 1_800_000_000;
+
+    /// What the endpoint answers for a token; it counts calls and checks client authentication.
+    #[derive(Clone)]
+    struct Srv {
+        answers: Arc<Mutex<std::collections::HashMap<String, (StatusCode, Value)>>>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    async fn introspect(
+        State(s): State<Srv>,
+        headers: HeaderMap,
+        body: String,
+    ) -> axum::response::Response {
+        s.calls.fetch_add(1, Ordering::SeqCst);
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("rs:s3cret")
+        );
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": "invalid_client"})),
+            )
+                .into_response();
+        }
+        let token = body
+            .split('&')
+            .find_map(|p| p.strip_prefix("token="))
+            .unwrap_or_default()
+            .to_string();
+        if token == "hang" {
+            std::future::pending::<()>().await;
+        }
+        let (code, v) = s
+            .answers
+            .lock()
+            .get(&token)
+            .cloned()
+            .unwrap_or((StatusCode::OK, json!({"active": false})));
+        (code, axum::Json(v)).into_response()
+    }
+
+    async fn setup(extra: &str) -> (Srv, Introspector, Arc<Mutex<SystemTime>>) {
+        let srv = Srv {
+            answers: Default::default(),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/introspect", post(introspect))
+            .with_state(srv.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let cfg: IntrospectionConfig = serde_yaml::from_str(&format!(
+            "endpoint: http://{addr}/introspect\nclient_id: rs\nclient_secret: s3cret\ntimeout: 300ms\nclaims: {{tenant: org}}\n{extra}"
+        ))
+        .unwrap();
+        let (clock, t) = clock_at(T0);
+        (srv, Introspector::new(&cfg, clock).unwrap(), t)
+    }
+
+    fn active(exp: u64) -> (StatusCode, Value) {
+        (
+            StatusCode::OK,
+            json!({"active": true, "sub": "svc-1", "scope": "read write", "exp": exp, "aud": "https://api.test", "iss": "https://idp.test", "org": "acme", "client_id": "c1"}),
+        )
+    }
+
+    #[tokio::test]
+    async fn active_tokens_are_cached_until_ttl_or_exp() {
+        let (srv, i, clock) = setup("cache_ttl: 60s").await;
+        srv.answers.lock().insert("tok1".into(), active(T0 + 30));
+        let id = i.verify("tok1").await.unwrap();
+        assert_eq!(id.method, Method::Introspection);
+        assert_eq!(id.subject, "svc-1");
+        assert_eq!(id.scopes, vec!["read", "write"]);
+        assert_eq!(id.tenant.as_deref(), Some("acme"));
+        assert_eq!(id.claims["client_id"], json!("c1"));
+        i.verify("tok1").await.unwrap();
+        assert_eq!(
+            srv.calls.load(Ordering::SeqCst),
+            1,
+            "second check from the cache"
+        );
+        *clock.lock() = SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 30);
+        assert_eq!(
+            i.verify("tok1").await.unwrap_err(),
+            Rejection::Invalid("expired")
+        );
+        assert_eq!(srv.calls.load(Ordering::SeqCst), 2, "never cached past exp");
+    }
+
+    #[tokio::test]
+    async fn inactive_and_errors_deny_and_are_not_cached() {
+        let (srv, i, _) = setup("").await;
+        assert_eq!(
+            i.verify("unknown").await.unwrap_err(),
+            Rejection::Invalid("inactive")
+        );
+        assert_eq!(
+            i.verify("unknown").await.unwrap_err(),
+            Rejection::Invalid("inactive")
+        );
+        assert_eq!(srv.calls.load(Ordering::SeqCst), 2);
+
+        srv.answers.lock().insert(
+            "t5".into(),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "server_error"}),
+            ),
+        );
+        assert!(matches!(
+            i.verify("t5").await,
+            Err(Rejection::Unavailable(_))
+        ));
+        srv.answers.lock().insert("t5".into(), active(T0 + 600));
+        assert_eq!(
+            i.verify("t5").await.unwrap().subject,
+            "svc-1",
+            "the error was not cached"
+        );
+
+        assert!(
+            matches!(i.verify("hang").await, Err(Rejection::Unavailable(_))),
+            "timeouts deny"
+        );
+        assert_eq!(
+            i.verify("bad token").await.unwrap_err(),
+            Rejection::Invalid("malformed")
+        );
+        assert_eq!(
+            i.verify(&"a".repeat(5000)).await.unwrap_err(),
+            Rejection::Invalid("token_too_large")
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_client_secret_fails_closed() {
+        let (srv, _, _) = setup("").await;
+        srv.answers.lock().insert("tok".into(), active(T0 + 600));
+        let endpoint = {
+            // Same endpoint, wrong secret.
+            let (_, good, _) = setup("").await;
+            good.client.introspection_url().to_string()
+        };
+        let cfg: IntrospectionConfig = serde_yaml::from_str(&format!(
+            "endpoint: {endpoint}\nclient_id: rs\nclient_secret: wrong\n"
+        ))
+        .unwrap();
+        let (clock, _) = clock_at(T0);
+        let bad = Introspector::new(&cfg, clock).unwrap();
+        assert!(matches!(
+            bad.verify("tok").await,
+            Err(Rejection::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn issuer_and_audience_are_checked_when_configured() {
+        let (srv, i, _) = setup("issuer: https://idp.test\naudiences: [https://other.test]").await;
+        srv.answers.lock().insert("tok".into(), active(T0 + 600));
+        assert_eq!(
+            i.verify("tok").await.unwrap_err(),
+            Rejection::Invalid("wrong_audience")
+        );
+        let (srv, i, _) = setup("issuer: https://else.test").await;
+        srv.answers.lock().insert("tok".into(), active(T0 + 600));
+        assert_eq!(
+            i.verify("tok").await.unwrap_err(),
+            Rejection::Invalid("wrong_issuer")
+        );
+    }
+}
