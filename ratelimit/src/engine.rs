@@ -547,3 +547,6 @@ fn store_error_kind(e: &StoreError) -> &'static str {
         StoreError::Config(_) => "config",
     }
 }
+
+#[cfg(test)]
+mod tests;

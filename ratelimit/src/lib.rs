@@ -130,3 +130,111 @@ pub fn check(config: &Config) -> Result<(), Error> {
         Err(Error::Limits(report.errors))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tollgate_proto::ratelimit::{Code, RateLimitRequest, RateLimitServiceClient, descriptor};
+
+    use super::*;
+
+    async fn http_get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_should_rate_limit_config_and_metrics_then_shuts_down() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            "domain: web\ndescriptors:\n  - key: client\n    rate_limit: {name: per-client, unit: minute, requests_per_unit: 1}\n",
+        )
+        .unwrap();
+        let shutdown = Shutdown::new();
+        let running = start(Config::for_tests(dir.path()), shutdown.clone())
+            .await
+            .unwrap();
+        let mut client = RateLimitServiceClient::connect(format!("http://{}", running.grpc_addr))
+            .await
+            .unwrap();
+        let req = || RateLimitRequest {
+            domain: "web".into(),
+            descriptors: vec![descriptor([("client", "c")])],
+            hits_addend: 0,
+        };
+        let first = client.should_rate_limit(req()).await.unwrap().into_inner();
+        assert_eq!(first.overall_code, Code::Ok as i32);
+        let second = client.should_rate_limit(req()).await.unwrap().into_inner();
+        assert_eq!(second.overall_code, Code::OverLimit as i32);
+
+        let config = http_get(running.http_addr, "/config").await;
+        assert!(config.starts_with("HTTP/1.1 200"), "{config}");
+        assert!(config.contains("\"per-client\""), "{config}");
+        let metrics = http_get(running.http_addr, "/metrics").await;
+        assert!(metrics.contains(metrics::DECISIONS), "{metrics}");
+        assert!(metrics.contains(metrics::CONFIG_LOADS), "{metrics}");
+
+        // A bad edit: the limit in force stays, /config shows the error.
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            "domain: web\ndescriptors:\n  - key: client\n    rate_limit: {unit: weekly}\n",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running.reloader.view().errors.is_empty() {
+            assert!(Instant::now() < deadline, "reload not seen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let config = http_get(running.http_addr, "/config").await;
+        assert!(
+            config.contains("invalid rate limit unit 'weekly'"),
+            "{config}"
+        );
+        assert_eq!(
+            client
+                .should_rate_limit(req())
+                .await
+                .unwrap()
+                .into_inner()
+                .overall_code,
+            Code::OverLimit as i32
+        );
+
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), running.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_to_start_with_a_bad_limits_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bad.yaml"),
+            "domain: x\ndescriptors:\n  - key: ''\n",
+        )
+        .unwrap();
+        let err = start(Config::for_tests(dir.path()), Shutdown::new())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Limits(_)));
+        assert!(
+            text.contains("bad.yaml:3: descriptors[0].key: descriptor has empty key"),
+            "{text}"
+        );
+        assert!(check(&Config::for_tests(dir.path())).is_err());
+    }
+}

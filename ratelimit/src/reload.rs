@@ -181,3 +181,211 @@ fn watch_target(path: &Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::algorithm::Algorithm;
+    use crate::engine::{EngineOptions, SystemClock};
+    use crate::limits::Limits;
+    use crate::store::{MemoryOptions, MemoryStore};
+
+    fn engine() -> Arc<Engine> {
+        Arc::new(Engine::new(
+            Limits::empty(),
+            Arc::new(MemoryStore::new(&MemoryOptions::default())),
+            Arc::new(SystemClock),
+            EngineOptions::default(),
+        ))
+    }
+
+    fn domain(name: &str, rpu: u32) -> String {
+        format!(
+            "domain: {name}\ndescriptors:\n  - key: k\n    rate_limit: {{unit: minute, requests_per_unit: {rpu}}}\n"
+        )
+    }
+
+    /// The requests_per_unit of `domain`'s limit on `k`, as the engine sees it now.
+    fn limit_of(engine: &Engine, domain: &str) -> Option<u32> {
+        let limits = engine.limits();
+        let d = limits.domain(domain)?;
+        let found = d.find(
+            &crate::engine::Descriptor::new([("k", "v")]),
+            &mut String::new(),
+        );
+        found.first().map(|l| l.requests_per_unit)
+    }
+
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn bad_file_keeps_its_last_good_version_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), domain("a", 1)).unwrap();
+        std::fs::write(dir.path().join("b.yml"), domain("b", 2)).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a limits file").unwrap();
+        let e = engine();
+        let r = Reloader::new(
+            Some(LimitsSource {
+                path: dir.path().into(),
+            }),
+            e.clone(),
+            Algorithm::SlidingWindow,
+        );
+        assert!(r.reload().is_empty());
+        assert_eq!((limit_of(&e, "a"), limit_of(&e, "b")), (Some(1), Some(2)));
+
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "domain: a\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.yml"), domain("b", 3)).unwrap();
+        let errors = r.reload();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].file, dir.path().join("a.yaml"));
+        assert_eq!(errors[0].line, Some(5));
+        assert_eq!(errors[0].field, "descriptors[0].rate_limit.unit");
+        assert_eq!(
+            (limit_of(&e, "a"), limit_of(&e, "b")),
+            (Some(1), Some(3)),
+            "a kept, b updated"
+        );
+        let view = r.view();
+        assert_eq!(view.generation, 2);
+        assert_eq!(view.errors, errors);
+        let a = view
+            .files
+            .iter()
+            .find(|f| f.file.ends_with("a.yaml"))
+            .unwrap();
+        assert!(a.stale && !a.ok);
+        assert_eq!(
+            view.domains
+                .iter()
+                .map(|d| d.domain.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let json = serde_json::to_value(&*view).unwrap();
+        assert_eq!(json["errors"][0]["line"], 5);
+
+        std::fs::write(dir.path().join("a.yaml"), domain("a", 4)).unwrap();
+        assert!(r.reload().is_empty());
+        assert_eq!(limit_of(&e, "a"), Some(4));
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert!(r.reload().is_empty());
+        assert_eq!(limit_of(&e, "a"), None, "a removed file removes its domain");
+    }
+
+    #[test]
+    fn a_domain_defined_twice_is_kept_from_the_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1.yaml"), domain("x", 1)).unwrap();
+        std::fs::write(dir.path().join("2.yaml"), domain("x", 2)).unwrap();
+        let e = engine();
+        let r = Reloader::new(
+            Some(LimitsSource {
+                path: dir.path().into(),
+            }),
+            e.clone(),
+            Algorithm::SlidingWindow,
+        );
+        let errors = r.reload();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].reason.starts_with("duplicate domain 'x'"),
+            "{}",
+            errors[0].reason
+        );
+        assert_eq!(
+            (errors[0].file.file_name().unwrap().to_str(), errors[0].line),
+            (Some("2.yaml"), Some(1))
+        );
+        assert_eq!(limit_of(&e, "x"), Some(1));
+    }
+
+    #[test]
+    fn a_single_file_and_a_missing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("limits.yaml");
+        std::fs::write(&f, domain("one", 5)).unwrap();
+        let e = engine();
+        let r = Reloader::new(
+            Some(LimitsSource { path: f.clone() }),
+            e.clone(),
+            Algorithm::SlidingWindow,
+        );
+        assert!(r.reload().is_empty());
+        assert_eq!(limit_of(&e, "one"), Some(5));
+        std::fs::remove_file(&f).unwrap();
+        let errors = r.reload();
+        assert!(
+            errors[0].reason.starts_with("cannot read limits"),
+            "{}",
+            errors[0].reason
+        );
+        assert_eq!(
+            limit_of(&e, "one"),
+            Some(5),
+            "a vanished path keeps the limits in force"
+        );
+    }
+
+    /// What the kubelet does to a ConfigMap volume: new files in a fresh hidden directory, then
+    /// the `..data` symlink is atomically replaced; the visible files are links through it.
+    #[tokio::test]
+    async fn configmap_symlink_swap_and_edits_are_picked_up_by_the_watcher() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("..v1")).unwrap();
+        std::fs::write(root.join("..v1/web.yaml"), domain("web", 1)).unwrap();
+        symlink("..v1", root.join("..data")).unwrap();
+        symlink("..data/web.yaml", root.join("web.yaml")).unwrap();
+
+        let e = engine();
+        let r = Arc::new(Reloader::new(
+            Some(LimitsSource { path: root.into() }),
+            e.clone(),
+            Algorithm::SlidingWindow,
+        ));
+        assert!(r.reload().is_empty());
+        assert_eq!(limit_of(&e, "web"), Some(1));
+        let shutdown = Shutdown::new();
+        let task = spawn(r.clone(), shutdown.clone()).unwrap();
+
+        std::fs::create_dir(root.join("..v2")).unwrap();
+        std::fs::write(root.join("..v2/web.yaml"), domain("web", 2)).unwrap();
+        symlink("..v2", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        std::fs::remove_dir_all(root.join("..v1")).unwrap();
+        eventually("the swapped config", || limit_of(&e, "web") == Some(2)).await;
+
+        // A bad swap keeps the last good domain and shows the error.
+        std::fs::create_dir(root.join("..v3")).unwrap();
+        std::fs::write(root.join("..v3/web.yaml"), "domain: web\ndescriptors: [").unwrap();
+        symlink("..v3", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        eventually("the error on /config", || !r.view().errors.is_empty()).await;
+        assert_eq!(limit_of(&e, "web"), Some(2));
+
+        // A plain new file in the directory.
+        std::fs::write(root.join("api.yaml"), domain("api", 9)).unwrap();
+        eventually("the new file", || limit_of(&e, "api") == Some(9)).await;
+
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -258,3 +258,219 @@ fn dynamic_metadata(domain: &str, decision: &Decision) -> Option<Struct> {
     }
     Some(metadata::structure(fields))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use tollgate_proto::pb::google::protobuf::UInt64Value;
+    use tollgate_proto::ratelimit::{Unit, descriptor};
+
+    use super::*;
+    use crate::algorithm::Algorithm;
+    use crate::engine::{EngineOptions, ManualClock};
+    use crate::limits::Limits;
+    use crate::store::{MemoryOptions, MemoryStore};
+
+    const LIMITS: &str = "
+domain: web
+descriptors:
+  - key: client
+    rate_limit: {name: per-client, unit: minute, requests_per_unit: 2}
+  - key: path
+    rate_limit: {unit: second, requests_per_unit: 100}
+  - key: beta
+    shadow_mode: true
+    rate_limit: {name: beta-trial, unit: minute, requests_per_unit: 1}
+  - key: open
+    rate_limit: {unlimited: true}
+";
+
+    fn service(headers: HeaderOptions) -> RateLimitGrpc {
+        let start = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let engine = Engine::new(
+            Limits::parse(LIMITS, Algorithm::FixedWindow).unwrap(),
+            Arc::new(MemoryStore::new(&MemoryOptions::default())),
+            Arc::new(ManualClock::new(start)),
+            EngineOptions::default(),
+        );
+        RateLimitGrpc::new(Arc::new(engine), headers)
+    }
+
+    async fn call(svc: &RateLimitGrpc, descriptors: Vec<RateLimitDescriptor>) -> RateLimitResponse {
+        let req = RateLimitRequest {
+            domain: "web".into(),
+            descriptors,
+            hits_addend: 0,
+        };
+        svc.should_rate_limit(tonic::Request::new(req))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    fn headers(r: &RateLimitResponse) -> Vec<(String, String)> {
+        r.response_headers_to_add
+            .iter()
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn statuses_codes_and_ietf_headers() {
+        let svc = service(HeaderOptions::default());
+        let r = call(
+            &svc,
+            vec![
+                descriptor([("client", "c1")]),
+                descriptor([("nothing", "x")]),
+                descriptor([("open", "y")]),
+            ],
+        )
+        .await;
+        assert_eq!(r.overall_code, PbCode::Ok as i32);
+        let s = &r.statuses;
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].code, PbCode::Ok as i32);
+        let limit = s[0].current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.name.as_str(), limit.requests_per_unit, limit.unit),
+            ("per-client", 2, Unit::Minute as i32)
+        );
+        assert_eq!(s[0].limit_remaining, 1);
+        assert!(s[0].duration_until_reset.is_some());
+        assert_eq!(
+            (
+                s[1].code,
+                s[1].current_limit.is_none(),
+                s[1].limit_remaining
+            ),
+            (PbCode::Ok as i32, true, 0)
+        );
+        assert_eq!(
+            (s[2].current_limit.is_none(), s[2].limit_remaining),
+            (true, u32::MAX)
+        );
+        let h = headers(&r);
+        assert_eq!(h[0].0, "RateLimit-Policy");
+        assert_eq!(h[0].1, "\"per-client\";q=2;w=60");
+        assert_eq!(h[1].0, "RateLimit");
+        assert!(h[1].1.starts_with("\"per-client\";r=1;t="), "{}", h[1].1);
+        assert_eq!(h.len(), 2, "no Retry-After when allowed");
+        assert!(r.dynamic_metadata.is_none());
+    }
+
+    #[tokio::test]
+    async fn over_limit_sets_retry_after_x_headers_and_metadata() {
+        let svc = service(HeaderOptions {
+            ietf: true,
+            x_ratelimit: true,
+            retry_after: true,
+        });
+        let req = || vec![descriptor([("path", "/a")]), descriptor([("client", "c1")])];
+        call(&svc, req()).await;
+        call(&svc, req()).await;
+        let r = call(&svc, req()).await;
+        assert_eq!(r.overall_code, PbCode::OverLimit as i32);
+        assert_eq!(r.statuses[0].code, PbCode::Ok as i32);
+        assert_eq!(r.statuses[1].code, PbCode::OverLimit as i32);
+        assert_eq!(r.statuses[1].limit_remaining, 0);
+        let h = headers(&r);
+        let get = |k: &str| h.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("RateLimit-Policy").unwrap(),
+            "\"path\";q=100;w=1, \"per-client\";q=2;w=60"
+        );
+        assert!(get("RateLimit").unwrap().contains("\"per-client\";r=0;t="));
+        assert_eq!(get("X-RateLimit-Limit").unwrap(), "2, 2;w=60");
+        assert_eq!(get("X-RateLimit-Remaining").unwrap(), "0");
+        let retry: u64 = get("Retry-After").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert_eq!(
+            get("X-RateLimit-Reset").unwrap().parse::<u64>().unwrap(),
+            retry
+        );
+        let md = r.dynamic_metadata.unwrap();
+        assert_eq!(
+            metadata::get_str(&md, metadata_keys::LIMIT),
+            Some("per-client")
+        );
+        assert_eq!(metadata::get_str(&md, metadata_keys::DOMAIN), Some("web"));
+    }
+
+    #[tokio::test]
+    async fn shadow_limits_are_named_in_metadata_only() {
+        let svc = service(HeaderOptions {
+            ietf: false,
+            x_ratelimit: false,
+            retry_after: true,
+        });
+        call(&svc, vec![descriptor([("beta", "u")])]).await;
+        let r = call(&svc, vec![descriptor([("beta", "u")])]).await;
+        assert_eq!(r.overall_code, PbCode::Ok as i32);
+        assert!(r.response_headers_to_add.is_empty());
+        let md = r.dynamic_metadata.unwrap();
+        assert!(md.fields.contains_key(metadata_keys::SHADOW_LIMITS));
+        assert!(!md.fields.contains_key(metadata_keys::LIMIT));
+    }
+
+    #[tokio::test]
+    async fn descriptor_hits_addend_and_negative_hits() {
+        let svc = service(HeaderOptions::default());
+        let mut check = descriptor([("client", "c2")]);
+        check.hits_addend = Some(UInt64Value { value: 0 });
+        assert_eq!(call(&svc, vec![check]).await.statuses[0].limit_remaining, 2);
+        let mut two = descriptor([("client", "c2")]);
+        two.hits_addend = Some(UInt64Value { value: 2 });
+        assert_eq!(call(&svc, vec![two]).await.statuses[0].limit_remaining, 0);
+        let mut refund = descriptor([("client", "c2")]);
+        refund.hits_addend = Some(UInt64Value { value: 1 });
+        refund.is_negative_hits = true;
+        assert_eq!(
+            call(&svc, vec![refund]).await.overall_code,
+            PbCode::Ok as i32,
+            "checked, not counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn store_failure_is_unavailable() {
+        struct Down;
+        impl crate::store::Store for Down {
+            fn hit<'a>(
+                &'a self,
+                _: &'a [crate::store::Hit<'a>],
+                _: SystemTime,
+            ) -> futures::future::BoxFuture<
+                'a,
+                Result<Vec<crate::store::Outcome>, crate::store::StoreError>,
+            > {
+                Box::pin(async { Err(crate::store::StoreError::Unavailable("down".into())) })
+            }
+        }
+        let engine = Engine::new(
+            Limits::parse(LIMITS, Algorithm::FixedWindow).unwrap(),
+            Arc::new(Down),
+            Arc::new(crate::engine::SystemClock),
+            EngineOptions::default(),
+        );
+        let svc = RateLimitGrpc::new(Arc::new(engine), HeaderOptions::default());
+        let req = RateLimitRequest {
+            domain: "web".into(),
+            descriptors: vec![descriptor([("client", "c")])],
+            hits_addend: 0,
+        };
+        let err = svc
+            .should_rate_limit(tonic::Request::new(req))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn sf_strings_are_escaped() {
+        let mut s = String::new();
+        sf_string(&mut s, "a\"b\\c\u{e9}");
+        assert_eq!(s, "\"a\\\"b\\\\c_\"");
+    }
+}

@@ -1,0 +1,390 @@
+//! Engine behaviour against the real memory store, with an injected clock: statuses in request
+//! order, hits_addend, overrides, replaces, shadow mode, unlimited and zero limits, failure modes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use tollgate_proto::ratelimit::Unit;
+
+use super::*;
+use crate::store::{MemoryOptions, MemoryStore};
+
+const LIMITS: &str = "
+domain: d
+descriptors:
+  - key: a
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: b
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: open
+    rate_limit: {unlimited: true}
+  - key: blocked
+    rate_limit: {unit: second, requests_per_unit: 0}
+  - key: watch
+    shadow_mode: true
+    rate_limit: {name: watched, unit: minute, requests_per_unit: 1}
+  - key: two
+    rate_limit: {name: burst, unit: second, requests_per_unit: 2}
+    rate_limits:
+      - {name: sustained, unit: minute, requests_per_unit: 3}
+  - key: key_1
+    value: value_1
+    descriptors:
+      - key: user
+        rate_limit: {name: specific_limit, unit: minute, requests_per_unit: 5}
+  - key: key_2
+    value: value_2
+    descriptors:
+      - key: user
+        rate_limit:
+          replaces: [{name: specific_limit}]
+          unit: minute
+          requests_per_unit: 10
+";
+
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+fn engine_with(yaml: &str, options: EngineOptions) -> (Engine, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let store = Arc::new(MemoryStore::new(&MemoryOptions::default()));
+    let limits = Limits::parse(yaml, Algorithm::SlidingWindow).unwrap();
+    (Engine::new(limits, store, clock.clone(), options), clock)
+}
+
+fn engine() -> (Engine, Arc<ManualClock>) {
+    engine_with(LIMITS, EngineOptions::default())
+}
+
+fn d(entries: &[(&str, &str)]) -> Descriptor {
+    Descriptor::new(entries.iter().copied())
+}
+
+async fn call(e: &Engine, ds: &[Descriptor]) -> Decision {
+    e.should_rate_limit("d", ds, 0).await.unwrap()
+}
+
+fn summary(dec: &Decision) -> Vec<(Code, Option<String>, u64)> {
+    dec.statuses
+        .iter()
+        .map(|s| {
+            (
+                s.code,
+                s.limit.as_ref().map(|l| l.name.to_string()),
+                s.remaining,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_status_per_descriptor_in_request_order() {
+    let (e, _) = engine();
+    let dec = call(
+        &e,
+        &[d(&[("b", "1")]), d(&[("nothing", "x")]), d(&[("a", "1")])],
+    )
+    .await;
+    assert_eq!(dec.code, Code::Ok);
+    assert_eq!(
+        summary(&dec),
+        [
+            (Code::Ok, Some("b".into()), 2),
+            (Code::Ok, None, 0),
+            (Code::Ok, Some("a".into()), 1)
+        ]
+    );
+    assert!(
+        e.should_rate_limit::<Descriptor>("d", &[], 0)
+            .await
+            .unwrap()
+            .statuses
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn over_limit_descriptor_denies_and_eats_no_quota_of_the_others() {
+    let (e, clock) = engine();
+    for _ in 0..2 {
+        assert_eq!(call(&e, &[d(&[("a", "1")])]).await.code, Code::Ok);
+    }
+    let dec = call(&e, &[d(&[("b", "1")]), d(&[("a", "1")])]).await;
+    assert_eq!(dec.code, Code::OverLimit);
+    assert_eq!(summary(&dec)[1], (Code::OverLimit, Some("a".into()), 0));
+    assert_eq!(dec.statuses[0].code, Code::Ok);
+    assert!(
+        dec.statuses[1]
+            .retry_after
+            .is_some_and(|r| r > Duration::ZERO && r <= Duration::from_secs(66))
+    );
+    assert_eq!(
+        dec.fired().map(|(i, l)| (i, l.name.to_string())),
+        Some((1, "a".to_string()))
+    );
+    // The rejected request did not count against `b`.
+    let dec = call(&e, &[d(&[("b", "1")])]).await;
+    assert_eq!(dec.statuses[0].remaining, 2);
+    // Another value has its own counter.
+    assert_eq!(call(&e, &[d(&[("a", "2")])]).await.code, Code::Ok);
+    // After the window (and the sliding window's last sub-window), `a` is admitted again.
+    clock.advance(Duration::from_secs(67));
+    assert_eq!(call(&e, &[d(&[("a", "1")])]).await.code, Code::Ok);
+}
+
+#[tokio::test]
+async fn hits_addend_request_level_and_per_descriptor() {
+    let (e, _) = engine();
+    // Request level 0 means 1.
+    assert_eq!(
+        e.should_rate_limit("d", &[d(&[("b", "0")])], 0)
+            .await
+            .unwrap()
+            .statuses[0]
+            .remaining,
+        2
+    );
+    // Request level 2 counts 2.
+    assert_eq!(
+        e.should_rate_limit("d", &[d(&[("b", "1")])], 2)
+            .await
+            .unwrap()
+            .statuses[0]
+            .remaining,
+        1
+    );
+    // A descriptor's own addend wins; an explicit 0 checks without counting.
+    let mut check = d(&[("b", "1")]);
+    check.hits_addend = Some(0);
+    let dec = e.should_rate_limit("d", &[check.clone()], 5).await.unwrap();
+    assert_eq!((dec.code, dec.statuses[0].remaining), (Code::Ok, 1));
+    let mut one = d(&[("b", "1")]);
+    one.hits_addend = Some(1);
+    let dec = e.should_rate_limit("d", &[one], 5).await.unwrap();
+    assert_eq!((dec.code, dec.statuses[0].remaining), (Code::Ok, 0));
+    // More than what is left is denied and counts nothing.
+    let dec = e
+        .should_rate_limit("d", &[d(&[("b", "2")])], 4)
+        .await
+        .unwrap();
+    assert_eq!(dec.code, Code::OverLimit);
+    assert_eq!(call(&e, &[d(&[("b", "2")])]).await.statuses[0].remaining, 2);
+}
+
+#[tokio::test]
+async fn limit_override_is_used_whenever_the_domain_is_known() {
+    let (e, _) = engine();
+    let mut o = d(&[("anything", "x")]);
+    o.limit = Some(LimitOverride {
+        requests_per_unit: 1,
+        unit: Unit::Second as i32,
+    });
+    let dec = call(&e, &[o.clone()]).await;
+    let l = dec.statuses[0].limit.as_ref().unwrap();
+    assert_eq!(
+        (l.requests_per_unit, l.unit, dec.code),
+        (1, Unit::Second, Code::Ok)
+    );
+    assert_eq!(call(&e, &[o.clone()]).await.code, Code::OverLimit);
+    // An override replaces the configured limit of a matching descriptor.
+    let mut a = d(&[("a", "9")]);
+    a.limit = Some(LimitOverride {
+        requests_per_unit: 7,
+        unit: Unit::Hour as i32,
+    });
+    assert_eq!(call(&e, &[a]).await.statuses[0].remaining, 6);
+    // Unknown domain: no limits at all, overrides included.
+    let dec = e.should_rate_limit("other", &[o], 0).await.unwrap();
+    assert_eq!(summary(&dec), [(Code::Ok, None, 0)]);
+}
+
+// envoyproxy/ratelimit's README example 7.
+#[tokio::test]
+async fn replaced_limits_are_not_checked_nor_counted() {
+    let (e, _) = engine();
+    let both = [
+        d(&[("key_1", "value_1"), ("user", "bkthomps")]),
+        d(&[("key_2", "value_2"), ("user", "bkthomps")]),
+    ];
+    for _ in 0..7 {
+        let dec = call(&e, &both).await;
+        assert_eq!(dec.code, Code::Ok);
+        assert_eq!(
+            summary(&dec)[0],
+            (Code::Ok, None, 0),
+            "the replaced limit does not apply"
+        );
+    }
+    // The 5/min limit alone is untouched by the 7 requests above.
+    let dec = call(&e, &[d(&[("key_1", "value_1"), ("user", "bkthomps")])]).await;
+    assert_eq!(
+        summary(&dec),
+        [(Code::Ok, Some("specific_limit".into()), 4)]
+    );
+}
+
+#[tokio::test]
+async fn shadow_mode_limits_count_but_never_deny() {
+    let (e, _) = engine();
+    assert!(
+        call(&e, &[d(&[("watch", "x")])]).await.statuses[0]
+            .shadow_fired
+            .is_none()
+    );
+    let dec = call(&e, &[d(&[("watch", "x")])]).await;
+    assert_eq!(dec.code, Code::Ok);
+    assert_eq!(
+        dec.statuses[0]
+            .shadow_fired
+            .as_ref()
+            .map(|l| l.name.to_string())
+            .as_deref(),
+        Some("watched")
+    );
+    assert!(dec.fired().is_none());
+    // Global shadow mode turns every limit into a shadow limit.
+    let (e, _) = engine_with(
+        LIMITS,
+        EngineOptions {
+            shadow_mode: true,
+            ..Default::default()
+        },
+    );
+    for _ in 0..5 {
+        assert_eq!(call(&e, &[d(&[("a", "1")])]).await.code, Code::Ok);
+    }
+}
+
+#[tokio::test]
+async fn unlimited_and_zero_limits() {
+    let (e, _) = engine();
+    let dec = call(&e, &[d(&[("open", "x")])]).await;
+    assert_eq!(
+        (
+            dec.code,
+            dec.statuses[0].unlimited,
+            dec.statuses[0].remaining
+        ),
+        (Code::Ok, true, u64::from(u32::MAX))
+    );
+    assert!(dec.statuses[0].limit.is_none());
+    let dec = call(&e, &[d(&[("b", "1")]), d(&[("blocked", "x")])]).await;
+    assert_eq!(dec.code, Code::OverLimit);
+    assert_eq!(
+        summary(&dec)[1],
+        (Code::OverLimit, Some("blocked".into()), 0)
+    );
+    assert_eq!(
+        call(&e, &[d(&[("b", "1")])]).await.statuses[0].remaining,
+        2,
+        "nothing counted"
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_burst_does_not_consume_the_sustained_limit() {
+    let (e, clock) = engine();
+    let two = [d(&[("two", "x")])];
+    assert_eq!(call(&e, &two).await.code, Code::Ok);
+    assert_eq!(call(&e, &two).await.code, Code::Ok);
+    for _ in 0..5 {
+        let dec = call(&e, &two).await;
+        assert_eq!(dec.code, Code::OverLimit);
+        assert_eq!(
+            dec.statuses[0].limit.as_ref().unwrap().name.as_ref(),
+            "burst"
+        );
+    }
+    clock.advance(Duration::from_millis(1200));
+    let dec = call(&e, &two).await;
+    assert_eq!(dec.code, Code::Ok, "the sustained limit still has one left");
+    assert_eq!(summary(&dec)[0], (Code::Ok, Some("sustained".into()), 0));
+    clock.advance(Duration::from_millis(1200));
+    let dec = call(&e, &two).await;
+    assert_eq!(
+        summary(&dec)[0],
+        (Code::OverLimit, Some("sustained".into()), 0)
+    );
+}
+
+#[tokio::test]
+async fn a_changed_rule_starts_a_fresh_counter() {
+    let (e, _) = engine_with(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
+        EngineOptions::default(),
+    );
+    let k = [d(&[("k", "v")])];
+    call(&e, &k).await;
+    call(&e, &k).await;
+    assert_eq!(call(&e, &k).await.code, Code::OverLimit);
+    e.set_limits(Limits::parse("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 3}\n", Algorithm::SlidingWindow).unwrap());
+    assert_eq!(
+        summary(&call(&e, &k).await),
+        [(Code::Ok, Some("k".into()), 2)]
+    );
+}
+
+/// A store that always fails, as an unreachable Redis does.
+struct Down;
+
+impl Store for Down {
+    fn hit<'a>(
+        &'a self,
+        _: &'a [Hit<'a>],
+        _: SystemTime,
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>> {
+        Box::pin(async { Err(StoreError::Timeout) })
+    }
+}
+
+fn failing(mode: FailureMode) -> Engine {
+    let limits = Limits::parse(LIMITS, Algorithm::SlidingWindow).unwrap();
+    let options = EngineOptions {
+        failure_mode: mode,
+        ..Default::default()
+    };
+    Engine::new(
+        limits,
+        Arc::new(Down),
+        Arc::new(ManualClock::new(t0())),
+        options,
+    )
+}
+
+#[tokio::test]
+async fn failure_modes() {
+    let req = [
+        d(&[("a", "1")]),
+        d(&[("nothing", "x")]),
+        d(&[("watch", "x")]),
+    ];
+    let err = failing(FailureMode::Error)
+        .should_rate_limit("d", &req, 0)
+        .await;
+    assert!(matches!(err, Err(EngineError::Store(StoreError::Timeout))));
+    let dec = failing(FailureMode::Allow)
+        .should_rate_limit("d", &req, 0)
+        .await
+        .unwrap();
+    assert!(dec.degraded);
+    assert_eq!(dec.code, Code::Ok);
+    let dec = failing(FailureMode::Deny)
+        .should_rate_limit("d", &req, 0)
+        .await
+        .unwrap();
+    assert_eq!(dec.code, Code::OverLimit);
+    let codes: Vec<_> = dec.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(
+        codes,
+        [Code::OverLimit, Code::Ok, Code::Ok],
+        "only enforced limits deny"
+    );
+    // Requests that need no store are answered normally.
+    let dec = failing(FailureMode::Error)
+        .should_rate_limit("d", &[d(&[("open", "x")])], 0)
+        .await
+        .unwrap();
+    assert!(!dec.degraded);
+}
