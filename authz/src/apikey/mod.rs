@@ -76,7 +76,7 @@ fn default_flush() -> Duration {
 
 /// Where keys live.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum KeyStoreConfig {
     /// A redb file on local disk (single node).
     Embedded(EmbeddedStoreConfig),
@@ -410,7 +410,7 @@ struct Inner {
     caches: Arc<Caches>,
     clock: Arc<dyn Clock>,
     /// Last-used times not yet written.
-    pending: Arc<Mutex<HashMap<String, SystemTime>>>,
+    pending: Mutex<HashMap<String, SystemTime>>,
     /// Dropped with the last clone, which ends the background tasks.
     _stop: watch::Sender<()>,
 }
@@ -451,17 +451,15 @@ impl ApiKeys {
                 (Store::Redis(store), caches)
             }
         };
-        let pending = Arc::new(Mutex::new(HashMap::new()));
-        spawn_flusher(store.clone(), pending.clone(), cfg.last_used_flush, stop_rx);
-        Ok(ApiKeys {
-            inner: Arc::new(Inner {
-                store,
-                caches,
-                clock,
-                pending,
-                _stop: stop_tx,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            store,
+            caches,
+            clock,
+            pending: Mutex::new(HashMap::new()),
+            _stop: stop_tx,
+        });
+        spawn_flusher(Arc::downgrade(&inner), cfg.last_used_flush);
+        Ok(ApiKeys { inner })
     }
 
     /// The configured store kind (`embedded` or `redis`), for logs.
@@ -531,7 +529,8 @@ impl ApiKeys {
         }
     }
 
-    /// Writes pending last-used times now (also done periodically and on drop).
+    /// Writes pending last-used times now (also done every `last_used_flush`; call it at
+    /// shutdown so the last batch is not lost).
     pub async fn flush_last_used(&self) -> Result<(), KeyStoreError> {
         flush(&self.inner.store, &self.inner.pending).await
     }
@@ -747,26 +746,18 @@ async fn flush(
     r
 }
 
-fn spawn_flusher(
-    store: Store,
-    pending: Arc<Mutex<HashMap<String, SystemTime>>>,
-    every: Duration,
-    mut stop: watch::Receiver<()>,
-) {
+/// Writes last-used times every `every`. Holds only a weak reference, so that dropping the
+/// last [`ApiKeys`] closes the store at once (the embedded file can then be reopened).
+fn spawn_flusher(inner: std::sync::Weak<Inner>, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                _ = stop.changed() => true,
-            };
-            if let Err(e) = flush(&store, &pending).await {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            if let Err(e) = flush(&inner.store, &inner.pending).await {
                 tracing::warn!(error = %e, "cannot record API key last-used times");
-            }
-            if stopping {
-                return;
             }
         }
     });

@@ -286,7 +286,7 @@ async fn follow(
                 }
             }
             _ = ping.tick() => {
-                match tokio::time::timeout(timeout.max(Duration::from_millis(500)), sink.ping::<String>()).await {
+                match tokio::time::timeout(timeout.max(Duration::from_millis(500)), sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     _ => return false,
                 }
