@@ -1,0 +1,556 @@
+//! The four counting algorithms as pure functions of (rule, stored state, time, cost).
+//!
+//! Every store evaluates hits with exactly this arithmetic: the memory store calls
+//! [`evaluate`] directly and the Redis script (`store/script.lua`) is a line-by-line mirror of
+//! it. All time is integer microseconds since the Unix epoch, passed in by the caller (an
+//! injected clock), so tests control time and replicas sharing Redis agree within their clock
+//! skew. The guarantees each algorithm gives are in `docs/algorithms.md`.
+//!
+//! - `fixed_window`: one counter per aligned window (`[k·W, (k+1)·W)` since the epoch).
+//! - `sliding_window`: [`SLIDING_BUCKETS`] sub-window counters; a hit counts against the limit
+//!   until every instant of the window it could belong to has passed, so no interval of length
+//!   `W` ever holds more than `limit` admitted hits.
+//! - `token_bucket` and `gcra`: one exact meter (the theoretical arrival time, TAT) with an
+//!   emission interval of `W / limit` kept as an exact fraction; they are the same meter seen
+//!   as tokens (capacity + refill) or as a leaky bucket with a burst tolerance.
+
+use std::time::Duration;
+
+/// Which algorithm counts a limit.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    SlidingWindow,
+    FixedWindow,
+    TokenBucket,
+    Gcra,
+}
+
+impl Algorithm {
+    /// A short stable code, used in store keys and the Redis script's arguments.
+    pub fn code(self) -> u8 {
+        match self {
+            Algorithm::SlidingWindow => 0,
+            Algorithm::FixedWindow => 1,
+            Algorithm::TokenBucket => 2,
+            Algorithm::Gcra => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::Gcra => "gcra",
+        }
+    }
+}
+
+/// One limit: `limit` per `window`, counted by `algorithm`.
+///
+/// - windows: at most `limit` per window (see `docs/algorithms.md` for what "per window" means
+///   for each); `burst` is ignored.
+/// - `token_bucket`: capacity `burst.unwrap_or(limit)`, refilled at `limit` tokens per `window`.
+/// - `gcra`: emission interval `window / limit`, burst tolerance `burst.unwrap_or(limit)`
+///   requests (the number admitted at once from idle).
+///
+/// Call [`Rule::check`] when loading config: stores assume a checked rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub algorithm: Algorithm,
+    pub limit: u64,
+    pub window: Duration,
+    pub burst: Option<u64>,
+}
+
+/// Why a [`Rule`] cannot be counted exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("the limit must be at least 1 (use `unlimited` for no limit)")]
+    ZeroLimit,
+    #[error("burst must be at least 1")]
+    ZeroBurst,
+    #[error("the window must be between 1ms and {MAX_WINDOW_DAYS} days")]
+    Window,
+    #[error(
+        "limit/burst too large for this window: (burst or limit) × window in µs must stay below 2^52"
+    )]
+    TooLarge,
+}
+
+/// Longest accepted window.
+pub const MAX_WINDOW_DAYS: u64 = 366;
+
+/// Every quantity the Redis script computes stays below this, so Lua's doubles are exact.
+const EXACT: u128 = 1 << 52;
+
+impl Rule {
+    /// A rule with no burst.
+    pub fn new(algorithm: Algorithm, limit: u64, window: Duration) -> Self {
+        Self {
+            algorithm,
+            limit,
+            window,
+            burst: None,
+        }
+    }
+
+    /// The window in microseconds (at least 1).
+    pub fn window_us(&self) -> u64 {
+        (self.window.as_micros() as u64).max(1)
+    }
+
+    /// The most that can be admitted at once: the limit for windows, the bucket capacity /
+    /// burst tolerance for meters.
+    pub fn capacity(&self) -> u64 {
+        match self.algorithm {
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit,
+            Algorithm::TokenBucket | Algorithm::Gcra => self.burst.unwrap_or(self.limit),
+        }
+    }
+
+    /// Checks the bounds within which every store counts exactly (Lua numbers are doubles).
+    pub fn check(&self) -> Result<(), RuleError> {
+        if self.limit == 0 {
+            return Err(RuleError::ZeroLimit);
+        }
+        if self.burst == Some(0) {
+            return Err(RuleError::ZeroBurst);
+        }
+        if self.window < Duration::from_millis(1)
+            || self.window > Duration::from_secs(MAX_WINDOW_DAYS * 86_400)
+        {
+            return Err(RuleError::Window);
+        }
+        let w = self.window_us() as u128;
+        if (self.capacity().max(self.limit) as u128) * w >= EXACT {
+            return Err(RuleError::TooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// Number of sub-windows of a sliding window. A hit stops counting between `W` and
+/// `W·(1 + 1/SLIDING_BUCKETS)` after it was admitted.
+pub const SLIDING_BUCKETS: u64 = 10;
+/// Extra sub-windows a sliding window keeps for callers whose clock lags (2 = W/5).
+pub const SLIDING_SKEW_BUCKETS: u64 = 2;
+const RING: usize = (SLIDING_BUCKETS + SLIDING_SKEW_BUCKETS + 1) as usize;
+
+/// The stored state of one counter (one key under one rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum State {
+    /// Nothing counted (a new or expired key).
+    #[default]
+    Empty,
+    /// `count` hits in aligned window number `window`.
+    Fixed { window: u64, count: u64 },
+    /// Counts of the sub-windows `newest-SLIDING_BUCKETS-SLIDING_SKEW_BUCKETS ..= newest`,
+    /// ring-indexed by `index % (SLIDING_BUCKETS+SLIDING_SKEW_BUCKETS+1)`.
+    Sliding { newest: u64, counts: [u64; RING] },
+    /// Theoretical arrival time `tat_us + frac/limit` µs.
+    Meter { tat_us: u64, frac: u64 },
+}
+
+/// The answer for one hit, in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub admitted: bool,
+    /// What is left after this hit (after counting it, when admitted).
+    pub remaining: u64,
+    /// Until the counter would be back to its full limit with no further hits; 0 when unused.
+    pub reset_after_us: u64,
+    /// When rejected: until the same hit would be admitted, absent other hits. A cost larger
+    /// than [`Rule::capacity`] can never be admitted and reports the window.
+    pub retry_after_us: Option<u64>,
+}
+
+/// A decision and the state to store if the hit is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    pub decision: Decision,
+    /// The state after counting the hit (equal to the input when it changes nothing).
+    pub next: State,
+    /// When `next` stops mattering (µs since the epoch): the key may be dropped then.
+    pub expires_at_us: u64,
+}
+
+/// Evaluates a hit of `cost` at `now_us` against `state`. `cost == 0` checks without
+/// counting: admitted unless the counter is already beyond its limit (as Envoy's
+/// ratelimit and Limitador treat `hits_addend: 0`).
+pub fn evaluate(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    match rule.algorithm {
+        Algorithm::FixedWindow => fixed_window(rule, state, now_us, cost),
+        Algorithm::SlidingWindow => sliding_window(rule, state, now_us, cost),
+        Algorithm::TokenBucket => token_bucket(rule, state, now_us, cost),
+        Algorithm::Gcra => gcra(rule, state, now_us, cost),
+    }
+}
+
+/// Fixed window: admitted while the window's count plus `cost` is at most the limit.
+pub fn fixed_window(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    let (l, w_us) = (rule.limit, rule.window_us());
+    let window = now_us / w_us;
+    let count = match *state {
+        State::Fixed { window: w, count } if w == window => count,
+        // The counter is already in a later window: this caller's clock lags another
+        // replica's. Its own window's count is gone, so it may only check; it can count once
+        // its clock reaches the stored window. This keeps every window, by the callers' own
+        // timestamps, at most `limit`.
+        State::Fixed { window: w, count } if w > window => {
+            let (start, end) = (w * w_us, (w + 1) * w_us);
+            return Evaluation {
+                decision: Decision {
+                    admitted: cost == 0 && count <= l,
+                    remaining: l.saturating_sub(count),
+                    reset_after_us: end - now_us,
+                    retry_after_us: (cost > 0).then(|| (start - now_us).max(1)),
+                },
+                next: *state,
+                expires_at_us: end,
+            };
+        }
+        _ => 0,
+    };
+    let admitted = count.saturating_add(cost) <= l;
+    let after = if admitted { count + cost } else { count };
+    let end = (window + 1) * w_us;
+    let until_end = end - now_us;
+    let retry_after_us = match (admitted, cost > l) {
+        (true, _) => None,
+        (false, true) => Some(w_us),
+        (false, false) => Some(until_end),
+    };
+    Evaluation {
+        decision: Decision {
+            admitted,
+            remaining: l.saturating_sub(after),
+            reset_after_us: if after > 0 { until_end } else { 0 },
+            retry_after_us,
+        },
+        next: State::Fixed {
+            window,
+            count: after,
+        },
+        expires_at_us: end,
+    }
+}
+
+/// The sub-window width of a sliding window: `ceil(W / SLIDING_BUCKETS)` µs, so that
+/// `SLIDING_BUCKETS` sub-windows cover at least `W`.
+pub fn sliding_bucket_us(rule: &Rule) -> u64 {
+    rule.window_us().div_ceil(SLIDING_BUCKETS)
+}
+
+/// Sliding window: counts every sub-window that overlaps `(now - W, now]`, so that the
+/// admitted hits of any interval of length `W` never exceed the limit.
+///
+/// Sub-windows are kept for [`SLIDING_SKEW_BUCKETS`] more than the window needs, for callers
+/// whose clock lags the newest writer's (another replica's): within that lag a hit is judged
+/// on its own window exactly; beyond it, it may only check (cost 0) until its clock catches
+/// up, since the sub-windows it would need are gone.
+pub fn sliding_window(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    let l = rule.limit;
+    let b = sliding_bucket_us(rule);
+    let (k, d, ring) = (SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS, RING as u64);
+    let slot = |i: u64| (i % ring) as usize;
+    let expires = |i: u64| (i + k + 1) * b;
+    let keep = |i: u64| (i + k + 1 + d) * b;
+    let cur = now_us / b;
+    let (mut top, mut counts) = match *state {
+        State::Sliding { newest, counts } => (newest, counts),
+        _ => (cur, [0; RING]),
+    };
+    if cur > top {
+        // Sub-windows that slid out are reused for the new ones.
+        for i in 1..=(cur - top).min(ring) {
+            counts[slot(top + i)] = 0;
+        }
+        top = cur;
+    }
+    let held_from = top.saturating_sub(k + d);
+    let newest_in =
+        |counts: &[u64; RING], from: u64| (from..=top).rev().find(|&i| counts[slot(i)] > 0);
+    if cur + d < top {
+        let counted: u64 = counts.iter().sum();
+        let newest = newest_in(&counts, held_from);
+        return Evaluation {
+            decision: Decision {
+                admitted: cost == 0 && counted <= l,
+                remaining: l.saturating_sub(counted),
+                reset_after_us: newest.map_or(0, |i| expires(i).saturating_sub(now_us)),
+                retry_after_us: (cost > 0).then(|| ((top - d) * b - now_us).max(1)),
+            },
+            next: *state,
+            expires_at_us: newest.map_or(now_us, keep),
+        };
+    }
+    let from = cur.saturating_sub(k);
+    let counted: u64 = (from..=top).map(|i| counts[slot(i)]).sum();
+    let admitted = counted.saturating_add(cost) <= l;
+    let mut after_counts = counts;
+    if admitted && cost > 0 {
+        after_counts[slot(cur)] += cost;
+    }
+    let after = if admitted { counted + cost } else { counted };
+    let reset_after_us =
+        newest_in(&after_counts, from).map_or(0, |i| expires(i).saturating_sub(now_us));
+    let retry_after_us = if admitted {
+        None
+    } else if cost > l {
+        Some(rule.window_us())
+    } else {
+        // The earliest time enough old sub-windows have slid out to make room for `cost`.
+        let need = counted + cost - l;
+        let mut freed = 0;
+        let mut at = None;
+        for i in from..=top {
+            freed += counts[slot(i)];
+            if freed >= need {
+                at = Some(expires(i).saturating_sub(now_us));
+                break;
+            }
+        }
+        at.or(Some(rule.window_us()))
+    };
+    Evaluation {
+        decision: Decision {
+            admitted,
+            remaining: l.saturating_sub(after),
+            reset_after_us,
+            retry_after_us,
+        },
+        next: State::Sliding {
+            newest: top,
+            counts: after_counts,
+        },
+        expires_at_us: newest_in(&after_counts, held_from).map_or(now_us, keep),
+    }
+}
+
+/// Token bucket: capacity `burst.unwrap_or(limit)`, refilled at `limit` per `window`.
+/// Implemented as the GCRA meter, which it is equivalent to.
+pub fn token_bucket(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    meter(
+        rule.limit,
+        rule.window_us(),
+        rule.capacity(),
+        state,
+        now_us,
+        cost,
+    )
+}
+
+/// GCRA: emission interval `window / limit`, burst tolerance `burst.unwrap_or(limit)`.
+pub fn gcra(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    meter(
+        rule.limit,
+        rule.window_us(),
+        rule.capacity(),
+        state,
+        now_us,
+        cost,
+    )
+}
+
+/// The exact meter. Distances from `now` are kept in units of `1/l` µs, so the emission
+/// interval `w/l` µs is exact: a hit of `cost` moves the TAT by `cost·w` units, and the
+/// meter admits while the TAT is at most `cap·w` units ahead of now.
+fn meter(l: u64, w: u64, cap: u64, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    let (l128, w128) = (l as u128, w as u128);
+    let (base_us, base_frac) = match *state {
+        State::Meter { tat_us, frac } if (tat_us, frac) > (now_us, 0) => (tat_us, frac),
+        _ => (now_us, 0),
+    };
+    let dist = (base_us - now_us) as u128 * l128 + base_frac as u128;
+    let full = cap as u128 * w128;
+    let new_dist = dist + cost as u128 * w128;
+    let admitted = cost <= cap && new_dist <= full;
+    let after = if admitted { new_dist } else { dist };
+    let next = if admitted && cost > 0 {
+        let frac = base_frac as u128 + cost as u128 * (w128 % l128);
+        let tat_us = base_us as u128 + cost as u128 * (w128 / l128) + frac / l128;
+        State::Meter {
+            tat_us: tat_us as u64,
+            frac: (frac % l128) as u64,
+        }
+    } else {
+        *state
+    };
+    let retry_after_us = match (admitted, cost > cap) {
+        (true, _) => None,
+        (false, true) => Some(w),
+        (false, false) => Some((new_dist - full).div_ceil(l128) as u64),
+    };
+    let reset_after_us = after.div_ceil(l128) as u64;
+    Evaluation {
+        decision: Decision {
+            admitted,
+            remaining: (full.saturating_sub(after) / w128) as u64,
+            reset_after_us,
+            retry_after_us,
+        },
+        next,
+        expires_at_us: now_us + reset_after_us,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+
+    fn run(rule: &Rule, state: &mut State, now: u64, cost: u64) -> Decision {
+        let ev = evaluate(rule, state, now, cost);
+        if ev.decision.admitted {
+            *state = ev.next;
+        }
+        ev.decision
+    }
+
+    #[test]
+    fn fixed_window_resets_at_the_aligned_boundary() {
+        let r = Rule::new(Algorithm::FixedWindow, 3, Duration::from_secs(1));
+        let mut st = State::Empty;
+        let t0 = 100 * S + 400_000;
+        for left in [2, 1, 0] {
+            let d = run(&r, &mut st, t0, 1);
+            assert!(d.admitted);
+            assert_eq!(d.remaining, left);
+            assert_eq!(d.reset_after_us, 600_000);
+        }
+        let d = run(&r, &mut st, 101 * S - 1, 1);
+        assert!(!d.admitted);
+        assert_eq!(d.retry_after_us, Some(1));
+        assert!(run(&r, &mut st, 101 * S, 1).admitted);
+    }
+
+    #[test]
+    fn sliding_window_never_exceeds_limit_in_any_interval() {
+        // A deterministic pseudo-random arrival pattern, then a brute-force check of every
+        // interval of length W that ends at an admitted hit.
+        let w = S;
+        let r = Rule::new(Algorithm::SlidingWindow, 7, Duration::from_micros(w));
+        let mut st = State::Empty;
+        let mut t = 50 * S;
+        let mut x: u64 = 12345;
+        let mut admitted = Vec::new();
+        for _ in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            t += (x >> 33) % 60_000;
+            let cost = 1 + (x >> 20) % 2;
+            if run(&r, &mut st, t, cost).admitted {
+                admitted.push((t, cost));
+            }
+        }
+        assert!(admitted.len() > 1000, "the pattern must exercise admission");
+        for (i, &(end, _)) in admitted.iter().enumerate() {
+            let total: u64 = admitted[..=i]
+                .iter()
+                .rev()
+                .take_while(|(s, _)| *s + w > end)
+                .map(|(_, c)| c)
+                .sum();
+            assert!(total <= 7, "{total} admitted in the window ending at {end}");
+        }
+    }
+
+    #[test]
+    fn sliding_window_retry_after_is_exact() {
+        let r = Rule::new(Algorithm::SlidingWindow, 3, Duration::from_secs(1));
+        let mut st = State::Empty;
+        let t0 = 10 * S + 30_000; // sub-window 100 (100 ms wide)
+        for _ in 0..3 {
+            assert!(run(&r, &mut st, t0, 1).admitted);
+        }
+        let d = run(&r, &mut st, t0, 1);
+        assert!(!d.admitted);
+        // Sub-window 100 stops counting when sub-window 111 starts: 11.1 s.
+        assert_eq!(d.retry_after_us, Some(11_100_000 - t0));
+        assert_eq!(d.reset_after_us, 11_100_000 - t0);
+        assert!(!run(&r, &mut st, 11_100_000 - 1, 1).admitted);
+        assert!(run(&r, &mut st, 11_100_000, 1).admitted);
+    }
+
+    #[test]
+    fn meter_spacing_is_exact_with_fractional_intervals() {
+        // 3 per second: the emission interval is 333333.33 µs, never rounded.
+        let r = Rule::new(Algorithm::Gcra, 3, Duration::from_secs(1));
+        let mut st = State::Empty;
+        let t0 = 7 * S;
+        for _ in 0..3 {
+            assert!(run(&r, &mut st, t0, 1).admitted);
+        }
+        let d = run(&r, &mut st, t0, 1);
+        assert_eq!(d.retry_after_us, Some(333_334));
+        assert!(!run(&r, &mut st, t0 + 333_333, 1).admitted);
+        assert!(run(&r, &mut st, t0 + 333_334, 1).admitted);
+        // Over 3000 seconds of saturation exactly 3 per second get through, no drift.
+        let mut st = State::Empty;
+        let mut n = 0;
+        for ms in 0..3_000_000u64 {
+            if run(&r, &mut st, t0 + ms * 1000, 1).admitted {
+                n += 1;
+            }
+        }
+        assert_eq!(n, 3 + 3 * 3000 - 1);
+    }
+
+    #[test]
+    fn token_bucket_capacity_and_refill() {
+        let r = Rule {
+            algorithm: Algorithm::TokenBucket,
+            limit: 1,
+            window: Duration::from_secs(1),
+            burst: Some(5),
+        };
+        let mut st = State::Empty;
+        for left in (0..5).rev() {
+            assert_eq!(run(&r, &mut st, S, 1).remaining, left);
+        }
+        assert!(!run(&r, &mut st, S, 1).admitted);
+        assert!(run(&r, &mut st, 2 * S, 1).admitted);
+        let d = run(&r, &mut st, 2 * S, 0);
+        assert!(d.admitted);
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.reset_after_us, 5 * S);
+        let d = run(&r, &mut st, 2 * S, 6);
+        assert_eq!(
+            d.retry_after_us,
+            Some(S),
+            "a cost above capacity reports the window"
+        );
+    }
+
+    #[test]
+    fn rule_check_bounds() {
+        assert_eq!(
+            Rule::new(Algorithm::Gcra, 0, Duration::from_secs(1)).check(),
+            Err(RuleError::ZeroLimit)
+        );
+        assert_eq!(
+            Rule::new(Algorithm::Gcra, 1, Duration::from_micros(10)).check(),
+            Err(RuleError::Window)
+        );
+        assert_eq!(
+            Rule::new(Algorithm::Gcra, 1 << 40, Duration::from_secs(86_400)).check(),
+            Err(RuleError::TooLarge)
+        );
+        assert!(
+            Rule::new(
+                Algorithm::SlidingWindow,
+                1_000_000,
+                Duration::from_secs(3600)
+            )
+            .check()
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,671 @@
+//! The one conformance suite every store passes: each algorithm's boundaries with an injected
+//! clock, all-or-nothing requests, and the admitted total under concurrent load from three
+//! replicas (three store instances sharing one backend).
+//!
+//! Run against the memory store, a real standalone Redis and a real 3-node Redis Cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::testing::{RedisCluster, RedisServer};
+use super::*;
+use crate::algorithm::{Algorithm, Rule};
+
+/// An aligned instant (a multiple of every window used here) in 2027.
+const T0: u64 = 1_800_000_000 * 1_000_000;
+const S: u64 = 1_000_000;
+
+const ALL: [Algorithm; 4] = [
+    Algorithm::SlidingWindow,
+    Algorithm::FixedWindow,
+    Algorithm::TokenBucket,
+    Algorithm::Gcra,
+];
+
+fn at(us: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us)
+}
+
+/// A namespace that keeps runs (and tests sharing a Redis) apart.
+fn ns(test: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn rule(algorithm: Algorithm, limit: u64, window: Duration) -> Rule {
+    Rule::new(algorithm, limit, window)
+}
+
+async fn one(s: &dyn Store, key: &str, rule: Rule, cost: u64, now_us: u64) -> Outcome {
+    let hits = [Hit {
+        key,
+        rule,
+        cost,
+        shadow: false,
+    }];
+    s.hit(&hits, at(now_us))
+        .await
+        .expect("store call")
+        .remove(0)
+}
+
+fn admitted(o: &[Outcome], hits: &[Hit<'_>]) -> bool {
+    o.iter().zip(hits).all(|(o, h)| o.admitted || h.shadow)
+}
+
+/// Every boundary claim of `docs/algorithms.md`, against one store instance.
+pub(crate) async fn boundaries(s: &dyn Store, ns: &str) {
+    fixed_window(s, &format!("{ns}:fw")).await;
+    sliding_window(s, &format!("{ns}:sw")).await;
+    token_bucket(s, &format!("{ns}:tb")).await;
+    gcra(s, &format!("{ns}:gcra")).await;
+    all_or_nothing(s, &format!("{ns}:aon")).await;
+    shadow_and_costs(s, &format!("{ns}:cost")).await;
+}
+
+async fn fixed_window(s: &dyn Store, k: &str) {
+    let r = rule(Algorithm::FixedWindow, 3, Duration::from_secs(10));
+    let t = T0 + 4 * S;
+    for left in [2, 1, 0] {
+        let o = one(s, k, r, 1, t).await;
+        assert!(o.admitted, "{o:?}");
+        assert_eq!((o.remaining, o.reset_after), (left, Duration::from_secs(6)));
+    }
+    let o = one(s, k, r, 1, t).await;
+    assert!(!o.admitted);
+    assert_eq!(
+        (o.remaining, o.retry_after),
+        (0, Some(Duration::from_secs(6)))
+    );
+    let o = one(s, k, r, 1, T0 + 10 * S - 1).await;
+    assert_eq!(
+        o.retry_after,
+        Some(Duration::from_micros(1)),
+        "still the old window 1 µs before its end"
+    );
+    let o = one(s, k, r, 1, T0 + 10 * S).await;
+    assert!(o.admitted, "a new window at its first microsecond");
+    assert_eq!(o.remaining, 2);
+    // A replica whose clock lags (still in the old window) can no longer count.
+    let o = one(s, k, r, 1, T0 + 10 * S - 1).await;
+    assert!(!o.admitted);
+    assert_eq!(
+        (o.remaining, o.retry_after),
+        (2, Some(Duration::from_micros(1)))
+    );
+    assert!(
+        one(s, k, r, 0, T0 + 10 * S - 1).await.admitted,
+        "but it can check"
+    );
+}
+
+async fn sliding_window(s: &dyn Store, k: &str) {
+    // 3 per second, 100 ms sub-windows.
+    let r = rule(Algorithm::SlidingWindow, 3, Duration::from_secs(1));
+    let t = T0 + 30_000;
+    for left in [2, 1, 0] {
+        let o = one(s, k, r, 1, t).await;
+        assert!(o.admitted);
+        assert_eq!(o.remaining, left);
+        assert_eq!(o.reset_after, Duration::from_micros(1_100_000 - 30_000));
+    }
+    let o = one(s, k, r, 1, t).await;
+    assert!(!o.admitted);
+    // The sub-window [0, 100ms) counts until 1.1 s: no 1 s interval ever holds 4.
+    assert_eq!(
+        o.retry_after,
+        Some(Duration::from_micros(1_100_000 - 30_000))
+    );
+    assert!(!one(s, k, r, 1, T0 + 1_100_000 - 1).await.admitted);
+    assert!(one(s, k, r, 1, T0 + 1_100_000).await.admitted);
+
+    // Partial expiry: 1 hit at 0 ms and 2 at 500 ms; at 1.1 s exactly one more fits.
+    let k2 = format!("{k}:partial");
+    assert!(one(s, &k2, r, 1, T0).await.admitted);
+    assert!(one(s, &k2, r, 2, T0 + 500_000).await.admitted);
+    let o = one(s, &k2, r, 1, T0 + 1_050_000).await;
+    assert_eq!(o.retry_after, Some(Duration::from_micros(50_000)));
+    assert!(one(s, &k2, r, 1, T0 + 1_100_000).await.admitted);
+    let o = one(s, &k2, r, 1, T0 + 1_100_000).await;
+    assert!(!o.admitted);
+    assert_eq!(
+        o.retry_after,
+        Some(Duration::from_micros(500_000)),
+        "the 500 ms sub-window counts until 1.6 s"
+    );
+}
+
+async fn token_bucket(s: &dyn Store, k: &str) {
+    let r = Rule {
+        algorithm: Algorithm::TokenBucket,
+        limit: 1,
+        window: Duration::from_secs(1),
+        burst: Some(5),
+    };
+    let t = T0 + 7 * S;
+    for left in (0..5).rev() {
+        assert_eq!(one(s, k, r, 1, t).await.remaining, left);
+    }
+    let o = one(s, k, r, 1, t).await;
+    assert!(!o.admitted);
+    assert_eq!(o.retry_after, Some(Duration::from_secs(1)));
+    assert!(!one(s, k, r, 1, t + S - 1).await.admitted);
+    assert!(
+        one(s, k, r, 1, t + S).await.admitted,
+        "one token refilled per second"
+    );
+    let o = one(s, k, r, 0, t + S).await;
+    assert_eq!(
+        (o.admitted, o.remaining, o.reset_after),
+        (true, 0, Duration::from_secs(5))
+    );
+    let o = one(s, k, r, 3, t + 4 * S).await;
+    assert!(o.admitted, "three tokens after three more seconds: {o:?}");
+}
+
+async fn gcra(s: &dyn Store, k: &str) {
+    // 3 per second: an emission interval of 333333.33 µs, kept exact.
+    let r = rule(Algorithm::Gcra, 3, Duration::from_secs(1));
+    let t = T0 + 9 * S;
+    for _ in 0..3 {
+        assert!(one(s, k, r, 1, t).await.admitted);
+    }
+    let o = one(s, k, r, 1, t).await;
+    assert_eq!(o.retry_after, Some(Duration::from_micros(333_334)));
+    assert!(!one(s, k, r, 1, t + 333_333).await.admitted);
+    assert!(one(s, k, r, 1, t + 333_334).await.admitted);
+    // Three intervals later (1 s after the burst) the bucket admits exactly one per third.
+    assert!(one(s, k, r, 1, t + 666_667).await.admitted);
+    assert!(!one(s, k, r, 1, t + 999_999).await.admitted);
+    assert!(one(s, k, r, 1, t + S).await.admitted);
+}
+
+async fn all_or_nothing(s: &dyn Store, ns: &str) {
+    for alg in ALL {
+        let a = format!("{ns}:{}:a", alg.name());
+        let b = format!("{ns}:{}:b", alg.name());
+        let big = rule(alg, 5, Duration::from_secs(10));
+        let small = rule(Algorithm::FixedWindow, 1, Duration::from_secs(10));
+        let hits = [
+            Hit {
+                key: &a,
+                rule: big,
+                cost: 1,
+                shadow: false,
+            },
+            Hit {
+                key: &b,
+                rule: small,
+                cost: 1,
+                shadow: false,
+            },
+        ];
+        let o = s.hit(&hits, at(T0)).await.unwrap();
+        assert!(admitted(&o, &hits));
+        assert_eq!((o[0].remaining, o[1].remaining), (4, 0));
+        for _ in 0..3 {
+            let o = s.hit(&hits, at(T0)).await.unwrap();
+            assert!(!admitted(&o, &hits), "{alg:?}");
+            assert!(o[0].admitted && !o[1].admitted);
+            assert_eq!(
+                o[0].remaining, 4,
+                "{alg:?}: a rejected request reports the other counter as stored"
+            );
+        }
+        assert_eq!(
+            one(s, &a, big, 0, T0).await.remaining,
+            4,
+            "{alg:?}: rejected requests ate none of `a`"
+        );
+        // The same counter twice in one request: the second sees the first.
+        let c = format!("{ns}:{}:dup", alg.name());
+        let one_per = rule(alg, 1, Duration::from_secs(10));
+        let dup = [Hit {
+            key: &c,
+            rule: one_per,
+            cost: 1,
+            shadow: false,
+        }; 2];
+        let o = s.hit(&dup, at(T0)).await.unwrap();
+        assert!(o[0].admitted && !o[1].admitted, "{alg:?}: {o:?}");
+        assert_eq!(
+            one(s, &c, one_per, 0, T0).await.remaining,
+            1,
+            "{alg:?}: nothing counted"
+        );
+        // Two rules on one key are two counters.
+        let r2 = rule(alg, 1, Duration::from_secs(20));
+        let both = [
+            Hit {
+                key: &c,
+                rule: one_per,
+                cost: 1,
+                shadow: false,
+            },
+            Hit {
+                key: &c,
+                rule: r2,
+                cost: 1,
+                shadow: false,
+            },
+        ];
+        assert!(admitted(&s.hit(&both, at(T0)).await.unwrap(), &both));
+    }
+}
+
+async fn shadow_and_costs(s: &dyn Store, ns: &str) {
+    for alg in ALL {
+        let k = format!("{ns}:{}", alg.name());
+        let sk = format!("{ns}:{}:shadow", alg.name());
+        let r = rule(alg, 3, Duration::from_secs(10));
+        let shadowed = rule(alg, 1, Duration::from_secs(10));
+        let hits = |cost| {
+            [
+                Hit {
+                    key: &k,
+                    rule: r,
+                    cost,
+                    shadow: false,
+                },
+                Hit {
+                    key: &sk,
+                    rule: shadowed,
+                    cost: 1,
+                    shadow: true,
+                },
+            ]
+        };
+        let h = hits(2);
+        let o = s.hit(&h, at(T0)).await.unwrap();
+        assert!(admitted(&o, &h) && o[1].admitted);
+        let h = hits(1);
+        let o = s.hit(&h, at(T0)).await.unwrap();
+        assert!(
+            admitted(&o, &h),
+            "{alg:?}: a shadow hit over its limit never blocks"
+        );
+        assert!(
+            !o[1].admitted && o[1].retry_after.is_some(),
+            "{alg:?}: but it is reported"
+        );
+        assert_eq!(one(s, &sk, shadowed, 0, T0).await.remaining, 0);
+        let o = one(s, &k, r, 1, T0).await;
+        assert!(!o.admitted, "{alg:?}: cost 2 + 1 used the limit of 3");
+        let o = one(s, &k, r, 0, T0).await;
+        assert!(
+            o.admitted && o.remaining == 0,
+            "{alg:?}: cost 0 checks without counting: {o:?}"
+        );
+        let fresh = format!("{k}:fresh");
+        let o = one(s, &fresh, r, 4, T0).await;
+        assert!(!o.admitted, "{alg:?}: a cost above the limit never fits");
+        assert_eq!(o.retry_after, Some(Duration::from_secs(10)));
+        assert_eq!(
+            one(s, &fresh, r, 3, T0).await.remaining,
+            0,
+            "{alg:?}: and counted nothing"
+        );
+    }
+}
+
+/// Replicas hammer one counter at one instant: the admitted total is exactly the limit, and
+/// requests rejected by the shared limit ate none of each client's own limit.
+pub(crate) async fn contention(replicas: &[Arc<dyn Store>], ns: &str) {
+    const LIMIT: u64 = 50;
+    const OWN: u64 = 10;
+    const TASKS: usize = 8;
+    const ATTEMPTS: usize = 30;
+    for alg in ALL {
+        let shared_key: Arc<str> = format!("{ns}:{}:shared", alg.name()).into();
+        let shared = rule(alg, LIMIT, Duration::from_secs(60));
+        let own = rule(Algorithm::FixedWindow, OWN, Duration::from_secs(60));
+        let mut tasks = Vec::new();
+        for (r, store) in replicas.iter().enumerate() {
+            for t in 0..TASKS {
+                let store = store.clone();
+                let shared_key = shared_key.clone();
+                let own_key = format!("{ns}:{}:own:{r}:{t}", alg.name());
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0;
+                    for _ in 0..ATTEMPTS {
+                        let hits = [
+                            Hit {
+                                key: &shared_key,
+                                rule: shared,
+                                cost: 1,
+                                shadow: false,
+                            },
+                            Hit {
+                                key: &own_key,
+                                rule: own,
+                                cost: 1,
+                                shadow: false,
+                            },
+                        ];
+                        let o = store
+                            .hit(&hits, at(T0))
+                            .await
+                            .expect("store call under load");
+                        n += u64::from(admitted(&o, &hits));
+                    }
+                    let check = [Hit {
+                        key: &own_key,
+                        rule: own,
+                        cost: 0,
+                        shadow: false,
+                    }];
+                    let left = store.hit(&check, at(T0)).await.unwrap()[0].remaining;
+                    (n, left)
+                }));
+            }
+        }
+        let mut total = 0;
+        for t in tasks {
+            let (n, left) = t.await.unwrap();
+            assert!(n <= OWN);
+            assert_eq!(
+                left,
+                OWN - n,
+                "{alg:?}: only admitted requests counted against the client's own limit"
+            );
+            total += n;
+        }
+        assert_eq!(
+            total,
+            LIMIT,
+            "{alg:?}: {} replicas admitted {total} against a limit of {LIMIT}",
+            replicas.len()
+        );
+    }
+}
+
+/// Replicas share a moving clock; the admitted hits satisfy each algorithm's guarantee over
+/// every interval, and the limit is actually reached (the bound is not met by starving).
+pub(crate) async fn moving_clock(replicas: &[Arc<dyn Store>], ns: &str) {
+    const LIMIT: u64 = 20;
+    let w = S;
+    for alg in ALL {
+        let key: Arc<str> = format!("{ns}:{}:clock", alg.name()).into();
+        let r = rule(alg, LIMIT, Duration::from_micros(w));
+        let clock = Arc::new(AtomicU64::new(T0));
+        let mut tasks = Vec::new();
+        for store in replicas {
+            for _ in 0..4 {
+                let (store, key, clock) = (store.clone(), key.clone(), clock.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut admitted_at = Vec::new();
+                    for _ in 0..150 {
+                        let now = clock.fetch_add(7_919, Ordering::Relaxed);
+                        let hits = [Hit {
+                            key: &key,
+                            rule: r,
+                            cost: 1,
+                            shadow: false,
+                        }];
+                        if store.hit(&hits, at(now)).await.expect("store call")[0].admitted {
+                            admitted_at.push(now);
+                        }
+                    }
+                    admitted_at
+                }));
+            }
+        }
+        let mut times = Vec::new();
+        for t in tasks {
+            times.extend(t.await.unwrap());
+        }
+        times.sort_unstable();
+        let span = clock.load(Ordering::Relaxed) - T0;
+        match alg {
+            Algorithm::FixedWindow => {
+                let mut per_window = BTreeMap::new();
+                for t in &times {
+                    *per_window.entry(t / w).or_insert(0u64) += 1;
+                }
+                assert!(
+                    per_window.values().all(|&n| n <= LIMIT),
+                    "fixed: {per_window:?}"
+                );
+            }
+            Algorithm::SlidingWindow => {
+                for (i, &end) in times.iter().enumerate() {
+                    let n = times[..=i]
+                        .iter()
+                        .rev()
+                        .take_while(|&&s| s + w > end)
+                        .count() as u64;
+                    assert!(
+                        n <= LIMIT,
+                        "sliding: {n} admitted in the second ending at {end}"
+                    );
+                }
+            }
+            Algorithm::TokenBucket | Algorithm::Gcra => {
+                for i in 0..times.len() {
+                    for j in i..times.len() {
+                        let n = (j - i + 1) as u64;
+                        let bound = LIMIT + (times[j] - times[i]) * LIMIT / w;
+                        assert!(
+                            n <= bound,
+                            "{alg:?}: {n} admitted in [{}, {}]",
+                            times[i],
+                            times[j]
+                        );
+                    }
+                }
+            }
+        }
+        // Not starved: at least 90% of what a sliding 1 s window of 20 allows over the span.
+        let floor = (span / w) * LIMIT * 9 / 10;
+        assert!(
+            times.len() as u64 >= floor,
+            "{alg:?}: only {} admitted over {span} µs",
+            times.len()
+        );
+    }
+}
+
+async fn whole_suite(single: &dyn Store, replicas: &[Arc<dyn Store>], test: &str) {
+    boundaries(single, &ns(test)).await;
+    contention(replicas, &ns(test)).await;
+    moving_clock(replicas, &ns(test)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_conforms() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(&MemoryOptions::default()));
+    // In memory the replicas are one process' tasks sharing the store.
+    let replicas = vec![store.clone(), store.clone(), store.clone()];
+    whole_suite(&*store, &replicas, "memory").await;
+}
+
+/// Test configs allow more than the production default of 50 ms: the machine running the
+/// suite also runs the three replicas' load and Redis.
+fn test_config(mut cfg: RedisConfig) -> RedisConfig {
+    cfg.timeout = Duration::from_secs(5);
+    cfg
+}
+
+async fn replicas_of(cfg: &RedisConfig) -> Vec<Arc<dyn Store>> {
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        // `build` as the service does: with the local over-limit cache in front.
+        out.push(
+            build(&StoreConfig::Redis(cfg.clone()))
+                .await
+                .expect("build redis store"),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_standalone_conforms() {
+    let server = RedisServer::start();
+    let cfg = test_config(RedisConfig::standalone(server.url()));
+    let single = RedisStore::connect(&cfg).await.unwrap();
+    whole_suite(&single, &replicas_of(&cfg).await, "standalone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_conforms() {
+    let cluster = RedisCluster::start(3);
+    let cfg = test_config(RedisConfig::cluster(cluster.urls()));
+    let single = RedisStore::connect(&cfg).await.unwrap();
+    whole_suite(&single, &replicas_of(&cfg).await, "cluster").await;
+    // The keys really were spread over the nodes (so cross-slot requests were exercised).
+    let busy = cluster
+        .nodes()
+        .iter()
+        .filter(|n| n.command_calls("evalsha") > 0)
+        .count();
+    assert_eq!(busy, 3, "every node ran scripts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_one_command_per_call_and_noscript_reload() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&test_config(RedisConfig::standalone(server.url())))
+        .await
+        .unwrap();
+    let ns = ns("commands");
+    let keys: Vec<String> = (0..5).map(|i| format!("{ns}:{i}")).collect();
+    let hits: Vec<Hit<'_>> = keys
+        .iter()
+        .zip(ALL.iter().cycle())
+        .map(|(k, &alg)| Hit {
+            key: k,
+            rule: rule(alg, 100, Duration::from_secs(60)),
+            cost: 1,
+            shadow: false,
+        })
+        .collect();
+    // The first call loads the script (EVALSHA answered NOSCRIPT, then EVAL).
+    store.hit(&hits, at(T0)).await.unwrap();
+    assert_eq!(server.command_calls("eval"), 1);
+    server.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+    for _ in 0..10 {
+        store.hit(&hits, at(T0)).await.unwrap();
+    }
+    assert_eq!(
+        server.command_calls("evalsha"),
+        10,
+        "one script call per store call of 5 hits"
+    );
+    assert_eq!(server.command_calls("eval"), 0);
+    // A flushed script cache costs one EVAL, once.
+    server.cli(&["SCRIPT", "FLUSH"]).unwrap();
+    let o = store.hit(&hits, at(T0)).await.unwrap();
+    assert_eq!(o[0].remaining, 100 - 12);
+    store.hit(&hits, at(T0)).await.unwrap();
+    assert_eq!(server.command_calls("eval"), 1);
+    // Keys expire once they can no longer matter.
+    let ttl: i64 = server
+        .cli(&["PTTL", &format!("tollgate:{{{}}}:160000000:100", keys[1])])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60_000 + 1, "pttl {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_fast_then_reconnects() {
+    let mut server = RedisServer::start();
+    let port = server.port();
+    let mut cfg = RedisConfig::standalone(server.url());
+    cfg.timeout = Duration::from_millis(200);
+    let store = RedisStore::connect(&cfg).await.unwrap();
+    let r = rule(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    let hits = [Hit {
+        key: "k",
+        rule: r,
+        cost: 1,
+        shadow: false,
+    }];
+    store.hit(&hits, at(T0)).await.unwrap();
+    server.kill();
+    let started = std::time::Instant::now();
+    let e = store.hit(&hits, at(T0)).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Unavailable(_) | StoreError::Timeout),
+        "{e:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "failed within the timeout"
+    );
+    // A new Redis on the same port: the store reconnects by itself.
+    let _again = RedisServer::start_on(port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if store.hit(&hits, at(T0)).await.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_in_flight_bound_fails_fast() {
+    let server = RedisServer::start();
+    let mut cfg = RedisConfig::standalone(server.url());
+    cfg.timeout = Duration::from_secs(10);
+    cfg.max_in_flight = 1;
+    let store = Arc::new(RedisStore::connect(&cfg).await.unwrap());
+    let r = rule(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    store
+        .hit(
+            &[Hit {
+                key: "k",
+                rule: r,
+                cost: 1,
+                shadow: false,
+            }],
+            at(T0),
+        )
+        .await
+        .unwrap();
+    server.cli(&["CLIENT", "PAUSE", "3000", "ALL"]).unwrap();
+    let blocked = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .hit(
+                    &[Hit {
+                        key: "k",
+                        rule: r,
+                        cost: 1,
+                        shadow: false,
+                    }],
+                    at(T0),
+                )
+                .await
+        })
+    };
+    let hits = [Hit {
+        key: "k",
+        rule: r,
+        cost: 1,
+        shadow: false,
+    }];
+    let mut overloaded = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !overloaded {
+        assert!(std::time::Instant::now() < deadline, "never overloaded");
+        // Until the spawned call holds the only permit, ours may take it: give up quickly.
+        let r = tokio::time::timeout(Duration::from_millis(10), store.hit(&hits, at(T0))).await;
+        if let Ok(Err(StoreError::Overloaded)) = r {
+            overloaded = true;
+        }
+    }
+    server.cli(&["CLIENT", "UNPAUSE"]).unwrap();
+    assert!(blocked.await.unwrap().is_ok());
+}

@@ -1,0 +1,156 @@
+//! Counter stores: where hits are counted, atomically, for every replica that shares them.
+//!
+//! A [`Store`] takes all hits of one request at once and applies them all-or-nothing: if any
+//! enforced (non-shadow) hit is over its limit, nothing is counted, so a rejected request eats
+//! no quota of any other limit. The arithmetic is [`crate::algorithm`]'s in every store.
+//!
+//! # Layout
+//! - [`memory`]: the embedded default; sharded, bounded, expiring.
+//! - [`redis`]: Redis standalone (one `EVALSHA` per call) and Redis Cluster.
+//! - [`cache`]: the local cache of counters already over their limit, in front of Redis.
+//! - `script.lua`: the Redis script, a mirror of `algorithm.rs`.
+//! - [`testing`] (feature `testing`): Redis server and cluster processes for tests.
+//! - `conformance`: the one suite every store passes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use tollgate_common::config::{Errors, Validate, join};
+
+use crate::algorithm::Rule;
+
+pub mod cache;
+pub mod memory;
+pub mod redis;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod conformance;
+
+pub use self::memory::{MemoryOptions, MemoryStore};
+pub use self::redis::{RedisConfig, RedisStore};
+
+/// One hit of one request against one counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit<'a> {
+    /// Identifies the counter together with `rule` (the store appends the rule's algorithm,
+    /// window, limit and burst, so two rules on one key never share a counter). For Redis
+    /// Cluster, a `{tag}` inside the key chooses the slot: see [`redis`] for the policy.
+    pub key: &'a str,
+    pub rule: Rule,
+    /// How much to count; 0 checks without counting.
+    pub cost: u64,
+    /// Evaluated and reported but never blocks the request; an over-limit shadow hit is not
+    /// counted, so its counter is exactly what enforcement would have produced.
+    pub shadow: bool,
+}
+
+/// The answer for one hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// This hit is within its limit. The request is admitted when every non-shadow hit is.
+    pub admitted: bool,
+    /// What is left of the limit (after this request, when the request was admitted; as
+    /// stored, when it was rejected and so counted nothing).
+    pub remaining: u64,
+    /// Until the counter is back to its full limit with no further hits (0 when unused).
+    pub reset_after: Duration,
+    /// When not admitted: until the same hit could be admitted, absent other traffic.
+    pub retry_after: Option<Duration>,
+    /// Answered by the local over-limit cache without asking the store (count these as
+    /// local-cache hits). In a request rejected by the cache, the other hits were not
+    /// evaluated: they read `admitted: true`, `remaining: rule.limit`, `reset_after: 0`.
+    pub cached: bool,
+}
+
+/// Why a store could not answer. Callers apply the configured failure mode.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store timed out")]
+    Timeout,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("too many store calls in flight")]
+    Overloaded,
+    #[error("store configuration: {0}")]
+    Config(String),
+}
+
+/// A shared counter store. Implementations are cheap to call concurrently.
+pub trait Store: Send + Sync + 'static {
+    /// All hits of one request, atomically: if any non-shadow hit is rejected, no counter
+    /// changes; otherwise every admitted hit is counted. One outcome per hit, in order.
+    /// `now` comes from the caller's clock; stores never read the system clock.
+    fn hit<'a>(
+        &'a self,
+        hits: &'a [Hit<'a>],
+        now: SystemTime,
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>>;
+}
+
+/// The `store:` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    Memory(MemoryOptions),
+    Redis(RedisConfig),
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Memory(MemoryOptions::default())
+    }
+}
+
+impl Validate for StoreConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        match self {
+            StoreConfig::Memory(m) => m.validate(at, errors),
+            StoreConfig::Redis(r) => r.validate(at, errors),
+        }
+    }
+}
+
+/// Builds the configured store. Redis connects lazily: an unreachable Redis at start-up is
+/// not an error (calls fail with [`StoreError::Unavailable`] until it is back).
+pub async fn build(cfg: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match cfg {
+        StoreConfig::Memory(m) => Ok(Arc::new(MemoryStore::new(m))),
+        StoreConfig::Redis(r) => {
+            let store = RedisStore::connect(r).await?;
+            if r.over_limit_cache_keys == 0 {
+                Ok(Arc::new(store))
+            } else {
+                Ok(Arc::new(cache::OverLimitCache::new(
+                    store,
+                    r.over_limit_cache_keys,
+                )))
+            }
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+pub fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub(crate) fn outcome(d: &crate::algorithm::Decision) -> Outcome {
+    Outcome {
+        admitted: d.admitted,
+        remaining: d.remaining,
+        reset_after: Duration::from_micros(d.reset_after_us),
+        retry_after: d.retry_after_us.map(Duration::from_micros),
+        cached: false,
+    }
+}
+
+pub(crate) fn validate_positive(at: &str, field: &str, v: usize, errors: &mut Errors) {
+    if v == 0 {
+        errors.push(join(at, field), "must be at least 1");
+    }
+}
