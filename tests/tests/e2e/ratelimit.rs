@@ -1,0 +1,359 @@
+//! Rate limiting through real Envoy: each route `rate_limits` action (generic_key,
+//! request_headers, remote_address, metadata from ext_authz) produces the descriptors the
+//! limits config limits, and the client sees 429 with the rate-limit headers.
+
+use std::time::Duration;
+
+use tollgate_tests::echo::EchoUpstream;
+use tollgate_tests::envoy::{Backends, Envoy};
+use tollgate_tests::process::free_port;
+use tollgate_tests::stack::{Authz, Ratelimit, example, load_config};
+
+/// Envoy with only the rate-limit filter, in the example's port conventions (listener 10000,
+/// admin 9901, upstream 8000, ratelimit 8081), domain `e2e`.
+const ENVOY: &str = r#"
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: 9901 } }
+static_resources:
+  listeners:
+  - name: gateway
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          route_config:
+            name: gateway
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: /generic }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_key: route, descriptor_value: generic }
+              - match: { prefix: /header }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - request_headers: { header_name: x-client, descriptor_key: client }
+              - match: { prefix: /remote }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - remote_address: {}
+              - match: { prefix: /nested }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_key: route, descriptor_value: nested }
+                    - request_headers: { header_name: x-client, descriptor_key: client }
+                  - actions:
+                    - generic_key: { descriptor_key: shadow, descriptor_value: nested }
+          http_filters:
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: e2e
+              request_type: external
+              timeout: 1s
+              failure_mode_deny: false
+              rate_limited_status: { code: TooManyRequests }
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service:
+                  envoy_grpc: { cluster_name: tollgate_ratelimit }
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 8000 } } }
+  - name: tollgate_ratelimit
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: tollgate_ratelimit
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 8081 } } }
+"#;
+
+/// The limits for domain `e2e`, in envoyproxy/ratelimit's format.
+const LIMITS: &str = "
+domain: e2e
+descriptors:
+  - key: route
+    value: generic
+    rate_limit: {name: generic, unit: minute, requests_per_unit: 2}
+  - key: client
+    rate_limit: {name: per-client, unit: minute, requests_per_unit: 1}
+  - key: client
+    value: vip
+    rate_limit: {name: vip, unit: minute, requests_per_unit: 3}
+  - key: remote_address
+    rate_limit: {name: per-address, unit: minute, requests_per_unit: 2, algorithm: fixed_window}
+  - key: route
+    value: nested
+    descriptors:
+      - key: client
+        rate_limit: {name: nested-client, unit: hour, requests_per_unit: 1}
+  - key: shadow
+    shadow_mode: true
+    rate_limit: {name: shadow-nested, unit: hour, requests_per_unit: 1}
+";
+
+struct Gateway {
+    envoy: Envoy,
+    _ratelimit: Ratelimit,
+    _upstream: EchoUpstream,
+    _limits: tempfile::TempDir,
+}
+
+async fn gateway(x_ratelimit: bool) -> Gateway {
+    let limits = tempfile::tempdir().unwrap();
+    std::fs::write(limits.path().join("e2e.yaml"), LIMITS).unwrap();
+    let mut config = tollgate_ratelimit::Config::for_tests(limits.path());
+    config.headers.x_ratelimit = x_ratelimit;
+    let ratelimit = Ratelimit::start(config).await.unwrap();
+    let upstream = EchoUpstream::start().await;
+    let envoy = Envoy::start_with(
+        ENVOY,
+        Backends {
+            upstream: upstream.port(),
+            authz: free_port(),
+            ratelimit: ratelimit.grpc_port(),
+        },
+    )
+    .await
+    .unwrap();
+    Gateway {
+        envoy,
+        _ratelimit: ratelimit,
+        _upstream: upstream,
+        _limits: limits,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get(url: &str, client_header: Option<&str>) -> reqwest::Response {
+    let mut req = client().get(url);
+    if let Some(v) = client_header {
+        req = req.header("x-client", v);
+    }
+    req.send().await.unwrap()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn generic_key_limit_gives_429_with_retry_after_and_ietf_headers() {
+    let gw = gateway(true).await;
+    let url = gw.envoy.url("/generic");
+    let first = get(&url, None).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "ratelimit-policy").as_deref(),
+        Some("\"generic\";q=2;w=60")
+    );
+    assert!(
+        header(&first, "ratelimit").is_some_and(|v| v.starts_with("\"generic\";r=1;t=")),
+        "{first:?}"
+    );
+    assert_eq!(
+        header(&first, "x-ratelimit-limit").as_deref(),
+        Some("2, 2;w=60")
+    );
+    assert_eq!(
+        header(&first, "x-ratelimit-remaining").as_deref(),
+        Some("1")
+    );
+    assert_eq!(get(&url, None).await.status(), 200);
+    let denied = get(&url, None).await;
+    assert_eq!(denied.status(), 429);
+    let retry: u64 = header(&denied, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=66).contains(&retry), "{retry}");
+    assert!(
+        header(&denied, "ratelimit").is_some_and(|v| v.contains(";r=0;")),
+        "{denied:?}"
+    );
+    assert_eq!(
+        header(&denied, "x-ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        gw.envoy.stat("cluster.upstream.ratelimit.over_limit").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn request_headers_limit_per_value_and_key_value_before_key() {
+    let gw = gateway(false).await;
+    let url = gw.envoy.url("/header");
+    assert_eq!(get(&url, Some("alice")).await.status(), 200);
+    assert_eq!(
+        get(&url, Some("alice")).await.status(),
+        429,
+        "1 a minute per client"
+    );
+    assert_eq!(
+        get(&url, Some("bob")).await.status(),
+        200,
+        "bob has his own counter"
+    );
+    // The specific value has its own, larger limit.
+    for _ in 0..3 {
+        assert_eq!(get(&url, Some("vip")).await.status(), 200);
+    }
+    assert_eq!(get(&url, Some("vip")).await.status(), 429);
+    // Without the header Envoy sends no descriptor: never limited.
+    for _ in 0..3 {
+        let r = get(&url, None).await;
+        assert_eq!(r.status(), 200);
+        assert!(header(&r, "ratelimit-policy").is_none());
+    }
+}
+
+#[tokio::test]
+async fn remote_address_limit() {
+    let gw = gateway(false).await;
+    let url = gw.envoy.url("/remote");
+    assert_eq!(get(&url, None).await.status(), 200);
+    let second = get(&url, None).await;
+    assert_eq!(second.status(), 200);
+    assert!(header(&second, "ratelimit-policy").is_some_and(|v| v.starts_with("\"per-address\"")));
+    assert_eq!(get(&url, None).await.status(), 429);
+}
+
+#[tokio::test]
+async fn nested_descriptor_and_shadow_mode_limit() {
+    let gw = gateway(false).await;
+    let url = gw.envoy.url("/nested");
+    assert_eq!(get(&url, Some("carol")).await.status(), 200);
+    // Both limits are now exhausted; only the nested one (not in shadow mode) denies.
+    let denied = get(&url, Some("carol")).await;
+    assert_eq!(denied.status(), 429);
+    assert!(
+        header(&denied, "ratelimit-policy").is_some_and(|v| v.contains("\"nested-client\"")),
+        "{denied:?}"
+    );
+    // Another client: its own nested counter; the shared shadow limit is over but never denies.
+    assert_eq!(get(&url, Some("dave")).await.status(), 200);
+}
+
+/// The full example gateway: tollgate-authz identifies the caller by API key and returns its
+/// plan and subject as dynamic metadata; Envoy's `metadata` actions turn them into the
+/// (plan, subject) descriptor that `deploy/config/limits/gateway.yaml` limits (silver: 3/min).
+/// A key's subject is its owner.
+#[tokio::test]
+async fn metadata_from_ext_authz_limits_by_plan_and_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "e2e-admin-token-0123456789abcdef";
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let authz = Authz::start(
+        load_config(
+            &example("authz.yaml"),
+            &[
+                format!(
+                    "api_keys.store.path={}",
+                    dir.path().join("keys.redb").display()
+                ),
+                "admin.addr=127.0.0.1:0".into(),
+                format!("admin.token_file={}", dir.path().join("token").display()),
+            ],
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let ratelimit = Ratelimit::example(&[]).await.unwrap();
+    let upstream = EchoUpstream::start().await;
+    let envoy = Envoy::start_example(Backends {
+        upstream: upstream.port(),
+        authz: authz.grpc_port(),
+        ratelimit: ratelimit.grpc_port(),
+    })
+    .await
+    .unwrap();
+
+    let admin = authz.running.admin_addr.expect("admin API");
+    let issue = |owner: &'static str, plan: &'static str| {
+        let url = format!("http://{admin}/v1/keys");
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"name": "e2e", "owner": owner, "plan": plan}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let body: serde_json::Value = r.json().await.unwrap();
+            body["secret"].as_str().unwrap().to_string()
+        }
+    };
+    let silver = issue("alice", "silver").await;
+    let silver_2 = issue("bob", "silver").await;
+    let gold = issue("carol", "gold").await;
+    let call = |key: String| {
+        let url = envoy.url("/api/orders");
+        async move {
+            client()
+                .get(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(
+            call(silver.clone()).await.status(),
+            200,
+            "silver request {i}"
+        );
+    }
+    let denied = call(silver.clone()).await;
+    assert_eq!(denied.status(), 429);
+    assert!(
+        header(&denied, "ratelimit-policy").is_some_and(|v| v.contains("\"plan-silver\"")),
+        "{denied:?}"
+    );
+    assert!(header(&denied, "retry-after").is_some());
+    // The limit is per subject: another owner's silver key has its own; gold has a larger one.
+    assert_eq!(call(silver_2).await.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(call(gold.clone()).await.status(), 200);
+    }
+}
