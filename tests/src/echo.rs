@@ -40,15 +40,25 @@ pub struct EchoUpstream {
 impl EchoUpstream {
     /// Starts on a free loopback port.
     pub async fn start() -> EchoUpstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
-            .expect("bind echo");
-        let addr = listener.local_addr().unwrap();
+            .expect("bind echo upstream")
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<EchoUpstream> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let app = Router::new().fallback(echo);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        EchoUpstream { addr, task }
+        Ok(EchoUpstream { addr, task })
+    }
+
+    /// Waits until the server stops (never, unless its task fails).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
     }
 
     pub fn port(&self) -> u16 {

@@ -8,11 +8,15 @@
 //!   with `envoy --mode validate` before it starts.
 //! - [`echo`]: the upstream that answers with what it received.
 //! - [`redis`]: a standalone Redis or a 3-node Redis Cluster.
+//! - [`pki`]: a generated CA with server and client certificates for TLS tests.
+//! - [`stack`]: Envoy + both services (in-process, on the shipped example configs) + upstream.
 //! - [`oidc`]: the npm `oidc-provider` server (JWKS, client-credentials tokens, introspection).
 
 pub mod echo;
 pub mod envoy;
 pub mod oidc;
 pub mod paths;
+pub mod pki;
 pub mod process;
 pub mod redis;
+pub mod stack;

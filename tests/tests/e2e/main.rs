@@ -1,1 +1,6 @@
-//! e2e
+//! End-to-end tests: what a client sees through real Envoy, with the Tollgate services
+//! in-process and real Redis / OIDC provider where a test needs them.
+//!
+//! One test binary (modules below) so the workspace links it once.
+
+mod foundation;

@@ -1,0 +1,216 @@
+//! The whole gateway for one test: the echo upstream, tollgate-ratelimit and tollgate-authz
+//! in-process (loaded from the shipped example configs in `deploy/config/` unless a test
+//! passes its own), and real Envoy on the shipped `deploy/envoy/envoy.yaml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tollgate_common::Shutdown;
+use tollgate_common::config::{Sources, load};
+
+use crate::echo::EchoUpstream;
+use crate::envoy::{Backends, Envoy};
+use crate::paths::project_root;
+use crate::process::{free_port, wait_for};
+
+/// Loads a service config from `file` with `--set`-style overrides, through the same loader
+/// the binaries use. Tests always bind loopback port 0.
+pub fn load_config<T>(file: &Path, sets: &[String]) -> anyhow::Result<T>
+where
+    T: serde::de::DeserializeOwned + tollgate_common::config::Validate,
+{
+    let mut all = vec![
+        "server.grpc_addr=127.0.0.1:0".to_string(),
+        "server.http_addr=127.0.0.1:0".to_string(),
+        "server.shutdown_delay=0s".to_string(),
+        "server.drain_timeout=5s".to_string(),
+    ];
+    all.extend(sets.iter().cloned());
+    load::<T>(&Sources {
+        file: Some(file.to_path_buf()),
+        env: Default::default(),
+        sets: all,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `deploy/config/<name>`.
+pub fn example(name: &str) -> PathBuf {
+    project_root().join("deploy/config").join(name)
+}
+
+/// A running ratelimit service.
+pub struct Ratelimit {
+    pub running: tollgate_ratelimit::Running,
+    pub shutdown: Shutdown,
+}
+
+impl Ratelimit {
+    /// Starts the service on `config` (a parsed config whose listeners use port 0).
+    pub async fn start(config: tollgate_ratelimit::Config) -> anyhow::Result<Ratelimit> {
+        let shutdown = Shutdown::new();
+        let running = tollgate_ratelimit::start(config, shutdown.clone())
+            .await
+            .context("starting tollgate-ratelimit")?;
+        wait_ready(running.http_addr).await;
+        Ok(Ratelimit { running, shutdown })
+    }
+
+    /// Starts the shipped example (`deploy/config/ratelimit.yaml`) with extra overrides.
+    pub async fn example(sets: &[String]) -> anyhow::Result<Ratelimit> {
+        let mut all = vec![format!("limits.path={}", example("limits").display())];
+        all.extend(sets.iter().cloned());
+        Self::start(load_config(&example("ratelimit.yaml"), &all)?).await
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.running.grpc_addr.port()
+    }
+}
+
+impl Drop for Ratelimit {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// A running authz service.
+pub struct Authz {
+    pub running: tollgate_authz::Running,
+    pub shutdown: Shutdown,
+    /// The admin API's bearer credential (when started from the example).
+    pub admin_token: String,
+    _state: Option<tempfile::TempDir>,
+}
+
+impl Authz {
+    pub async fn start(config: tollgate_authz::Config) -> anyhow::Result<Authz> {
+        let shutdown = Shutdown::new();
+        let running = tollgate_authz::start(config, shutdown.clone())
+            .await
+            .context("starting tollgate-authz")?;
+        wait_ready(running.http_addr).await;
+        Ok(Authz {
+            running,
+            shutdown,
+            admin_token: String::new(),
+            _state: None,
+        })
+    }
+
+    /// Starts the shipped example (`deploy/config/authz.yaml`) with extra overrides; its key
+    /// store and admin credential live in a fresh temp dir, its admin API on a free port.
+    pub async fn example(sets: &[String]) -> anyhow::Result<Authz> {
+        let state = tempfile::tempdir()?;
+        let token = format!("test-admin-credential-{}", std::process::id());
+        let token_file = state.path().join("admin-token");
+        std::fs::write(&token_file, &token)?;
+        let mut all = vec![
+            format!(
+                "api_keys.store.path={}",
+                state.path().join("keys.redb").display()
+            ),
+            format!("admin.token_file={}", token_file.display()),
+            "admin.addr=127.0.0.1:0".to_string(),
+        ];
+        all.extend(sets.iter().cloned());
+        let mut authz = Self::start(load_config(&example("authz.yaml"), &all)?).await?;
+        authz.admin_token = token;
+        authz._state = Some(state);
+        Ok(authz)
+    }
+
+    /// `http://<admin addr>`.
+    pub fn admin_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.running.admin_addr.expect("admin API configured")
+        )
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.running.grpc_addr.port()
+    }
+}
+
+impl Drop for Authz {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// Polls `/readyz` until it answers 200.
+pub async fn wait_ready(http: std::net::SocketAddr) {
+    let url = format!("http://{http}/readyz");
+    wait_for(&url, Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            match reqwest::get(&url).await {
+                Ok(r) if r.status().is_success() => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+/// Everything a request through the gateway touches.
+pub struct Stack {
+    pub envoy: Envoy,
+    pub authz: Option<Authz>,
+    pub ratelimit: Option<Ratelimit>,
+    pub upstream: EchoUpstream,
+}
+
+impl Stack {
+    /// The shipped example end to end: Envoy + both services + the echo upstream.
+    pub async fn example() -> anyhow::Result<Stack> {
+        let upstream = EchoUpstream::start().await;
+        let ratelimit = Ratelimit::example(&[]).await?;
+        let authz = Authz::example(&[]).await?;
+        let envoy = Envoy::start_example(Backends {
+            upstream: upstream.port(),
+            authz: authz.grpc_port(),
+            ratelimit: ratelimit.grpc_port(),
+        })
+        .await?;
+        Ok(Stack {
+            envoy,
+            authz: Some(authz),
+            ratelimit: Some(ratelimit),
+            upstream,
+        })
+    }
+
+    /// The example with either service replaced by a closed port (to see Envoy's failure modes).
+    pub async fn example_without(authz: bool, ratelimit: bool) -> anyhow::Result<Stack> {
+        let upstream = EchoUpstream::start().await;
+        let rl = if ratelimit {
+            Some(Ratelimit::example(&[]).await?)
+        } else {
+            None
+        };
+        let az = if authz {
+            Some(Authz::example(&[]).await?)
+        } else {
+            None
+        };
+        let envoy = Envoy::start_example(Backends {
+            upstream: upstream.port(),
+            authz: az.as_ref().map_or_else(free_port, Authz::grpc_port),
+            ratelimit: rl.as_ref().map_or_else(free_port, Ratelimit::grpc_port),
+        })
+        .await?;
+        Ok(Stack {
+            envoy,
+            authz: az,
+            ratelimit: rl,
+            upstream,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.envoy.url(path)
+    }
+}
