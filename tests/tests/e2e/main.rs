@@ -4,3 +4,4 @@
 //! One test binary (modules below) so the workspace links it once.
 
 mod foundation;
+mod ratelimit;
