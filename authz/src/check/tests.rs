@@ -57,7 +57,7 @@ jwt:
       claims: {{tenant: org, plan: tier}}
 api_keys:
   query_param: api_key
-  store: {{kind: embedded, path: {}}}
+  store: {{type: embedded, path: {}}}
 headers:
   claims: {{email: x-user-email}}
 {extra}"#,

@@ -5,3 +5,5 @@
 
 mod foundation;
 mod ratelimit;
+mod authz;
+mod authz_plans;
