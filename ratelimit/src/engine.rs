@@ -325,7 +325,7 @@ impl Engine {
                         crate::limits::escape_into(&mut key, v);
                     }
                     let limit = Arc::new(limit);
-                    let key = limit.counter_key(&key);
+                    let key = limit.finish_key(key);
                     pending.push(Pending {
                         descriptor: i,
                         limit,
@@ -341,15 +341,22 @@ impl Engine {
                 continue;
             }
             let mut any_enforced = false;
-            for limit in found {
+            let last = found.len() - 1;
+            let mut key = Some(key);
+            for (j, limit) in found.iter().enumerate() {
                 if limit.unlimited {
                     continue;
                 }
                 any_enforced = true;
                 replaced |= !limit.replaces.is_empty();
+                let part = if j == last { key.take() } else { None };
+                let key = match part {
+                    Some(part) => limit.finish_key(part),
+                    None => limit.counter_key(key.as_deref().unwrap_or_default()),
+                };
                 pending.push(Pending {
                     descriptor: i,
-                    key: limit.counter_key(&key),
+                    key,
                     limit: limit.clone(),
                     cost,
                     shadow: limit.shadow || self.options.shadow_mode,

@@ -91,10 +91,10 @@ impl LimitMetrics {
             self.cached.increment(1);
         }
         if let Some(key) = detailed {
-            // The descriptor part of the key: after `rl|domain`, before the `#position` suffix.
+            // The descriptor part of the key: after `{rl|domain|`, before `}#position`.
             let descriptor = key.split_once('|').map_or(key, |(_, r)| r);
             let descriptor = descriptor.split_once('|').map_or("", |(_, r)| r);
-            let descriptor = descriptor.rsplit_once('#').map_or(descriptor, |(l, _)| l);
+            let descriptor = descriptor.rsplit_once("}#").map_or(descriptor, |(l, _)| l);
             counter!(DETAILED_DECISIONS,
                 "domain" => self.domain.to_string(), "limit" => self.name.to_string(),
                 "descriptor" => descriptor.to_string(), "decision" => d.label())

@@ -137,12 +137,22 @@ impl Limit {
         })
     }
 
-    /// Appends this limit's counter key to `key`, which holds the descriptor part.
+    /// This limit's counter key, from the descriptor part `find` wrote after `key_prefix`.
+    /// The descriptor part is the Redis Cluster hash tag, so every limit on one descriptor
+    /// value (burst + sustained) lives in one slot.
     pub(crate) fn counter_key(&self, descriptor_part: &str) -> String {
-        let mut k = String::with_capacity(descriptor_part.len() + self.key_suffix.len());
+        let mut k = String::with_capacity(descriptor_part.len() + 1 + self.key_suffix.len());
         k.push_str(descriptor_part);
+        k.push('}');
         k.push_str(&self.key_suffix);
         k
+    }
+
+    /// As [`Self::counter_key`], reusing the descriptor part's buffer (the usual single limit).
+    pub(crate) fn finish_key(&self, mut descriptor_part: String) -> String {
+        descriptor_part.push('}');
+        descriptor_part.push_str(&self.key_suffix);
+        descriptor_part
     }
 }
 
@@ -251,9 +261,9 @@ pub(crate) fn escape_into(out: &mut String, s: &str) {
     }
 }
 
-/// The start of every counter key of `domain`.
+/// The start of every counter key of `domain` (opening the hash tag `counter_key` closes).
 pub(crate) fn key_prefix(out: &mut String, domain: &str) {
-    out.push_str("rl|");
+    out.push_str("{rl|");
     escape_into(out, domain);
 }
 

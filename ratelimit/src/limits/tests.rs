@@ -596,11 +596,18 @@ descriptors:
       - {unit: second, requests_per_unit: 5}
       - {unit: second, requests_per_unit: 5}
 ");
-    let (names, part) = lookup(&l, "d", &[("k", "v")]);
+    let (names, _) = lookup(&l, "d", &[("k", "v")]);
     assert_eq!(names, ["k", "k#1"]);
     let d = l.domain("d").unwrap();
-    let found = d.find(&Descriptor::new([("k", "v")]), &mut String::new());
-    assert_ne!(found[0].counter_key(&part), found[1].counter_key(&part));
+    let mut prefix = String::new();
+    key_prefix(&mut prefix, "d");
+    let found = d.find(&Descriptor::new([("k", "v")]), &mut prefix);
+    let (k0, k1) = (found[0].counter_key(&prefix), found[1].counter_key(&prefix));
+    assert_ne!(k0, k1);
+    // One Redis Cluster hash tag for both: the descriptor.
+    let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
+    assert_eq!(tag(&k0), "{rl|d|k=v}");
+    assert_eq!(tag(&k1), tag(&k0));
 }
 
 #[test]
