@@ -145,7 +145,14 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| Body(v))
-            .map_err(|r: JsonRejection| ApiError::new(r.status(), "invalid_request", r.body_text()))
+            .map_err(|r: JsonRejection| {
+                // Only a wrong content type keeps its own status (415); the rest is a bad request.
+                let status = match r.status() {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                ApiError::new(status, "invalid_request", r.body_text())
+            })
     }
 }
 
