@@ -31,3 +31,21 @@ pub fn redis_server_bin() -> PathBuf {
             PathBuf::from("redis-server")
         })
 }
+
+/// A binary of the workspace, built by `cargo build` into the same target directory as the
+/// tests (`scripts/test.sh` builds every binary before running tests).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --workspace` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}

@@ -3,7 +3,6 @@
 //!
 //! One test binary (modules below) so the workspace links it once.
 
+mod binaries;
 mod foundation;
 mod ratelimit;
-mod authz;
-mod authz_plans;
