@@ -440,3 +440,207 @@ fn write_details(out: &mut Vec<u8>, k: &KeyInfo, now: SystemTime) -> std::io::Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use tollgate_common::secret::Secret;
+
+    use super::*;
+    use crate::apikey::{ApiKeyError, ApiKeys, ApiKeysConfig, EmbeddedStoreConfig, KeyStoreConfig};
+
+    const TOKEN: &str = "cli-test-token-0123456789";
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: KeysCommand,
+    }
+
+    struct Server {
+        url: String,
+        keys: ApiKeys,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn server() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ApiKeysConfig {
+            store: KeyStoreConfig::Embedded(EmbeddedStoreConfig {
+                path: dir.path().join("keys.redb"),
+            }),
+            ..ApiKeysConfig::default()
+        };
+        let keys = ApiKeys::open(&cfg).await.unwrap();
+        let router = crate::admin::router_with_token(keys.clone(), Secret::new(TOKEN)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(crate::admin::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
+        Server {
+            url,
+            keys,
+            _dir: dir,
+        }
+    }
+
+    async fn run(s: &Server, args: &[&str]) -> anyhow::Result<String> {
+        let mut argv = vec!["keys"];
+        argv.extend_from_slice(&args[..1]);
+        argv.extend(["--admin-url", s.url.as_str()]);
+        argv.extend_from_slice(&args[1..]);
+        let cli = Cli::try_parse_from(argv)?;
+        let mut out = Vec::new();
+        run_keys_to(cli.cmd, Some(TOKEN.into()), &mut out).await?;
+        Ok(String::from_utf8(out)?)
+    }
+
+    fn secret_in(out: &str) -> String {
+        out.split_whitespace()
+            .find(|w| w.starts_with("tgk_"))
+            .expect("the key is printed")
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn create_list_get_rotate_revoke() {
+        let s = server().await;
+        let out = run(
+            &s,
+            &[
+                "create",
+                "--name",
+                "ci",
+                "--owner",
+                "team-a",
+                "--scope",
+                "read,write",
+                "--plan",
+                "gold",
+            ],
+        )
+        .await
+        .unwrap();
+        let key = secret_in(&out);
+        assert_eq!(out.matches(&key).count(), 1, "printed once");
+        assert!(out.contains("WARNING") && out.contains("only once"));
+        let id = crate::apikey::format::parse(&key).unwrap().id().to_string();
+        assert_eq!(
+            s.keys.verify(&key).await.unwrap().plan.as_deref(),
+            Some("gold")
+        );
+
+        run(
+            &s,
+            &[
+                "create",
+                "--name",
+                "other",
+                "--owner",
+                "team-b",
+                "--expires-in",
+                "30d",
+            ],
+        )
+        .await
+        .unwrap();
+        let table = run(&s, &["list"]).await.unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("ID") && lines[0].contains("STATUS"),
+            "{table}"
+        );
+        assert_eq!(lines.len(), 3, "{table}");
+        let row = lines.iter().find(|l| l.starts_with(&id)).unwrap();
+        assert!(
+            row.contains("team-a") && row.contains("read,write") && row.contains("active"),
+            "{row}"
+        );
+        assert!(!table.contains(&key[17..]), "no secret in the table");
+        // Columns line up: the STATUS header starts where each row's status does.
+        let col = lines[0].find("STATUS").unwrap();
+        assert!(
+            lines[1..].iter().all(|l| l[col..].starts_with("active")),
+            "{table}"
+        );
+
+        let paged = run(&s, &["list", "--limit", "1"]).await.unwrap();
+        assert!(paged.contains("more keys: --cursor"), "{paged}");
+        assert_eq!(
+            run(&s, &["list", "--limit", "1", "--all"])
+                .await
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
+
+        let details = run(&s, &["get", &id]).await.unwrap();
+        assert!(
+            details.contains("gold") && details.contains("team-a"),
+            "{details}"
+        );
+
+        let out = run(&s, &["rotate", &id, "--grace", "1h"]).await.unwrap();
+        let new_key = secret_in(&out);
+        assert_ne!(new_key, key);
+        assert!(out.contains("previous secret keeps working until"), "{out}");
+        assert!(s.keys.verify(&key).await.is_ok() && s.keys.verify(&new_key).await.is_ok());
+        assert!(run(&s, &["list"]).await.unwrap().contains("rotating"));
+
+        let out = run(&s, &["revoke", &id]).await.unwrap();
+        assert!(out.contains("Revoked"), "{out}");
+        assert!(matches!(
+            s.keys.verify(&new_key).await,
+            Err(ApiKeyError::Revoked)
+        ));
+        assert!(run(&s, &["list"]).await.unwrap().contains("revoked"));
+    }
+
+    #[tokio::test]
+    async fn errors_are_readable() {
+        let s = server().await;
+        let missing = crate::apikey::format::generate_id();
+        let err = run(&s, &["revoke", &missing])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("404") && err.contains("no such key"), "{err}");
+
+        let cli = Cli::try_parse_from(["keys", "list", "--admin-url", &s.url]).unwrap();
+        let err = run_keys_to(cli.cmd, None, &mut Vec::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TOLLGATE_ADMIN_TOKEN"), "{err}");
+
+        let cli = Cli::try_parse_from(["keys", "list", "--admin-url", &s.url]).unwrap();
+        let err = run_keys_to(
+            cli.cmd,
+            Some("wrong-token-0123456789".into()),
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+        let cli = Cli::try_parse_from([
+            "keys",
+            "list",
+            "--admin-url",
+            &s.url,
+            "--token-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        run_keys_to(cli.cmd, None, &mut out).await.unwrap();
+        assert_eq!(String::from_utf8(out).unwrap().trim(), "no keys");
+    }
+}
