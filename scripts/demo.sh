@@ -29,7 +29,8 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
 start() { # name, command...
   local name=$1
@@ -77,9 +78,17 @@ Try:
   # rate limited: /limited allows 5 requests a minute; the 6th gets 429 with RateLimit headers
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:10000/limited; done
 
+  # API keys: create one on the silver plan (3 requests a minute), then call /api with it; the
+  # upstream sees x-tollgate-subject/-plan/-scopes, and the 4th call within a minute gets 429
+  export TOLLGATE_ADMIN_TOKEN_FILE=$state/admin-token
+  $bin/tollgate-authz keys create --name demo --owner alice --plan silver --scope read
+  curl -i http://127.0.0.1:10000/api/orders -H "x-api-key: <the key printed above>"
+  $bin/tollgate-authz keys list
+
 Press Ctrl-C to stop.
 MSG
 
 # Stop when any process exits, so a crash is not hidden.
 wait -n "${pids[@]}" || true
-echo "demo: a process exited; see $logs/" >&2
+echo "demo: a process exited unexpectedly; see $logs/" >&2
+exit 1
