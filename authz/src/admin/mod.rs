@@ -63,13 +63,13 @@ fn default_addr() -> SocketAddr {
 
 impl Validate for AdminConfig {
     fn validate(&self, at: &str, errors: &mut Errors) {
-        if let Some(f) = &self.token_file {
-            if !f.is_file() {
-                errors.push(
-                    join(at, "token_file"),
-                    format!("{} is not a readable file", f.display()),
-                );
-            }
+        if let Some(f) = &self.token_file
+            && !f.is_file()
+        {
+            errors.push(
+                join(at, "token_file"),
+                format!("{} is not a readable file", f.display()),
+            );
         }
     }
 }
@@ -127,12 +127,15 @@ pub fn router_with_token(keys: ApiKeys, token: Secret) -> Result<Router, AdminEr
     Ok(build(keys, token)?.0)
 }
 
+/// A routed (method, path).
+type Route = (Method, &'static str);
+
 /// The router and the (method, path) of every route in it, so tests can hold the OpenAPI
 /// document to exactly that list.
 fn build(
     keys: ApiKeys,
     token: Secret,
-) -> Result<(Router, Vec<(Method, &'static str)>), AdminError> {
+) -> Result<(Router, Vec<Route>), AdminError> {
     if token.expose().chars().count() < MIN_TOKEN_LEN {
         return Err(AdminError::WeakCredential);
     }

@@ -170,17 +170,16 @@ impl Validate for ApiKeysConfig {
         if !is_header_name(&self.header) {
             errors.push(join(at, "header"), "must be a lower-case HTTP header name");
         }
-        if let Some(q) = &self.query_param {
-            if q.is_empty()
+        if let Some(q) = &self.query_param
+            && (q.is_empty()
                 || !q
                     .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-            {
-                errors.push(
-                    join(at, "query_param"),
-                    "must be a non-empty name of [A-Za-z0-9-_.]",
-                );
-            }
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)))
+        {
+            errors.push(
+                join(at, "query_param"),
+                "must be a non-empty name of [A-Za-z0-9-_.]",
+            );
         }
         if self.last_used_flush.is_zero() {
             errors.push(join(at, "last_used_flush"), "must be greater than 0");
@@ -448,7 +447,7 @@ impl ApiKeys {
                     .spawn_subscriber(caches.clone(), stop_rx.clone())
                     .await
                     .map_err(|_| KeyStoreError::Task("subscriber ended".into()))??;
-                (Store::Redis(store), caches)
+                (Store::Redis(Box::new(store)), caches)
             }
         };
         let inner = Arc::new(Inner {

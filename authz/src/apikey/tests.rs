@@ -301,14 +301,14 @@ fn config_defaults_and_validation() {
     assert_eq!(cfg.header, "x-api-key");
     assert!(matches!(cfg.store, KeyStoreConfig::Embedded(_)));
     let cfg: ApiKeysConfig =
-        serde_yaml::from_str("store: {kind: redis, url: 'redis://127.0.0.1:1', prefix: 'p:'}")
+        serde_yaml::from_str("store: {type: redis, url: 'redis://127.0.0.1:1', prefix: 'p:'}")
             .unwrap();
     assert!(matches!(cfg.store, KeyStoreConfig::Redis(ref r) if r.prefix == "p:"));
-    assert!(serde_yaml::from_str::<ApiKeysConfig>("store: {kind: embedded, pth: x}").is_err());
+    assert!(serde_yaml::from_str::<ApiKeysConfig>("store: {type: embedded, pth: x}").is_err());
     assert!(serde_yaml::from_str::<ApiKeysConfig>("headr: x").is_err());
 
     let bad: ApiKeysConfig = serde_yaml::from_str(
-        "header: 'X Bad'\nquery_param: ''\nstore: {kind: redis, url: 'http://x'}\ncache: {capacity: 0}",
+        "header: 'X Bad'\nquery_param: ''\nstore: {type: redis, url: 'http://x'}\ncache: {capacity: 0}",
     )
     .unwrap();
     let mut errors = Errors::for_file(None, None);
@@ -367,10 +367,10 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
         loop {
-            if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    break;
-                }
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                break;
             }
             assert!(
                 Instant::now() < deadline,

@@ -23,7 +23,8 @@ pub(crate) enum Replaced {
 #[derive(Clone)]
 pub(crate) enum Store {
     Embedded(embedded::EmbeddedStore),
-    Redis(redis::RedisStore),
+    /// Boxed: a connection manager is large and a Check only clones the `Store`'s `Arc`s.
+    Redis(Box<redis::RedisStore>),
 }
 
 impl Store {
