@@ -132,10 +132,7 @@ type Route = (Method, &'static str);
 
 /// The router and the (method, path) of every route in it, so tests can hold the OpenAPI
 /// document to exactly that list.
-fn build(
-    keys: ApiKeys,
-    token: Secret,
-) -> Result<(Router, Vec<Route>), AdminError> {
+fn build(keys: ApiKeys, token: Secret) -> Result<(Router, Vec<Route>), AdminError> {
     if token.expose().chars().count() < MIN_TOKEN_LEN {
         return Err(AdminError::WeakCredential);
     }
