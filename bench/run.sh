@@ -79,9 +79,22 @@ declare -A PID=() LOG=() CMD=()
 STARTED=()
 
 cleanup() {
-  local name
+  local name alive deadline=$((SECONDS + 2))
   for name in "${STARTED[@]}"; do
     kill "${PID[$name]}" 2>/dev/null || true
+  done
+  # The services drain for a few seconds after SIGTERM; nothing is in flight any more, so after a
+  # short grace the rest is killed.
+  while :; do
+    alive=()
+    for name in "${STARTED[@]}"; do
+      kill -0 "${PID[$name]}" 2>/dev/null && alive+=("$name")
+    done
+    ((${#alive[@]} > 0 && SECONDS < deadline)) || break
+    sleep 0.05
+  done
+  for name in "${alive[@]}"; do
+    kill -KILL "${PID[$name]}" 2>/dev/null || true
   done
   for name in "${STARTED[@]}"; do
     wait "${PID[$name]}" 2>/dev/null || true
