@@ -1,0 +1,167 @@
+{{/* Names, labels and the values derived from several settings (Redis, images, secrets). */}}
+
+{{- define "tollgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-tollgate, or the release name alone when it already contains the chart name. */}}
+{{- define "tollgate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A component's resource name: tollgate.component (dict "root" $ "component" "authz"). */}}
+{{- define "tollgate.component" -}}
+{{- printf "%s-%s" (include "tollgate.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tollgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tollgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: tollgate
+{{- end }}
+
+{{- define "tollgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tollgate.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "tollgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tollgate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tollgate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The in-cluster DNS name of a component's Service. */}}
+{{- define "tollgate.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "tollgate.component" .) .root.Release.Namespace }}
+{{- end }}
+
+{{/* Whether the services use Redis at all. */}}
+{{- define "tollgate.redis.used" -}}
+{{- if ne .Values.redis.mode "none" }}true{{ end }}
+{{- end }}
+
+{{/* Whether the in-chart Redis is deployed. */}}
+{{- define "tollgate.redis.inChart" -}}
+{{- if and (eq .Values.redis.mode "standalone") .Values.redis.inChart.enabled (not .Values.redis.url) }}true{{ end }}
+{{- end }}
+
+{{/* The standalone Redis URL (without password). */}}
+{{- define "tollgate.redis.url" -}}
+{{- if .Values.redis.url }}
+{{- .Values.redis.url }}
+{{- else if include "tollgate.redis.inChart" . }}
+{{- printf "redis://%s:6379/0" (include "tollgate.serviceHost" (dict "root" . "component" "redis")) }}
+{{- else if eq .Values.redis.mode "standalone" }}
+{{- fail "redis.mode is standalone: set redis.url, or redis.inChart.enabled=true for a trial Redis" }}
+{{- end }}
+{{- end }}
+
+{{/* The API key store's URL (a standalone Redis even when counters use a Cluster). */}}
+{{- define "tollgate.redis.keyStoreUrl" -}}
+{{- if eq .Values.redis.mode "cluster" }}
+{{- required "redis.mode is cluster: set redis.keyStoreUrl (a standalone Redis for API keys; the key store is not clustered)" .Values.redis.keyStoreUrl }}
+{{- else }}
+{{- include "tollgate.redis.url" . }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret and key holding the Redis password, or nothing when there is none. */}}
+{{- define "tollgate.redis.passwordSecret" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecret }}
+{{- else if or .Values.redis.password (include "tollgate.redis.inChart" .) }}
+{{- include "tollgate.component" (dict "root" . "component" "redis") }}
+{{- end }}
+{{- end }}
+
+{{- define "tollgate.redis.passwordKey" -}}
+{{- if .Values.redis.existingSecret }}{{ .Values.redis.existingSecretPasswordKey }}{{ else }}password{{ end }}
+{{- end }}
+
+{{/* `REDIS_PASSWORD` from its Secret: the env entry both services need. Not a TOLLGATE_ name,
+     which the services would read as a config field. */}}
+{{- define "tollgate.redis.passwordEnv" -}}
+{{- if and (include "tollgate.redis.used" .) (include "tollgate.redis.passwordSecret" .) }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "tollgate.redis.passwordSecret" . }}
+      key: {{ include "tollgate.redis.passwordKey" . }}
+{{- end }}
+{{- end }}
+
+{{/* A URL with `:$(REDIS_PASSWORD)@` inserted after the scheme, for Kubernetes to expand. */}}
+{{- define "tollgate.redis.withPassword" -}}
+{{- regexReplaceAll "^(rediss?://)" . "${1}:$(REDIS_PASSWORD)@" }}
+{{- end }}
+
+{{/* The admin credential's Secret name and key. */}}
+{{- define "tollgate.admin.secret" -}}
+{{- default (include "tollgate.component" (dict "root" . "component" "admin")) .Values.authz.admin.existingSecret }}
+{{- end }}
+
+{{- define "tollgate.admin.secretKey" -}}
+{{- if .Values.authz.admin.existingSecret }}{{ .Values.authz.admin.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* A value kept across upgrades: the existing Secret's key when the release already has it,
+     else a fresh random one. tollgate.keptSecret (dict "root" $ "name" n "key" k "length" 40) */}}
+{{- define "tollgate.keptSecret" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name }}
+{{- if and $existing (hasKey (default dict $existing.data) .key) }}
+{{- index $existing.data .key }}
+{{- else }}
+{{- randAlphaNum (int .length) | b64enc }}
+{{- end }}
+{{- end }}
+
+{{/* Fails when a pod would be killed before the service finished draining. */}}
+{{- define "tollgate.checkGrace" -}}
+{{- $v := .values }}
+{{- $need := add $v.shutdownDelaySeconds $v.drainTimeoutSeconds }}
+{{- if le (int $v.terminationGracePeriodSeconds) (int $need) }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must exceed shutdownDelaySeconds + drainTimeoutSeconds (%d), or Kubernetes kills the pod mid-drain" .component (int $v.terminationGracePeriodSeconds) (int $need)) }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings shared by the Deployments. */}}
+{{- define "tollgate.podScheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
