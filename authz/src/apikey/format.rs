@@ -257,6 +257,26 @@ mod tests {
     }
 
     #[test]
+    fn no_single_character_change_of_a_key_parses() {
+        for _ in 0..20 {
+            let key = generate_key(&generate_id());
+            let mut bytes = key.clone().into_bytes();
+            for i in PREFIX.len()..KEY_LEN {
+                let original = bytes[i];
+                for &c in BASE62.iter().chain(b"_") {
+                    if c == original {
+                        continue;
+                    }
+                    bytes[i] = c;
+                    let changed = std::str::from_utf8(&bytes).unwrap();
+                    assert!(parse(changed).is_err(), "{key} -> {changed}");
+                }
+                bytes[i] = original;
+            }
+        }
+    }
+
+    #[test]
     fn hashes_round_trip_and_differ_per_key() {
         let id = generate_id();
         let (a, b) = (generate_key(&id), generate_key(&id));
