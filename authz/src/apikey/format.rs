@@ -210,6 +210,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_a_valid_key() {
+        // docs/api-keys.md; its checksum was computed with zlib's CRC-32.
+        let key = parse("tgk_3fA9kQ2mZx7L_Vb0c1D2e3F4g5H6i7J8k9L0m26BcdE").unwrap();
+        assert_eq!(key.id(), "3fA9kQ2mZx7L");
+    }
+
+    #[test]
     fn generated_keys_parse_and_carry_their_id() {
         let id = generate_id();
         assert!(is_valid_id(&id));
