@@ -8,6 +8,7 @@
 //! - [`tls`]: rustls configs from PEM files, reloaded when the files change.
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
 //! - [`telemetry`]: JSON logs with a runtime-changeable level, the Prometheus recorder.
+//! - [`trace`]: OpenTelemetry spans over OTLP, joined to Envoy's trace (W3C, B3).
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
 
 pub mod cli;
@@ -17,5 +18,6 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 
 pub use shutdown::{Shutdown, shutdown_on_signals};

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -58,6 +59,10 @@ type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
 static FILTER: OnceLock<FilterHandle> = OnceLock::new();
 
 /// Installs the global logger once; later calls (tests starting several services) do nothing.
+///
+/// The log filter applies to log lines only: spans meant for OpenTelemetry (see
+/// [`crate::trace`]) have their own filter, so `level: warn` does not switch tracing off. When
+/// the `OTEL_*` environment asks for traces, call this inside the Tokio runtime.
 pub fn init_logging(cfg: &LogConfig) {
     if FILTER.get().is_some() {
         return;
@@ -65,21 +70,52 @@ pub fn init_logging(cfg: &LogConfig) {
     let level = std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| cfg.level.clone());
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
+    let env = crate::config::process_env();
+    let settings = match crate::trace::TraceSettings::from_env(&env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tracing disabled: {e}");
+            None
+        }
+    };
+    let mut trace_error = None;
     let result = match cfg.format {
-        LogFormat::Json => registry
-            .with(
+        LogFormat::Json => {
+            let registry = tracing_subscriber::registry().with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_span_list(false),
-            )
-            .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+                    .with_span_list(false)
+                    .with_filter(filter),
+            );
+            let otel = settings.as_ref().and_then(|s| {
+                crate::trace::layer(s, &env)
+                    .map_err(|e| trace_error = Some(e))
+                    .ok()
+            });
+            registry.with(otel).try_init()
+        }
+        LogFormat::Text => {
+            let registry = tracing_subscriber::registry()
+                .with(tracing_subscriber::fmt::layer().with_filter(filter));
+            let otel = settings.as_ref().and_then(|s| {
+                crate::trace::layer(s, &env)
+                    .map_err(|e| trace_error = Some(e))
+                    .ok()
+            });
+            registry.with(otel).try_init()
+        }
     };
     if result.is_ok() {
         let _ = FILTER.set(handle);
+        match (trace_error, &settings) {
+            (Some(e), _) => tracing::error!(error = %e, "OpenTelemetry tracing is off"),
+            (None, Some(s)) => {
+                tracing::info!(transport = ?s.transport, "exporting OpenTelemetry traces")
+            }
+            (None, None) => {}
+        }
     }
 }
 
