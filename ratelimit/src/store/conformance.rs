@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::testing::{RedisCluster, RedisServer};
 use super::*;
+use tollgate_common::secret::Secret;
+
 use crate::algorithm::{Algorithm, Rule};
 
 /// An aligned instant (a multiple of every window used here) in 2027.
@@ -138,6 +140,21 @@ async fn sliding_window(s: &dyn Store, k: &str) {
         o.retry_after,
         Some(Duration::from_micros(500_000)),
         "the 500 ms sub-window counts until 1.6 s"
+    );
+
+    // A caller whose clock lags the newest writer by up to 2 sub-windows is judged on its own
+    // window; beyond that it may only check until its clock catches up.
+    let k3 = format!("{k}:lagging");
+    assert!(one(s, &k3, r, 1, T0 + S).await.admitted);
+    let o = one(s, &k3, r, 1, T0 + 750_000).await;
+    assert!(!o.admitted);
+    assert_eq!(o.retry_after, Some(Duration::from_micros(50_000)));
+    assert!(one(s, &k3, r, 0, T0 + 750_000).await.admitted);
+    let o = one(s, &k3, r, 1, T0 + 850_000).await;
+    assert!(o.admitted);
+    assert_eq!(
+        o.remaining, 1,
+        "the newer hit counts for the lagging one too"
     );
 }
 
@@ -668,4 +685,59 @@ async fn redis_in_flight_bound_fails_fast() {
     }
     server.cli(&["CLIENT", "UNPAUSE"]).unwrap();
     assert!(blocked.await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_auth_db_and_tls() {
+    let r = rule(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    let hits = [Hit {
+        key: "k",
+        rule: r,
+        cost: 1,
+        shadow: false,
+    }];
+    // A password from the config (not the URL) and database 3.
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let mut cfg = test_config(RedisConfig::standalone(format!("{}/3", server.url())));
+    cfg.password = Some(Secret::new("s3cret"));
+    let store = RedisStore::connect(&cfg).await.unwrap();
+    assert_eq!(store.hit(&hits, at(T0)).await.unwrap()[0].remaining, 9);
+    let keys = server
+        .cli(&["-a", "s3cret", "--no-auth-warning", "-n", "3", "DBSIZE"])
+        .unwrap();
+    assert_eq!(keys.trim(), "1", "the counter lives in db 3");
+    cfg.password = Some(Secret::new("wrong"));
+    cfg.timeout = Duration::from_millis(300);
+    let e = RedisStore::connect(&cfg)
+        .await
+        .unwrap()
+        .hit(&hits, at(T0))
+        .await
+        .unwrap_err();
+    // The connection manager keeps retrying a refused login until the call's deadline.
+    assert!(
+        matches!(e, StoreError::Unavailable(_) | StoreError::Timeout),
+        "{e:?}"
+    );
+
+    // rediss:// with a private CA.
+    let server = RedisServer::start_tls();
+    let mut cfg = test_config(RedisConfig::standalone(format!(
+        "rediss://127.0.0.1:{}",
+        server.tls_port().unwrap()
+    )));
+    cfg.ca_file = server.ca_file();
+    let store = RedisStore::connect(&cfg).await.unwrap();
+    assert_eq!(store.hit(&hits, at(T0)).await.unwrap()[0].remaining, 9);
+    // Without the CA the server is not trusted.
+    cfg.ca_file = None;
+    cfg.timeout = Duration::from_millis(300);
+    assert!(
+        RedisStore::connect(&cfg)
+            .await
+            .unwrap()
+            .hit(&hits, at(T0))
+            .await
+            .is_err()
+    );
 }

@@ -344,3 +344,41 @@ mod tests {
         assert_eq!(store.len(), 4);
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::algorithm::Algorithm;
+
+    /// `cargo test --release -p tollgate-ratelimit memory_cost_per_call -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn memory_cost_per_call() {
+        let store = MemoryStore::new(&MemoryOptions::default());
+        let keys: Vec<String> = (0..10_000)
+            .map(|i| format!("domain|remote_address=10.0.{}.{}", i / 256, i % 256))
+            .collect();
+        for alg in [
+            Algorithm::SlidingWindow,
+            Algorithm::FixedWindow,
+            Algorithm::Gcra,
+        ] {
+            let rule = Rule::new(alg, 1_000_000, Duration::from_secs(60));
+            let start = Instant::now();
+            let n = 2_000_000u64;
+            for i in 0..n {
+                let key = &keys[(i % 10_000) as usize];
+                let hits = [Hit {
+                    key,
+                    rule,
+                    cost: 1,
+                    shadow: false,
+                }];
+                std::hint::black_box(store.hit_now(&hits, 1_800_000_000_000_000 + i));
+            }
+            println!("{alg:?}: {:?} per call", start.elapsed() / n as u32);
+        }
+    }
+}

@@ -35,7 +35,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use futures::future::{BoxFuture, join_all};
@@ -287,13 +287,21 @@ impl RedisStore {
 
     async fn run(&self, hits: &[Hit<'_>], now_us: u64) -> Result<Vec<Outcome>, StoreError> {
         let keys: Vec<String> = hits.iter().map(|h| key_of(&self.prefix, h)).collect();
-        match &self.conn {
-            Conn::Standalone(c) => {
-                let idx: Vec<usize> = (0..hits.len()).collect();
-                call(&mut c.clone(), hits, &keys, &idx, 0, now_us).await
+        let span = tollgate_common::trace::span("redis", "client");
+        let calls = async {
+            match &self.conn {
+                Conn::Standalone(c) => {
+                    let idx: Vec<usize> = (0..hits.len()).collect();
+                    call(&mut c.clone(), hits, &keys, &idx, 0, now_us).await
+                }
+                Conn::Cluster(c) => self.run_cluster(c, hits, &keys, now_us).await,
             }
-            Conn::Cluster(c) => self.run_cluster(c, hits, &keys, now_us).await,
+        };
+        let out = tracing::Instrument::instrument(calls, span.clone()).await;
+        if out.is_err() {
+            tollgate_common::trace::fail(&span);
         }
+        out
     }
 
     async fn run_cluster(
@@ -511,11 +519,6 @@ pub fn key_slot(key: &[u8]) -> u16 {
         }
     }
     crc & 0x3fff
-}
-
-/// The store is shared behind an `Arc` by the service; this lets tests build replicas.
-pub async fn shared(cfg: &RedisConfig) -> Result<Arc<RedisStore>, StoreError> {
-    RedisStore::connect(cfg).await.map(Arc::new)
 }
 
 #[cfg(test)]

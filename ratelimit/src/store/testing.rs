@@ -51,6 +51,8 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// TLS port and the directory of its certificates.
+    tls: Option<(u16, tempfile::TempDir)>,
 }
 
 impl RedisServer {
@@ -77,6 +79,114 @@ impl RedisServer {
         Self::spawn(port, &[]).unwrap_or_else(|e| panic!("redis-server on {port}: {e}"))
     }
 
+    /// Starts a server that also listens with TLS on [`RedisServer::tls_port`], with a fresh
+    /// CA (made with the `openssl` CLI) whose certificate is at [`RedisServer::ca_file`]; the
+    /// server certificate names `127.0.0.1` and `localhost`.
+    pub fn start_tls() -> Self {
+        let certs = tempfile::tempdir().expect("temp dir");
+        let d = certs.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=tollgate test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let tls_port = free_port().to_string();
+        let file = |f: &str| d.join(f).to_string_lossy().into_owned();
+        let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+        let mut server = Self::start_with(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ]);
+        server.tls = Some((tls_port.parse().unwrap(), certs));
+        server
+    }
+
+    /// The TLS port of a server from [`RedisServer::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|(p, _)| *p)
+    }
+
+    /// The CA certificate of a server from [`RedisServer::start_tls`].
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|(_, d)| d.path().join("ca.crt"))
+    }
+
     fn spawn(port: u16, extra: &[&str]) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut cmd = Command::new(redis_server_bin());
@@ -101,7 +211,12 @@ impl RedisServer {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {:?}: {e}", redis_server_bin()));
-        let mut server = Self { child, port, dir };
+        let mut server = Self {
+            child,
+            port,
+            dir,
+            tls: None,
+        };
         let end = Instant::now() + READY_DEADLINE;
         loop {
             if server
