@@ -20,3 +20,13 @@ pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod stack;
+
+/// Routes the in-process services' logs through the test harness's capture, so they show only
+/// for a failing test. `TOLLGATE_LOG` sets the filter (default `info`).
+pub fn init_test_logging() {
+    let filter = std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .try_init();
+}

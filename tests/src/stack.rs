@@ -49,6 +49,7 @@ pub struct Ratelimit {
 impl Ratelimit {
     /// Starts the service on `config` (a parsed config whose listeners use port 0).
     pub async fn start(config: tollgate_ratelimit::Config) -> anyhow::Result<Ratelimit> {
+        crate::init_test_logging();
         let shutdown = Shutdown::new();
         let running = tollgate_ratelimit::start(config, shutdown.clone())
             .await
@@ -86,6 +87,7 @@ pub struct Authz {
 
 impl Authz {
     pub async fn start(config: tollgate_authz::Config) -> anyhow::Result<Authz> {
+        crate::init_test_logging();
         let shutdown = Shutdown::new();
         let running = tollgate_authz::start(config, shutdown.clone())
             .await
