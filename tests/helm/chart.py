@@ -11,9 +11,10 @@ Called by the end-to-end tests (tests/tests/e2e/helm.rs) with the project's virt
 Every command prints one JSON object on stdout. `render` writes, under DIR:
     manifests.yaml            every rendered document
     files/<configmap>/<key>   each ConfigMap's data, as the pods would see it mounted
-    env/<deployment>.json     each container's environment as Kubernetes would build it:
-                              secretKeyRef values from the rendered Secrets (or --secret for
-                              Secrets the chart expects to exist), then $(VAR) expansion
+    env/<workload>.json       each container's command, its environment as Kubernetes would
+                              build it (secretKeyRef values from the rendered Secrets, or --secret
+                              for Secrets the chart expects to exist, then $(VAR) expansion), and
+                              its volume mounts as local directories under volumes/<workload>/
 A failure to render or a schema violation exits with status 1 and the reason on stderr.
 """
 
@@ -160,6 +161,38 @@ def resolve_env(
     return env, missing
 
 
+def materialise_volumes(
+    volumes: list[dict[str, Any]],
+    root: Path,
+    secrets: dict[tuple[str, str], str],
+    configmaps: dict[tuple[str, str], str],
+) -> tuple[dict[str, str], list[str]]:
+    """Writes each ConfigMap / Secret volume's files (honouring `items`) into a directory of its
+    own, and an empty directory for the others; returns volume name -> directory."""
+    dirs: dict[str, str] = {}
+    missing: list[str] = []
+    for v in volumes:
+        d = root / v["name"]
+        d.mkdir(parents=True, exist_ok=True)
+        dirs[v["name"]] = str(d)
+        if "configMap" in v or "secret" in v:
+            source = v.get("configMap") or v.get("secret")
+            name = source.get("name") or source.get("secretName")
+            data = configmaps if "configMap" in v else secrets
+            keys = {k: k for (n, k) in data if n == name}
+            if source.get("items"):
+                keys = {i["key"]: i["path"] for i in source["items"]}
+            if not keys:
+                missing.append(f"volume {v['name']}: no data for {name}")
+            for key, path in keys.items():
+                if (name, key) not in data:
+                    missing.append(f"volume {v['name']}: {name}/{key}")
+                    continue
+                (d / path).parent.mkdir(parents=True, exist_ok=True)
+                (d / path).write_text(data[(name, key)])
+    return dirs, missing
+
+
 def cmd_render(args: argparse.Namespace) -> None:
     values = user_values(args)
     with helm.Chart.load(CHART) as chart:
@@ -229,18 +262,28 @@ def cmd_render(args: argparse.Namespace) -> None:
     for _, doc in docs:
         if doc["kind"] not in ("Deployment", "StatefulSet"):
             continue
+        workload = doc["metadata"]["name"]
         pod = doc["spec"]["template"]["spec"]
+        volumes, missing_volumes = materialise_volumes(
+            pod.get("volumes") or [], out / "volumes" / workload, secrets, configmaps
+        )
         for c in pod["containers"]:
             env, missing = resolve_env(c, secrets, configmaps)
+            mounts = [
+                {"path": m["mountPath"], "local": volumes[m["name"]]}
+                for m in c.get("volumeMounts") or []
+                if m["name"] in volumes
+            ]
             entry = {
                 "kind": doc["kind"],
                 "container": c["name"],
                 "command": c.get("command", []) + c.get("args", []),
                 "env": env,
-                "unresolved": missing,
+                "mounts": mounts,
+                "unresolved": missing + missing_volumes,
             }
-            workloads[f"{doc['metadata']['name']}/{c['name']}"] = entry
-            (out / "env" / f"{doc['metadata']['name']}.json").write_text(json.dumps(entry, indent=1))
+            workloads[f"{workload}/{c['name']}"] = entry
+            (out / "env" / f"{workload}.json").write_text(json.dumps(entry, indent=1))
 
     summary = {"resources": resources, "errors": errors, "workloads": workloads}
     print(json.dumps(summary))

@@ -6,3 +6,4 @@
 mod binaries;
 mod foundation;
 mod ratelimit;
+mod helm;

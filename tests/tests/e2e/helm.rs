@@ -1,0 +1,730 @@
+//! The Helm chart (`helm/tollgate`) proven without a cluster. Helm's own Go SDK (PyPI
+//! `helm-python-sdk`, driven by `tests/helm/chart.py`) lints and renders it, with the default
+//! values and with `helm/examples/production.yaml`; every manifest validates against the
+//! Kubernetes 1.37 schemas; the rendered Envoy config passes `envoy --mode validate` and the
+//! rendered service configs pass the binaries' own `check-config`; bad values are refused by
+//! `values.schema.json` with the offending field named. Finally the rendered Envoy config,
+//! policy, limits, commands, mounts and environment run here with the real binaries (addresses
+//! rewritten to loopback) and a request is allowed, denied and rate-limited through Envoy.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+use tempfile::TempDir;
+use tollgate_tests::echo::{Echo, EchoUpstream};
+use tollgate_tests::envoy::{Envoy, validate};
+use tollgate_tests::paths::{project_root, workspace_bin};
+use tollgate_tests::process::{ChildProcess, free_addr, free_port};
+use tollgate_tests::redis::RedisServer;
+use tollgate_tests::stack::wait_ready;
+
+const PRODUCTION: &str = "helm/examples/production.yaml";
+/// The Redis the production example points at, replaced by a local one.
+const PRODUCTION_REDIS: &str = "redis-master.data.svc.cluster.local:6379";
+/// Values of the Secrets the production example expects the operator to have created.
+const ADMIN_TOKEN: &str = "chart-e2e-admin-credential-0123456789";
+const REDIS_PASSWORD: &str = "chart-e2e-redis-password";
+const HOST: &str = "api.example.com";
+
+/// Runs `tests/helm/chart.py <command> <args>` with the project virtualenv's Python.
+fn helper(command: &str, args: &[&str]) -> std::process::Output {
+    Command::new(project_root().join(".venv/bin/python"))
+        .arg(project_root().join("tests/helm/chart.py"))
+        .arg(command)
+        .args(args)
+        .current_dir(project_root())
+        .output()
+        .expect("run tests/helm/chart.py (scripts/setup.sh --with helm installs its packages)")
+}
+
+fn stdout_json(out: &std::process::Output) -> Json {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "chart.py printed no JSON ({e}):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `-f FILE` / `--set PATH=VALUE` arguments.
+fn value_args(files: &[&str], sets: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for f in files {
+        args.extend(["-f".to_string(), f.to_string()]);
+    }
+    for s in sets {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args
+}
+
+/// One container of a rendered workload, as `chart.py render` describes it.
+#[derive(Debug, Deserialize)]
+struct Workload {
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+    mounts: Vec<Mount>,
+    unresolved: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Mount {
+    path: String,
+    local: String,
+}
+
+impl Workload {
+    /// Replaces every mount path in `text` by the local directory holding that volume, in one
+    /// pass (local directories may themselves lie under a mounted path such as `/tmp`).
+    fn localise(&self, text: &str) -> String {
+        let mut mounts: Vec<&Mount> = self.mounts.iter().collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.path.len()));
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        'scan: while i < text.len() {
+            for m in &mounts {
+                if text[i..].starts_with(&m.path)
+                    && text[i + m.path.len()..]
+                        .chars()
+                        .next()
+                        .is_none_or(|c| c == '/' || c.is_whitespace() || c == '"')
+                {
+                    out.push_str(&m.local);
+                    i += m.path.len();
+                    continue 'scan;
+                }
+            }
+            let c = text[i..].chars().next().expect("in bounds");
+            out.push(c);
+            i += c.len_utf8();
+        }
+        out
+    }
+
+    /// The rendered `--config` file, with mount paths made local and `hosts` rewritten.
+    fn config_file(&self, hosts: &[(&str, String)]) -> PathBuf {
+        let at = self
+            .command
+            .iter()
+            .position(|a| a == "--config")
+            .expect("the container runs with --config");
+        let path = PathBuf::from(self.localise(&self.command[at + 1]));
+        let mut text = self.localise(&std::fs::read_to_string(&path).unwrap());
+        for (from, to) in hosts {
+            text = text.replace(from, to);
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts the container's command with the workspace binary, its localised arguments and
+    /// environment (with `hosts` rewritten) plus `extra` arguments.
+    fn spawn(&self, dir: &Path, hosts: &[(&str, String)], extra: &[String]) -> ChildProcess {
+        assert!(self.unresolved.is_empty(), "{:?}", self.unresolved);
+        let bin = &self.command[0];
+        let config = self.config_file(hosts);
+        let mut cmd = Command::new(workspace_bin(bin));
+        let mut args: Vec<String> = self.command[1..].iter().map(|a| self.localise(a)).collect();
+        let at = args.iter().position(|a| a == "--config").unwrap();
+        args[at + 1] = config.display().to_string();
+        cmd.args(args).args(extra).env_clear();
+        for (k, v) in &self.env {
+            let mut v = v.clone();
+            for (from, to) in hosts {
+                v = v.replace(from, to);
+            }
+            cmd.env(k, v);
+        }
+        ChildProcess::spawn(bin, cmd, &dir.join(format!("{bin}.log"))).unwrap()
+    }
+}
+
+/// A rendered release in a temp dir.
+struct Rendered {
+    dir: TempDir,
+    summary: Json,
+}
+
+impl Rendered {
+    /// A rendered ConfigMap's file.
+    fn file(&self, configmap: &str, key: &str) -> PathBuf {
+        self.dir.path().join("files").join(configmap).join(key)
+    }
+
+    fn workload(&self, name: &str) -> Workload {
+        let w = self.summary["workloads"]
+            .get(name)
+            .unwrap_or_else(|| panic!("no workload {name}"));
+        serde_json::from_value(w.clone()).unwrap()
+    }
+
+    fn manifests(&self) -> Vec<Yaml> {
+        let text = std::fs::read_to_string(self.dir.path().join("manifests.yaml")).unwrap();
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|d| Yaml::deserialize(d).unwrap())
+            .collect()
+    }
+
+    fn find(&self, kind: &str, name: &str) -> Yaml {
+        self.manifests()
+            .into_iter()
+            .find(|m| m["kind"] == kind && m["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    }
+
+    /// `Kind/name` of every manifest.
+    fn resources(&self) -> Vec<String> {
+        self.summary["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["kind"].as_str().unwrap(),
+                    r["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+}
+
+/// Renders release `edge` in namespace `tollgate`; `secrets` (`name/key=value`) stand for
+/// Secrets the values expect to exist already. Err carries chart.py's explanation.
+fn render(files: &[&str], sets: &[&str], secrets: &[&str]) -> Result<Rendered, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = value_args(files, sets);
+    args.extend(["--out".into(), dir.path().display().to_string()]);
+    for s in secrets {
+        args.extend(["--secret".into(), s.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = helper("render", &args);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(Rendered {
+        summary: stdout_json(&out),
+        dir,
+    })
+}
+
+fn production_secrets() -> [String; 2] {
+    [
+        format!("tollgate-admin/token={ADMIN_TOKEN}"),
+        format!("tollgate-redis/password={REDIS_PASSWORD}"),
+    ]
+}
+
+fn render_production(sets: &[&str]) -> Rendered {
+    let secrets = production_secrets();
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    render(&[PRODUCTION], sets, &secrets).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn render_default() -> Rendered {
+    render(&[], &[], &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn helm_lint_is_clean_with_default_and_production_values() {
+    for files in [&[][..], &[PRODUCTION][..]] {
+        let args = value_args(files, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = helper("lint", &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = stdout_json(&out);
+        assert_eq!(report["total_charts_linted"], 1, "{report}");
+        assert_eq!(report["errors"], Json::Array(vec![]), "{report}");
+        // Severity 2 is a warning, 3 an error; only informational notes may remain.
+        let findings: Vec<&Json> = report["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["severity"].as_u64().unwrap_or(3) >= 2)
+            .collect();
+        assert!(
+            findings.is_empty(),
+            "lint findings with {files:?}: {findings:?}"
+        );
+    }
+}
+
+#[test]
+fn every_rendered_manifest_validates_against_the_kubernetes_schemas() {
+    // chart.py fails the render when any manifest violates its schema (strict: unknown fields
+    // are errors too), so rendering at all is the proof; the lists show what was checked.
+    let default = render_default();
+    let resources = default.resources();
+    for want in [
+        "Deployment/edge-tollgate-authz",
+        "Deployment/edge-tollgate-ratelimit",
+        "Deployment/edge-tollgate-envoy",
+        "StatefulSet/edge-tollgate-redis",
+        "Secret/edge-tollgate-admin",
+        "Secret/edge-tollgate-redis",
+        "Service/edge-tollgate-authz-headless",
+        "Service/edge-tollgate-admin",
+        "ConfigMap/edge-tollgate-limits",
+        "ConfigMap/edge-tollgate-dashboard",
+        "NetworkPolicy/edge-tollgate-authz",
+        "NetworkPolicy/edge-tollgate-redis",
+        "PodDisruptionBudget/edge-tollgate-authz",
+    ] {
+        assert!(
+            resources.iter().any(|r| r == want),
+            "{want} missing: {resources:?}"
+        );
+    }
+    assert_eq!(default.summary["errors"], Json::Array(vec![]));
+
+    let production = render_production(&[]);
+    let resources = production.resources();
+    for want in [
+        "HorizontalPodAutoscaler/edge-tollgate-authz",
+        "HorizontalPodAutoscaler/edge-tollgate-envoy",
+        "ServiceMonitor/edge-tollgate-ratelimit",
+    ] {
+        assert!(
+            resources.iter().any(|r| r == want),
+            "{want} missing: {resources:?}"
+        );
+    }
+    // External Redis and operator-made Secrets: the chart creates neither.
+    for absent in ["StatefulSet/", "Secret/"] {
+        assert!(
+            !resources.iter().any(|r| r.starts_with(absent)),
+            "{resources:?}"
+        );
+    }
+    let schemas: Vec<&str> = production.summary["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["schema"].as_str().unwrap())
+        .collect();
+    assert!(
+        schemas
+            .iter()
+            .all(|s| s.starts_with("kubernetes 1.37") || s.starts_with("servicemonitor"))
+    );
+
+    // An HPA owns the replica count; the Deployment must not fight it.
+    let authz = production.find("Deployment", "edge-tollgate-authz");
+    assert!(authz["spec"].get("replicas").is_none());
+    let dashboard = default.find("ConfigMap", "edge-tollgate-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json: Json =
+        serde_json::from_str(dashboard["data"]["tollgate.json"].as_str().unwrap()).unwrap();
+    assert!(json["panels"].as_array().unwrap().len() >= 8);
+}
+
+#[test]
+fn pods_are_hardened_and_outlive_their_drain() {
+    let r = render_default();
+    for name in [
+        "edge-tollgate-authz",
+        "edge-tollgate-ratelimit",
+        "edge-tollgate-envoy",
+    ] {
+        let d = r.find("Deployment", name);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        let c = &pod["containers"][0];
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{name}");
+        assert!(c["resources"]["requests"]["cpu"].is_string(), "{name}");
+    }
+    for (name, service) in [
+        ("edge-tollgate-authz", "authz"),
+        ("edge-tollgate-ratelimit", "ratelimit"),
+    ] {
+        let d = r.find("Deployment", name);
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert!(c["livenessProbe"]["grpc"]["port"].is_number());
+        // The grace period covers the service's own not-ready delay plus drain.
+        let config: Yaml = serde_yaml::from_str(
+            &std::fs::read_to_string(r.file(name, &format!("{service}.yaml"))).unwrap(),
+        )
+        .unwrap();
+        let secs = |v: &Yaml| {
+            v.as_str()
+                .unwrap()
+                .trim_end_matches('s')
+                .parse::<u64>()
+                .unwrap()
+        };
+        let needed =
+            secs(&config["server"]["shutdown_delay"]) + secs(&config["server"]["drain_timeout"]);
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_u64().unwrap() > needed,
+            "{name}"
+        );
+    }
+    // A grace period shorter than the drain is refused at render time, with the reason.
+    let err = render(&[], &["ratelimit.terminationGracePeriodSeconds=20"], &[])
+        .err()
+        .expect("a grace period shorter than the drain is refused");
+    assert!(
+        err.contains("ratelimit.terminationGracePeriodSeconds (20) must exceed shutdownDelaySeconds + drainTimeoutSeconds (25)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rendered_envoy_configs_pass_envoy_validate() {
+    for r in [render_default(), render_production(&[])] {
+        let path = r.file("edge-tollgate-envoy", "envoy.yaml");
+        validate(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    // Without the services in the chart, their filters go too and the config is still valid.
+    let r = render(&[], &["authz.enabled=false"], &[]).unwrap();
+    let text = std::fs::read_to_string(r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
+    assert!(!text.contains("ext_authz.v3.ExtAuthz\n"), "{text}");
+    validate(&r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
+}
+
+/// Runs `<bin> check-config` on a rendered config, with its mounted paths made local.
+fn check_config(r: &Rendered, workload: &str) -> std::process::Output {
+    let w = r.workload(workload);
+    let config = w.config_file(&[]);
+    Command::new(workspace_bin(&w.command[0]))
+        .args(["check-config", "--config"])
+        .arg(config)
+        .env_clear()
+        .envs(&w.env)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rendered_service_configs_pass_check_config() {
+    let cluster = [
+        "redis.mode=cluster",
+        "redis.clusterNodes={redis://redis-0.redis:6379,redis://redis-1.redis:6379}",
+        "redis.keyStoreUrl=redis://keys.data.svc:6379/0",
+    ];
+    let none = [
+        "redis.mode=none",
+        "authz.replicas=1",
+        "ratelimit.replicas=1",
+    ];
+    let renders = [
+        ("default", render_default()),
+        ("production", render_production(&[])),
+        ("cluster", render(&[], &cluster, &[]).unwrap()),
+        ("no redis", render(&[], &none, &[]).unwrap()),
+    ];
+    for (what, r) in &renders {
+        for workload in [
+            "edge-tollgate-authz/authz",
+            "edge-tollgate-ratelimit/ratelimit",
+        ] {
+            let out = check_config(r, workload);
+            assert!(
+                out.status.success(),
+                "{what} {workload}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let cluster_config = std::fs::read_to_string(
+        renders[2]
+            .1
+            .file("edge-tollgate-ratelimit", "ratelimit.yaml"),
+    )
+    .unwrap();
+    assert!(
+        cluster_config.contains("cluster_nodes:"),
+        "{cluster_config}"
+    );
+
+    // The check has teeth: a limit with an unknown unit in the values is named by file and field.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-limits.yaml");
+    std::fs::write(
+        &bad,
+        "ratelimit:\n  limits:\n    gateway:\n      domain: gateway\n      descriptors:\n        - key: route\n          rate_limit: { unit: fortnight, requests_per_unit: 1 }\n",
+    )
+    .unwrap();
+    let r = render(&[bad.to_str().unwrap()], &[], &[]).unwrap();
+    let out = check_config(&r, "edge-tollgate-ratelimit/ratelimit");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.yaml") && err.contains("unit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schema_rejects_bad_values_with_a_clear_message() {
+    for (set, want) in [
+        (
+            "authz.replicas=-1",
+            "at '/authz/replicas': minimum: got -1, want 1",
+        ),
+        (
+            "redis.mode=sentinel",
+            "at '/redis/mode': value must be one of 'standalone', 'cluster', 'none'",
+        ),
+        (
+            "authz.replicaCount=3",
+            "at '/authz': additional properties 'replicaCount' not allowed",
+        ),
+        (
+            "envoy.extAuthz.timeout=250ms",
+            "at '/envoy/extAuthz/timeout'",
+        ),
+        ("ratelimit.failureMode=maybe", "at '/ratelimit/failureMode'"),
+        (
+            "redis.mode=cluster",
+            "at '/redis/clusterNodes': minItems: got 0, want 1",
+        ),
+    ] {
+        let out = helper("schema", &["--set", set]);
+        let report = stdout_json(&out);
+        assert_eq!(report["valid"], false, "{set} was accepted");
+        let message = report["error"].as_str().unwrap();
+        assert!(message.contains(want), "{set}: {message}");
+        // Rendering (what `helm install` does) refuses them the same way.
+        let err = render(&[], &[set], &[]).err().expect("refused");
+        assert!(
+            err.contains("values rejected by values.schema.json") && err.contains(want),
+            "{err}"
+        );
+    }
+    // A route needs an upstream.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("route.yaml");
+    std::fs::write(
+        &f,
+        "envoy:\n  routes:\n    - name: api\n      pathPrefix: /\n",
+    )
+    .unwrap();
+    let err = render(&[f.to_str().unwrap()], &[], &[])
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("at '/envoy/routes/0': missing property 'upstream'"),
+        "{err}"
+    );
+    // Cross-field rules the schema cannot express are refused while rendering.
+    let err = render(&[], &["redis.mode=none"], &[])
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("redis.mode is none") && err.contains("replicas must be 1"),
+        "{err}"
+    );
+}
+
+/// Points the rendered Envoy config at loopback: its listeners and admin on free ports, the
+/// Tollgate clusters at the local services, every upstream at `upstream`.
+fn loopback_envoy(config: &str, ports: &EnvoyPorts) -> String {
+    let mut v: Yaml = serde_yaml::from_str(config).unwrap();
+    let set = |sa: &mut Yaml, port: u16| {
+        sa["address"] = Yaml::from("127.0.0.1");
+        sa["port_value"] = Yaml::from(port);
+    };
+    set(&mut v["admin"]["address"]["socket_address"], ports.admin);
+    for l in v["static_resources"]["listeners"]
+        .as_sequence_mut()
+        .unwrap()
+    {
+        let port = match l["name"].as_str().unwrap() {
+            "gateway" => ports.listener,
+            "ops" => ports.ops,
+            other => panic!("unexpected listener {other}"),
+        };
+        set(&mut l["address"]["socket_address"], port);
+    }
+    for c in v["static_resources"]["clusters"].as_sequence_mut().unwrap() {
+        let name = c["name"].as_str().unwrap().to_string();
+        let port = match name.as_str() {
+            "envoy_admin" => ports.admin,
+            "tollgate_authz" => ports.authz,
+            "tollgate_ratelimit" => ports.ratelimit,
+            n if n.starts_with("upstream_") => ports.upstream,
+            other => panic!("unexpected cluster {other}"),
+        };
+        for e in c["load_assignment"]["endpoints"].as_sequence_mut().unwrap() {
+            for lb in e["lb_endpoints"].as_sequence_mut().unwrap() {
+                set(&mut lb["endpoint"]["address"]["socket_address"], port);
+            }
+        }
+    }
+    serde_yaml::to_string(&v).unwrap()
+}
+
+struct EnvoyPorts {
+    listener: u16,
+    ops: u16,
+    admin: u16,
+    authz: u16,
+    ratelimit: u16,
+    upstream: u16,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
+    let r = render_production(&[]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The operator's Redis, with the password of the `tollgate-redis` Secret.
+    let redis = RedisServer::start().await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(REDIS_PASSWORD)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let hosts = [(PRODUCTION_REDIS, format!("127.0.0.1:{}", redis.port))];
+
+    let (rl_grpc, rl_http) = (free_addr(), free_addr());
+    let _ratelimit = r.workload("edge-tollgate-ratelimit/ratelimit").spawn(
+        dir.path(),
+        &hosts,
+        &listen_args(rl_grpc, rl_http),
+    );
+    let (authz_grpc, authz_http, admin) = (free_addr(), free_addr(), free_addr());
+    let mut authz_args = listen_args(authz_grpc, authz_http);
+    authz_args.extend(["--set".into(), format!("admin.addr={admin}")]);
+    let _authz = r
+        .workload("edge-tollgate-authz/authz")
+        .spawn(dir.path(), &hosts, &authz_args);
+    wait_ready(rl_http).await;
+    wait_ready(authz_http).await;
+
+    let upstream = EchoUpstream::start().await;
+    let ports = EnvoyPorts {
+        listener: free_port(),
+        ops: free_port(),
+        admin: free_port(),
+        authz: authz_grpc.port(),
+        ratelimit: rl_grpc.port(),
+        upstream: upstream.port(),
+    };
+    let envoy_config =
+        std::fs::read_to_string(r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
+    let envoy = Envoy::start_raw(
+        &loopback_envoy(&envoy_config, &ports),
+        ports.listener,
+        ports.admin,
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let get = |host: &'static str, path: &str, key: Option<&str>| {
+        let mut req = http.get(envoy.url(path)).header("host", host);
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+
+    // The ops listener serves Envoy's readiness for the kubelet, nothing else of the admin API.
+    let ops = |path: &str| reqwest::get(format!("http://127.0.0.1:{}{path}", ports.ops));
+    assert_eq!(ops("/ready").await.unwrap().status(), 200);
+    assert_eq!(ops("/stats/prometheus").await.unwrap().status(), 200);
+    assert_eq!(ops("/quitquitquit").await.unwrap().status(), 404);
+
+    // Allowed without a credential: the health route skips authz, /docs is a public rule.
+    assert_eq!(get(HOST, "/healthz", None).await.unwrap().status(), 200);
+    assert_eq!(get(HOST, "/docs/intro", None).await.unwrap().status(), 200);
+    // Denied: the API needs a key; an unknown host has no route at all.
+    let denied = get(HOST, "/orders/1", None).await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(
+        get("evil.example.com", "/orders/1", None)
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        get("partners.example.com", "/", None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // A key from the admin API (credential from the mounted Secret, keys kept in Redis).
+    let created: Json = http
+        .post(format!("http://{admin}/v1/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"name": "e2e", "owner": "alice", "plan": "silver"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["secret"].as_str().unwrap().to_string();
+    let allowed = get(HOST, "/orders/1", Some(&key)).await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let echo: Echo = allowed.json().await.unwrap();
+    assert_eq!(echo.header("x-tollgate-subject"), Some("alice"));
+    assert_eq!(
+        echo.header("x-api-key"),
+        None,
+        "the credential is not forwarded"
+    );
+
+    // Rate-limited: /reports allows 3 a minute (counted in Redis), then 429 with Retry-After.
+    for i in 0..3 {
+        let res = get(HOST, "/reports/daily", Some(&key)).await.unwrap();
+        assert_eq!(res.status(), 200, "report {i}");
+    }
+    let limited = get(HOST, "/reports/daily", Some(&key)).await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    // Other routes are unaffected by that limit.
+    assert_eq!(
+        get(HOST, "/orders/2", Some(&key)).await.unwrap().status(),
+        200
+    );
+
+    let counters: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert!(
+        counters > 0,
+        "counters and keys live in the configured Redis"
+    );
+    assert!(
+        envoy
+            .stat("cluster.upstream_reports.ratelimit.over_limit")
+            .await
+            >= 1
+    );
+}
+
+fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {
+    vec![
+        "--grpc-addr".into(),
+        grpc.to_string(),
+        "--http-addr".into(),
+        http.to_string(),
+    ]
+}
