@@ -7,6 +7,7 @@ use std::time::Duration;
 use tollgate_tests::echo::EchoUpstream;
 use tollgate_tests::envoy::{Backends, Envoy};
 use tollgate_tests::process::free_port;
+use tollgate_tests::redis::RedisServer;
 use tollgate_tests::stack::{Authz, Ratelimit, example, load_config};
 
 /// Envoy with only the rate-limit filter, in the example's port conventions (listener 10000,
@@ -127,9 +128,14 @@ struct Gateway {
     _limits: tempfile::TempDir,
 }
 
-async fn gateway(x_ratelimit: bool) -> Gateway {
+fn limits_dir() -> tempfile::TempDir {
     let limits = tempfile::tempdir().unwrap();
     std::fs::write(limits.path().join("e2e.yaml"), LIMITS).unwrap();
+    limits
+}
+
+async fn gateway(x_ratelimit: bool) -> Gateway {
+    let limits = limits_dir();
     let mut config = tollgate_ratelimit::Config::for_tests(limits.path());
     config.headers.x_ratelimit = x_ratelimit;
     let ratelimit = Ratelimit::start(config).await.unwrap();
@@ -356,4 +362,99 @@ async fn metadata_from_ext_authz_limits_by_plan_and_subject() {
     for _ in 0..5 {
         assert_eq!(call(gold.clone()).await.status(), 200);
     }
+}
+
+fn redis_config(
+    limits: &std::path::Path,
+    url: &str,
+    failure_mode: &str,
+) -> tollgate_ratelimit::Config {
+    let mut config = tollgate_ratelimit::Config::for_tests(limits);
+    config.store =
+        serde_yaml::from_str(&format!("type: redis\nurl: {url}\ntimeout: 200ms")).unwrap();
+    config.failure_mode = serde_yaml::from_str(failure_mode).unwrap();
+    config
+}
+
+/// Two replicas sharing one Redis behind one Envoy (round robin): together they admit exactly
+/// the limit. Then Redis dies: a descriptor already over its limit is still denied (the local
+/// over-limit cache); for others, replica a (`failure_mode: error`) answers UNAVAILABLE and Envoy
+/// (failure_mode_deny: false) lets the request through, replica b (`deny`) answers 429.
+#[tokio::test]
+async fn replicas_sharing_redis_admit_exactly_the_limit_and_apply_the_failure_mode() {
+    let mut redis = RedisServer::start().await.unwrap();
+    let limits = limits_dir();
+    let a = Ratelimit::start(redis_config(limits.path(), &redis.url(), "error"))
+        .await
+        .unwrap();
+    let b = Ratelimit::start(redis_config(limits.path(), &redis.url(), "deny"))
+        .await
+        .unwrap();
+    let upstream = EchoUpstream::start().await;
+    // Both replicas as endpoints of the rate-limit cluster.
+    let two = ENVOY.replace(
+        "        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 8081 } } }\n",
+        &format!(
+            "        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 8081 }} }} }}\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}\n",
+            b.grpc_port()
+        ),
+    );
+    assert_ne!(two, ENVOY);
+    let envoy = Envoy::start_with(
+        &two,
+        Backends {
+            upstream: upstream.port(),
+            authz: free_port(),
+            ratelimit: a.grpc_port(),
+        },
+    )
+    .await
+    .unwrap();
+    let url = envoy.url("/generic");
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if get(&url, None).await.status() == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 2, "2 a minute across both replicas");
+    assert!(
+        envoy
+            .stat("cluster.tollgate_ratelimit.upstream_cx_total")
+            .await
+            >= 2,
+        "both replicas called"
+    );
+
+    redis.kill();
+    assert_eq!(
+        get(&url, None).await.status(),
+        429,
+        "known over limit: no Redis needed"
+    );
+    // Fresh descriptors: `/generic` is now answered by the over-limit cache, without Redis.
+    let url = envoy.url("/header");
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        statuses.push(
+            get(&url, Some(&format!("fresh-{i}")))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(
+        statuses.contains(&200),
+        "replica a: UNAVAILABLE, Envoy fails open: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&429),
+        "replica b: failure_mode deny: {statuses:?}"
+    );
+    assert!(
+        envoy
+            .stat("cluster.upstream.ratelimit.failure_mode_allowed")
+            .await
+            >= 1
+    );
 }
