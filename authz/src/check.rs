@@ -136,8 +136,23 @@ impl Authorizer {
         let start = Instant::now();
         let out = self.decide(req).await;
         metrics::check(out.decision, out.method, out.reason, start.elapsed());
+        tollgate_common::trace::record_outcome(out.decision, out.reason);
+        // One line per denial at info, per decision at debug; Envoy's x-request-id joins them
+        // to its access log. Never the credential, subject or key id.
         if out.decision == "deny" {
-            tracing::debug!(method = out.method, reason = out.reason, "denied");
+            tracing::info!(
+                request_id = request_id(req),
+                method = out.method,
+                reason = out.reason,
+                "denied"
+            );
+        } else if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                request_id = request_id(req),
+                method = out.method,
+                reason = out.reason,
+                "allowed"
+            );
         }
         out.response
     }
@@ -384,6 +399,26 @@ impl Authorizer {
     }
 }
 
+/// Envoy's `x-request-id` of the checked request ("" when absent), for log lines.
+fn request_id(req: &CheckRequest) -> &str {
+    req.attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .and_then(|h| h.headers.get("x-request-id"))
+        .map_or("", |v| sanitize_id(v))
+}
+
+/// A request id is client-controllable when Envoy trusts the client's: keep it short and
+/// printable so it cannot forge log lines or carry a credential of any length.
+fn sanitize_id(v: &str) -> &str {
+    if v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()) {
+        v
+    } else {
+        ""
+    }
+}
+
 fn api_key_rejection(e: &ApiKeyError) -> Rejection {
     match e {
         ApiKeyError::Store(_) => {
@@ -594,8 +629,27 @@ impl Authorization for AuthzService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        if !tollgate_common::trace::enabled() {
+            let req = request.into_inner();
+            return Ok(tonic::Response::new(self.inner.check(&req).await));
+        }
+        // Envoy's span for this call is in the gRPC metadata; without it, the client's trace
+        // in the checked request's headers.
+        let headers = request
+            .get_ref()
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|h| &h.headers);
+        let span = tollgate_common::trace::server_span(
+            "envoy.service.auth.v3.Authorization/Check",
+            request.metadata(),
+            |k| headers.and_then(|h| h.get(k)).map(String::as_str),
+        );
         let req = request.into_inner();
-        Ok(tonic::Response::new(self.inner.check(&req).await))
+        let answer = tracing::Instrument::instrument(self.inner.check(&req), span).await;
+        Ok(tonic::Response::new(answer))
     }
 }
 

@@ -93,18 +93,54 @@ impl RateLimitService for RateLimitGrpc {
         &self,
         request: tonic::Request<RateLimitRequest>,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
-        let req = request.into_inner();
+        if !tollgate_common::trace::enabled() {
+            return self.answer(request.into_inner()).await;
+        }
+        // Envoy sends the trace context of its own span for this call in the gRPC metadata.
+        let span = tollgate_common::trace::server_span(
+            "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            request.metadata(),
+            |_| None,
+        );
+        tracing::Instrument::instrument(self.answer(request.into_inner()), span).await
+    }
+}
+
+impl RateLimitGrpc {
+    async fn answer(
+        &self,
+        req: RateLimitRequest,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
         match self
             .engine
             .should_rate_limit(&req.domain, &req.descriptors, u64::from(req.hits_addend))
             .await
         {
-            Ok(decision) => Ok(tonic::Response::new(response(
-                &req.domain,
-                &decision,
-                self.headers,
-            ))),
+            Ok(decision) => {
+                let over = decision.code == Code::OverLimit;
+                let label = if over { "over_limit" } else { "ok" };
+                tollgate_common::trace::record_outcome(label, label);
+                // One line per denial at info, per decision at debug (domain and limit names
+                // come from the config; descriptor values may identify a caller and stay out).
+                if over {
+                    let limit = decision
+                        .statuses
+                        .iter()
+                        .find(|s| s.code == Code::OverLimit)
+                        .and_then(|s| s.limit.as_ref())
+                        .map_or("", |l| &*l.name);
+                    tracing::info!(domain = %req.domain, limit, "over limit");
+                } else {
+                    tracing::debug!(domain = %req.domain, "within limits");
+                }
+                Ok(tonic::Response::new(response(
+                    &req.domain,
+                    &decision,
+                    self.headers,
+                )))
+            }
             Err(EngineError::Store(e)) => {
+                tollgate_common::trace::fail(&tracing::Span::current());
                 Err(tonic::Status::unavailable(format!("rate limit store: {e}")))
             }
         }

@@ -239,20 +239,21 @@ impl Introspector {
             .client
             .introspect(&access)
             .set_token_type_hint("access_token");
-        let answer =
-            match tokio::time::timeout(self.timeout, request.request_async(&self.http)).await {
-                Ok(Ok(a)) => a,
-                Ok(Err(e)) => {
-                    metrics::introspection("error");
-                    tracing::warn!(error = %e, "introspection failed; denying");
-                    return Err(Rejection::Unavailable("introspection_error"));
-                }
-                Err(_) => {
-                    metrics::introspection("error");
-                    tracing::warn!("introspection timed out; denying");
-                    return Err(Rejection::Unavailable("introspection_timeout"));
-                }
-            };
+        let span = tollgate_common::trace::span("introspection", "client");
+        let call = tokio::time::timeout(self.timeout, request.request_async(&self.http));
+        let answer = match tracing::Instrument::instrument(call, span).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                metrics::introspection("error");
+                tracing::warn!(error = %e, "introspection failed; denying");
+                return Err(Rejection::Unavailable("introspection_error"));
+            }
+            Err(_) => {
+                metrics::introspection("error");
+                tracing::warn!("introspection timed out; denying");
+                return Err(Rejection::Unavailable("introspection_timeout"));
+            }
+        };
         if !answer.active() {
             metrics::introspection("inactive");
             return Err(Rejection::Invalid("inactive"));
