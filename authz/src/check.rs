@@ -445,7 +445,8 @@ fn parse_methods(list: &str) -> Option<Vec<Method>> {
 
 /// The bearer token of an Authorization header: `Ok(None)` when absent or another scheme,
 /// `Err` when it says Bearer but the token is not an RFC 6750 b64token (or is repeated).
-fn bearer_token(h: Option<&str>) -> Result<Option<&str>, ()> {
+#[allow(clippy::result_unit_err)]
+pub fn bearer_token(h: Option<&str>) -> Result<Option<&str>, ()> {
     let Some(h) = h else { return Ok(None) };
     let h = h.trim_matches(' ');
     let (scheme, rest) = match h.split_once(' ') {

@@ -166,6 +166,11 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error>
     let admin_addr = admin.as_ref().map(|(_, _, a)| *a);
 
     if let Some(jwt) = authorizer.jwt() {
+        // Fetch the issuers' keys before reporting ready, so the first tokens after a rollout
+        // verify; an issuer that is down only makes its tokens fail closed until it is back.
+        for (issuer, e) in jwt.refresh_all().await {
+            tracing::warn!(%issuer, error = %e, "no keys for this issuer yet; its tokens are denied until a fetch succeeds");
+        }
         jwt.spawn_refresh(shutdown.clone());
     }
 

@@ -376,24 +376,30 @@ impl Jwks {
     }
 
     /// Refreshes every `refresh_interval` (sooner after a failure) until `stop` resolves.
+    /// A fetch made just before (at startup) counts as the first one.
     pub async fn refresh_loop(self: Arc<Self>, stop: tollgate_common::Shutdown) {
         if self.is_inline() {
             return;
         }
         loop {
-            let ok = self.refresh().await.is_ok();
-            let wait = if ok {
-                self.settings.refresh_interval
-            } else {
-                // Retry faster while failing, but never faster than the unknown-kid bound.
-                self.settings
+            let t = *self.times.lock();
+            let wait = match (t.last_attempt, t.last_success) {
+                (None, _) => Duration::ZERO,
+                (Some(attempt), Some(success)) if success >= attempt => {
+                    self.settings.refresh_interval
+                }
+                // Retry sooner while failing, but not in a tight loop.
+                _ => self
+                    .settings
                     .min_refetch_interval
-                    .min(self.settings.refresh_interval)
+                    .max(Duration::from_secs(1))
+                    .min(self.settings.refresh_interval),
             };
             tokio::select! {
                 _ = stop.triggered() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
+            let _ = self.refresh().await;
         }
     }
 }

@@ -338,14 +338,15 @@ impl JwtVerifier {
     }
 
     /// Fetches every remote issuer's keys once; returns the issuers that failed.
+    /// All issuers in parallel, each bounded by its `fetch_timeout` (twice with discovery).
     pub async fn refresh_all(&self) -> Vec<(String, JwksError)> {
-        let mut failed = Vec::new();
-        for iss in &self.issuers {
-            if let Err(e) = iss.jwks.refresh().await {
-                failed.push((iss.issuer.clone(), e));
-            }
-        }
-        failed
+        let results =
+            futures::future::join_all(self.issuers.iter().map(|iss| iss.jwks.refresh())).await;
+        self.issuers
+            .iter()
+            .zip(results)
+            .filter_map(|(iss, r)| r.err().map(|e| (iss.issuer.clone(), e)))
+            .collect()
     }
 
     /// Whether `token` has the shape of a JWS compact serialisation (three base64url parts),
