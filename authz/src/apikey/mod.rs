@@ -348,7 +348,7 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
-    fn of(rec: &KeyRecord) -> Self {
+    fn of(rec: &KeyRecord, now: SystemTime) -> Self {
         Self {
             id: rec.id.clone(),
             name: rec.name.clone(),
@@ -362,7 +362,12 @@ impl KeyInfo {
             last_used_at: rec.last_used_at,
             revoked: rec.is_revoked(),
             revoked_at: rec.revoked_at,
-            previous_secret_valid_until: rec.secrets.iter().filter_map(|s| s.valid_until).max(),
+            previous_secret_valid_until: rec
+                .secrets
+                .iter()
+                .filter_map(|s| s.valid_until)
+                .filter(|t| *t > now)
+                .max(),
         }
     }
 }
@@ -502,10 +507,10 @@ impl ApiKeys {
     async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, ApiKeyError> {
         let caches = &self.inner.caches;
         if let Some(hit) = caches.get(id) {
-            metrics::counter!("tollgate_authz_api_key_cache_total", "result" => "hit").increment(1);
+            crate::metrics::cache("api_key", true);
             return Ok(hit);
         }
-        metrics::counter!("tollgate_authz_api_key_cache_total", "result" => "miss").increment(1);
+        crate::metrics::cache("api_key", false);
         let epoch = caches.epoch();
         let rec = self
             .inner
@@ -542,6 +547,11 @@ impl ApiKeys {
         check_opt("plan", new.plan.as_deref())?;
         check_scopes(&new.scopes)?;
         let now = self.inner.clock.now();
+        if new.expires_at.is_some_and(|t| t <= now) {
+            return Err(ManageError::Invalid(
+                "expires_at must be in the future".into(),
+            ));
+        }
         for _ in 0..4 {
             let id = format::generate_id();
             let key = format::generate_key(&id);
@@ -566,7 +576,7 @@ impl ApiKeys {
             };
             if self.inner.store.insert(&rec).await? {
                 self.inner.caches.invalidate(&id);
-                return Ok((KeyInfo::of(&rec), Secret::new(key)));
+                return Ok((self.info(&rec), Secret::new(key)));
             }
         }
         // 71-bit random ids colliding four times in a row means the RNG is broken.
@@ -584,7 +594,7 @@ impl ApiKeys {
             .get(id)
             .await?
             .ok_or(ManageError::NotFound)?;
-        Ok(self.with_pending(KeyInfo::of(&rec)))
+        Ok(self.info(&rec))
     }
 
     /// A page of keys in id order, after `cursor`.
@@ -600,10 +610,7 @@ impl ApiKeys {
         } else {
             None
         };
-        let keys = recs
-            .iter()
-            .map(|r| self.with_pending(KeyInfo::of(r)))
-            .collect();
+        let keys = recs.iter().map(|r| self.info(r)).collect();
         Ok(KeyPage { keys, next_cursor })
     }
 
@@ -648,7 +655,7 @@ impl ApiKeys {
                 Ok(())
             })
             .await?;
-        Ok(self.with_pending(KeyInfo::of(&rec)))
+        Ok(self.info(&rec))
     }
 
     /// Revokes a key at once, on every replica. Revoking twice is not an error.
@@ -659,7 +666,7 @@ impl ApiKeys {
                 Ok(())
             })
             .await?;
-        Ok(self.with_pending(KeyInfo::of(&rec)))
+        Ok(self.info(&rec))
     }
 
     /// Gives a key a new secret (same id); the previous one keeps working for `grace`.
@@ -678,7 +685,7 @@ impl ApiKeys {
                 Ok(key)
             })
             .await?;
-        Ok((self.with_pending(KeyInfo::of(&rec)), Secret::new(key)))
+        Ok((self.info(&rec), Secret::new(key)))
     }
 
     /// Read, change, write back if nobody else wrote meanwhile; retried a few times.
@@ -715,7 +722,9 @@ impl ApiKeys {
         Err(ManageError::Busy)
     }
 
-    fn with_pending(&self, mut info: KeyInfo) -> KeyInfo {
+    /// The operator's view of a record, with last uses not yet written.
+    fn info(&self, rec: &KeyRecord) -> KeyInfo {
+        let mut info = KeyInfo::of(rec, self.inner.clock.now());
         if let Some(t) = self.inner.pending.lock().get(&info.id) {
             info.last_used_at = Some(info.last_used_at.map_or(*t, |s| s.max(*t)));
         }

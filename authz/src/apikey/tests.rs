@@ -202,6 +202,13 @@ async fn rotation_grace_is_honoured(keys: &ApiKeys, clock: &ManualClock) {
         Err(ApiKeyError::Expired)
     ));
     assert!(keys.verify(new.expose()).await.is_ok());
+    assert_eq!(
+        keys.get(&info.id)
+            .await
+            .unwrap()
+            .previous_secret_valid_until,
+        None
+    );
 
     // Without a grace period the previous secret stops at once.
     let (_, newest) = keys.rotate(&info.id, Duration::ZERO).await.unwrap();
@@ -272,6 +279,10 @@ async fn management_rejects_bad_input_and_unknown_ids() {
         },
         NewKey {
             plan: Some("\0".into()),
+            ..new_key("x")
+        },
+        NewKey {
+            expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
             ..new_key("x")
         },
     ] {

@@ -96,12 +96,15 @@ impl Store {
         r: Result<T, KeyStoreError>,
     ) -> Result<T, KeyStoreError> {
         if r.is_err() {
-            metrics::counter!("tollgate_authz_key_store_errors_total", "store" => self.kind(), "op" => op)
-                .increment(1);
+            metrics::counter!(STORE_OP_ERRORS, "store" => self.kind(), "op" => op).increment(1);
         }
         r
     }
 }
+
+/// Failed store operations by store and operation (Check, admin and background alike); the
+/// Check path's own count is `tollgate_authz_key_store_errors_total`.
+pub(crate) const STORE_OP_ERRORS: &str = "tollgate_authz_key_store_operation_errors_total";
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

@@ -237,7 +237,7 @@ impl RedisStore {
                         if stopped {
                             return;
                         }
-                        metrics::counter!("tollgate_authz_key_store_errors_total", "store" => "redis", "op" => "subscribe")
+                        metrics::counter!(super::STORE_OP_ERRORS, "store" => "redis", "op" => "subscribe")
                             .increment(1);
                         tracing::warn!(
                             channel,
