@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# Tollgate's container image: both binaries (tollgate-authz, tollgate-ratelimit) on a distroless
+# runtime with glibc, CA certificates and a non-root user, nothing else (no shell, no package
+# manager). The Helm chart (helm/tollgate) runs it with `command: [tollgate-authz]` or
+# `[tollgate-ratelimit]`.
+#
+#   docker build -t registry.example.com/platform/tollgate:0.1.0 .
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cargo.lock is honoured (--locked); the caches only speed up rebuilds and never reach the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p tollgate-authz -p tollgate-ratelimit \
+    && install -D -m 0755 -t /out target/release/tollgate-authz target/release/tollgate-ratelimit
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/ /usr/local/bin/
+# 65532 is distroless's `nonroot`; the chart's securityContext runs as the same ids.
+USER 65532:65532
+# authz: gRPC, side listener, admin API; ratelimit: gRPC, side listener.
+EXPOSE 9001 9091 9092 8081 8082
+ENTRYPOINT []
+CMD ["tollgate-authz", "--help"]
