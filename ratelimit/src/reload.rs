@@ -388,4 +388,34 @@ mod tests {
             .unwrap()
             .unwrap();
     }
+
+    #[tokio::test]
+    async fn sighup_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("h.yaml"), domain("h", 1)).unwrap();
+        let e = engine();
+        let r = Arc::new(Reloader::new(
+            Some(LimitsSource {
+                path: dir.path().into(),
+            }),
+            e.clone(),
+            Algorithm::SlidingWindow,
+        ));
+        assert!(r.reload().is_empty());
+        // Changed before the watcher starts: only the signal can make it visible.
+        std::fs::write(dir.path().join("h.yaml"), domain("h", 2)).unwrap();
+        let shutdown = Shutdown::new();
+        let task = spawn(r.clone(), shutdown.clone()).unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        eventually("the SIGHUP reload", || limit_of(&e, "h") == Some(2)).await;
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
