@@ -1,5 +1,5 @@
-//! The `keys` subcommand: an operator's client for the admin API (create, list, get, revoke,
-//! rotate) with readable output. The key itself is printed once, on create and rotate.
+//! The `keys` subcommand: an operator's client for the admin API (create, list, get, update,
+//! revoke, rotate) with readable output. The key itself is printed once, on create and rotate.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -80,6 +80,26 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a key's metadata (only the fields given).
+    Update {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        /// Replace the scopes; repeat or separate with commas.
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// New lifetime from now, e.g. `30d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
     /// Revoke a key at once.
     Revoke {
         #[command(flatten)]
@@ -120,6 +140,7 @@ pub async fn run_keys_to(
         KeysCommand::Create { admin, .. }
         | KeysCommand::List { admin, .. }
         | KeysCommand::Get { admin, .. }
+        | KeysCommand::Update { admin, .. }
         | KeysCommand::Revoke { admin, .. }
         | KeysCommand::Rotate { admin, .. } => admin.clone(),
     };
@@ -194,6 +215,46 @@ pub async fn run_keys_to(
             } else {
                 write_details(out, &info, SystemTime::now())?;
             }
+        }
+        KeysCommand::Update {
+            id,
+            name,
+            owner,
+            tenant,
+            plan,
+            scopes,
+            expires_in,
+            ..
+        } => {
+            let mut body = serde_json::Map::new();
+            let fields = [
+                ("name", name),
+                ("owner", owner),
+                ("tenant", tenant),
+                ("plan", plan),
+            ];
+            for (field, value) in fields {
+                if let Some(v) = value {
+                    body.insert(field.into(), json!(v));
+                }
+            }
+            if let Some(s) = scopes {
+                body.insert("scopes".into(), json!(s));
+            }
+            if let Some(d) = expires_in {
+                let at = humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string();
+                body.insert("expires_at".into(), json!(at));
+            }
+            if body.is_empty() {
+                bail!(
+                    "nothing to change: give at least one of --name, --owner, --tenant, --plan, --scope, --expires-in"
+                );
+            }
+            let path = format!("/v1/keys/{}", encode(&id));
+            let info: KeyInfo = client
+                .send(reqwest::Method::PATCH, &path, Some(body.into()))
+                .await?;
+            write_details(out, &info, SystemTime::now())?;
         }
         KeysCommand::Revoke { id, .. } => {
             let info: KeyInfo = client
@@ -582,6 +643,23 @@ mod tests {
         assert!(
             details.contains("gold") && details.contains("team-a"),
             "{details}"
+        );
+        let updated = run(
+            &s,
+            &["update", &id, "--plan", "silver", "--expires-in", "1d"],
+        )
+        .await
+        .unwrap();
+        assert!(updated.contains("silver"), "{updated}");
+        let who = s.keys.verify(&key).await.unwrap();
+        assert_eq!(who.plan.as_deref(), Some("silver"));
+        assert!(who.expires_at.is_some());
+        assert!(
+            run(&s, &["update", &id])
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("nothing to change")
         );
 
         let out = run(&s, &["rotate", &id, "--grace", "1h"]).await.unwrap();

@@ -409,6 +409,14 @@ pub struct ApiKeys {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("store", &self.store_kind())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     store: Store,
     caches: Arc<Caches>,
