@@ -7,3 +7,5 @@ mod binaries;
 mod foundation;
 mod ratelimit;
 mod helm;
+mod observability;
+mod observability_tracing;

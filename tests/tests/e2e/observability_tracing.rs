@@ -1,0 +1,187 @@
+//! Traces joined across the gateway: Envoy with its OpenTelemetry tracer and both services
+//! export OTLP to a receiver in the test; the Check and ShouldRateLimit spans must continue
+//! the client's trace with Envoy's own span for the call as their parent, and the Redis call
+//! must be a child of ShouldRateLimit.
+
+use std::time::Duration;
+
+use tollgate_tests::echo::EchoUpstream;
+use tollgate_tests::envoy::{Backends, Envoy, example_config};
+use tollgate_tests::paths::project_root;
+use tollgate_tests::process::wait_for;
+use tollgate_tests::redis::RedisServer;
+
+use crate::observability::{OtlpReceiver, Service, Span};
+
+const CHECK: &str = "envoy.service.auth.v3.Authorization/Check";
+const SHOULD: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
+
+/// The example Envoy config with the OpenTelemetry tracer exporting to `otlp` over OTLP/HTTP,
+/// flushing every span at once.
+pub(crate) fn traced_envoy_config(otlp: std::net::SocketAddr) -> String {
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&example_config()).unwrap();
+    let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["tracing"] = serde_yaml::from_str(&format!(
+        r#"
+random_sampling: {{ value: 100 }}
+provider:
+  name: envoy.tracers.opentelemetry
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+    service_name: envoy
+    http_service:
+      http_uri:
+        uri: http://{otlp}/v1/traces
+        cluster: otlp
+        timeout: 2s
+"#
+    ))
+    .unwrap();
+    let cluster: serde_yaml::Value = serde_yaml::from_str(&format!(
+        r#"
+name: otlp
+type: STATIC
+connect_timeout: 1s
+load_assignment:
+  cluster_name: otlp
+  endpoints:
+  - lb_endpoints:
+    - endpoint:
+        address:
+          socket_address: {{ address: 127.0.0.1, port_value: {} }}
+"#,
+        otlp.port()
+    ))
+    .unwrap();
+    doc["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .unwrap()
+        .push(cluster);
+    doc["layered_runtime"] = serde_yaml::from_str(
+        r#"
+layers:
+- name: static
+  static_layer:
+    tracing.opentelemetry.flush_interval_ms: 100
+    tracing.opentelemetry.min_flush_spans: 1
+"#,
+    )
+    .unwrap();
+    serde_yaml::to_string(&doc).unwrap()
+}
+
+fn authz_config() -> String {
+    "log: { format: json, level: info }\n\
+     policy:\n  no_match: deny\n  rules:\n    - name: public\n      path: { prefix: / }\n      public: true\n"
+        .to_string()
+}
+
+fn ratelimit_config(redis: &str) -> String {
+    format!(
+        "log: {{ format: json, level: info }}\nstore: {{ type: redis, url: \"{redis}\" }}\nlimits: {{ path: {} }}\n",
+        project_root().join("deploy/config/limits").display()
+    )
+}
+
+#[tokio::test]
+async fn check_and_should_rate_limit_spans_continue_envoys_trace() {
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let redis = RedisServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_string()),
+    ];
+    let authz = Service::start("tollgate-authz", &authz_config(), &env, dir.path())
+        .await
+        .unwrap();
+    let ratelimit = Service::start(
+        "tollgate-ratelimit",
+        &ratelimit_config(&redis.url()),
+        &env,
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let echo = EchoUpstream::start().await;
+    let envoy = Envoy::start_with(
+        &traced_envoy_config(otlp.addr),
+        Backends {
+            upstream: echo.port(),
+            authz: authz.grpc_port(),
+            ratelimit: ratelimit.grpc_port(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // The client starts the trace; Envoy continues it and so must the services.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let resp = reqwest::Client::new()
+        .get(envoy.url("/anything"))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+
+    let find = |spans: &[Span], name: &str| -> Option<Span> {
+        spans
+            .iter()
+            .find(|s| s.name == name && s.trace_id == trace_id)
+            .cloned()
+    };
+    let (check, should, redis_span, spans) =
+        wait_for("the services' spans", Duration::from_secs(30), || {
+            let spans = otlp.spans();
+            async move {
+                let check = find(&spans, CHECK)?;
+                let should = find(&spans, SHOULD)?;
+                let redis_span = find(&spans, "redis")?;
+                // Envoy's spans for the two calls (their parents of ours) arrive too.
+                let ids = [&check.parent_span_id, &should.parent_span_id];
+                if !ids.iter().all(|id| {
+                    spans
+                        .iter()
+                        .any(|s| &&s.span_id == id && s.service == "envoy")
+                }) {
+                    return None;
+                }
+                Some((check, should, redis_span, spans))
+            }
+        })
+        .await;
+
+    let envoy_span = |id: &str| {
+        spans
+            .iter()
+            .find(|s| s.span_id == id)
+            .unwrap_or_else(|| panic!("no span {id} in {spans:#?}"))
+            .clone()
+    };
+    for (ours, service) in [(&check, "tollgate-authz"), (&should, "tollgate-ratelimit")] {
+        assert_eq!(ours.service, service, "{ours:?}");
+        assert_eq!(ours.kind, 2, "a server span: {ours:?}");
+        // The parent is Envoy's own span for the gRPC call, not the client's span.
+        let parent = envoy_span(&ours.parent_span_id);
+        assert_eq!(parent.service, "envoy");
+        assert_eq!(parent.trace_id, trace_id);
+        assert_ne!(ours.parent_span_id, client_span);
+    }
+    assert_eq!(check.attribute("tollgate.decision"), Some("allow"));
+    assert_eq!(check.attribute("tollgate.reason"), Some("public"));
+    assert_eq!(should.attribute("tollgate.decision"), Some("ok"));
+    assert_eq!(redis_span.service, "tollgate-ratelimit");
+    assert_eq!(redis_span.parent_span_id, should.span_id);
+    assert_eq!(redis_span.kind, 3, "a client span: {redis_span:?}");
+    // The trace reaches back to the client's span through Envoy's server span.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "envoy" && s.parent_span_id == client_span),
+        "{spans:#?}"
+    );
+    drop(envoy);
+    let _ = (authz.log(), ratelimit.log());
+}
