@@ -87,8 +87,10 @@ def user_values(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for f in args.values:
         values = deep_merge(values, helm.values_from_yaml(Path(f).read_text()))
-    for s in args.set:
-        values = deep_merge(values, helm.parse_set_string(s))
+    if args.set:
+        # One parse, as `helm --set a --set b` does: `routes[0].x` and `routes[0].y` then build
+        # one list element instead of the second list replacing the first.
+        values = deep_merge(values, helm.parse_set_string(",".join(args.set)))
     return values
 
 

@@ -392,6 +392,23 @@ fn rendered_envoy_configs_pass_envoy_validate() {
         let path = r.file("edge-tollgate-envoy", "envoy.yaml");
         validate(&path).unwrap_or_else(|e| panic!("{e:#}"));
     }
+    // The install line of the README (docs/helm.md): one route from --set flags.
+    let readme = render(
+        &[],
+        &[
+            "image.repository=registry.example.com/platform/tollgate",
+            "image.tag=0.1.0",
+            "envoy.routes[0].name=api",
+            "envoy.routes[0].pathPrefix=/",
+            "envoy.routes[0].upstream.address=api.default.svc.cluster.local",
+            "envoy.routes[0].upstream.port=8080",
+        ],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string(readme.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
+    assert!(text.contains("cluster: upstream_api") && !text.contains("upstream_default"));
+    validate(&readme.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
     // Without the services in the chart, their filters go too and the config is still valid.
     let r = render(&[], &["authz.enabled=false"], &[]).unwrap();
     let text = std::fs::read_to_string(r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
