@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-scripts/setup.sh --with helm
+scripts/setup.sh --with prometheus,helm
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # One build shared by every test binary; the binaries themselves are used by the CLI tests.
