@@ -319,6 +319,15 @@ fn every_rendered_manifest_validates_against_the_kubernetes_schemas() {
             .all(|s| s.starts_with("kubernetes 1.37") || s.starts_with("servicemonitor"))
     );
 
+    // The public gateway Service carries only the gateway port; readiness and metrics stay on
+    // a ClusterIP Service.
+    let gateway = production.find("Service", "edge-tollgate-envoy");
+    assert_eq!(gateway["spec"]["type"], "LoadBalancer");
+    let ports = gateway["spec"]["ports"].as_sequence().unwrap();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0]["name"], "http");
+    let ops = production.find("Service", "edge-tollgate-envoy-ops");
+    assert_eq!(ops["spec"]["type"], "ClusterIP");
     // An HPA owns the replica count; the Deployment must not fight it.
     let authz = production.find("Deployment", "edge-tollgate-authz");
     assert!(authz["spec"].get("replicas").is_none());
