@@ -678,6 +678,12 @@ mod tests {
         assert!(run(&s, &["list"]).await.unwrap().contains("revoked"));
     }
 
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
     #[tokio::test]
     async fn errors_are_readable() {
         let s = server().await;

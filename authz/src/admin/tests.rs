@@ -496,6 +496,31 @@ async fn revoke_and_rotate() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_503() {
+    let redis = crate::apikey::tests::RedisServer::start();
+    let keys = ApiKeys::open(&redis.config()).await.unwrap();
+    let a = Admin {
+        router: router_with_token(keys.clone(), Secret::new(TOKEN)).unwrap(),
+        keys,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let (id, _) = a.create("k").await;
+    drop(redis);
+    for (method, uri) in [
+        ("GET", "/v1/keys".to_string()),
+        ("GET", format!("/v1/keys/{id}")),
+        ("POST", format!("/v1/keys/{id}/revoke")),
+    ] {
+        let r = a.call(method, &uri, None).await;
+        assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+        assert!(
+            !r.body["message"].as_str().unwrap().contains("127.0.0.1"),
+            "no internals in the answer"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_json() {
     let a = admin().await;

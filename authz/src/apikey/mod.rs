@@ -820,4 +820,4 @@ fn check_scopes(scopes: &[String]) -> Result<(), ManageError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -340,14 +340,14 @@ fn config_defaults_and_validation() {
 }
 
 /// A `redis-server` of our own on a free loopback port, killed on drop.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -396,7 +396,7 @@ impl RedisServer {
         }
     }
 
-    fn config(&self) -> ApiKeysConfig {
+    pub(crate) fn config(&self) -> ApiKeysConfig {
         ApiKeysConfig {
             store: KeyStoreConfig::Redis(RedisStoreConfig {
                 url: Secret::new(format!("redis://127.0.0.1:{}", self.port)),
@@ -494,7 +494,12 @@ async fn paging_and_last_use_on_redis() {
     keys.verify(secret.expose()).await.unwrap();
     keys.flush_last_used().await.unwrap();
     let other = ApiKeys::open(&redis.config()).await.unwrap();
-    assert!(other.get(&info.id).await.unwrap().last_used_at.is_some());
+    let first = other.get(&info.id).await.unwrap().last_used_at.unwrap();
+    // A replica flushing an older use later does not move the time back.
+    let store = &other.inner.store;
+    let older = first - Duration::from_secs(3600);
+    store.touch(&[(info.id.clone(), older)]).await.unwrap();
+    assert_eq!(other.get(&info.id).await.unwrap().last_used_at, Some(first));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

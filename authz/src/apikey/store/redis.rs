@@ -12,8 +12,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
 use tokio::sync::{oneshot, watch};
 
 use super::{Replaced, from_unix_ms, unix_ms};
@@ -42,6 +42,20 @@ if tonumber(cjson.decode(cur).version) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
+",
+    )
+});
+
+/// Replicas flush on their own schedules: only ever move a last-used time forward.
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
+  if not cur or cur < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
 ",
     )
 });
@@ -187,11 +201,11 @@ impl RedisStore {
 
     pub(crate) async fn touch(&self, used: &[(String, SystemTime)]) -> Result<(), KeyStoreError> {
         let mut conn = self.conn.clone();
-        let pairs: Vec<(&str, u64)> = used
-            .iter()
-            .map(|(id, t)| (id.as_str(), unix_ms(*t)))
-            .collect();
-        let _: () = conn.hset_multiple(self.last_used(), &pairs).await?;
+        let mut call = TOUCH.key(self.last_used());
+        for (id, t) in used {
+            call.arg(id).arg(unix_ms(*t));
+        }
+        let _: () = call.invoke_async(&mut conn).await?;
         Ok(())
     }
 
