@@ -121,6 +121,20 @@ async fn the_embedded_store_keeps_keys_and_last_use_across_a_restart() {
 }
 
 #[tokio::test]
+async fn one_process_owns_the_embedded_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = embedded_config(dir.path());
+    let first = ApiKeys::open(&cfg).await.unwrap();
+    let err = ApiKeys::open(&cfg).await.unwrap_err();
+    assert!(matches!(err, KeyStoreError::Open { .. }), "{err}");
+    assert!(err.to_string().contains("keys.redb"));
+    drop(first);
+    ApiKeys::open(&cfg)
+        .await
+        .expect("reopened once the owner is gone");
+}
+
+#[tokio::test]
 async fn revocation_and_metadata_changes_apply_to_cached_keys_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let keys = ApiKeys::open(&embedded_config(dir.path())).await.unwrap();
