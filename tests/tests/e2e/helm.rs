@@ -19,6 +19,7 @@ use tempfile::TempDir;
 use tollgate_tests::echo::{Echo, EchoUpstream};
 use tollgate_tests::envoy::{Envoy, validate};
 use tollgate_tests::paths::{project_root, workspace_bin};
+use tollgate_tests::pki;
 use tollgate_tests::process::{ChildProcess, free_addr, free_port};
 use tollgate_tests::redis::RedisServer;
 use tollgate_tests::stack::wait_ready;
@@ -495,6 +496,105 @@ fn rendered_service_configs_pass_check_config() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("gateway.yaml") && err.contains("unit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_switch_renders_valid_manifests_envoy_and_service_configs() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let ca = std::fs::read_to_string(pki::generate(pki_dir.path(), "redis-ca").ca_cert).unwrap();
+    let ca_secret = format!("redis-ca/ca.crt={ca}");
+    let variants: [(&[&str], &[&str]); 8] = [
+        (&["envoy.enabled=false"], &[]),
+        (&["authz.enabled=false"], &[]),
+        (&["ratelimit.enabled=false"], &[]),
+        // JWT only: the service's own sections pass through the values unchanged.
+        (
+            &[
+                "authz.admin.enabled=false",
+                "authz.apiKeys.enabled=false",
+                "authz.jwt.issuers[0].issuer=https://id.example.com",
+                "authz.jwt.issuers[0].discovery=true",
+                "authz.jwt.issuers[0].audiences[0]=api",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "redis.mode=none",
+                "authz.replicas=1",
+                "ratelimit.replicas=1",
+                "authz.apiKeys.embedded.existingClaim=keys",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "networkPolicy.enabled=false",
+                "serviceAccount.create=false",
+                "metrics.dashboard.enabled=false",
+                "envoy.podDisruptionBudget.enabled=false",
+            ],
+            &[],
+        ),
+        (
+            &[
+                "redis.url=rediss://redis.data.svc:6380/0",
+                "redis.tls.caSecret=redis-ca",
+                "redis.password=s3cret",
+            ],
+            &[&ca_secret],
+        ),
+        (
+            &[
+                "authz.autoscaling.enabled=true",
+                "ratelimit.autoscaling.enabled=true",
+                "envoy.autoscaling.enabled=true",
+                "metrics.serviceMonitor.enabled=true",
+            ],
+            &[],
+        ),
+    ];
+    for (sets, secrets) in variants {
+        // Rendering validates every manifest (see above); a failure names it.
+        let r = render(&[], sets, secrets).unwrap_or_else(|e| panic!("{sets:?}: {e}"));
+        let workloads = r.summary["workloads"].as_object().unwrap();
+        for (workload, _) in workloads {
+            let w = r.workload(workload);
+            assert!(
+                w.unresolved.is_empty(),
+                "{sets:?} {workload}: {:?}",
+                w.unresolved
+            );
+            if w.command.iter().any(|a| a == "--config") {
+                let out = check_config(&r, workload);
+                assert!(
+                    out.status.success(),
+                    "{sets:?} {workload}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let envoy = r.file("edge-tollgate-envoy", "envoy.yaml");
+        assert_eq!(envoy.exists(), !sets.contains(&"envoy.enabled=false"));
+        if envoy.exists() {
+            validate(&envoy).unwrap_or_else(|e| panic!("{sets:?}: {e:#}"));
+        }
+    }
+    // What only the service can judge is caught by its check-config: no identity method left
+    // for a policy that needs one.
+    let r = render(
+        &[],
+        &["authz.admin.enabled=false", "authz.apiKeys.enabled=false"],
+        &[],
+    )
+    .unwrap();
+    let out = check_config(&r, "edge-tollgate-authz/authz");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policy.identity_order: none of these identity methods is configured"),
         "{err}"
     );
 }
