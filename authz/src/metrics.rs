@@ -38,6 +38,21 @@ pub fn describe() {
         KEY_STORE_ERRORS,
         "API key store errors seen while answering Check"
     );
+    // Health series exist (at 0) from the start, so dashboards and alerts see a rate of zero
+    // rather than no data.
+    for result in ["ok", "error"] {
+        counter!(JWKS_FETCHES, "result" => result).increment(0);
+    }
+    for result in ["active", "inactive", "error"] {
+        counter!(INTROSPECTIONS, "result" => result).increment(0);
+    }
+    for cache in ["jwt", "introspection"] {
+        for result in ["hit", "miss"] {
+            counter!(CACHE_LOOKUPS, "cache" => cache, "result" => result).increment(0);
+        }
+    }
+    counter!(KEY_STORE_ERRORS).increment(0);
+    counter!(JWKS_REFETCH_SUPPRESSED).increment(0);
 }
 
 /// One answered Check.

@@ -112,6 +112,11 @@ pub(crate) struct EngineMetrics {
 
 impl EngineMetrics {
     pub(crate) fn new() -> Self {
+        // Error series exist (at 0) from the start, so dashboards and alerts see a rate of
+        // zero rather than no data.
+        for kind in ["timeout", "overloaded", "unavailable", "config"] {
+            counter!(STORE_ERRORS, "kind" => kind).increment(0);
+        }
         Self {
             unknown_domain: counter!(UNKNOWN_DOMAIN),
             store_duration: histogram!(STORE_DURATION),

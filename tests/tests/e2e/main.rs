@@ -9,3 +9,4 @@ mod ratelimit;
 mod helm;
 mod observability;
 mod observability_tracing;
+mod observability_prometheus;
