@@ -15,6 +15,8 @@ Every command prints one JSON object on stdout. `render` writes, under DIR:
                               build it (secretKeyRef values from the rendered Secrets, or --secret
                               for Secrets the chart expects to exist, then $(VAR) expansion), and
                               its volume mounts as local directories under volumes/<workload>/
+                              (ConfigMaps and Secrets laid out as the kubelet does, `..data` link
+                              included, so an update can be swapped in the same way)
 A failure to render or a schema violation exits with status 1 and the reason on stderr.
 """
 
@@ -163,6 +165,21 @@ def resolve_env(
     return env, missing
 
 
+def write_atomic_volume(d: Path, files: dict[str, str]) -> None:
+    """Lays files out as the kubelet's atomic writer does for ConfigMap and Secret volumes:
+    the data in a hidden timestamped directory, `..data` linking to it, and each visible name
+    a link through `..data`, so that an update is one rename of `..data`."""
+    stamp = d / "..initial"
+    for path, text in files.items():
+        (stamp / path).parent.mkdir(parents=True, exist_ok=True)
+        (stamp / path).write_text(text)
+    (d / "..data").symlink_to(stamp.name)
+    for path in files:
+        top = Path(path).parts[0]
+        if not (d / top).exists():
+            (d / top).symlink_to(Path("..data") / top)
+
+
 def materialise_volumes(
     volumes: list[dict[str, Any]],
     root: Path,
@@ -170,7 +187,8 @@ def materialise_volumes(
     configmaps: dict[tuple[str, str], str],
 ) -> tuple[dict[str, str], list[str]]:
     """Writes each ConfigMap / Secret volume's files (honouring `items`) into a directory of its
-    own, and an empty directory for the others; returns volume name -> directory."""
+    own, laid out as the kubelet does, and an empty directory for the other volumes; returns
+    volume name -> directory."""
     dirs: dict[str, str] = {}
     missing: list[str] = []
     for v in volumes:
@@ -186,12 +204,13 @@ def materialise_volumes(
                 keys = {i["key"]: i["path"] for i in source["items"]}
             if not keys:
                 missing.append(f"volume {v['name']}: no data for {name}")
+            files = {}
             for key, path in keys.items():
                 if (name, key) not in data:
                     missing.append(f"volume {v['name']}: {name}/{key}")
                     continue
-                (d / path).parent.mkdir(parents=True, exist_ok=True)
-                (d / path).write_text(data[(name, key)])
+                files[path] = data[(name, key)]
+            write_atomic_volume(d, files)
     return dirs, missing
 
 

@@ -5,12 +5,14 @@
 //! rendered service configs pass the binaries' own `check-config`; bad values are refused by
 //! `values.schema.json` with the offending field named. Finally the rendered Envoy config,
 //! policy, limits, commands, mounts and environment run here with the real binaries (addresses
-//! rewritten to loopback) and a request is allowed, denied and rate-limited through Envoy.
+//! rewritten to loopback) and a request is allowed, denied and rate-limited through Envoy; an
+//! upgraded limits ConfigMap swapped into the running volume as the kubelet does takes effect.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -20,7 +22,7 @@ use tollgate_tests::echo::{Echo, EchoUpstream};
 use tollgate_tests::envoy::{Envoy, validate};
 use tollgate_tests::paths::{project_root, workspace_bin};
 use tollgate_tests::pki;
-use tollgate_tests::process::{ChildProcess, free_addr, free_port};
+use tollgate_tests::process::{ChildProcess, free_addr, free_port, wait_for};
 use tollgate_tests::redis::RedisServer;
 use tollgate_tests::stack::wait_ready;
 
@@ -833,6 +835,20 @@ async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
         200
     );
 
+    // `helm upgrade` with a higher /reports limit: the kubelet swaps the limits volume's `..data`
+    // link and the running ratelimit reloads it, without a restart.
+    let upgraded = render_with_reports_limit(10);
+    swap_configmap_volume(
+        &r.workload("edge-tollgate-ratelimit/ratelimit"),
+        "/etc/tollgate/limits",
+        &upgraded.dir.path().join("files/edge-tollgate-limits"),
+    );
+    wait_for("the upgraded limits", Duration::from_secs(10), || async {
+        let res = get(HOST, "/reports/daily", Some(&key)).await.ok()?;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+
     let counters: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
     assert!(
         counters > 0,
@@ -844,6 +860,52 @@ async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
             .await
             >= 1
     );
+}
+
+/// The production release with `reports` allowing `n` calls a minute instead of 3.
+fn render_with_reports_limit(n: u64) -> Rendered {
+    let production: Yaml =
+        serde_yaml::from_str(&std::fs::read_to_string(project_root().join(PRODUCTION)).unwrap())
+            .unwrap();
+    let mut limits = production["ratelimit"]["limits"].clone();
+    let reports = limits["gateway"]["descriptors"]
+        .as_sequence_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|d| d["value"] == "reports")
+        .expect("a reports descriptor");
+    reports["rate_limit"]["requests_per_unit"] = Yaml::from(n);
+    let dir = tempfile::tempdir().unwrap();
+    let update = dir.path().join("upgrade.yaml");
+    let mut values = serde_yaml::Mapping::new();
+    let mut ratelimit = serde_yaml::Mapping::new();
+    ratelimit.insert("limits".into(), limits);
+    values.insert("ratelimit".into(), Yaml::Mapping(ratelimit));
+    std::fs::write(&update, serde_yaml::to_string(&values).unwrap()).unwrap();
+    let secrets = production_secrets();
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    render(&[PRODUCTION, update.to_str().unwrap()], &[], &secrets).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Updates a mounted ConfigMap volume the way the kubelet does: the new files in a fresh hidden
+/// directory, then `..data` replaced by one rename.
+fn swap_configmap_volume(w: &Workload, mount_path: &str, new_files: &Path) {
+    let volume = PathBuf::from(w.localise(mount_path));
+    let fresh = volume.join("..upgrade");
+    std::fs::create_dir(&fresh).unwrap();
+    for entry in std::fs::read_dir(new_files).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), fresh.join(entry.file_name())).unwrap();
+        let visible = volume.join(entry.file_name());
+        if std::fs::symlink_metadata(&visible).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(entry.file_name()), visible)
+                .unwrap();
+        }
+    }
+    let tmp = volume.join("..data_tmp");
+    std::os::unix::fs::symlink("..upgrade", &tmp).unwrap();
+    std::fs::rename(&tmp, volume.join("..data")).unwrap();
+    std::fs::remove_dir_all(volume.join("..initial")).unwrap();
 }
 
 fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {
