@@ -9,10 +9,12 @@
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
 //! - [`telemetry`]: JSON logs with a runtime-changeable level, the Prometheus recorder.
 //! - [`trace`]: OpenTelemetry spans over OTLP, joined to Envoy's trace (W3C, B3).
+//! - [`debug`]: the protected operator endpoints: runtime log level, CPU profiles.
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
 
 pub mod cli;
 pub mod config;
+pub mod debug;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Upper bound of concurrent HTTP/2 streams per gRPC connection.
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
+    /// Operator endpoints on the side listener (`PUT /loglevel`, CPU profiles), behind a
+    /// bearer credential; absent means they are not served.
+    #[serde(default)]
+    pub debug: Option<crate::debug::DebugConfig>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +89,7 @@ impl ServerConfig {
             shutdown_delay: default_shutdown_delay(),
             drain_timeout: default_drain(),
             max_concurrent_streams: None,
+            debug: None,
         }
     }
 
@@ -114,6 +119,9 @@ impl Validate for ServerConfig {
         if self.max_concurrent_streams == Some(0) {
             errors.push(join(at, "max_concurrent_streams"), "must be at least 1");
         }
+        if let Some(d) = &self.debug {
+            d.validate(&join(at, "debug"), errors);
+        }
     }
 }
 
@@ -130,6 +138,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Debug(#[from] crate::debug::DebugError),
 }
 
 /// What a service hands to [`Bound::serve`].
@@ -165,6 +175,7 @@ pub struct Bound {
     grpc_tls: Option<ReloadingAcceptor>,
     http_tls: Option<ReloadingAcceptor>,
     cfg: ServerConfig,
+    debug: Option<Router>,
     /// Readiness of this server; a service may also flip it (e.g. while its store is down).
     pub readiness: Readiness,
 }
@@ -174,6 +185,11 @@ const H1_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Binds both listeners (port 0 picks a free port) and loads TLS material.
 pub async fn bind(cfg: &ServerConfig) -> Result<Bound, ServeError> {
+    let debug = cfg
+        .debug
+        .as_ref()
+        .map(|d| crate::debug::router(d, &crate::config::process_env()))
+        .transpose()?;
     let grpc_tls = cfg
         .tls
         .as_ref()
@@ -206,6 +222,7 @@ pub async fn bind(cfg: &ServerConfig) -> Result<Bound, ServeError> {
         grpc_tls,
         http_tls,
         cfg: cfg.clone(),
+        debug,
         readiness: Readiness::default(),
     })
 }
@@ -222,6 +239,7 @@ impl Bound {
             grpc_tls,
             http_tls,
             cfg,
+            debug,
             readiness,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -272,7 +290,10 @@ impl Bound {
                 .await
         });
 
-        let router = side_router(readiness.clone()).merge(services.http);
+        let mut router = side_router(readiness.clone()).merge(services.http);
+        if let Some(debug) = debug {
+            router = router.merge(debug);
+        }
         let http_task = tokio::spawn(serve_http(http, http_tls, router, drain.clone()));
 
         health
@@ -294,6 +315,7 @@ impl Bound {
         .await;
         match drained {
             Ok(Ok(Ok(()))) => {
+                crate::trace::flush();
                 tracing::info!("drained; stopped");
                 Ok(())
             }

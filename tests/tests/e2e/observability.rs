@@ -64,11 +64,6 @@ impl Service {
         self.process.log()
     }
 
-    /// `http://<side listener>` + `path`.
-    pub(crate) fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
-    }
-
     pub(crate) fn grpc_port(&self) -> u16 {
         self.grpc.port()
     }

@@ -1,0 +1,348 @@
+//! Operator endpoints on the side listener, off unless `server.debug` is configured and always
+//! behind their own bearer credential (like the admin API): `PUT /loglevel` changes the log
+//! filter of the running process; `GET /debug/pprof/profile?seconds=N` samples the CPU for N
+//! seconds and answers collapsed stacks (`frame;frame;frame count` lines, what flame graph
+//! tools read), `GET /debug/pprof/flamegraph?seconds=N` the same as an SVG flame graph.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde::Deserialize;
+
+use crate::config::{Env, Errors, Validate, join};
+use crate::secret::Secret;
+use crate::telemetry;
+
+/// The environment variable that may hold the debug credential.
+pub const TOKEN_ENV: &str = "TOLLGATE_DEBUG_TOKEN";
+/// Shortest credential accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Longest CPU profile one request may ask for.
+pub const MAX_PROFILE: Duration = Duration::from_secs(60);
+
+/// The `server.debug:` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DebugConfig {
+    /// A file holding the bearer credential; wins over `TOLLGATE_DEBUG_TOKEN`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Serve the CPU profile endpoints (sampling costs CPU only while a profile runs).
+    #[serde(default)]
+    pub pprof: bool,
+}
+
+impl Validate for DebugConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        if let Some(f) = &self.token_file
+            && !f.is_file()
+        {
+            errors.push(
+                join(at, "token_file"),
+                format!("{} is not a readable file", f.display()),
+            );
+        }
+    }
+}
+
+/// Why the debug endpoints cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum DebugError {
+    #[error("server.debug needs a bearer credential: set server.debug.token_file or {TOKEN_ENV}")]
+    NoCredential,
+    #[error("the debug credential must be at least {MIN_TOKEN_LEN} characters")]
+    WeakCredential,
+    #[error("cannot read the debug token file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn load_token(cfg: &DebugConfig, env: &Env) -> Result<Secret, DebugError> {
+    let token = match &cfg.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|source| DebugError::TokenFile {
+                path: path.clone(),
+                source,
+            })?
+            .trim_end()
+            .to_string(),
+        None => env
+            .get(TOKEN_ENV)
+            .map(|t| t.trim_end().to_string())
+            .unwrap_or_default(),
+    };
+    if token.is_empty() {
+        return Err(DebugError::NoCredential);
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(DebugError::WeakCredential);
+    }
+    Ok(Secret::new(token))
+}
+
+/// The debug routes with their credential check; `Err` when there is no usable credential.
+pub fn router(cfg: &DebugConfig, env: &Env) -> Result<Router, DebugError> {
+    let token = Arc::new(load_token(cfg, env)?);
+    let mut router = Router::new().route("/loglevel", put(set_level));
+    if cfg.pprof {
+        router = router
+            .route("/debug/pprof/profile", get(profile_folded))
+            .route("/debug/pprof/flamegraph", get(profile_svg));
+    }
+    Ok(router.layer(axum::middleware::from_fn_with_state(token, authenticate)))
+}
+
+async fn authenticate(State(token): State<Arc<Secret>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if token.matches(p) => next.run(req).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"tollgate-debug\"")],
+            "unauthorized\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn set_level(body: String) -> Response {
+    let directives = body.trim();
+    match telemetry::set_log_level(directives) {
+        Ok(()) => {
+            tracing::info!(filter = %directives, "log level changed");
+            (StatusCode::OK, format!("log level: {directives}\n")).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("invalid log filter: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ProfileParams {
+    #[serde(default = "default_seconds")]
+    seconds: u64,
+}
+
+fn default_seconds() -> u64 {
+    10
+}
+
+/// One profile at a time: the sampler is process-wide.
+static PROFILING: AtomicBool = AtomicBool::new(false);
+
+#[derive(Clone, Copy)]
+enum Format {
+    Folded,
+    Svg,
+}
+
+async fn profile_folded(Query(p): Query<ProfileParams>) -> Response {
+    profile(p, Format::Folded).await
+}
+
+async fn profile_svg(Query(p): Query<ProfileParams>) -> Response {
+    profile(p, Format::Svg).await
+}
+
+async fn profile(p: ProfileParams, format: Format) -> Response {
+    let secs = Duration::from_secs(p.seconds.max(1));
+    if secs > MAX_PROFILE {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("seconds must be at most {}\n", MAX_PROFILE.as_secs()),
+        )
+            .into_response();
+    }
+    if PROFILING.swap(true, Ordering::SeqCst) {
+        return (StatusCode::CONFLICT, "a profile is already running\n").into_response();
+    }
+    // The sampler and its report live on a blocking thread: sampling is signal-driven and the
+    // guard is not meant to move between tasks.
+    let result = tokio::task::spawn_blocking(move || capture(secs, format)).await;
+    PROFILING.store(false, Ordering::SeqCst);
+    match result {
+        Ok(Ok((content_type, body))) => {
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn capture(secs: Duration, format: Format) -> Result<(&'static str, Vec<u8>), String> {
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(99)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(secs);
+    let report = guard.report().build().map_err(|e| e.to_string())?;
+    match format {
+        Format::Svg => {
+            let mut svg = Vec::new();
+            report.flamegraph(&mut svg).map_err(|e| e.to_string())?;
+            Ok(("image/svg+xml", svg))
+        }
+        Format::Folded => {
+            let mut lines: Vec<String> = report
+                .data
+                .iter()
+                .map(|(frames, count)| {
+                    let mut stack = frames.thread_name_or_id();
+                    for frame in frames.frames.iter().rev() {
+                        for symbol in frame.iter().rev() {
+                            stack.push(';');
+                            stack.push_str(&symbol.name());
+                        }
+                    }
+                    format!("{stack} {count}")
+                })
+                .collect();
+            lines.sort();
+            let mut out = lines.join("\n");
+            out.push('\n');
+            Ok(("text/plain; charset=utf-8", out.into_bytes()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const TOKEN: &str = "debug-credential-0123456789";
+
+    fn env() -> Env {
+        [(TOKEN_ENV.to_string(), TOKEN.to_string())].into()
+    }
+
+    #[test]
+    fn refuses_without_a_strong_credential() {
+        let cfg = DebugConfig::default();
+        assert!(matches!(
+            router(&cfg, &Env::new()),
+            Err(DebugError::NoCredential)
+        ));
+        let weak: Env = [(TOKEN_ENV.to_string(), "short".to_string())].into();
+        assert!(matches!(
+            router(&cfg, &weak),
+            Err(DebugError::WeakCredential)
+        ));
+    }
+
+    #[tokio::test]
+    async fn every_route_needs_the_credential() {
+        let app = router(
+            &DebugConfig {
+                pprof: true,
+                ..Default::default()
+            },
+            &env(),
+        )
+        .unwrap();
+        for (method, path) in [
+            ("PUT", "/loglevel"),
+            ("GET", "/debug/pprof/profile?seconds=1"),
+            ("GET", "/debug/pprof/flamegraph?seconds=1"),
+        ] {
+            for auth in [None, Some("Bearer wrong-credential-000000000")] {
+                let mut req = Request::builder().method(method).uri(path);
+                if let Some(a) = auth {
+                    req = req.header("authorization", a);
+                }
+                let resp = app
+                    .clone()
+                    .oneshot(req.body(Body::from("debug")).unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pprof_routes_exist_only_when_asked_for() {
+        let app = router(&DebugConfig::default(), &env()).unwrap();
+        let resp = app
+            .oneshot(
+                Request::get("/debug/pprof/profile?seconds=1")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn profiles_the_cpu_as_collapsed_stacks() {
+        let app = router(
+            &DebugConfig {
+                pprof: true,
+                ..Default::default()
+            },
+            &env(),
+        )
+        .unwrap();
+        // Something to sample.
+        let busy = std::thread::spawn(|| {
+            let end = std::time::Instant::now() + Duration::from_millis(1500);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            x
+        });
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::get("/debug/pprof/profile?seconds=1")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        busy.join().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let first = text.lines().next().expect("at least one sample");
+        let (_, count) = first.rsplit_once(' ').unwrap();
+        assert!(count.parse::<u64>().unwrap() > 0, "{first}");
+        let too_long = app
+            .oneshot(
+                Request::get("/debug/pprof/profile?seconds=600")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
+    }
+}
