@@ -621,6 +621,8 @@ fn schema_rejects_bad_values_with_a_clear_message() {
             "at '/envoy/extAuthz/timeout'",
         ),
         ("ratelimit.failureMode=maybe", "at '/ratelimit/failureMode'"),
+        // The password belongs in a Secret, never in a URL in the values.
+        ("redis.url=redis://:pw@redis:6379", "at '/redis/url'"),
         (
             "redis.mode=cluster",
             "at '/redis/clusterNodes': minItems: got 0, want 1",
