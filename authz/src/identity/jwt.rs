@@ -271,6 +271,9 @@ impl JwtVerifier {
         http: reqwest::Client,
         clock: Clock,
     ) -> Result<JwtVerifier, JwksError> {
+        if !super::crypto::install() {
+            tracing::warn!("another JWT crypto provider was installed first; using it");
+        }
         let mut issuers = Vec::with_capacity(cfg.issuers.len());
         let mut by_iss = HashMap::new();
         for (i, ic) in cfg.issuers.iter().enumerate() {

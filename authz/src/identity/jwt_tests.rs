@@ -23,6 +23,8 @@ pub(crate) const RSA1: &[u8] = include_bytes!("testdata/rsa1.pem");
 pub(crate) const RSA1_PUB: &[u8] = include_bytes!("testdata/rsa1.pub.pem");
 pub(crate) const RSA2: &[u8] = include_bytes!("testdata/rsa2.pem");
 pub(crate) const EC: &[u8] = include_bytes!("testdata/ec.pem");
+/// A 1024-bit RSA key: too weak to be trusted.
+const RSA_WEAK: &[u8] = include_bytes!("testdata/rsa1024.pem");
 
 pub(crate) const ISS: &str = "https://issuer.test";
 pub(crate) const AUD: &str = "https://api.test";
@@ -30,6 +32,10 @@ const T0: u64 = 1_800_000_000;
 
 /// The public JWK of a private PEM key, with a kid.
 pub(crate) fn public_jwk(pem: &[u8], alg: Algorithm, kid: &str) -> Value {
+    assert!(
+        crate::identity::crypto::install(),
+        "verification runs on the ring provider"
+    );
     let key = match alg {
         Algorithm::ES256 => EncodingKey::from_ec_pem(pem).unwrap(),
         _ => EncodingKey::from_rsa_pem(pem).unwrap(),
@@ -40,6 +46,10 @@ pub(crate) fn public_jwk(pem: &[u8], alg: Algorithm, kid: &str) -> Value {
 }
 
 pub(crate) fn sign(pem: &[u8], alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+    assert!(
+        crate::identity::crypto::install(),
+        "verification runs on the ring provider"
+    );
     let key = match alg {
         Algorithm::ES256 => EncodingKey::from_ec_pem(pem).unwrap(),
         Algorithm::HS256 => EncodingKey::from_secret(pem),
@@ -479,4 +489,18 @@ fn symmetric_and_encryption_keys_never_load() {
     assert!(super::super::jwks::KeySet::from_jwks(&[oct, enc], &all, 10).is_err());
     let cfg: Result<JwtConfig, _> = serde_yaml::from_str("issuers: []\nbogus: 1");
     assert!(cfg.is_err());
+}
+
+#[tokio::test]
+async fn weak_rsa_keys_never_verify() {
+    let jwk = public_jwk(RSA_WEAK, Algorithm::RS256, "weak");
+    let cfg = issuer_yaml(&format!("keys: [{jwk}]"), "");
+    let (clock, _) = clock_at(T0);
+    let v = verifier(&cfg, clock);
+    let t = sign(RSA_WEAK, Algorithm::RS256, Some("weak"), &claims(T0));
+    assert_eq!(
+        reason(v.verify(&t).await),
+        "bad_signature",
+        "1024-bit RSA is refused"
+    );
 }

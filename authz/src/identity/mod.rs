@@ -72,6 +72,7 @@ impl Identity {
 }
 
 pub mod cache;
+pub mod crypto;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
