@@ -651,20 +651,23 @@ async fn redis_in_flight_bound_fails_fast() {
         .await
         .unwrap();
     server.cli(&["CLIENT", "PAUSE", "3000", "ALL"]).unwrap();
+    // This call takes the only permit and waits for the paused server. It may lose a race for
+    // the permit with the probe below (which gives it up after 10 ms): then it tries again.
     let blocked = {
         let store = store.clone();
         tokio::spawn(async move {
-            store
-                .hit(
-                    &[Hit {
-                        key: "k",
-                        rule: r,
-                        cost: 1,
-                        shadow: false,
-                    }],
-                    at(T0),
-                )
-                .await
+            let hits = [Hit {
+                key: "k",
+                rule: r,
+                cost: 1,
+                shadow: false,
+            }];
+            loop {
+                match store.hit(&hits, at(T0)).await {
+                    Err(StoreError::Overloaded) => tokio::task::yield_now().await,
+                    other => return other,
+                }
+            }
         })
     };
     let hits = [Hit {
