@@ -601,7 +601,7 @@ run_direct_mode() {
   echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
     "$(nproc) cores; CLK_TCK=$HZ"
   [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: the tollgate-* targets are two noop-grpc processes, not Tollgate's services"
-  local k r t0 t1 calls errors denied rps p50 p99 cpu
+  local k r t0 t1 calls errors denied limited rps p50 p99 cpu
   if ((WARMUP > 0)); then
     for k in "${keys[@]}"; do load "$k" "$WARMUP" "$WORK/warmup-$k.txt"; done
   fi
@@ -620,9 +620,16 @@ run_direct_mode() {
         cat "$WORK/load-$k-$r.txt" >&2
         die "$k: $errors errors, $denied denials (the benchmark expects every call to be allowed)"
       fi
+      limited=$(field "$WORK/load-$k-$r.txt" limited)
+      # Tollgate must match its configured limit on every call, or it would be allowing for free.
+      if [[ $k == tollgate-ratelimit && $STAND_IN == 0 && $limited != "$calls" ]]; then
+        cat "$WORK/load-$k-$r.txt" >&2
+        die "$k: a limit matched on only $limited of $calls calls (check bench/config/limits)"
+      fi
       cpu=$(per_req $((t1 - t0)) "$calls")
-      printf 'round %d/%d  %-20s %9.0f calls/s  p50 %s  p99 %s  service cpu %6s us/call\n' \
-        "$r" "$ROUNDS" "$k" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "$cpu"
+      printf 'round %d/%d  %-20s %9.0f calls/s  p50 %s  p99 %s  service cpu %6s us/call%s\n' \
+        "$r" "$ROUNDS" "$k" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "$cpu" \
+        "$([[ $k == *-ratelimit ]] && awk -v l="$limited" -v c="$calls" 'BEGIN { printf "  [limit matched %.2f/call]", l / c }')"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$r" "$rps" "$p50" "$p99" "$cpu" >>"$RESULTS"
     done
   done

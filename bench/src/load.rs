@@ -2,8 +2,10 @@
 //!
 //! N tasks share C HTTP/2 connections; each task sends one request at a time, as fast as answers
 //! come back, until the duration ends. It counts calls, transport/gRPC errors and denials (an
-//! answer that is not OK), and reports calls/s and latency percentiles. The last line of output is
-//! a `RESULT key=value ...` line meant for scripts.
+//! answer that is not OK), and reports calls/s and latency percentiles. For ShouldRateLimit it also
+//! counts answers in which a descriptor matched a configured limit, which shows the service really
+//! did its counting (a service without a matching limit answers OK for free). The last line of
+//! output is a `RESULT key=value ...` line meant for scripts.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -175,6 +177,8 @@ struct Tally {
     latencies_us: Vec<u32>,
     errors: u64,
     denied: u64,
+    /// Rate limit: answers where some descriptor matched a limit (its status has `current_limit`).
+    limited: u64,
     first_error: Option<String>,
 }
 
@@ -188,31 +192,32 @@ async fn worker(channel: Channel, payload: Payload, deadline: Instant, timeout: 
     let mut rl = RateLimitServiceClient::new(channel);
     while Instant::now() < deadline {
         let started = Instant::now();
-        // `Ok(true)` = allowed, `Ok(false)` = answered but not OK.
-        let outcome: Result<bool, tonic::Status> = match &payload {
+        // `Ok((allowed, matched_a_limit))`.
+        let outcome: Result<(bool, bool), tonic::Status> = match &payload {
             Payload::Check(req) => {
                 let mut r = tonic::Request::new((**req).clone());
                 r.set_timeout(timeout);
-                authz
-                    .check(r)
-                    .await
-                    .map(|resp| resp.get_ref().status.as_ref().is_none_or(|s| s.code == 0))
+                authz.check(r).await.map(|resp| {
+                    let ok = resp.get_ref().status.as_ref().is_none_or(|s| s.code == 0);
+                    (ok, false)
+                })
             }
             Payload::RateLimit(req) => {
                 let mut r = tonic::Request::new(req.clone());
                 r.set_timeout(timeout);
-                rl.should_rate_limit(r)
-                    .await
-                    .map(|resp| resp.get_ref().overall_code == Code::Ok as i32)
+                rl.should_rate_limit(r).await.map(|resp| {
+                    let r = resp.get_ref();
+                    let limited = r.statuses.iter().any(|s| s.current_limit.is_some());
+                    (r.overall_code == Code::Ok as i32, limited)
+                })
             }
         };
         let us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
         match outcome {
-            Ok(allowed) => {
+            Ok((allowed, limited)) => {
                 tally.latencies_us.push(us);
-                if !allowed {
-                    tally.denied += 1;
-                }
+                tally.denied += u64::from(!allowed);
+                tally.limited += u64::from(limited);
             }
             Err(status) => {
                 tally.errors += 1;
@@ -279,6 +284,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         all.latencies_us.extend_from_slice(&t.latencies_us);
         all.errors += t.errors;
         all.denied += t.denied;
+        all.limited += t.limited;
         if all.first_error.is_none() {
             all.first_error = t.first_error;
         }
@@ -302,9 +308,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.concurrency, args.connections
     );
     println!(
-        "  calls {calls}  errors {}  denied {}  calls/s {rps:.1}  p50 {}  p90 {}  p99 {}  max {}",
+        "  calls {calls}  errors {}  denied {}  limited {}  calls/s {rps:.1}  p50 {}  p90 {}  p99 {}  max {}",
         all.errors,
         all.denied,
+        all.limited,
         fmt_us(p50),
         fmt_us(p90),
         fmt_us(p99),
@@ -314,8 +321,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("first error: {e}");
     }
     println!(
-        "RESULT api={api} calls={calls} errors={} denied={} secs={secs:.3} rps={rps:.1} p50_us={p50} p90_us={p90} p99_us={p99} max_us={max}",
-        all.errors, all.denied
+        "RESULT api={api} calls={calls} errors={} denied={} limited={} secs={secs:.3} rps={rps:.1} p50_us={p50} p90_us={p90} p99_us={p99} max_us={max}",
+        all.errors, all.denied, all.limited
     );
     if calls == 0 {
         bail!("no call succeeded");
