@@ -421,12 +421,78 @@ fn rendered_envoy_configs_pass_envoy_validate() {
     let text = std::fs::read_to_string(readme.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
     assert!(text.contains("cluster: upstream_api") && !text.contains("upstream_default"));
     validate(&readme.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
+    // Bring-your-own Envoy: the snippet ConfigMap, pasted into someone else's minimal config.
+    let byo = render(&[], &["envoy.enabled=false"], &[]).unwrap();
+    let snippet = |key: &str| -> Yaml {
+        serde_yaml::from_str(
+            &std::fs::read_to_string(byo.file("edge-tollgate-envoy-snippet", key)).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut mine: Yaml = serde_yaml::from_str(OWN_ENVOY).unwrap();
+    let hcm = &mut mine["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["rate_limits"] =
+        snippet("route_rate_limits.yaml");
+    let router = hcm["http_filters"][0].clone();
+    let mut filters = snippet("http_filters.yaml").as_sequence().unwrap().clone();
+    assert_eq!(filters.len(), 2);
+    filters.push(router);
+    hcm["http_filters"] = Yaml::Sequence(filters);
+    let clusters = mine["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .unwrap();
+    clusters.extend(
+        snippet("clusters.yaml")
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("own-envoy.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&mine).unwrap()).unwrap();
+    validate(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!byo.file("edge-tollgate-envoy", "envoy.yaml").exists());
+
     // Without the services in the chart, their filters go too and the config is still valid.
     let r = render(&[], &["authz.enabled=false"], &[]).unwrap();
     let text = std::fs::read_to_string(r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
     assert!(!text.contains("ext_authz.v3.ExtAuthz\n"), "{text}");
     validate(&r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
 }
+
+/// A user's own Envoy, before the chart's snippet is pasted in.
+const OWN_ENVOY: &str = r#"
+static_resources:
+  listeners:
+    - name: mine
+      address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: mine
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: / }
+                          route: { cluster: app }
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: app
+      type: STRICT_DNS
+      load_assignment:
+        cluster_name: app
+        endpoints:
+          - lb_endpoints:
+              - endpoint: { address: { socket_address: { address: app.shop.svc, port_value: 8080 } } }
+"#;
 
 /// Runs `<bin> check-config` on a rendered config, with its mounted paths made local.
 fn check_config(r: &Rendered, workload: &str) -> std::process::Output {

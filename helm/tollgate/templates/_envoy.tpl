@@ -1,0 +1,76 @@
+{{/* Envoy config shared by the chart's gateway and the snippet for your own Envoy: the
+     ext_authz and ratelimit HTTP filters (to put before the router) ... */}}
+{{- define "tollgate.envoy.httpFilters" -}}
+{{- $e := .Values.envoy }}
+{{- if $.Values.authz.enabled }}
+- name: envoy.filters.http.ext_authz
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+    transport_api_version: V3
+    grpc_service:
+      envoy_grpc: { cluster_name: tollgate_authz }
+      timeout: {{ $e.extAuthz.timeout }}
+    failure_mode_allow: {{ $e.extAuthz.failureModeAllow }}
+    status_on_error: { code: ServiceUnavailable }
+    include_peer_certificate: false
+{{- end }}
+{{- if $.Values.ratelimit.enabled }}
+- name: envoy.filters.http.ratelimit
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+    domain: {{ $e.rateLimit.domain | quote }}
+    request_type: external
+    timeout: {{ $e.rateLimit.timeout }}
+    failure_mode_deny: {{ $e.rateLimit.failureModeDeny }}
+    rate_limited_status: { code: TooManyRequests }
+    rate_limit_service:
+      transport_api_version: V3
+      grpc_service:
+        envoy_grpc: { cluster_name: tollgate_ratelimit }
+{{- end }}
+{{- end }}
+
+{{/* ... and the clusters of the two services: every ready pod from the headless Services,
+     over HTTP/2, actively health-checked over the gRPC health service so that a pod leaves
+     rotation as soon as it reports not-ready on SIGTERM. */}}
+{{- define "tollgate.envoy.serviceClusters" -}}
+{{- $e := .Values.envoy }}
+{{- range $component := list "authz" "ratelimit" }}
+{{- $v := index $.Values $component }}
+{{- if $v.enabled }}
+- name: {{ printf "tollgate_%s" $component }}
+  type: STRICT_DNS
+  dns_lookup_family: V4_PREFERRED
+  dns_refresh_rate: 5s
+  connect_timeout: 0.25s
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config:
+        http2_protocol_options:
+          connection_keepalive: { interval: 30s, timeout: 5s }
+  circuit_breakers:
+    thresholds:
+      - max_connections: 10000
+        max_pending_requests: 10000
+        max_requests: 10000
+  health_checks:
+    - timeout: 0.5s
+      interval: 1s
+      no_traffic_interval: 5s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      grpc_health_check:
+        service_name: {{ if eq $component "authz" }}envoy.service.auth.v3.Authorization{{ else }}envoy.service.ratelimit.v3.RateLimitService{{ end }}
+  load_assignment:
+    cluster_name: {{ printf "tollgate_%s" $component }}
+    endpoints:
+      - lb_endpoints:
+          - endpoint:
+              address:
+                socket_address:
+                  address: {{ printf "%s-headless.%s.svc.%s" (include "tollgate.component" (dict "root" $ "component" $component)) $.Release.Namespace $e.clusterDomain }}
+                  port_value: {{ $v.ports.grpc }}
+{{- end }}
+{{- end }}
+{{- end }}
