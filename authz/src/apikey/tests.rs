@@ -571,3 +571,27 @@ async fn open_fails_when_redis_is_unreachable() {
     };
     assert!(ApiKeys::open(&cfg).await.is_err());
 }
+
+/// Cost of a verification served from the cache (a measurement, not an assertion):
+/// `cargo test --release -p tollgate-authz --lib verify_cost -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measurement; run in release"]
+async fn verify_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ApiKeys::open(&embedded_config(dir.path())).await.unwrap();
+    let (_, secret) = keys.create(new_key("bench")).await.unwrap();
+    keys.verify(secret.expose()).await.unwrap();
+    let n = 200_000u32;
+    let start = Instant::now();
+    for _ in 0..n {
+        keys.verify(secret.expose()).await.unwrap();
+    }
+    let hit = start.elapsed() / n;
+    let garbage = "tgk_0123456789ab_0123456789abcdefghijklmnABCDEF";
+    let start = Instant::now();
+    for _ in 0..n {
+        assert!(keys.verify(garbage).await.is_err());
+    }
+    let malformed = start.elapsed() / n;
+    println!("verify (cached key): {hit:?} per call; malformed key: {malformed:?} per call");
+}
