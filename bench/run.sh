@@ -228,9 +228,9 @@ make_jwt() {
 }
 make_jwt
 
-# start_tollgate PREFIX: starts the two Tollgate services (or two noop-grpc stand-ins) and sets
-# ${PREFIX}_AUTHZ_PORT / ${PREFIX}_RL_PORT. Names of the processes: authz, ratelimit.
-AUTHZ_PORT= RL_PORT=
+# start_tollgate: starts the two Tollgate services (or two noop-grpc stand-ins), named authz and
+# ratelimit, on free ports, and sets AUTHZ_PORT / RL_PORT to their gRPC ports.
+AUTHZ_PORT='' RL_PORT=''
 start_tollgate() {
   read -r AUTHZ_PORT authz_http RL_PORT rl_http <<<"$(free_ports 4)"
   if [[ $STAND_IN == 1 ]]; then
@@ -402,7 +402,7 @@ $clusters
 EOF
 }
 
-# Counters that prove each variant really did its work, and the minimum count per request.
+# Counters that prove each variant really did its work: each must grow by 0.9 per request or more.
 declare -A CHECKS=(
   [plain]=""
   [native]="http.ingress.jwt_authn.allowed bench_local.http_local_rate_limit.ok"
@@ -424,7 +424,7 @@ wrk_run() {
     "http://127.0.0.1:${LISTEN[$1]}/api/v1/orders/42?expand=items" >"$3" 2>&1
 }
 
-# wrk_field FILE: prints "rps requests p50_us p99_us non2xx socket_errors".
+# wrk_fields FILE: prints "rps requests p50_us p99_us non2xx socket_errors".
 wrk_fields() {
   awk '
     function us(v) {
@@ -465,9 +465,9 @@ run_envoy_mode() {
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
 
-  local v ports
+  local v
   for v in "${VARIANTS[@]}"; do
-    read -r LISTEN[$v] ADMIN[$v] <<<"$(free_ports 2)"
+    read -r "LISTEN[$v]" "ADMIN[$v]" <<<"$(free_ports 2)"
     case $v in
       noop) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$NOOP_PORT" "$NOOP_PORT" ;;
       tollgate) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$AUTHZ_PORT" "$RL_PORT" ;;
