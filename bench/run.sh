@@ -417,6 +417,13 @@ stats_snapshot() {
 }
 counter() { awk -v n="$2:" '$1 == n { print $2; found = 1 } END { if (!found) print 0 }' "$1"; }
 
+# tg_decisions: limit decisions tollgate-ratelimit has made so far, from its /metrics ("none" when
+# the series is absent): through Envoy, the proof that Tollgate matched and counted its limit.
+tg_decisions() {
+  curl -fsS --max-time 5 "http://127.0.0.1:$rl_http/metrics" |
+    awk '/^tollgate_ratelimit_decisions_total[{ ]/ { s += $NF; n++ } END { if (n) printf "%d\n", s; else print "none" }'
+}
+
 # wrk_run VARIANT SECS OUT: wrk through VARIANT's Envoy.
 wrk_run() {
   wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency \
@@ -497,15 +504,17 @@ run_envoy_mode() {
     done
   fi
 
-  local r p name t0 t1 rps reqs p50 p99 non2xx serr line c checks
+  local r p name t0 t1 d0='' d1='' rps reqs p50 p99 non2xx serr line c checks
   declare -A before=() after=()
   for ((r = 1; r <= ROUNDS; r++)); do
     for v in "${VARIANTS[@]}"; do
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-before.txt"
+      [[ $v != tollgate || $STAND_IN == 1 ]] || d0=$(tg_decisions)
       for name in "envoy-$v" ${PROCS[$v]}; do before[$name]=$(cpu_ticks "${PID[$name]}"); done
       wrk_run "$v" "$DURATION" "$WORK/wrk-$v-$r.txt"
       for name in "envoy-$v" ${PROCS[$v]}; do after[$name]=$(cpu_ticks "${PID[$name]}"); done
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-after.txt"
+      [[ $v != tollgate || $STAND_IN == 1 ]] || d1=$(tg_decisions)
 
       read -r rps reqs p50 p99 non2xx serr <<<"$(wrk_fields "$WORK/wrk-$v-$r.txt")"
       [[ -n $reqs && $reqs -gt 0 ]] || { cat "$WORK/wrk-$v-$r.txt" >&2; die "wrk made no request (${LABEL[$v]})"; }
@@ -540,6 +549,18 @@ run_envoy_mode() {
           die "${LABEL[$v]}: counter $c grew by $((t1 - t0)) for $reqs requests: the calls did not happen"
         fi
       done
+      if [[ $v == tollgate && $STAND_IN == 0 ]]; then
+        if [[ $d0 == none || $d1 == none ]]; then
+          checks+=" tollgate_decisions=n/a"
+        else
+          p=$(awk -v d=$((d1 - d0)) -v n="$reqs" 'BEGIN { printf "%.2f", d / n }')
+          checks+=" tollgate_decisions=$p/req"
+          if awk -v p="$p" 'BEGIN { exit !(p < 0.9) }'; then
+            echo "$line" >&2
+            die "tollgate-ratelimit made $((d1 - d0)) limit decisions for $reqs requests: its limit did not match"
+          fi
+        fi
+      fi
       [[ -z $checks ]] || line+="  [${checks# }]"
       echo "$line"
       echo "$row" >>"$RESULTS"
