@@ -744,3 +744,40 @@ async fn redis_auth_db_and_tls() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_at_start_is_not_fatal() {
+    // Nothing listens on a port just released; the service still starts, and calls fail fast.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let r = rule(Algorithm::SlidingWindow, 10, Duration::from_secs(1));
+    let hits = [Hit {
+        key: "k",
+        rule: r,
+        cost: 1,
+        shadow: false,
+    }];
+    for mut cfg in [
+        RedisConfig::standalone(url.clone()),
+        RedisConfig::cluster([url.clone()]),
+    ] {
+        cfg.timeout = Duration::from_millis(200);
+        let store = build(&StoreConfig::Redis(cfg))
+            .await
+            .expect("no connection at build time");
+        let started = std::time::Instant::now();
+        let e = store.hit(&hits, at(T0)).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Unavailable(_) | StoreError::Timeout),
+            "{e:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "failed within the call's deadline"
+        );
+    }
+}

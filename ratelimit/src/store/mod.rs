@@ -154,3 +154,45 @@ pub(crate) fn validate_positive(at: &str, field: &str, v: usize, errors: &mut Er
         errors.push(join(at, field), "must be at least 1");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        let cfg: StoreConfig = serde_yaml::from_str(yaml).expect("parses");
+        let mut e = Errors::for_file(None, None);
+        cfg.validate("store", &mut e);
+        e.finish(())
+            .err()
+            .map_or_else(Vec::new, |e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn config_is_strict_and_fully_validated() {
+        assert!(errors_of("type: memory").is_empty());
+        assert!(errors_of("type: redis\nurl: rediss://:pw@redis:6380/2\ntimeout: 20ms").is_empty());
+        assert!(
+            errors_of("type: redis\ncluster_nodes: [redis://a:7000, redis://b:7000]").is_empty()
+        );
+        assert_eq!(
+            errors_of("type: memory\nmax_keys: 0"),
+            ["store.max_keys: must be at least 1"]
+        );
+        let e = errors_of(
+            "type: redis\nurl: redis://a\ncluster_nodes: [redis://b]\nkey_prefix: 'x{'\ntimeout: 0s",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+        let e = errors_of("type: redis\nurl: 'http://:hunter2@x'");
+        assert_eq!(e.len(), 1);
+        assert!(
+            !e[0].contains("hunter2"),
+            "a URL's password never appears in errors: {e:?}"
+        );
+        assert!(
+            serde_yaml::from_str::<StoreConfig>("type: memory\nmax_key: 1").is_err(),
+            "unknown fields are errors"
+        );
+        assert!(serde_yaml::from_str::<StoreConfig>("type: memcached").is_err());
+    }
+}
