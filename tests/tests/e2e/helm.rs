@@ -399,6 +399,109 @@ fn pods_are_hardened_and_outlive_their_drain() {
 }
 
 #[test]
+fn network_policies_keep_grpc_to_the_gateway_and_the_admin_api_internal() {
+    let r = render_production(&[]);
+    let envoy_pods = serde_yaml::from_str::<Yaml>(
+        "{app.kubernetes.io/name: tollgate, app.kubernetes.io/instance: edge, app.kubernetes.io/component: envoy}",
+    )
+    .unwrap();
+    let rules = |name: &str| -> BTreeMap<String, Yaml> {
+        let np = r.find("NetworkPolicy", name);
+        assert_eq!(np["spec"]["policyTypes"][0], "Ingress");
+        np["spec"]["ingress"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|rule| {
+                let port = rule["ports"][0]["port"].as_str().unwrap().to_string();
+                (port, rule["from"].clone())
+            })
+            .collect()
+    };
+    for name in ["edge-tollgate-authz", "edge-tollgate-ratelimit"] {
+        let rules = rules(name);
+        let grpc = rules["grpc"].as_sequence().unwrap();
+        assert_eq!(grpc.len(), 1, "{name}: only the gateway: {grpc:?}");
+        assert_eq!(grpc[0]["podSelector"]["matchLabels"], envoy_pods);
+        // Metrics only from the monitoring namespace (production's metricsFrom).
+        assert_eq!(
+            rules["http"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+    }
+    let authz = rules("edge-tollgate-authz");
+    assert_eq!(
+        authz["admin"][0]["podSelector"]["matchLabels"]["tollgate.io/admin-client"],
+        "true"
+    );
+    assert!(!rules("edge-tollgate-ratelimit").contains_key("admin"));
+    // The admin Service is never exposed outside the cluster.
+    let admin = r.find("Service", "edge-tollgate-admin");
+    assert_eq!(admin["spec"]["type"], "ClusterIP");
+    // Own gateways are let in by configuration.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("istio.yaml");
+    std::fs::write(
+        &f,
+        "envoy: { enabled: false }\nnetworkPolicy:\n  gatewayFrom:\n    - namespaceSelector: { matchLabels: { kubernetes.io/metadata.name: istio-system } }\n",
+    )
+    .unwrap();
+    let byo = render(&[f.to_str().unwrap()], &[], &[]).unwrap();
+    let np = byo.find("NetworkPolicy", "edge-tollgate-ratelimit");
+    let grpc = &np["spec"]["ingress"][0];
+    assert_eq!(grpc["ports"][0]["port"], "grpc");
+    assert_eq!(
+        grpc["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "istio-system"
+    );
+    assert_eq!(grpc["from"].as_sequence().unwrap().len(), 1);
+    // The trial Redis answers only the two services.
+    let redis = render_default().find("NetworkPolicy", "edge-tollgate-redis");
+    let from = redis["spec"]["ingress"][0]["from"].as_sequence().unwrap();
+    let components: Vec<&str> = from
+        .iter()
+        .map(|p| {
+            p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(components, ["authz", "ratelimit"]);
+}
+
+#[test]
+fn config_changes_roll_the_pods_but_limit_changes_are_hot_reloaded() {
+    let checksum = |r: &Rendered, name: &str| {
+        r.find("Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let base = render_production(&[]);
+    let limits = render_with_reports_limit(10);
+    let policy = render_production(&["authz.policy.no_match=authenticated"]);
+    let routes = render_production(&["envoy.extAuthz.timeout=0.5s"]);
+    let (authz, ratelimit, envoy) = (
+        "edge-tollgate-authz",
+        "edge-tollgate-ratelimit",
+        "edge-tollgate-envoy",
+    );
+    // New limits reach running pods through the mounted ConfigMap: no pod restarts.
+    assert_ne!(
+        std::fs::read_to_string(base.file("edge-tollgate-limits", "gateway.yaml")).unwrap(),
+        std::fs::read_to_string(limits.file("edge-tollgate-limits", "gateway.yaml")).unwrap()
+    );
+    for d in [authz, ratelimit, envoy] {
+        assert_eq!(checksum(&base, d), checksum(&limits, d), "{d}");
+    }
+    // Settings read at start roll exactly the pods that read them.
+    assert_ne!(checksum(&base, authz), checksum(&policy, authz));
+    assert_eq!(checksum(&base, ratelimit), checksum(&policy, ratelimit));
+    assert_ne!(checksum(&base, envoy), checksum(&routes, envoy));
+    assert_eq!(checksum(&base, authz), checksum(&routes, authz));
+}
+
+#[test]
 fn rendered_envoy_configs_pass_envoy_validate() {
     for r in [render_default(), render_production(&[])] {
         let path = r.file("edge-tollgate-envoy", "envoy.yaml");
