@@ -3,6 +3,7 @@
 //! inactive answers, errors and timeouts deny and are never cached, so a flaky introspection
 //! endpoint cannot pin a decision in either direction.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,12 +16,13 @@ use oauth2::{
     ExtraTokenFields, IntrospectionUrl, StandardRevocableToken, StandardTokenIntrospectionResponse,
     TokenIntrospectionResponse,
 };
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tollgate_common::config::{Errors, Validate, join};
 use tollgate_common::secret::Secret;
 
-use super::cache::{IdentityCache, hash_token};
+use super::cache::{IdentityCache, TokenHash, hash_token};
 use super::jwt::ClaimMapping;
 use super::{Clock, Identity, Method, Rejection, unix};
 use crate::metrics;
@@ -167,6 +169,29 @@ pub struct Introspector {
     max_token_bytes: usize,
     claims: ClaimMapping,
     clock: Clock,
+    inflight: Mutex<HashMap<TokenHash, Arc<Shared>>>,
+}
+
+type Shared = tokio::sync::OnceCell<Result<Arc<Identity>, Rejection>>;
+
+/// A caller's share of an in-flight introspection; the last one out (or the first after it
+/// finished) removes the entry, also when callers are cancelled (Envoy gave up waiting).
+struct Inflight<'a> {
+    map: &'a Mutex<HashMap<TokenHash, Arc<Shared>>>,
+    key: TokenHash,
+    cell: Arc<Shared>,
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock();
+        if let Some(c) = map.get(&self.key)
+            && Arc::ptr_eq(c, &self.cell)
+            && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2)
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 impl Introspector {
@@ -211,6 +236,7 @@ impl Introspector {
             max_token_bytes: cfg.max_token_bytes,
             claims: cfg.claims.clone(),
             clock,
+            inflight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -234,6 +260,31 @@ impl Introspector {
             return Ok(id);
         }
         metrics::cache("introspection", false);
+        // Concurrent Checks of one new token share a single introspection request.
+        let cell = self
+            .inflight
+            .lock()
+            .entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+            .clone();
+        let guard = Inflight {
+            map: &self.inflight,
+            key,
+            cell,
+        };
+        guard
+            .cell
+            .get_or_init(|| self.introspect(token, key, now))
+            .await
+            .clone()
+    }
+
+    async fn introspect(
+        &self,
+        token: &str,
+        key: TokenHash,
+        now: SystemTime,
+    ) -> Result<Arc<Identity>, Rejection> {
         let access = AccessToken::new(token.to_string());
         let request = self
             .client
@@ -510,6 +561,43 @@ mod tests {
             i.verify(&"a".repeat(5000)).await.unwrap_err(),
             Rejection::Invalid("token_too_large")
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_checks_of_a_new_token_share_one_request() {
+        let (srv, i, _) = setup("").await;
+        srv.answers.lock().insert("burst".into(), active(T0 + 600));
+        let i = Arc::new(i);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let i = i.clone();
+                tokio::spawn(async move { i.verify("burst").await.map(|id| id.subject.clone()) })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "svc-1");
+        }
+        assert_eq!(srv.calls.load(Ordering::SeqCst), 1);
+        assert!(i.inflight.lock().is_empty(), "no entry left behind");
+
+        // Failures are shared by the callers waiting on them, then forgotten.
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let i = i.clone();
+                tokio::spawn(async move { i.verify("nobody").await.map(|_| ()) })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Err(Rejection::Invalid("inactive")));
+        }
+        assert_eq!(srv.calls.load(Ordering::SeqCst), 2);
+        assert!(i.verify("nobody").await.is_err());
+        assert_eq!(
+            srv.calls.load(Ordering::SeqCst),
+            3,
+            "a failure is not cached"
+        );
+        assert!(i.inflight.lock().is_empty());
     }
 
     #[tokio::test]
