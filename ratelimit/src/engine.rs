@@ -312,7 +312,7 @@ impl Engine {
                 // As envoyproxy/ratelimit: an override applies whenever the domain is known,
                 // whatever the configured descriptors, never in shadow mode.
                 if let Some(limit) = Limit::from_override(
-                    &dom.name,
+                    dom,
                     o.requests_per_unit,
                     o.unit,
                     self.options.override_algorithm,

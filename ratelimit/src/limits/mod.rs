@@ -57,6 +57,8 @@ pub struct Domain {
     pub file: PathBuf,
     root: Level,
     summary: Vec<LimitSummary>,
+    /// Shared by every limit Envoy sends for this domain.
+    override_metrics: LimitMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -106,9 +108,10 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// A limit sent by Envoy in a descriptor's `limit` field. `None` for an unknown unit.
+    /// A limit sent by Envoy in a descriptor's `limit` field. `None` for an unknown unit, and
+    /// for a limit too large to count exactly (which is, in practice, no limit).
     pub(crate) fn from_override(
-        domain: &Arc<str>,
+        domain: &Domain,
         requests_per_unit: u32,
         unit: i32,
         algorithm: Algorithm,
@@ -121,6 +124,9 @@ impl Limit {
             window,
             burst: None,
         };
+        if requests_per_unit > 0 && rule.check().is_err() {
+            return None;
+        }
         Some(Self {
             name: Arc::from("override"),
             named: false,
@@ -131,9 +137,9 @@ impl Limit {
             unit,
             shadow: false,
             detailed_metric: false,
-            domain: domain.clone(),
+            domain: domain.name.clone(),
             key_suffix: position_suffix("o").into(),
-            metrics: LimitMetrics::new(domain, "override"),
+            metrics: domain.override_metrics.clone(),
         })
     }
 
@@ -417,11 +423,13 @@ fn compile(
         text,
     };
     let root = cx.level(&raw.descriptors, "descriptors", "");
+    let override_metrics = LimitMetrics::new(&name, "override");
     Domain {
         name,
         file,
         root,
         summary,
+        override_metrics,
     }
 }
 
