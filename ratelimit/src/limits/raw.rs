@@ -14,7 +14,7 @@ use crate::algorithm::Algorithm;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDomain {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_string")]
     pub(crate) domain: String,
     #[serde(default)]
     pub(crate) descriptors: Vec<RawDescriptor>,
@@ -24,7 +24,7 @@ pub(crate) struct RawDomain {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDescriptor {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_string")]
     pub(crate) key: String,
     #[serde(default, deserialize_with = "scalar_string")]
     pub(crate) value: String,
@@ -50,7 +50,7 @@ pub(crate) struct RawDescriptor {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRateLimit {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_string")]
     pub(crate) name: String,
     #[serde(default)]
     pub(crate) replaces: Vec<RawReplaces>,
@@ -73,12 +73,12 @@ pub(crate) struct RawRateLimit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawReplaces {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar_string")]
     pub(crate) name: String,
 }
 
-/// envoyproxy/ratelimit reads `value: 50` or `value: true` as the strings "50" and "true";
-/// YAML would otherwise reject them as non-strings.
+/// envoyproxy/ratelimit reads scalars such as `value: 50` or `key: true` as the strings "50"
+/// and "true"; strict YAML typing would otherwise reject them.
 fn scalar_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     use serde::de::Error;
     match serde_yaml::Value::deserialize(d)? {

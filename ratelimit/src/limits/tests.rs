@@ -656,9 +656,12 @@ descriptors:
   - key: flag
     value: true
     rate_limit: {unit: second, requests_per_unit: 1}
+  - key: 404
+    rate_limit: {name: 7, unit: second, requests_per_unit: 1}
 ");
     assert!(matched(&l, "d", &[("code", "50")]).is_some());
     assert!(matched(&l, "d", &[("flag", "true")]).is_some());
+    assert_eq!(matched(&l, "d", &[("404", "x")]).as_deref(), Some("7"));
 }
 
 #[test]
