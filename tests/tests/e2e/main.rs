@@ -10,3 +10,4 @@ mod helm;
 mod observability;
 mod observability_tracing;
 mod observability_prometheus;
+mod observability_logs;

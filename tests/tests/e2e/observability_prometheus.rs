@@ -100,17 +100,15 @@ impl Prometheus {
 
     /// Waits until `promql` evaluates to `want`.
     async fn expect(&self, promql: &str, want: f64) {
-        let mut last = None;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let got = self.value(promql).await;
             if got == Some(want) {
                 return;
             }
-            last = got;
             assert!(
                 std::time::Instant::now() < deadline,
-                "{promql}: want {want}, last {last:?}"
+                "{promql}: want {want}, last {got:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
