@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tollgate_proto::auth::{
-    Authorization, CheckRequest, CheckResponse, HttpView, denied_response, header, ok_response,
+    Authorization, CheckRequest, CheckResponse, HttpResponse, HttpView, denied_response, header,
+    ok_response,
 };
 use tollgate_proto::metadata;
 use tollgate_proto::pb::envoy::config::core::v3::HeaderValueOption;
@@ -100,7 +101,8 @@ struct Outcome {
 #[derive(Clone, Copy)]
 enum Credential<'a> {
     Bearer(&'a str),
-    ApiKey(&'a str),
+    /// The key, and whether it came from the query string.
+    ApiKey(&'a str, bool),
 }
 
 impl Authorizer {
@@ -229,7 +231,9 @@ impl Authorizer {
                         None,
                     );
                 }
-                (h, q) => h.or(q),
+                (Some(h), None) => Some((h, false)),
+                (None, Some(q)) => Some((q, true)),
+                (None, None) => None,
             }
         } else {
             None
@@ -255,7 +259,7 @@ impl Authorizer {
                     Some(Credential::Bearer(t))
                 }
                 (Method::Introspection, Some(t), _) => Some(Credential::Bearer(t)),
-                (Method::ApiKey, _, Some(k)) => Some(Credential::ApiKey(k)),
+                (Method::ApiKey, _, Some((k, q))) => Some(Credential::ApiKey(k, q)),
                 _ => None,
             };
             if let Some(c) = cred {
@@ -280,7 +284,7 @@ impl Authorizer {
                 Some(i) => i.verify(t).await.map_err(|r| (r, Scheme::Bearer)),
                 None => Err((Rejection::Invalid("not_configured"), Scheme::Bearer)),
             },
-            (Method::ApiKey, Credential::ApiKey(k)) => match &self.api_keys {
+            (Method::ApiKey, Credential::ApiKey(k, _)) => match &self.api_keys {
                 Some(keys) => keys
                     .verify(k)
                     .await
@@ -369,10 +373,12 @@ impl Authorizer {
             let v = claim_string(id, path);
             put(name, v.as_deref());
         }
+        let mut remove_query = None;
         if h.remove_credential {
             match cred {
                 Some(Credential::Bearer(_)) => remove.push("authorization".into()),
-                Some(Credential::ApiKey(_)) => remove.push(self.api_key_header.clone()),
+                Some(Credential::ApiKey(_, false)) => remove.push(self.api_key_header.clone()),
+                Some(Credential::ApiKey(_, true)) => remove_query = self.api_key_query.clone(),
                 None => {}
             }
         }
@@ -390,8 +396,14 @@ impl Authorizer {
         if let Some(p) = &id.plan {
             fields.push(("plan", metadata::string(p.clone())));
         }
+        let mut response = ok_response(set, remove, Some(metadata::structure(fields)));
+        if let (Some(param), Some(HttpResponse::OkResponse(ok))) =
+            (remove_query, response.http_response.as_mut())
+        {
+            ok.query_parameters_to_remove.push(param);
+        }
         Outcome {
-            response: ok_response(set, remove, Some(metadata::structure(fields))),
+            response,
             decision: "allow",
             method: id.method.as_str(),
             reason,

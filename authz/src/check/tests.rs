@@ -457,6 +457,19 @@ async fn query_parameter_keys_and_credential_removal() {
     let path = format!("/keys?x=1&api_key={key}");
     let r = a.check(&req("GET", &path, &[], &[])).await;
     assert_eq!(status(&r), 200);
+    match r.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(o) => {
+            assert_eq!(
+                o.query_parameters_to_remove,
+                vec!["api_key"],
+                "the key leaves the query"
+            );
+        }
+        _ => unreachable!(),
+    }
+    let r = a
+        .check(&req("GET", "/keys", &[("x-api-key", key)], &[]))
+        .await;
     assert!(removed(&r).contains(&"x-api-key".to_string()));
     let r = a
         .check(&req("GET", &path, &[("x-api-key", key)], &[]))

@@ -85,3 +85,37 @@ async fn api_keys_on_different_plans_get_different_limits() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn credentials_can_be_kept_from_the_upstream() {
+    let config = CONFIG.replace(
+        "api_keys:\n",
+        "headers:\n  remove_credential: true\napi_keys:\n  query_param: api_key\n",
+    );
+    let gw = Gateway::start(&config, &[]).await;
+    let key = create_key(&gw, "team-q", "gold").await;
+    let c = client();
+
+    let r = c
+        .get(gw.url(&format!("/orders?page=2&api_key={key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: Value = r.json().await.unwrap();
+    let path = echo["path"].as_str().unwrap();
+    assert!(
+        !path.contains(&key) && path.starts_with("/orders?") && path.contains("page=2"),
+        "{path}"
+    );
+    assert_eq!(echo["headers"]["x-tollgate-subject"][0], "team-q");
+
+    let r = c
+        .get(gw.url("/orders"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    let echo: Value = r.json().await.unwrap();
+    assert!(echo["headers"].get("x-api-key").is_none(), "{echo}");
+}
