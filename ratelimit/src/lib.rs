@@ -84,11 +84,23 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error>
         Arc::new(SystemClock),
         config.engine_options(),
     ));
-    let reloader = Arc::new(Reloader::new(
-        config.limits.clone(),
-        engine.clone(),
-        config.default_algorithm,
-    ));
+    let settings = reload::Settings {
+        failure_mode: config.failure_mode,
+        default_algorithm: config.default_algorithm,
+        shadow_mode: config.shadow_mode,
+        store: match config.store {
+            store::StoreConfig::Memory(_) => "memory",
+            store::StoreConfig::Redis(_) => "redis",
+        },
+    };
+    let reloader = Arc::new(
+        Reloader::new(
+            config.limits.clone(),
+            engine.clone(),
+            config.default_algorithm,
+        )
+        .with_settings(settings),
+    );
     let errors = reloader.reload();
     if !errors.is_empty() {
         return Err(Error::Limits(errors));
@@ -180,6 +192,7 @@ mod tests {
         let config = http_get(running.http_addr, "/config").await;
         assert!(config.starts_with("HTTP/1.1 200"), "{config}");
         assert!(config.contains("\"per-client\""), "{config}");
+        assert!(config.contains("\"failure_mode\":\"error\""), "{config}");
         let metrics = http_get(running.http_addr, "/metrics").await;
         assert!(metrics.contains(metrics::DECISIONS), "{metrics}");
         assert!(metrics.contains(metrics::CONFIG_LOADS), "{metrics}");

@@ -27,10 +27,23 @@ pub struct ConfigView {
     /// Incremented by every load.
     pub generation: u64,
     pub loaded_at: String,
+    /// The engine settings in force (from the service config, not reloaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
     pub domains: Vec<DomainView>,
     pub files: Vec<FileStatus>,
     /// Problems in the files on disk now (the config in force skips or predates them).
     pub errors: Vec<FileError>,
+}
+
+/// The service settings `/config` shows next to the limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub failure_mode: crate::engine::FailureMode,
+    pub default_algorithm: crate::algorithm::Algorithm,
+    pub shadow_mode: bool,
+    /// `memory` or `redis`.
+    pub store: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +79,7 @@ impl Reloader {
             source: source.as_ref().map(|s| s.path.clone()),
             generation: 0,
             loaded_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            settings: None,
             domains: Vec::new(),
             files: Vec::new(),
             errors: Vec::new(),
@@ -75,6 +89,14 @@ impl Reloader {
             engine,
             view: ArcSwap::from_pointee(view),
         }
+    }
+
+    /// Shows `settings` on `/config`.
+    pub fn with_settings(self, settings: Settings) -> Self {
+        let mut view = (*self.view.load_full()).clone();
+        view.settings = Some(settings);
+        self.view.store(Arc::new(view));
+        self
     }
 
     /// Loads every file now and installs the result; returns the errors found (empty: all good).
@@ -109,6 +131,7 @@ impl Reloader {
             source: previous.source.clone(),
             generation: previous.generation + 1,
             loaded_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            settings: previous.settings.clone(),
             domains,
             files: report.files,
             errors: report.errors.clone(),
