@@ -1,8 +1,9 @@
 //! Operator endpoints on the side listener, off unless `server.debug` is configured and always
 //! behind their own bearer credential (like the admin API): `PUT /loglevel` changes the log
 //! filter of the running process; `GET /debug/pprof/profile?seconds=N` samples the CPU for N
-//! seconds and answers collapsed stacks (`frame;frame;frame count` lines, what flame graph
-//! tools read), `GET /debug/pprof/flamegraph?seconds=N` the same as an SVG flame graph.
+//! seconds and answers a profile in pprof's protobuf format (`go tool pprof` reads it);
+//! `/debug/pprof/folded` answers the same as collapsed stacks (`frame;frame;frame count`
+//! lines, what flame graph tools read) and `/debug/pprof/flamegraph` as an SVG flame graph.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,7 +97,8 @@ pub fn router(cfg: &DebugConfig, env: &Env) -> Result<Router, DebugError> {
     let mut router = Router::new().route("/loglevel", put(set_level));
     if cfg.pprof {
         router = router
-            .route("/debug/pprof/profile", get(profile_folded))
+            .route("/debug/pprof/profile", get(profile_pprof))
+            .route("/debug/pprof/folded", get(profile_folded))
             .route("/debug/pprof/flamegraph", get(profile_svg));
     }
     Ok(router.layer(axum::middleware::from_fn_with_state(token, authenticate)))
@@ -149,8 +151,13 @@ static PROFILING: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy)]
 enum Format {
+    Pprof,
     Folded,
     Svg,
+}
+
+async fn profile_pprof(Query(p): Query<ProfileParams>) -> Response {
+    profile(p, Format::Pprof).await
 }
 
 async fn profile_folded(Query(p): Query<ProfileParams>) -> Response {
@@ -195,6 +202,10 @@ fn capture(secs: Duration, format: Format) -> Result<(&'static str, Vec<u8>), St
     std::thread::sleep(secs);
     let report = guard.report().build().map_err(|e| e.to_string())?;
     match format {
+        Format::Pprof => Ok((
+            "application/octet-stream",
+            pprof_format::encode(&report, secs),
+        )),
         Format::Svg => {
             let mut svg = Vec::new();
             report.flamegraph(&mut svg).map_err(|e| e.to_string())?;
@@ -223,6 +234,177 @@ fn capture(secs: Duration, format: Format) -> Result<(&'static str, Vec<u8>), St
     }
 }
 
+/// pprof's `profile.proto`, the subset a CPU profile uses, encoded with the workspace's prost
+/// (pprof-rs's own encoder would bring a second prost version).
+mod pprof_format {
+    use std::collections::HashMap;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use prost::Message;
+
+    const FREQUENCY_HZ: i64 = 99;
+
+    #[derive(Clone, PartialEq, Message)]
+    pub(super) struct Profile {
+        #[prost(message, repeated, tag = "1")]
+        pub(super) sample_type: Vec<ValueType>,
+        #[prost(message, repeated, tag = "2")]
+        pub(super) sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "4")]
+        pub(super) location: Vec<Location>,
+        #[prost(message, repeated, tag = "5")]
+        pub(super) function: Vec<Function>,
+        #[prost(string, repeated, tag = "6")]
+        pub(super) string_table: Vec<String>,
+        #[prost(int64, tag = "9")]
+        pub(super) time_nanos: i64,
+        #[prost(int64, tag = "10")]
+        pub(super) duration_nanos: i64,
+        #[prost(message, optional, tag = "11")]
+        pub(super) period_type: Option<ValueType>,
+        #[prost(int64, tag = "12")]
+        pub(super) period: i64,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    pub(super) struct ValueType {
+        #[prost(int64, tag = "1")]
+        pub(super) r#type: i64,
+        #[prost(int64, tag = "2")]
+        pub(super) unit: i64,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    pub(super) struct Sample {
+        #[prost(uint64, repeated, tag = "1")]
+        pub(super) location_id: Vec<u64>,
+        #[prost(int64, repeated, tag = "2")]
+        pub(super) value: Vec<i64>,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    pub(super) struct Location {
+        #[prost(uint64, tag = "1")]
+        pub(super) id: u64,
+        #[prost(message, repeated, tag = "4")]
+        pub(super) line: Vec<Line>,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    pub(super) struct Line {
+        #[prost(uint64, tag = "1")]
+        pub(super) function_id: u64,
+        #[prost(int64, tag = "2")]
+        pub(super) line: i64,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    pub(super) struct Function {
+        #[prost(uint64, tag = "1")]
+        pub(super) id: u64,
+        #[prost(int64, tag = "2")]
+        pub(super) name: i64,
+        #[prost(int64, tag = "3")]
+        pub(super) system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub(super) filename: i64,
+    }
+
+    /// Interns strings: index 0 is the empty string, as the format requires.
+    struct Strings {
+        table: Vec<String>,
+        index: HashMap<String, i64>,
+    }
+
+    impl Strings {
+        fn id(&mut self, s: &str) -> i64 {
+            if let Some(i) = self.index.get(s) {
+                return *i;
+            }
+            let i = self.table.len() as i64;
+            self.table.push(s.to_string());
+            self.index.insert(s.to_string(), i);
+            i
+        }
+    }
+
+    pub(super) fn encode(report: &pprof::Report, duration: Duration) -> Vec<u8> {
+        let mut strings = Strings {
+            table: vec![String::new()],
+            index: HashMap::from([(String::new(), 0)]),
+        };
+        let period = 1_000_000_000 / FREQUENCY_HZ;
+        let samples = ValueType {
+            r#type: strings.id("samples"),
+            unit: strings.id("count"),
+        };
+        let cpu = ValueType {
+            r#type: strings.id("cpu"),
+            unit: strings.id("nanoseconds"),
+        };
+        let mut functions: HashMap<(String, String), u64> = HashMap::new();
+        let mut locations: HashMap<(u64, i64), u64> = HashMap::new();
+        let mut profile = Profile {
+            sample_type: vec![samples, cpu.clone()],
+            period_type: Some(cpu),
+            period,
+            duration_nanos: duration.as_nanos() as i64,
+            time_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64)
+                - duration.as_nanos() as i64,
+            ..Default::default()
+        };
+        for (frames, count) in &report.data {
+            let mut ids = Vec::new();
+            // Leaf first, as the format wants; inlined symbols of a frame are separate entries.
+            for frame in &frames.frames {
+                for symbol in frame {
+                    let name = symbol.name();
+                    let file = symbol.filename().into_owned();
+                    let fid = match functions.get(&(name.clone(), file.clone())) {
+                        Some(id) => *id,
+                        None => {
+                            let id = profile.function.len() as u64 + 1;
+                            let n = strings.id(&name);
+                            let sys = strings.id(&symbol.sys_name());
+                            let f = strings.id(&file);
+                            profile.function.push(Function {
+                                id,
+                                name: n,
+                                system_name: sys,
+                                filename: f,
+                            });
+                            functions.insert((name, file), id);
+                            id
+                        }
+                    };
+                    let line = i64::from(symbol.lineno.unwrap_or(0));
+                    let lid = *locations.entry((fid, line)).or_insert_with(|| {
+                        let id = profile.location.len() as u64 + 1;
+                        profile.location.push(Location {
+                            id,
+                            line: vec![Line {
+                                function_id: fid,
+                                line,
+                            }],
+                        });
+                        id
+                    });
+                    ids.push(lid);
+                }
+            }
+            let count = *count as i64;
+            profile.sample.push(Sample {
+                location_id: ids,
+                value: vec![count, count * period],
+            });
+        }
+        profile.string_table = strings.table;
+        profile.encode_to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -232,6 +414,9 @@ mod tests {
     use super::*;
 
     const TOKEN: &str = "debug-credential-0123456789";
+
+    /// The sampler is process-wide: profiling tests take turns.
+    static PROFILER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     fn env() -> Env {
         [(TOKEN_ENV.to_string(), TOKEN.to_string())].into()
@@ -264,6 +449,7 @@ mod tests {
         for (method, path) in [
             ("PUT", "/loglevel"),
             ("GET", "/debug/pprof/profile?seconds=1"),
+            ("GET", "/debug/pprof/folded?seconds=1"),
             ("GET", "/debug/pprof/flamegraph?seconds=1"),
         ] {
             for auth in [None, Some("Bearer wrong-credential-000000000")] {
@@ -297,7 +483,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn profiles_the_cpu_in_pprof_format() {
+        let _turn = PROFILER.lock().await;
+        use prost::Message;
+        let app = router(
+            &DebugConfig {
+                pprof: true,
+                ..Default::default()
+            },
+            &env(),
+        )
+        .unwrap();
+        let busy = std::thread::spawn(|| {
+            let end = std::time::Instant::now() + Duration::from_millis(1500);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            x
+        });
+        let resp = app
+            .oneshot(
+                Request::get("/debug/pprof/profile?seconds=1")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        busy.join().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let p = pprof_format::Profile::decode(body).unwrap();
+        assert_eq!(p.string_table[0], "");
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let types: Vec<(&str, &str)> = p
+            .sample_type
+            .iter()
+            .map(|t| (s(t.r#type), s(t.unit)))
+            .collect();
+        assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+        assert!(!p.sample.is_empty());
+        let sampled: i64 = p.sample.iter().map(|x| x.value[0]).sum();
+        assert!(sampled > 0);
+        for sample in &p.sample {
+            assert_eq!(sample.value[1], sample.value[0] * p.period);
+            for id in &sample.location_id {
+                let loc = &p.location[*id as usize - 1];
+                assert_eq!(loc.id, *id);
+                let f = &p.function[loc.line[0].function_id as usize - 1];
+                assert_eq!(f.id, loc.line[0].function_id);
+            }
+        }
+        assert!(p.function.iter().any(|f| !s(f.name).is_empty()));
+    }
+
+    #[tokio::test]
     async fn profiles_the_cpu_as_collapsed_stacks() {
+        let _turn = PROFILER.lock().await;
         let app = router(
             &DebugConfig {
                 pprof: true,
@@ -318,7 +563,7 @@ mod tests {
         let resp = app
             .clone()
             .oneshot(
-                Request::get("/debug/pprof/profile?seconds=1")
+                Request::get("/debug/pprof/folded?seconds=1")
                     .header("authorization", format!("Bearer {TOKEN}"))
                     .body(Body::empty())
                     .unwrap(),
