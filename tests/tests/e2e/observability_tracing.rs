@@ -1,12 +1,13 @@
 //! Traces joined across the gateway: Envoy with its OpenTelemetry tracer and both services
 //! export OTLP to a receiver in the test; the Check and ShouldRateLimit spans must continue
 //! the client's trace with Envoy's own span for the call as their parent, and the Redis call
-//! must be a child of ShouldRateLimit.
+//! must be a child of ShouldRateLimit, the introspection call a child of Check.
 
 use std::time::Duration;
 
 use tollgate_tests::echo::EchoUpstream;
 use tollgate_tests::envoy::{Backends, Envoy, example_config};
+use tollgate_tests::oidc::{APP_SILVER, INTROSPECTOR, OidcProvider};
 use tollgate_tests::paths::project_root;
 use tollgate_tests::process::wait_for;
 use tollgate_tests::redis::RedisServer;
@@ -70,10 +71,30 @@ layers:
     serde_yaml::to_string(&doc).unwrap()
 }
 
-fn authz_config() -> String {
-    "log: { format: json, level: info }\n\
-     policy:\n  no_match: deny\n  rules:\n    - name: public\n      path: { prefix: / }\n      public: true\n"
-        .to_string()
+fn authz_config(oidc: &OidcProvider) -> String {
+    format!(
+        r#"
+log: {{ format: json, level: info }}
+policy:
+  no_match: deny
+  rules:
+    - name: public
+      path: {{ prefix: /public }}
+      public: true
+    - name: api
+      path: {{ prefix: / }}
+      identity: [introspection]
+introspection:
+  endpoint: {endpoint}
+  client_id: {id}
+  client_secret: {secret}
+  issuer: {issuer}
+"#,
+        endpoint = oidc.introspection_endpoint(),
+        id = INTROSPECTOR.id,
+        secret = INTROSPECTOR.secret,
+        issuer = oidc.issuer(),
+    )
 }
 
 fn ratelimit_config(redis: &str) -> String {
@@ -87,12 +108,13 @@ fn ratelimit_config(redis: &str) -> String {
 async fn check_and_should_rate_limit_spans_continue_envoys_trace() {
     let otlp = OtlpReceiver::start().await.unwrap();
     let redis = RedisServer::start().await.unwrap();
+    let oidc = OidcProvider::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint()),
         ("OTEL_BSP_SCHEDULE_DELAY", "50".to_string()),
     ];
-    let authz = Service::start("tollgate-authz", &authz_config(), &env, dir.path())
+    let authz = Service::start("tollgate-authz", &authz_config(&oidc), &env, dir.path())
         .await
         .unwrap();
     let ratelimit = Service::start(
@@ -119,7 +141,7 @@ async fn check_and_should_rate_limit_spans_continue_envoys_trace() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
     let resp = reqwest::Client::new()
-        .get(envoy.url("/anything"))
+        .get(envoy.url("/public/anything"))
         .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
         .send()
         .await
@@ -182,6 +204,41 @@ async fn check_and_should_rate_limit_spans_continue_envoys_trace() {
             .any(|s| s.service == "envoy" && s.parent_span_id == client_span),
         "{spans:#?}"
     );
+
+    // An opaque token: the introspection call is a child of that request's Check span.
+    let opaque = oidc
+        .client_credentials(APP_SILVER.id, APP_SILVER.secret, "read", None)
+        .await
+        .unwrap();
+    let second_trace = "0af7651916cd43dd8448eb211c80319c";
+    let resp = reqwest::Client::new()
+        .get(envoy.url("/orders"))
+        .bearer_auth(&opaque)
+        .header(
+            "traceparent",
+            format!("00-{second_trace}-b7ad6b7169203331-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (check, introspection) =
+        wait_for("the introspection span", Duration::from_secs(30), || {
+            let spans = otlp.spans();
+            async move {
+                let in_trace = |name: &str| {
+                    spans
+                        .iter()
+                        .find(|s| s.name == name && s.trace_id == second_trace)
+                        .cloned()
+                };
+                Some((in_trace(CHECK)?, in_trace("introspection")?))
+            }
+        })
+        .await;
+    assert_eq!(introspection.parent_span_id, check.span_id);
+    assert_eq!(introspection.kind, 3, "a client span: {introspection:?}");
+    assert_eq!(check.attribute("tollgate.decision"), Some("allow"));
+    assert_eq!(check.attribute("tollgate.reason"), Some("allowed"));
     drop(envoy);
-    let _ = (authz.log(), ratelimit.log());
 }
