@@ -165,3 +165,26 @@ topologySpreadConstraints:
 priorityClassName: {{ . }}
 {{- end }}
 {{- end }}
+
+{{/* The `server:` section both services share: listeners, shutdown timing, debug endpoints. */}}
+{{- define "tollgate.serverConfig" -}}
+{{- $v := .values }}
+{{- $server := dict
+  "grpc_addr" (printf "0.0.0.0:%d" (int $v.ports.grpc))
+  "http_addr" (printf "0.0.0.0:%d" (int $v.ports.http))
+  "shutdown_delay" (printf "%ds" (int $v.shutdownDelaySeconds))
+  "drain_timeout" (printf "%ds" (int $v.drainTimeoutSeconds)) }}
+{{- if .root.Values.debug.enabled }}
+{{- $_ := set $server "debug" (dict "token_file" "/etc/tollgate/debug/token" "pprof" .root.Values.debug.pprof) }}
+{{- end }}
+{{- toJson $server }}
+{{- end }}
+
+{{/* The debug credential's Secret name and key. */}}
+{{- define "tollgate.debug.secret" -}}
+{{- default (include "tollgate.component" (dict "root" . "component" "debug")) .Values.debug.existingSecret }}
+{{- end }}
+
+{{- define "tollgate.debug.secretKey" -}}
+{{- if .Values.debug.existingSecret }}{{ .Values.debug.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}

@@ -686,7 +686,7 @@ fn every_switch_renders_valid_manifests_envoy_and_service_configs() {
     let pki_dir = tempfile::tempdir().unwrap();
     let ca = std::fs::read_to_string(pki::generate(pki_dir.path(), "redis-ca").ca_cert).unwrap();
     let ca_secret = format!("redis-ca/ca.crt={ca}");
-    let variants: [(&[&str], &[&str]); 8] = [
+    let variants: [(&[&str], &[&str]); 9] = [
         (&["envoy.enabled=false"], &[]),
         (&["authz.enabled=false"], &[]),
         (&["ratelimit.enabled=false"], &[]),
@@ -727,6 +727,7 @@ fn every_switch_renders_valid_manifests_envoy_and_service_configs() {
             ],
             &[&ca_secret],
         ),
+        (&["debug.enabled=true", "debug.pprof=true"], &[]),
         (
             &[
                 "authz.autoscaling.enabled=true",
@@ -893,7 +894,7 @@ struct EnvoyPorts {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
-    let r = render_production(&[]);
+    let r = render_production(&["debug.enabled=true"]);
     let dir = tempfile::tempdir().unwrap();
 
     // The operator's Redis, with the password of the `tollgate-redis` Secret.
@@ -1029,6 +1030,23 @@ async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
         (res.status() == 200).then_some(())
     })
     .await;
+
+    // The operator endpoints answer only the generated debug credential, mounted from its Secret.
+    let ratelimit = r.workload("edge-tollgate-ratelimit/ratelimit");
+    let debug_token =
+        std::fs::read_to_string(ratelimit.localise("/etc/tollgate/debug/token")).unwrap();
+    assert!(debug_token.len() >= 32);
+    let loglevel = format!("http://{rl_http}/loglevel");
+    let anonymous = http.put(&loglevel).body("debug").send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let operator = http
+        .put(&loglevel)
+        .bearer_auth(debug_token.trim_end())
+        .body("info")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(operator.status(), 200, "{}", operator.text().await.unwrap());
 
     let counters: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
     assert!(
