@@ -1,6 +1,7 @@
 //! A real Prometheus scrapes Envoy's `/stats/prometheus` and both services' `/metrics` while
 //! traffic flows through Envoy; PromQL answers the allow / deny / over-limit counts the traffic
-//! produced, and every expression of the Grafana dashboard names only series that exist.
+//! produced, and every expression of the Grafana dashboard and of the shipped Prometheus rules
+//! names only series that exist.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -34,8 +35,11 @@ struct Prometheus {
 
 impl Prometheus {
     async fn start(dir: &std::path::Path, targets: &[(&str, String, &str)]) -> Prometheus {
-        let mut config = String::from(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        let mut config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n",
+            project_root()
+                .join("deploy/prometheus/tollgate-rules.yaml")
+                .display()
         );
         for (job, target, path) in targets {
             config.push_str(&format!(
@@ -296,6 +300,33 @@ async fn prometheus_counts_decisions_and_the_dashboard_names_real_series() {
         missing.is_empty(),
         "series named by the dashboard but not exported: {missing:?}"
     );
+
+    // The shipped rules load, evaluate without error and name only exported series.
+    let url = format!("http://127.0.0.1:{}/api/v1/rules", prometheus.port);
+    let rules = wait_for("every rule evaluated", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let body: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            let rules: Vec<Value> = body["data"]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            (!rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown")).then_some(rules)
+        }
+    })
+    .await;
+    assert_eq!(rules.len(), 11, "{rules:#?}");
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule:#}");
+        for name in metric_names(rule["query"].as_str().unwrap()) {
+            assert!(
+                !prometheus.query(&format!("count({name})")).await.is_empty(),
+                "rule {} names {name}, which is not exported",
+                rule["name"]
+            );
+        }
+    }
     drop(envoy);
 }
 
