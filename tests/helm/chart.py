@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -325,8 +324,6 @@ def main() -> None:
             p.add_argument("--namespace", default="tollgate")
             p.add_argument("--secret", action="append", default=[])
     args = parser.parse_args()
-    # The Go library logs to stderr; keep it quiet so stderr carries only real failures.
-    os.environ.setdefault("HELM_DEBUG", "false")
     {"lint": cmd_lint, "schema": cmd_schema, "render": cmd_render}[args.command](args)
 
 
