@@ -403,3 +403,100 @@ impl Jwks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::Algorithm;
+
+    use super::*;
+    use crate::identity::jwt::tests::{EC, JwksServer, RSA1, public_jwk};
+
+    fn settings(url: &str) -> JwksSettings {
+        JwksSettings {
+            issuer: "https://issuer.test".into(),
+            source: Source::Url(url.into()),
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+            refresh_interval: Duration::from_secs(60),
+            min_refetch_interval: Duration::from_secs(30),
+            max_stale: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(5),
+            max_keys: 4,
+            max_document_bytes: 64 * 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_older_than_max_stale_are_dropped() {
+        let srv = JwksServer::start(vec![public_jwk(RSA1, Algorithm::RS256, "k1")]).await;
+        let jwks = Jwks::new(settings(&srv.url), reqwest::Client::new()).unwrap();
+        assert!(jwks.keys().is_none(), "nothing before the first fetch");
+        jwks.refresh().await.unwrap();
+        assert!(jwks.keys().unwrap().get("k1").is_some());
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(3599)).await;
+        assert!(jwks.keys().is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            jwks.keys().is_none(),
+            "keys nobody could refresh for max_stale are not trusted"
+        );
+    }
+
+    #[tokio::test]
+    async fn key_sets_are_bounded_in_keys_and_bytes() {
+        let many: Vec<_> = (0..50)
+            .map(|i| public_jwk(EC, Algorithm::ES256, &format!("e{i}")))
+            .collect();
+        let srv = JwksServer::start(many).await;
+        let jwks = Jwks::new(settings(&srv.url), reqwest::Client::new()).unwrap();
+        jwks.refresh().await.unwrap();
+        assert_eq!(
+            jwks.keys().unwrap().len(),
+            4,
+            "at most max_keys keys are kept"
+        );
+
+        let mut huge = public_jwk(EC, Algorithm::ES256, "big");
+        huge["pad"] = serde_json::json!("x".repeat(100 * 1024));
+        *srv.doc.lock() = serde_json::json!({ "keys": [huge] });
+        assert!(
+            matches!(jwks.refresh().await, Err(JwksError::Fetch { .. })),
+            "oversized document refused"
+        );
+        assert_eq!(jwks.keys().unwrap().len(), 4, "the last good set stays");
+
+        *srv.doc.lock() = serde_json::json!({ "keys": "nope" });
+        assert!(matches!(
+            jwks.refresh().await,
+            Err(JwksError::Invalid { .. })
+        ));
+        *srv.doc.lock() = serde_json::json!({ "keys": [{"kty": "oct", "k": "AAAA"}] });
+        assert!(matches!(jwks.refresh().await, Err(JwksError::NoUsableKey)));
+        assert_eq!(jwks.keys().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn the_key_decides_the_algorithm() {
+        let all = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256];
+        let mut rsa = public_jwk(RSA1, Algorithm::RS256, "r");
+        rsa.as_object_mut().unwrap().remove("alg");
+        let set = KeySet::from_jwks(&[rsa.clone()], &all, 8).unwrap();
+        assert_eq!(
+            set.get("r").unwrap().algorithms,
+            vec![Algorithm::RS256, Algorithm::PS256]
+        );
+        rsa["alg"] = serde_json::json!("ES256");
+        assert!(
+            KeySet::from_jwks(&[rsa.clone()], &all, 8).is_err(),
+            "an RSA key claiming ES256 is unusable"
+        );
+        rsa["alg"] = serde_json::json!("RS512");
+        assert!(
+            KeySet::from_jwks(&[rsa], &all, 8).is_err(),
+            "alg outside the allowlist"
+        );
+        let ec = public_jwk(EC, Algorithm::ES256, "e");
+        let set = KeySet::from_jwks(&[ec], &[Algorithm::RS256], 8);
+        assert!(set.is_err(), "ES256 not allowed for this issuer");
+    }
+}
