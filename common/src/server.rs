@@ -315,7 +315,8 @@ impl Bound {
         .await;
         match drained {
             Ok(Ok(Ok(()))) => {
-                crate::trace::flush();
+                // Off the runtime's threads: the export itself runs on this runtime.
+                let _ = tokio::task::spawn_blocking(crate::trace::flush).await;
                 tracing::info!("drained; stopped");
                 Ok(())
             }

@@ -216,7 +216,8 @@ impl opentelemetry_http::HttpClient for OnRuntime {
     }
 }
 
-/// Exports the spans still buffered (before the process exits).
+/// Exports the spans still buffered (before the process exits). Blocks until done: call it
+/// from a blocking context (`spawn_blocking`), since the export runs on the Tokio runtime.
 pub fn flush() {
     if let Some(p) = PROVIDER.get() {
         let _ = p.force_flush();
