@@ -154,7 +154,8 @@ impl Validate for PolicyConfig {
                 }
                 for (f, v) in [("exact", &p.exact), ("prefix", &p.prefix)] {
                     if v.as_ref().is_some_and(|v| !v.starts_with('/')) {
-                        errors.push(join(&join(&at, "path"), f), "must start with `/`");
+                        // Reported on `path` (which has a line even in flow style `{prefix: x}`).
+                        errors.push(join(&at, "path"), format!("`{f}` must start with `/`"));
                     }
                 }
                 if let Some(re) = &p.regex
@@ -674,7 +675,7 @@ rules:
             "policy.rules[0].methods[0]",
             "policy.rules[1].name: duplicate",
             "policy.rules[1].hosts[0]",
-            "policy.rules[1].path.prefix",
+            "policy.rules[1].path: `prefix` must start",
             "policy.rules[1].conditions[0]",
             "policy.rules[1].conditions[1]",
         ] {
