@@ -781,3 +781,82 @@ async fn redis_unreachable_at_start_is_not_fatal() {
         );
     }
 }
+
+/// This process' CPU time (user + system), from `/proc/self/stat`.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at state = field 3.
+    let rest = stat.rsplit(") ").next().unwrap_or("");
+    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state field; in ticks of 10 ms.
+    Duration::from_millis((f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10)
+}
+
+fn redis_cpu(server: &RedisServer) -> Duration {
+    let info = server.cli(&["INFO", "cpu"]).unwrap_or_default();
+    let secs: f64 = info
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum();
+    Duration::from_secs_f64(secs)
+}
+
+/// `cargo test --release -p tollgate-ratelimit redis_cost_per_call -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn redis_cost_per_call() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&test_config(RedisConfig::standalone(server.url())))
+        .await
+        .unwrap();
+    let store = Arc::new(store);
+    for (n_hits, alg) in [
+        (1, Algorithm::SlidingWindow),
+        (1, Algorithm::FixedWindow),
+        (1, Algorithm::Gcra),
+        (3, Algorithm::SlidingWindow),
+    ] {
+        let keys: Vec<String> = (0..1000)
+            .map(|i| format!("domain|remote_address=10.0.{}.{}", i / 256, i % 256))
+            .collect();
+        let rule = rule(alg, 1_000_000, Duration::from_secs(60));
+        let calls = 20_000u64;
+        let (cpu0, rcpu0, wall0, cmd0) = (
+            process_cpu(),
+            redis_cpu(&server),
+            std::time::Instant::now(),
+            server.command_calls("evalsha"),
+        );
+        // 16 concurrent callers, as a service under load would be.
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let (store, keys) = (store.clone(), keys.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..calls / 16 {
+                    let j = ((t * 7919 + i) % 1000) as usize;
+                    let hits: Vec<Hit<'_>> = (0..n_hits)
+                        .map(|h| Hit {
+                            key: &keys[(j + h * 331) % 1000],
+                            rule,
+                            cost: 1,
+                            shadow: false,
+                        })
+                        .collect();
+                    store.hit(&hits, at(T0 + i)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let n = calls as u32;
+        println!(
+            "{alg:?} x{n_hits}: client CPU {:?}/call, Redis CPU {:?}/call, wall {:?}/call, {} EVALSHA/call",
+            (process_cpu() - cpu0) / n,
+            (redis_cpu(&server) - rcpu0) / n,
+            wall0.elapsed() / n,
+            (server.command_calls("evalsha") - cmd0) as f64 / calls as f64,
+        );
+    }
+}
