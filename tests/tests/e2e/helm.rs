@@ -836,6 +836,18 @@ fn schema_rejects_bad_values_with_a_clear_message() {
         "{err}"
     );
     // Cross-field rules the schema cannot express are refused while rendering.
+    std::fs::write(
+        &f,
+        "envoy:\n  routes:\n    - { name: api, pathPrefix: /a, upstream: { address: a, port: 80 } }\n    - { name: api, pathPrefix: /b, upstream: { address: b, port: 80 } }\n",
+    )
+    .unwrap();
+    let err = render(&[f.to_str().unwrap()], &[], &[])
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("envoy.routes: the name \"api\" is used twice"),
+        "{err}"
+    );
     let err = render(&[], &["redis.mode=none"], &[])
         .err()
         .expect("refused");
