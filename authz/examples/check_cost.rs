@@ -17,8 +17,9 @@ const ISSUER: &str = "https://issuer.test";
 
 /// A request shaped like Envoy's: the credential plus a dozen ordinary headers.
 fn request(credential: (&str, &str)) -> CheckRequest {
-    let mut headers: std::collections::HashMap<String, String> =
-        (0..12).map(|i| (format!("x-header-{i}"), "v".repeat(20))).collect();
+    let mut headers: std::collections::HashMap<String, String> = (0..12)
+        .map(|i| (format!("x-header-{i}"), "v".repeat(20)))
+        .collect();
     headers.insert(credential.0.into(), credential.1.into());
     CheckRequest {
         attributes: Some(AttributeContext {
@@ -42,7 +43,8 @@ async fn main() {
     // Before any other use of jsonwebtoken, as `build` would.
     assert!(tollgate_authz::identity::crypto::install());
     let dir = tempfile::tempdir().unwrap();
-    let key = EncodingKey::from_rsa_pem(include_bytes!("../src/identity/testdata/rsa1.pem")).unwrap();
+    let key =
+        EncodingKey::from_rsa_pem(include_bytes!("../src/identity/testdata/rsa1.pem")).unwrap();
     let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("k1".into());
     let yaml = format!(
@@ -56,19 +58,30 @@ async fn main() {
     let built = build(&cfg).await.unwrap();
     let authz = &built.authorizer;
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("k1".into());
     let token = |jti: u64| {
         let claims = json!({"iss": ISSUER, "aud": "api", "sub": "alice", "exp": now + 3600,
                             "scope": "read write", "jti": jti});
-        format!("Bearer {}", jsonwebtoken::encode(&header, &claims, &key).unwrap())
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        )
     };
     let (_, secret) = built
         .api_keys
         .as_ref()
         .unwrap()
-        .create(NewKey { name: "bench".into(), owner: "team".into(), plan: Some("gold".into()), ..Default::default() })
+        .create(NewKey {
+            name: "bench".into(),
+            owner: "team".into(),
+            plan: Some("gold".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
 
@@ -88,12 +101,18 @@ async fn main() {
         for _ in 0..n {
             black_box(authz.check(req).await);
         }
-        println!("{name}: {:.2} µs per Check", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        println!(
+            "{name}: {:.2} µs per Check",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
     }
 
     let n = 2_000;
     let requests: Vec<String> = (1..=n).map(token).collect();
-    let requests: Vec<CheckRequest> = requests.iter().map(|t| request(("authorization", t))).collect();
+    let requests: Vec<CheckRequest> = requests
+        .iter()
+        .map(|t| request(("authorization", t)))
+        .collect();
     let t = Instant::now();
     for req in &requests {
         black_box(authz.check(req).await);
