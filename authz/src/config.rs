@@ -110,7 +110,9 @@ impl Validate for Config {
                     "the admin API manages API keys: configure `api_keys` too",
                 );
             }
-            if a.addr.port() != 0 && (a.addr == self.server.grpc_addr || a.addr == self.server.http_addr) {
+            if a.addr.port() != 0
+                && (a.addr == self.server.grpc_addr || a.addr == self.server.http_addr)
+            {
                 errors.push(
                     join(at, "admin.addr"),
                     "must differ from the server's listeners",

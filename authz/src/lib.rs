@@ -28,8 +28,8 @@ use tollgate_proto::auth::AuthorizationServer;
 
 pub mod admin;
 pub mod apikey;
-pub mod cli;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod metrics;
