@@ -85,7 +85,9 @@ pub fn init_logging(cfg: &LogConfig) {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    // With tracing on, a line inside a traced call carries its span's fields,
+                    // the trace id among them, to find the trace from the log and back.
+                    .with_current_span(settings.is_some())
                     .with_span_list(false)
                     .with_filter(filter),
             );

@@ -239,6 +239,7 @@ pub fn span(name: &'static str, kind: &'static str) -> tracing::Span {
         otel.status_code = tracing::field::Empty,
         tollgate.decision = tracing::field::Empty,
         tollgate.reason = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     )
 }
 
@@ -273,10 +274,14 @@ pub fn server_span<'a>(
     let span = span(name, "server");
     let parent = remote_parent(|k| metadata.get(k).and_then(|v| v.to_str().ok()))
         .or_else(|| remote_parent(fallback));
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
     if let Some(parent) = parent {
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
         let cx = opentelemetry::Context::new().with_remote_span_context(parent);
         let _ = span.set_parent(cx);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
     }
     span
 }

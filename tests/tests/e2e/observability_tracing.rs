@@ -240,5 +240,32 @@ async fn check_and_should_rate_limit_spans_continue_envoys_trace() {
     assert_eq!(introspection.kind, 3, "a client span: {introspection:?}");
     assert_eq!(check.attribute("tollgate.decision"), Some("allow"));
     assert_eq!(check.attribute("tollgate.reason"), Some("allowed"));
+
+    // A log line written inside a traced call names the trace.
+    let third_trace = "5b8aa5a2d2c872e8321cf37308d69df2";
+    let resp = reqwest::Client::new()
+        .get(envoy.url("/orders"))
+        .header(
+            "traceparent",
+            format!("00-{third_trace}-051581bf3cb55c13-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    wait_for(
+        "the denial line with its trace id",
+        Duration::from_secs(10),
+        || {
+            let log = authz.log();
+            async move {
+                log.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .any(|l| l["message"] == "denied" && l["span"]["trace_id"] == third_trace)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     drop(envoy);
 }
