@@ -1,6 +1,7 @@
 //! Shared by the observability tests: the service binaries run as child processes (so each has
-//! its own logger, tracer and environment, and its stdout can be read back), and an OTLP/HTTP
-//! receiver that decodes the spans Envoy and the services export.
+//! its own logger, tracer and environment, and its stdout can be read back), and a trace
+//! receiver that decodes the spans Envoy and the services export (OTLP/HTTP protobuf, and
+//! Zipkin v2 JSON for Envoy's Zipkin tracer).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -102,6 +103,7 @@ impl OtlpReceiver {
         let spans = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/v1/traces", post(receive))
+            .route("/api/v2/spans", post(receive_zipkin))
             .with_state(spans.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -162,6 +164,31 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> &'s
                 });
             }
         }
+    }
+    ""
+}
+
+/// Zipkin v2 JSON (what Envoy's Zipkin tracer sends), flattened the same way.
+async fn receive_zipkin(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> &'static str {
+    let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) else {
+        return "";
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut out = spans.lock().unwrap();
+    for s in list {
+        out.push(Span {
+            service: text(&s["localEndpoint"]["serviceName"]),
+            name: text(&s["name"]),
+            trace_id: text(&s["traceId"]),
+            span_id: text(&s["id"]),
+            parent_span_id: text(&s["parentId"]),
+            kind: match s["kind"].as_str() {
+                Some("SERVER") => 2,
+                Some("CLIENT") => 3,
+                _ => 0,
+            },
+            attributes: Vec::new(),
+        });
     }
     ""
 }

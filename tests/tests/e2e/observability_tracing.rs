@@ -20,53 +20,71 @@ const SHOULD: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimi
 /// The example Envoy config with the OpenTelemetry tracer exporting to `otlp` over OTLP/HTTP,
 /// flushing every span at once.
 pub(crate) fn traced_envoy_config(otlp: std::net::SocketAddr) -> String {
+    let provider = format!(
+        r#"
+name: envoy.tracers.opentelemetry
+typed_config:
+  "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+  service_name: envoy
+  http_service:
+    http_uri:
+      uri: http://{otlp}/v1/traces
+      cluster: collector
+      timeout: 2s
+"#
+    );
+    with_tracer(&provider, otlp, "opentelemetry")
+}
+
+/// The example Envoy config with the Zipkin tracer (B3 propagation) reporting to `collector`.
+fn zipkin_envoy_config(collector: std::net::SocketAddr) -> String {
+    let provider = r#"
+name: envoy.tracers.zipkin
+typed_config:
+  "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+  collector_cluster: collector
+  collector_endpoint: /api/v2/spans
+  collector_endpoint_version: HTTP_JSON
+  shared_span_context: false
+  trace_id_128bit: true
+"#;
+    with_tracer(provider, collector, "zipkin")
+}
+
+fn with_tracer(provider: &str, collector: std::net::SocketAddr, runtime: &str) -> String {
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&example_config()).unwrap();
     let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-    hcm["tracing"] = serde_yaml::from_str(&format!(
-        r#"
-random_sampling: {{ value: 100 }}
-provider:
-  name: envoy.tracers.opentelemetry
-  typed_config:
-    "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
-    service_name: envoy
-    http_service:
-      http_uri:
-        uri: http://{otlp}/v1/traces
-        cluster: otlp
-        timeout: 2s
-"#
-    ))
-    .unwrap();
+    hcm["tracing"] = serde_yaml::from_str("random_sampling: { value: 100 }").unwrap();
+    hcm["tracing"]["provider"] = serde_yaml::from_str(provider).unwrap();
     let cluster: serde_yaml::Value = serde_yaml::from_str(&format!(
         r#"
-name: otlp
+name: collector
 type: STATIC
 connect_timeout: 1s
 load_assignment:
-  cluster_name: otlp
+  cluster_name: collector
   endpoints:
   - lb_endpoints:
     - endpoint:
         address:
           socket_address: {{ address: 127.0.0.1, port_value: {} }}
 "#,
-        otlp.port()
+        collector.port()
     ))
     .unwrap();
     doc["static_resources"]["clusters"]
         .as_sequence_mut()
         .unwrap()
         .push(cluster);
-    doc["layered_runtime"] = serde_yaml::from_str(
+    doc["layered_runtime"] = serde_yaml::from_str(&format!(
         r#"
 layers:
 - name: static
   static_layer:
-    tracing.opentelemetry.flush_interval_ms: 100
-    tracing.opentelemetry.min_flush_spans: 1
-"#,
-    )
+    tracing.{runtime}.flush_interval_ms: 100
+    tracing.{runtime}.min_flush_spans: 1
+"#
+    ))
     .unwrap();
     serde_yaml::to_string(&doc).unwrap()
 }
@@ -267,5 +285,91 @@ async fn check_and_should_rate_limit_spans_continue_envoys_trace() {
         },
     )
     .await;
+    drop(envoy);
+}
+
+#[tokio::test]
+async fn b3_context_from_envoys_zipkin_tracer_is_continued() {
+    let collector = OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_string()),
+    ];
+    let authz = Service::start(
+        "tollgate-authz",
+        "log: { format: json, level: info }\npolicy:\n  rules:\n    - name: public\n      path: { prefix: / }\n      public: true\n",
+        &env,
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let ratelimit = Service::start(
+        "tollgate-ratelimit",
+        &format!(
+            "log: {{ format: json, level: info }}\nlimits: {{ path: {} }}\n",
+            project_root().join("deploy/config/limits").display()
+        ),
+        &env,
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let echo = EchoUpstream::start().await;
+    let envoy = Envoy::start_with(
+        &zipkin_envoy_config(collector.addr),
+        Backends {
+            upstream: echo.port(),
+            authz: authz.grpc_port(),
+            ratelimit: ratelimit.grpc_port(),
+        },
+    )
+    .await
+    .unwrap();
+
+    let trace_id = "463ac35c9f6413ad48485a3953bb6124";
+    let client_span = "a2fb4a1d1a96d312";
+    let resp = reqwest::Client::new()
+        .get(envoy.url("/public"))
+        .header("x-b3-traceid", trace_id)
+        .header("x-b3-spanid", client_span)
+        .header("x-b3-sampled", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let (ours, spans) = wait_for("spans joined over B3", Duration::from_secs(30), || {
+        let spans = collector.spans();
+        async move {
+            let ours: Vec<Span> = [CHECK, SHOULD]
+                .iter()
+                .filter_map(|n| {
+                    spans
+                        .iter()
+                        .find(|s| &s.name == n && s.trace_id == trace_id)
+                        .cloned()
+                })
+                .collect();
+            let parents_seen = ours
+                .iter()
+                .all(|o| spans.iter().any(|s| s.span_id == o.parent_span_id));
+            (ours.len() == 2 && parents_seen).then_some((ours, spans))
+        }
+    })
+    .await;
+    // Each parent is Envoy's egress span for that very call (Zipkin names it so).
+    for (span, call) in ours.iter().zip([
+        "envoy.service.auth.v3.Authorization.Check egress",
+        "envoy.service.ratelimit.v3.RateLimitService.ShouldRateLimit egress",
+    ]) {
+        assert_ne!(span.parent_span_id, client_span, "{span:?}");
+        let parent = spans
+            .iter()
+            .find(|s| s.span_id == span.parent_span_id)
+            .unwrap();
+        assert_eq!(parent.trace_id, trace_id);
+        assert!(parent.name.ends_with(call), "{parent:?}");
+    }
     drop(envoy);
 }
