@@ -12,7 +12,12 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
 use tollgate_tests::paths::workspace_bin;
@@ -91,11 +96,13 @@ impl Span {
     }
 }
 
-/// An OTLP/HTTP (protobuf) trace receiver on a loopback port.
+/// A trace receiver on loopback ports: OTLP/HTTP protobuf and Zipkin v2 JSON on `addr`,
+/// OTLP/gRPC on `grpc_addr`.
 pub(crate) struct OtlpReceiver {
     pub(crate) addr: SocketAddr,
+    pub(crate) grpc_addr: SocketAddr,
     spans: Arc<Mutex<Vec<Span>>>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl OtlpReceiver {
@@ -107,15 +114,34 @@ impl OtlpReceiver {
             .with_state(spans.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
+        let http = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(OtlpReceiver { addr, spans, task })
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let service = TraceServiceServer::new(GrpcReceiver(spans.clone()));
+        let grpc = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(grpc_listener))
+                .await;
+        });
+        Ok(OtlpReceiver {
+            addr,
+            grpc_addr,
+            spans,
+            tasks: vec![http, grpc],
+        })
     }
 
-    /// The `OTEL_EXPORTER_OTLP_ENDPOINT` value for this receiver.
+    /// The `OTEL_EXPORTER_OTLP_ENDPOINT` value for this receiver (OTLP/HTTP).
     pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The `OTEL_EXPORTER_OTLP_ENDPOINT` value with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`.
+    pub(crate) fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
     }
 
     pub(crate) fn spans(&self) -> Vec<Span> {
@@ -125,14 +151,33 @@ impl OtlpReceiver {
 
 impl Drop for OtlpReceiver {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct GrpcReceiver(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        record(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> &'static str {
-    let Ok(req) = ExportTraceServiceRequest::decode(body) else {
-        return "";
-    };
+    if let Ok(req) = ExportTraceServiceRequest::decode(body) {
+        record(&spans, req);
+    }
+    ""
+}
+
+fn record(spans: &Mutex<Vec<Span>>, req: ExportTraceServiceRequest) {
     let mut out = spans.lock().unwrap();
     for rs in req.resource_spans {
         let service = rs
@@ -165,7 +210,6 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> &'s
             }
         }
     }
-    ""
 }
 
 /// Zipkin v2 JSON (what Envoy's Zipkin tracer sends), flattened the same way.

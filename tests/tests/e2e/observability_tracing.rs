@@ -373,3 +373,53 @@ async fn b3_context_from_envoys_zipkin_tracer_is_continued() {
     }
     drop(envoy);
 }
+
+/// Without Envoy: OTLP over gRPC, and the W3C context a gRPC caller puts in the metadata.
+#[tokio::test]
+async fn otlp_grpc_export_and_context_in_grpc_metadata() {
+    use tollgate_proto::ratelimit::{RateLimitRequest, RateLimitServiceClient, descriptor};
+
+    let collector = OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.grpc_endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_SERVICE_NAME", "rl-under-test".to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_string()),
+    ];
+    let ratelimit = Service::start(
+        "tollgate-ratelimit",
+        &format!(
+            "log: {{ format: json, level: info }}\nlimits: {{ path: {} }}\n",
+            project_root().join("deploy/config/limits").display()
+        ),
+        &env,
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let mut client = RateLimitServiceClient::connect(format!("http://{}", ratelimit.grpc))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(RateLimitRequest {
+        domain: "gateway".into(),
+        descriptors: vec![descriptor([("route", "limited")])],
+        hits_addend: 0,
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        "00-11112222333344445555666677778888-99990000aaaabbbb-01"
+            .parse()
+            .unwrap(),
+    );
+    client.should_rate_limit(req).await.unwrap();
+
+    let span = wait_for("the span over OTLP/gRPC", Duration::from_secs(30), || {
+        let spans = collector.spans();
+        async move { spans.into_iter().find(|s| s.name == SHOULD) }
+    })
+    .await;
+    assert_eq!(span.service, "rl-under-test");
+    assert_eq!(span.trace_id, "11112222333344445555666677778888");
+    assert_eq!(span.parent_span_id, "99990000aaaabbbb");
+}
