@@ -71,14 +71,12 @@ pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let env = crate::config::process_env();
-    let settings = match crate::trace::TraceSettings::from_env(&env) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tracing disabled: {e}");
-            None
-        }
+    // A bad OTEL_* setting turns tracing off, reported once logging works; it never stops
+    // the service.
+    let (settings, mut trace_error) = match crate::trace::TraceSettings::from_env(&env) {
+        Ok(s) => (s, None),
+        Err(e) => (None, Some(e)),
     };
-    let mut trace_error = None;
     let result = match cfg.format {
         LogFormat::Json => {
             let registry = tracing_subscriber::registry().with(
