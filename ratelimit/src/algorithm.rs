@@ -77,7 +77,7 @@ pub enum RuleError {
     #[error("the window must be between 1ms and {MAX_WINDOW_DAYS} days")]
     Window,
     #[error(
-        "limit/burst too large for this window: (burst or limit) × window in µs must stay below 2^52"
+        "limit/burst too large for this window: for token_bucket and gcra, (burst or limit) × window in µs must stay below 2^52 (e.g. at most 52,000 per day); use a window algorithm or a shorter window"
     )]
     TooLarge,
 }
@@ -126,8 +126,15 @@ impl Rule {
         {
             return Err(RuleError::Window);
         }
-        let w = self.window_us() as u128;
-        if (self.capacity().max(self.limit) as u128) * w >= EXACT {
+        // Windows only compare counts and timestamps, both far below 2^52. Meters keep the
+        // theoretical arrival time as `t + f/limit` µs, computing `limit × window` products.
+        let product = match self.algorithm {
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit as u128,
+            Algorithm::TokenBucket | Algorithm::Gcra => {
+                (self.capacity().max(self.limit) as u128) * self.window_us() as u128
+            }
+        };
+        if product >= EXACT {
             return Err(RuleError::TooLarge);
         }
         Ok(())
@@ -543,6 +550,10 @@ mod tests {
             Rule::new(Algorithm::Gcra, 1 << 40, Duration::from_secs(86_400)).check(),
             Err(RuleError::TooLarge)
         );
+        // envoyproxy/ratelimit configs with large daily limits load unchanged (window algorithms).
+        for alg in [Algorithm::SlidingWindow, Algorithm::FixedWindow] {
+            assert!(Rule::new(alg, 100_000_000, Duration::from_secs(86_400)).check().is_ok());
+        }
         assert!(
             Rule::new(
                 Algorithm::SlidingWindow,
