@@ -575,7 +575,7 @@ impl ApiKeys {
                 updated_at: now,
                 revoked_at: None,
                 secrets: vec![StoredSecret {
-                    hash: format::KeyHash::of(&key).to_hex(),
+                    hash: format::KeyHash::of(&key),
                     created_at: now,
                     valid_until: None,
                 }],

@@ -32,8 +32,8 @@ pub struct KeyRecord {
 /// The hash of one secret of a key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredSecret {
-    /// Hex SHA-256 (see [`KeyHash`]).
-    pub hash: String,
+    /// SHA-256 of the key (stored as hex; see [`KeyHash`]).
+    pub hash: KeyHash,
     pub created_at: SystemTime,
     /// Set on the previous secret by a rotation: the end of its grace period.
     pub valid_until: Option<SystemTime>,
@@ -49,10 +49,7 @@ impl KeyRecord {
     pub fn matching_secret(&self, presented: &KeyHash) -> Option<&StoredSecret> {
         let mut found = None;
         for s in &self.secrets {
-            let Some(h) = KeyHash::from_hex(&s.hash) else {
-                continue;
-            };
-            if bool::from(h.ct_eq(presented)) {
+            if bool::from(s.hash.ct_eq(presented)) {
                 found = Some(s);
             }
         }
@@ -74,7 +71,7 @@ impl KeyRecord {
         self.secrets.insert(
             0,
             StoredSecret {
-                hash: new_hash.to_hex(),
+                hash: *new_hash,
                 created_at: now,
                 valid_until: None,
             },
