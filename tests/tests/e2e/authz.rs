@@ -106,6 +106,25 @@ async fn echo(resp: reqwest::Response) -> Echo {
     resp.json().await.unwrap()
 }
 
+/// The status of a GET sent byte for byte, path untouched.
+async fn raw_get(gw: &Gateway, path: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.envoy.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 fn challenge(resp: &reqwest::Response) -> String {
     resp.headers()
         .get("www-authenticate")
@@ -178,6 +197,16 @@ async fn jwts_from_the_oidc_provider_through_envoy() {
     )
     .await;
     assert_eq!(e.header("x-tollgate-scopes"), Some("read admin"));
+    // Rules see the path Envoy normalised: a dot-segment or double-slash detour still lands on
+    // /admin (sent raw, since HTTP clients normalise such paths themselves).
+    assert_eq!(raw_get(&gw, "/orders/../orders/7", &read).await, 200);
+    for sneaky in [
+        "/orders/../admin/users",
+        "/orders/%2e%2e/admin/users",
+        "//admin/users",
+    ] {
+        assert_eq!(raw_get(&gw, sneaky, &read).await, 403, "{sneaky}");
+    }
 
     // No credential, a tampered signature, a token for another audience: 401.
     let resp = c.get(gw.url("/orders")).send().await.unwrap();
@@ -227,7 +256,7 @@ async fn jwts_from_the_oidc_provider_through_envoy() {
     assert!(challenge(&resp).contains("invalid_request"));
 
     // None of the denied requests reached the upstream.
-    assert_eq!(gw.envoy.stat("cluster.upstream.upstream_rq_total").await, 2);
+    assert_eq!(gw.envoy.stat("cluster.upstream.upstream_rq_total").await, 3);
 }
 
 #[tokio::test]
