@@ -6,6 +6,8 @@
 mod binaries;
 mod foundation;
 mod ratelimit;
+mod authz;
+mod authz_plans;
 mod helm;
 mod observability;
 mod observability_tracing;
