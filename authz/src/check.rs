@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use tollgate_proto::auth::{
     Authorization, CheckRequest, CheckResponse, HttpResponse, HttpView, denied_response, header,
     ok_response,
@@ -44,9 +45,12 @@ pub mod extensions {
 
 const REALM: &str = "tollgate";
 
-/// Everything a decision needs; built once from the config.
+/// Everything a decision needs; built once from the config. Only the policy can change while
+/// the service runs ([`Authorizer::replace_policy`]).
 pub struct Authorizer {
-    policy: Policy,
+    /// Swapped whole by a reload; a Check takes the current one without a lock and keeps it
+    /// for the whole decision, so a reload never mixes two policies in one answer.
+    policy: ArcSwap<Policy>,
     jwt: Option<JwtVerifier>,
     introspection: Option<Introspector>,
     api_keys: Option<ApiKeys>,
@@ -118,7 +122,7 @@ impl Authorizer {
             None => (None, String::new(), None),
         };
         Self {
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             jwt,
             introspection,
             api_keys,
@@ -126,6 +130,12 @@ impl Authorizer {
             api_key_query,
             headers: HeaderPlan::new(headers),
         }
+    }
+
+    /// Installs `policy` for every Check that starts from now on; those in flight finish on
+    /// the policy they started with.
+    pub fn replace_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// The JWT verifier, when configured (for starting its key refreshers).
@@ -164,15 +174,18 @@ impl Authorizer {
             return deny(Denial::Forbidden, "none", "no_http_attributes", None);
         };
         let ext = view.context_extensions;
+        // An owned handle rather than a guard: the decision may await a key store or an
+        // introspection call while the rule is borrowed.
+        let policy = self.policy.load_full();
         let rule = match ext.get(extensions::RULE) {
-            Some(name) => match self.policy.by_name(name) {
+            Some(name) => match policy.by_name(name) {
                 Some(r) => r,
                 None => {
                     tracing::warn!(rule = %name, "context_extensions names an unknown rule; denying");
                     return deny(Denial::Forbidden, "none", "unknown_rule", None);
                 }
             },
-            None => match self.policy.select(view.host, view.path, view.method) {
+            None => match policy.select(view.host, view.path, view.method) {
                 Some(r) => r,
                 None => return deny(Denial::Forbidden, "none", "no_rule", None),
             },

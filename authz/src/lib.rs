@@ -14,15 +14,18 @@
 //! - [`apikey`]: API keys and their stores; [`admin`]: the admin HTTP API; [`cli`]: the `keys`
 //!   subcommand.
 //! - [`metrics`]: the Prometheus series.
+//! - [`reload`]: hot reload of the policy on a change to the config file and on SIGHUP.
 //!
 //! [`start`] binds every listener (gRPC, side HTTP, admin) and serves in the background, which
-//! is what tests use with port 0; [`run`] does the same and waits.
+//! is what tests use with port 0; [`start_with_reload`] also reloads the policy from the config's
+//! sources; [`run`] does the same and waits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 use tollgate_common::Shutdown;
+use tollgate_common::config::Sources;
 use tollgate_common::server::{self, ServeError, Services};
 use tollgate_proto::auth::AuthorizationServer;
 
@@ -34,6 +37,7 @@ pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 
 pub use check::{Authorizer, AuthzService};
 pub use config::Config;
@@ -68,6 +72,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
 }
 
 /// A service started by [`start`].
@@ -80,6 +86,9 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// Resolves when the service has stopped (after the shutdown has been triggered).
     pub handle: JoinHandle<Result<(), Error>>,
+    /// Reloads the policy on demand (what SIGHUP does); present when started by
+    /// [`start_with_reload`].
+    pub reloader: Option<Arc<reload::Reloader>>,
 }
 
 /// The decision maker and the API keys it uses, built from a config without binding anything.
@@ -133,14 +142,40 @@ pub async fn build(config: &Config) -> Result<Built, Error> {
 }
 
 /// Binds the gRPC, side HTTP and (when configured) admin listeners, then serves in the
-/// background until `shutdown` triggers.
+/// background until `shutdown` triggers. The policy stays as `config` has it.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error> {
+    let built = build(&config).await?;
+    serve(config, built, shutdown, None).await
+}
+
+/// [`start`], and the policy is reloaded from `sources` (those `config` was loaded from) when the
+/// config file changes, on SIGHUP, and on [`reload::Reloader::reload`].
+pub async fn start_with_reload(
+    config: Config,
+    sources: Sources,
+    shutdown: Shutdown,
+) -> Result<Running, Error> {
+    let built = build(&config).await?;
+    let reloader = Arc::new(reload::Reloader::new(
+        built.authorizer.clone(),
+        sources,
+        &config,
+    ));
+    serve(config, built, shutdown, Some(reloader)).await
+}
+
+async fn serve(
+    config: Config,
+    built: Built,
+    shutdown: Shutdown,
+    reloader: Option<Arc<reload::Reloader>>,
+) -> Result<Running, Error> {
     let _ = tollgate_common::telemetry::prometheus();
     metrics::describe();
     let Built {
         authorizer,
         api_keys,
-    } = build(&config).await?;
+    } = built;
 
     let bound = server::bind(&config.server).await?;
     let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
@@ -172,6 +207,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error>
             tracing::warn!(%issuer, error = %e, "no keys for this issuer yet; its tokens are denied until a fetch succeeds");
         }
         jwt.spawn_refresh(shutdown.clone());
+    }
+    if let Some(r) = &reloader {
+        reload::describe();
+        reload::spawn(r.clone(), shutdown.clone())?;
     }
 
     let services = Services {
@@ -209,12 +248,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error>
         http_addr,
         admin_addr,
         handle,
+        reloader,
     })
 }
 
-/// [`start`], then waits for the service to stop.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
-    let running = start(config, shutdown).await?;
+/// [`start_with_reload`], then waits for the service to stop.
+pub async fn run(config: Config, sources: Sources, shutdown: Shutdown) -> Result<(), Error> {
+    let running = start_with_reload(config, sources, shutdown).await?;
     match running.handle.await {
         Ok(r) => r,
         Err(e) => Err(Error::Admin(format!("service task failed: {e}"))),

@@ -44,7 +44,9 @@ async fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => {
-            let config = match load::<Config>(&args.sources()) {
+            // Kept for reloads: the same environment and --set overrides apply again.
+            let sources = args.sources();
+            let config = match load::<Config>(&sources) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -53,7 +55,7 @@ async fn main() -> ExitCode {
             };
             tollgate_common::telemetry::init_logging(&config.log);
             let shutdown = tollgate_common::shutdown_on_signals();
-            match tollgate_authz::run(config, shutdown).await {
+            match tollgate_authz::run(config, sources, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "tollgate-authz failed");
