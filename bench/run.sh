@@ -19,6 +19,9 @@ usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--t
   --threads T           envoy: wrk threads (default 2)
   --concurrency N       direct: grpc-load calls in flight (default 32)
   --grpc-connections C  direct: grpc-load HTTP/2 connections (default 1, like one Envoy worker)
+  --redis               tollgate-ratelimit counts in a Redis this script starts (Debian redis-server)
+                        instead of memory; direct mode then also prints Redis' own CPU and its
+                        commands per call (from INFO commandstats)
   --stand-in            run noop-grpc in place of the two Tollgate binaries (checks the harness
                         itself while the services are unavailable; results are labelled)
   --no-build            do not run cargo build
@@ -34,7 +37,7 @@ case "$MODE" in
 esac
 
 ROUNDS=5 DURATION=10 WARMUP=2 CONNECTIONS=32 WRK_THREADS=2 CONCURRENCY=32 GRPC_CONNECTIONS=1
-STAND_IN=0 BUILD=1 KEEP=0
+STAND_IN=0 BUILD=1 KEEP=0 REDIS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -45,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --concurrency) CONCURRENCY=$2; shift 2 ;;
     --grpc-connections) GRPC_CONNECTIONS=$2; shift 2 ;;
     --stand-in) STAND_IN=1; shift ;;
+    --redis) REDIS=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -249,9 +253,17 @@ start_tollgate() {
   sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$AUTHZ_PORT|" \
     -e "s|http_addr:.*|http_addr: 127.0.0.1:$authz_http|" \
     "$ROOT/bench/config/authz.yaml" >"$WORK/config/authz.yaml"
+  local store="type: memory"
+  if [[ $REDIS == 1 ]]; then
+    read -r REDIS_PORT <<<"$(free_ports 1)"
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK"
+    wait_ready redis 20 tcp_open "$REDIS_PORT"
+    store="type: redis\n  url: redis://127.0.0.1:$REDIS_PORT"
+  fi
   sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$RL_PORT|" \
     -e "s|http_addr:.*|http_addr: 127.0.0.1:$rl_http|" \
     -e "s|path: bench/config/limits|path: $WORK/config/limits|" \
+    -e "s|type: memory|$store|" \
     "$ROOT/bench/config/ratelimit.yaml" >"$WORK/config/ratelimit.yaml"
   start authz "$AUTHZ_BIN" serve --config "$WORK/config/authz.yaml"
   start ratelimit "$RATELIMIT_BIN" serve --config "$WORK/config/ratelimit.yaml"
@@ -626,8 +638,19 @@ run_direct_mode() {
   if ((WARMUP > 0)); then
     for k in "${keys[@]}"; do load "$k" "$WARMUP" "$WORK/warmup-$k.txt"; done
   fi
+  # Redis' script calls so far (EVALSHA + EVAL), from INFO commandstats.
+  redis_calls() {
+    redis-cli -p "$REDIS_PORT" INFO commandstats |
+      awk -F'[=,:]' '/^cmdstat_(evalsha|eval):/ { n += $3 } END { print n + 0 }'
+  }
+  local rt0 rt1 rc0 rc1 redis_note
   for ((r = 1; r <= ROUNDS; r++)); do
     for k in "${keys[@]}"; do
+      redis_note=""
+      if [[ $REDIS == 1 && $k == tollgate-ratelimit ]]; then
+        rt0=$(cpu_ticks "${PID[redis]}")
+        rc0=$(redis_calls)
+      fi
       t0=$(cpu_ticks "${PID[${PROC[$k]}]}")
       load "$k" "$DURATION" "$WORK/load-$k-$r.txt"
       t1=$(cpu_ticks "${PID[${PROC[$k]}]}")
@@ -648,9 +671,16 @@ run_direct_mode() {
         die "$k: a limit matched on only $limited of $calls calls (check bench/config/limits)"
       fi
       cpu=$(per_req $((t1 - t0)) "$calls")
-      printf 'round %d/%d  %-20s %9.0f calls/s  p50 %s  p99 %s  service cpu %6s us/call%s\n' \
+      if [[ $REDIS == 1 && $k == tollgate-ratelimit ]]; then
+        rt1=$(cpu_ticks "${PID[redis]}")
+        rc1=$(redis_calls)
+        redis_note="  redis cpu $(per_req $((rt1 - rt0)) "$calls") us/call, $(awk -v a=$((rc1 - rc0)) -v c="$calls" 'BEGIN { printf "%.3f", a / c }') script calls/call"
+        printf '%s\t%s\t%s\t%s\n' "$r" "$(per_req $((rt1 - rt0)) "$calls")" "$((rc1 - rc0))" "$calls" >>"$WORK/redis.tsv"
+      fi
+      printf 'round %d/%d  %-20s %9.0f calls/s  p50 %s  p99 %s  service cpu %6s us/call%s%s\n' \
         "$r" "$ROUNDS" "$k" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "$cpu" \
-        "$([[ $k == *-ratelimit ]] && awk -v l="$limited" -v c="$calls" 'BEGIN { printf "  [limit matched %.2f/call]", l / c }')"
+        "$([[ $k == *-ratelimit ]] && awk -v l="$limited" -v c="$calls" 'BEGIN { printf "  [limit matched %.2f/call]", l / c }')" \
+        "$redis_note"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$r" "$rps" "$p50" "$p99" "$cpu" >>"$RESULTS"
     done
   done
@@ -668,6 +698,13 @@ run_direct_mode() {
     printf '  %-10s calls/s %s   cpu/call %s\n' "$api" "$(ratio "$(col "tollgate-$api" 3)" "$(col "noop-$api" 3)")" \
       "$(ratio "$(col "tollgate-$api" 6)" "$(col "noop-$api" 6)")"
   done
+  if [[ $REDIS == 1 ]]; then
+    local redis_cpu cmds
+    redis_cpu=$(cut -f2 "$WORK/redis.tsv" | median)
+    cmds=$(awk -F'\t' '{ a += $3; c += $4 } END { printf "%.3f", a / c }' "$WORK/redis.tsv")
+    echo "Redis store: Redis' own CPU $(num1 "$redis_cpu") us/call (median), $cmds script calls per ShouldRateLimit call;"
+    echo "  tollgate-ratelimit CPU / no-op CPU: $(ratio "$(col tollgate-ratelimit 6)" "$(col noop-ratelimit 6)") (Redis' CPU not included)"
+  fi
 }
 
 case "$MODE" in
