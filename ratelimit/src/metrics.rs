@@ -25,7 +25,7 @@ pub const CONFIG_LOADS: &str = "tollgate_ratelimit_config_loads_total";
 /// Errors found across all loads (each bad file/field once per load).
 pub const CONFIG_ERRORS: &str = "tollgate_ratelimit_config_errors_total";
 /// Errors in the configuration now on disk (0 when every file is good).
-pub const CONFIG_ERRORS_ACTIVE: &str = "tollgate_ratelimit_config_errors";
+pub const CONFIG_ERRORS_ACTIVE: &str = "tollgate_ratelimit_config_errors_active";
 pub const CONFIG_DOMAINS: &str = "tollgate_ratelimit_config_domains";
 
 /// The outcome of one hit on one limit; exclusive (a near-limit hit is not also within-limit).
