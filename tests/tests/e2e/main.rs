@@ -8,6 +8,7 @@ mod foundation;
 mod ratelimit;
 mod authz;
 mod authz_plans;
+mod authz_replicas;
 mod authz_reload;
 mod helm;
 mod observability;
