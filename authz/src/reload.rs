@@ -93,7 +93,8 @@ impl Reloader {
             Ok((policy, reloaded)) => {
                 self.authorizer.replace_policy(policy);
                 counter!(RELOADS).increment(1);
-                tracing::info!(file = ?self.file(), "policy reloaded");
+                let file = self.file().map(|p| p.display().to_string());
+                tracing::info!(file = file.unwrap_or_default(), "policy reloaded");
                 if !reloaded.needs_restart.is_empty() {
                     tracing::warn!(
                         sections = %reloaded.needs_restart.join(", "),
