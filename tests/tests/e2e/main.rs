@@ -3,15 +3,15 @@
 //!
 //! One test binary (modules below) so the workspace links it once.
 
-mod binaries;
-mod foundation;
-mod ratelimit;
 mod authz;
 mod authz_plans;
-mod authz_replicas;
 mod authz_reload;
+mod authz_replicas;
+mod binaries;
+mod foundation;
 mod helm;
 mod observability;
-mod observability_tracing;
-mod observability_prometheus;
 mod observability_logs;
+mod observability_prometheus;
+mod observability_tracing;
+mod ratelimit;
