@@ -2,14 +2,15 @@
 
 use std::collections::HashMap;
 
-pub use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-    attribute_context, authorization_client::AuthorizationClient,
-    authorization_server::{Authorization, AuthorizationServer},
-    check_response::HttpResponse,
-};
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+pub use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    attribute_context,
+    authorization_client::AuthorizationClient,
+    authorization_server::{Authorization, AuthorizationServer},
+    check_response::HttpResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use envoy_types::pb::google::protobuf::Struct;
@@ -84,7 +85,11 @@ fn split_path(p: &str) -> (&str, &str) {
 /// A header to add (replacing any existing value).
 pub fn header(key: impl Into<String>, value: impl Into<String>) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: key.into(), value: value.into(), raw_value: vec![] }),
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: vec![],
+        }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
     }
@@ -100,7 +105,10 @@ pub fn ok_response(
     dynamic_metadata: Option<Struct>,
 ) -> CheckResponse {
     CheckResponse {
-        status: Some(rpc::Status { code: rpc_code::OK, ..Default::default() }),
+        status: Some(rpc::Status {
+            code: rpc_code::OK,
+            ..Default::default()
+        }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: set_headers,
             headers_to_remove: remove_headers,
@@ -118,9 +126,14 @@ pub fn denied_response(
     body: String,
 ) -> CheckResponse {
     CheckResponse {
-        status: Some(rpc::Status { code: rpc_status, ..Default::default() }),
+        status: Some(rpc::Status {
+            code: rpc_status,
+            ..Default::default()
+        }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus { code: http_status_code(http_status) }),
+            status: Some(HttpStatus {
+                code: http_status_code(http_status),
+            }),
             headers,
             body,
         })),
@@ -130,5 +143,7 @@ pub fn denied_response(
 
 /// Maps a numeric HTTP status to Envoy's `StatusCode` enum value (403 when unknown).
 pub fn http_status_code(code: u16) -> i32 {
-    StatusCode::try_from(code as i32).map(|c| c as i32).unwrap_or(StatusCode::Forbidden as i32)
+    StatusCode::try_from(code as i32)
+        .map(|c| c as i32)
+        .unwrap_or(StatusCode::Forbidden as i32)
 }

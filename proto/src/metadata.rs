@@ -4,12 +4,16 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 
 /// A string value.
 pub fn string(s: impl Into<String>) -> Value {
-    Value { kind: Some(Kind::StringValue(s.into())) }
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
 }
 
 /// A number value.
 pub fn number(n: f64) -> Value {
-    Value { kind: Some(Kind::NumberValue(n)) }
+    Value {
+        kind: Some(Kind::NumberValue(n)),
+    }
 }
 
 /// A list of strings.
@@ -19,7 +23,9 @@ where
     S: Into<String>,
 {
     Value {
-        kind: Some(Kind::ListValue(ListValue { values: items.into_iter().map(string).collect() })),
+        kind: Some(Kind::ListValue(ListValue {
+            values: items.into_iter().map(string).collect(),
+        })),
     }
 }
 
@@ -29,7 +35,9 @@ where
     I: IntoIterator<Item = (K, Value)>,
     K: Into<String>,
 {
-    Struct { fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect() }
+    Struct {
+        fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+    }
 }
 
 /// Reads a string field of a struct.

@@ -14,7 +14,11 @@ use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 
 /// A response header for Envoy to add to the client's response.
 pub fn header(key: impl Into<String>, value: impl Into<String>) -> HeaderValue {
-    HeaderValue { key: key.into(), value: value.into(), raw_value: vec![] }
+    HeaderValue {
+        key: key.into(),
+        value: value.into(),
+        raw_value: vec![],
+    }
 }
 
 /// Builds a descriptor from `(key, value)` pairs (used by tests, drivers and benchmarks).
@@ -24,7 +28,10 @@ pub fn descriptor<K: Into<String>, V: Into<String>>(
     RateLimitDescriptor {
         entries: entries
             .into_iter()
-            .map(|(k, v)| rate_limit_descriptor::Entry { key: k.into(), value: v.into() })
+            .map(|(k, v)| rate_limit_descriptor::Entry {
+                key: k.into(),
+                value: v.into(),
+            })
             .collect(),
         ..Default::default()
     }

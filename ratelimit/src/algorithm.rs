@@ -552,7 +552,11 @@ mod tests {
         );
         // envoyproxy/ratelimit configs with large daily limits load unchanged (window algorithms).
         for alg in [Algorithm::SlidingWindow, Algorithm::FixedWindow] {
-            assert!(Rule::new(alg, 100_000_000, Duration::from_secs(86_400)).check().is_ok());
+            assert!(
+                Rule::new(alg, 100_000_000, Duration::from_secs(86_400))
+                    .check()
+                    .is_ok()
+            );
         }
         assert!(
             Rule::new(
