@@ -195,13 +195,20 @@ async fn limit_override_is_used_whenever_the_domain_is_known() {
         unit: Unit::Hour as i32,
     });
     assert_eq!(call(&e, &[a]).await.statuses[0].remaining, 6);
-    // A limit too large to count exactly is no limit.
+    // Window algorithms count any override exactly, however large.
     let mut huge = d(&[("x", "y")]);
     huge.limit = Some(LimitOverride {
         requests_per_unit: u32::MAX,
         unit: Unit::Year as i32,
     });
-    assert_eq!(summary(&call(&e, &[huge]).await), [(Code::Ok, None, 0)]);
+    assert_eq!(
+        summary(&call(&e, &[huge]).await),
+        [(
+            Code::Ok,
+            Some("override".to_string()),
+            u64::from(u32::MAX) - 1
+        )]
+    );
     // Unknown domain: no limits at all, overrides included.
     let dec = e.should_rate_limit("other", &[o], 0).await.unwrap();
     assert_eq!(summary(&dec), [(Code::Ok, None, 0)]);
