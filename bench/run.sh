@@ -19,6 +19,10 @@ usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--t
   --threads T           envoy: wrk threads (default 2)
   --concurrency N       direct: grpc-load calls in flight (default 32)
   --grpc-connections C  direct: grpc-load HTTP/2 connections (default 1, like one Envoy worker)
+  --identity public|jwt|api_key
+                        what tollgate-authz's Check authenticates (default jwt): the bearer JWT
+                        every request carries (served from its verified-token cache after the
+                        first call), an API key sent as x-api-key, or nothing (every path public)
   --redis               tollgate-ratelimit counts in a Redis this script starts (Debian redis-server)
                         instead of memory; direct mode then also prints Redis' own CPU and its
                         commands per call (from INFO commandstats)
@@ -37,7 +41,7 @@ case "$MODE" in
 esac
 
 ROUNDS=5 DURATION=10 WARMUP=2 CONNECTIONS=32 WRK_THREADS=2 CONCURRENCY=32 GRPC_CONNECTIONS=1
-STAND_IN=0 BUILD=1 KEEP=0 REDIS=0
+STAND_IN=0 BUILD=1 KEEP=0 REDIS=0 IDENTITY=jwt
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -49,12 +53,17 @@ while [[ $# -gt 0 ]]; do
     --grpc-connections) GRPC_CONNECTIONS=$2; shift 2 ;;
     --stand-in) STAND_IN=1; shift ;;
     --redis) REDIS=1; shift ;;
+    --identity) IDENTITY=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+case "$IDENTITY" in
+  public | jwt | api_key) ;;
+  *) echo "--identity must be public, jwt or api_key, not: $IDENTITY" >&2; exit 2 ;;
+esac
 for n in "$ROUNDS" "$DURATION" "$WARMUP" "$CONNECTIONS" "$WRK_THREADS" "$CONCURRENCY" "$GRPC_CONNECTIONS"; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "not a whole number: $n" >&2; exit 2; }
 done
@@ -207,6 +216,11 @@ if [[ $BUILD == 1 ]]; then
   if ! cargo build --release "${pkgs[@]}" >&2; then
     die "cargo build failed (use --stand-in to check the harness with noop-grpc in Tollgate's place)"
   fi
+  # The in-process cost figures, uncached RS256 among them, printed at the end of direct mode.
+  if [[ $MODE == direct && $IDENTITY == jwt && $STAND_IN == 0 ]]; then
+    echo "building: cargo build --release -p tollgate-authz --example check_cost" >&2
+    cargo build --release -p tollgate-authz --example check_cost >&2 || die "cargo build of the check_cost example failed"
+  fi
 fi
 for b in noop-grpc grpc-load http-upstream; do
   [[ -x $REL/$b ]] || die "missing $REL/$b (build with: cargo build --release -p tollgate-bench)"
@@ -221,7 +235,8 @@ make_jwt() {
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/jwt.key" 2>/dev/null
   local n now header payload signing sig
   n=$(openssl rsa -in "$WORK/jwt.key" -noout -modulus | cut -d= -f2 | xxd -r -p | b64url)
-  JWKS='{"keys":[{"kty":"RSA","alg":"RS256","use":"sig","kid":"bench","n":"'$n'","e":"AQAB"}]}'
+  JWK='{"kty":"RSA","alg":"RS256","use":"sig","kid":"bench","n":"'$n'","e":"AQAB"}'
+  JWKS='{"keys":['$JWK']}'
   now=$(date +%s)
   header=$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | b64url)
   payload=$(printf '{"iss":"https://issuer.bench.local","sub":"bench-user","aud":"bench","iat":%d,"exp":%d}' \
@@ -234,10 +249,12 @@ make_jwt
 
 # start_tollgate: starts the two Tollgate services (or two noop-grpc stand-ins), named authz and
 # ratelimit, on free ports, and sets AUTHZ_PORT / RL_PORT to their gRPC ports.
-AUTHZ_PORT='' RL_PORT=''
+# With --identity api_key it also creates the key and sets API_KEY to its secret.
+AUTHZ_PORT='' RL_PORT='' API_KEY=''
 start_tollgate() {
-  read -r AUTHZ_PORT authz_http RL_PORT rl_http <<<"$(free_ports 4)"
+  read -r AUTHZ_PORT authz_http RL_PORT rl_http admin_port <<<"$(free_ports 5)"
   if [[ $STAND_IN == 1 ]]; then
+    [[ $IDENTITY != api_key ]] || API_KEY=tgk_stand-in
     start authz "$REL/noop-grpc" --addr "127.0.0.1:$AUTHZ_PORT"
     start ratelimit "$REL/noop-grpc" --addr "127.0.0.1:$RL_PORT"
     wait_ready authz 20 tcp_open "$AUTHZ_PORT"
@@ -250,9 +267,16 @@ start_tollgate() {
   done
   mkdir -p "$WORK/config"
   cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"
+  local authz_src=$ROOT/bench/config/authz.yaml
+  [[ $IDENTITY == public ]] || authz_src=$ROOT/bench/config/authz-$IDENTITY.yaml
+  [[ $IDENTITY != api_key ]] || printf 'bench-admin-token-%s\n' "$(openssl rand -hex 16)" >"$WORK/admin-token"
   sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$AUTHZ_PORT|" \
     -e "s|http_addr:.*|http_addr: 127.0.0.1:$authz_http|" \
-    "$ROOT/bench/config/authz.yaml" >"$WORK/config/authz.yaml"
+    -e "s|@JWK@|$JWK|" \
+    -e "s|@KEYS_DB@|$WORK/keys.redb|" \
+    -e "s|@ADMIN_ADDR@|127.0.0.1:$admin_port|" \
+    -e "s|@ADMIN_TOKEN_FILE@|$WORK/admin-token|" \
+    "$authz_src" >"$WORK/config/authz.yaml"
   local store="type: memory"
   if [[ $REDIS == 1 ]]; then
     read -r REDIS_PORT <<<"$(free_ports 1)"
@@ -269,12 +293,48 @@ start_tollgate() {
   start ratelimit "$RATELIMIT_BIN" serve --config "$WORK/config/ratelimit.yaml"
   wait_ready authz 30 http_ok "http://127.0.0.1:$authz_http/readyz"
   wait_ready ratelimit 30 http_ok "http://127.0.0.1:$rl_http/readyz"
+  if [[ $IDENTITY == api_key ]]; then
+    "$AUTHZ_BIN" keys create --admin-url "http://127.0.0.1:$admin_port" --token-file "$WORK/admin-token" \
+      --name bench --owner bench --json >"$WORK/key.json" 2>"$WORK/key.err" ||
+      { cat "$WORK/key.err" >&2; show_log authz; die "tollgate-authz keys create failed"; }
+    API_KEY=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])' <"$WORK/key.json") ||
+      die "no secret in the output of keys create: $(head -c 300 "$WORK/key.json")"
+  fi
+}
+
+# authz_allowed: Checks tollgate-authz has allowed so far with the --identity method (jwt or
+# api_key), from its /metrics ("none" when the series is absent): the proof that Check really
+# authenticated.
+authz_allowed() {
+  local method=$IDENTITY
+  curl -fsS --max-time 5 "http://127.0.0.1:$authz_http/metrics" |
+    awk -v m="method=\"$method\"" '/^tollgate_authz_checks_total[{ ]/ && index($0, "decision=\"allow\"") && index($0, m) {
+      s += $NF; n++ } END { if (n) printf "%d\n", s; else print "none" }'
 }
 if [[ $STAND_IN == 1 ]]; then
   TG_LABEL="stand-in"
 else
   TG_LABEL="tollgate"
 fi
+# Whether each run must show tollgate-authz's allowed checks for the --identity method growing.
+AUTH_PROOF=0
+[[ $STAND_IN == 1 || $IDENTITY == public ]] || AUTH_PROOF=1
+# check_auth_proof A0 A1 CALLS WHAT: prints the growth per call, "N.NN"; fails (with a message)
+# below 0.9. Called in $(...), so the caller exits on failure.
+check_auth_proof() {
+  [[ $1 != none && $2 != none ]] ||
+    die "tollgate-authz's /metrics has no allowed $IDENTITY checks (tollgate_authz_checks_total): did Check authenticate?"
+  local p
+  p=$(awk -v d=$(($2 - $1)) -v n="$3" 'BEGIN { printf "%.2f", d / n }')
+  if awk -v p="$p" 'BEGIN { exit !(p < 0.9) }'; then
+    die "$4: tollgate-authz allowed $(($2 - $1)) $IDENTITY checks for $3 requests: Check did not authenticate them"
+  fi
+  echo "$p"
+}
+# The headers every client sends (the same to every variant, so the client's work is identical);
+# with --identity api_key the key goes along with the bearer token, which a rule asking only for
+# api_key ignores.
+HEADERS=("authorization: Bearer $JWT")
 
 # ================================================================ envoy mode
 
@@ -439,7 +499,7 @@ tg_decisions() {
 # wrk_run VARIANT SECS OUT: wrk through VARIANT's Envoy.
 wrk_run() {
   wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency \
-    -H "authorization: Bearer $JWT" -H "accept: application/json" \
+    "${WRK_HEADERS[@]}" -H "accept: application/json" \
     "http://127.0.0.1:${LISTEN[$1]}/api/v1/orders/42?expand=items" >"$3" 2>&1
 }
 
@@ -483,6 +543,11 @@ run_envoy_mode() {
   wait_ready upstream 20 tcp_open "$UPSTREAM_PORT"
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
+  [[ $IDENTITY != api_key ]] || HEADERS+=("x-api-key: $API_KEY")
+  local -a wrk_headers=()
+  local h
+  for h in "${HEADERS[@]}"; do wrk_headers+=(-H "$h"); done
+  WRK_HEADERS=("${wrk_headers[@]}")
 
   local v
   for v in "${VARIANTS[@]}"; do
@@ -500,7 +565,7 @@ run_envoy_mode() {
     # One request by hand: a 401/403/429 here means the variant is misconfigured.
     local code
     code=$(curl -sS -o "$WORK/probe-$v.body" -w '%{http_code}' --max-time 5 \
-      -H "authorization: Bearer $JWT" "http://127.0.0.1:${LISTEN[$v]}/api/v1/orders/42") || true
+      "${WRK_HEADERS[@]}" "http://127.0.0.1:${LISTEN[$v]}/api/v1/orders/42") || true
     if [[ $code != 200 ]]; then
       show_log "envoy-$v"
       die "variant ${LABEL[$v]}: probe request answered $code: $(head -c 300 "$WORK/probe-$v.body")"
@@ -508,7 +573,8 @@ run_envoy_mode() {
   done
 
   echo "Envoy $("$ENVOY" --version 2>/dev/null | awk 'NF { print $NF }' | cut -d/ -f2) --concurrency 1;" \
-    "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS interleaved rounds; $(nproc) cores; CLK_TCK=$HZ"
+    "wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s; $ROUNDS interleaved rounds; $(nproc) cores; CLK_TCK=$HZ;" \
+    "identity $IDENTITY"
   [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: variant (d) runs two noop-grpc processes in place of Tollgate's services"
   if ((WARMUP > 0)); then
     for v in "${VARIANTS[@]}"; do
@@ -516,17 +582,19 @@ run_envoy_mode() {
     done
   fi
 
-  local r p name t0 t1 d0='' d1='' rps reqs p50 p99 non2xx serr line c checks
+  local r p name t0 t1 d0='' d1='' a0='' a1='' rps reqs p50 p99 non2xx serr line c checks
   declare -A before=() after=()
   for ((r = 1; r <= ROUNDS; r++)); do
     for v in "${VARIANTS[@]}"; do
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-before.txt"
       [[ $v != tollgate || $STAND_IN == 1 ]] || d0=$(tg_decisions)
+      [[ $v != tollgate || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
       for name in "envoy-$v" ${PROCS[$v]}; do before[$name]=$(cpu_ticks "${PID[$name]}"); done
       wrk_run "$v" "$DURATION" "$WORK/wrk-$v-$r.txt"
       for name in "envoy-$v" ${PROCS[$v]}; do after[$name]=$(cpu_ticks "${PID[$name]}"); done
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-after.txt"
       [[ $v != tollgate || $STAND_IN == 1 ]] || d1=$(tg_decisions)
+      [[ $v != tollgate || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
 
       read -r rps reqs p50 p99 non2xx serr <<<"$(wrk_fields "$WORK/wrk-$v-$r.txt")"
       [[ -n $reqs && $reqs -gt 0 ]] || { cat "$WORK/wrk-$v-$r.txt" >&2; die "wrk made no request (${LABEL[$v]})"; }
@@ -573,6 +641,10 @@ run_envoy_mode() {
           fi
         fi
       fi
+      if [[ $v == tollgate && $AUTH_PROOF == 1 ]]; then
+        p=$(check_auth_proof "$a0" "$a1" "$reqs" "${LABEL[$v]}") || { echo "$line" >&2; KEEP=1; exit 1; }
+        checks+=" tollgate_allowed_$IDENTITY=$p/req"
+      fi
       [[ -z $checks ]] || line+="  [${checks# }]"
       echo "$line"
       echo "$row" >>"$RESULTS"
@@ -614,6 +686,10 @@ run_direct_mode() {
   start noop "$REL/noop-grpc" --addr "127.0.0.1:$NOOP_PORT"
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
+  [[ $IDENTITY != api_key ]] || HEADERS+=("x-api-key: $API_KEY")
+  local -a header_args=()
+  local h
+  for h in "${HEADERS[@]}"; do header_args+=(--header "${h%%: *}=${h#*: }"); done
 
   # target name -> (port, process) for each API.
   declare -A PORT=([noop-check]=$NOOP_PORT [noop-ratelimit]=$NOOP_PORT
@@ -624,7 +700,7 @@ run_direct_mode() {
     local api=${1#*-}
     "$REL/grpc-load" --target "127.0.0.1:${PORT[$1]}" --api "$api" --concurrency "$CONCURRENCY" \
       --connections "$GRPC_CONNECTIONS" --duration "${2}s" \
-      --header "authorization=Bearer $JWT" --header "x-forwarded-for=10.1.2.3" \
+      "${header_args[@]}" --header "x-forwarded-for=10.1.2.3" \
       --domain bench --descriptor generic_key=bench --descriptor remote_address=127.0.0.1 >"$3" 2>&1 ||
       { cat "$3" >&2; die "grpc-load against $1 failed"; }
   }
@@ -632,9 +708,9 @@ run_direct_mode() {
 
   local keys=(noop-check tollgate-check noop-ratelimit tollgate-ratelimit)
   echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
-    "$(nproc) cores; CLK_TCK=$HZ"
+    "$(nproc) cores; CLK_TCK=$HZ; identity $IDENTITY"
   [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: the tollgate-* targets are two noop-grpc processes, not Tollgate's services"
-  local k r t0 t1 calls errors denied limited rps p50 p99 cpu
+  local k r t0 t1 a0 a1 calls errors denied limited rps p50 p99 cpu auth_note
   if ((WARMUP > 0)); then
     for k in "${keys[@]}"; do load "$k" "$WARMUP" "$WORK/warmup-$k.txt"; done
   fi
@@ -651,9 +727,12 @@ run_direct_mode() {
         rt0=$(cpu_ticks "${PID[redis]}")
         rc0=$(redis_calls)
       fi
+      auth_note=""
+      [[ $k != tollgate-check || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
       t0=$(cpu_ticks "${PID[${PROC[$k]}]}")
       load "$k" "$DURATION" "$WORK/load-$k-$r.txt"
       t1=$(cpu_ticks "${PID[${PROC[$k]}]}")
+      [[ $k != tollgate-check || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
       calls=$(field "$WORK/load-$k-$r.txt" calls)
       errors=$(field "$WORK/load-$k-$r.txt" errors)
       denied=$(field "$WORK/load-$k-$r.txt" denied)
@@ -671,6 +750,10 @@ run_direct_mode() {
         die "$k: a limit matched on only $limited of $calls calls (check bench/config/limits)"
       fi
       cpu=$(per_req $((t1 - t0)) "$calls")
+      if [[ $k == tollgate-check && $AUTH_PROOF == 1 ]]; then
+        auth_note=$(check_auth_proof "$a0" "$a1" "$calls" "$k") || { KEEP=1; exit 1; }
+        auth_note="  [allowed $IDENTITY ${auth_note}/call]"
+      fi
       if [[ $REDIS == 1 && $k == tollgate-ratelimit ]]; then
         rt1=$(cpu_ticks "${PID[redis]}")
         rc1=$(redis_calls)
@@ -680,7 +763,7 @@ run_direct_mode() {
       printf 'round %d/%d  %-20s %9.0f calls/s  p50 %s  p99 %s  service cpu %6s us/call%s%s\n' \
         "$r" "$ROUNDS" "$k" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "$cpu" \
         "$([[ $k == *-ratelimit ]] && awk -v l="$limited" -v c="$calls" 'BEGIN { printf "  [limit matched %.2f/call]", l / c }')" \
-        "$redis_note"
+        "$redis_note$auth_note"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$k" "$r" "$rps" "$p50" "$p99" "$cpu" >>"$RESULTS"
     done
   done
@@ -704,6 +787,17 @@ run_direct_mode() {
     cmds=$(awk -F'\t' '{ a += $3; c += $4 } END { printf "%.3f", a / c }' "$WORK/redis.tsv")
     echo "Redis store: Redis' own CPU $(num1 "$redis_cpu") us/call (median), $cmds script calls per ShouldRateLimit call;"
     echo "  tollgate-ratelimit CPU / no-op CPU: $(ratio "$(col tollgate-ratelimit 6)" "$(col noop-ratelimit 6)") (Redis' CPU not included)"
+  fi
+  if [[ $IDENTITY == jwt && $STAND_IN == 0 ]]; then
+    # Above, one token repeats, so every Check after the first is a cache hit. A token seen for
+    # the first time costs an RS256 verification, which only the in-process example measures.
+    echo
+    echo "In-process cost of one Check, no gRPC (authz/examples/check_cost.rs; one core, wall time):"
+    if [[ -x $REL/examples/check_cost ]]; then
+      "$REL/examples/check_cost" 2>&1 | sed 's/^/  /' || die "the check_cost example failed"
+    else
+      echo "  skipped: $REL/examples/check_cost is not built (cargo build --release -p tollgate-authz --example check_cost)"
+    fi
   fi
 }
 
