@@ -188,3 +188,38 @@ priorityClassName: {{ . }}
 {{- define "tollgate.debug.secretKey" -}}
 {{- if .Values.debug.existingSecret }}{{ .Values.debug.existingSecretKey }}{{ else }}token{{ end }}
 {{- end }}
+
+{{/*
+The tollgate-authz config file as JSON (docs/authz.md). The Deployment's checksum leaves its
+`policy` out: the service hot-reloads the policy from the mounted ConfigMap, while every other
+section is read at start and rolls the pods when it changes.
+*/}}
+{{- define "tollgate.authzConfig" -}}
+{{- $a := .Values.authz }}
+{{- $c := dict
+  "server" (include "tollgate.serverConfig" (dict "root" . "values" $a) | fromJson)
+  "log" $a.log
+  "policy" $a.policy
+  "headers" $a.headers }}
+{{- with $a.jwt }}{{ $_ := set $c "jwt" . }}{{ end }}
+{{- with $a.introspection }}{{ $_ := set $c "introspection" . }}{{ end }}
+{{- if $a.apiKeys.enabled }}
+{{- $store := dict "type" "embedded" "path" "/var/lib/tollgate/keys.redb" }}
+{{- if include "tollgate.redis.used" . }}
+{{- $store = dict "type" "redis" "url" (include "tollgate.redis.keyStoreUrl" .) }}
+{{- else if and (gt (int $a.replicas) 1) (not $a.autoscaling.enabled) }}
+{{- fail "redis.mode is none: API keys live in a file per pod, so authz.replicas must be 1 (or use Redis)" }}
+{{- end }}
+{{- if and $a.autoscaling.enabled (not (include "tollgate.redis.used" .)) }}
+{{- fail "redis.mode is none: API keys live in a file per pod, so authz.autoscaling cannot be enabled (use Redis)" }}
+{{- end }}
+{{- $_ := set $c "api_keys" (dict "header" $a.apiKeys.header "store" $store) }}
+{{- if $a.admin.enabled }}
+{{- $_ := set $c "admin" (dict "addr" (printf "0.0.0.0:%d" (int $a.ports.admin)) "token_file" "/etc/tollgate/admin/token") }}
+{{- end }}
+{{- else if $a.admin.enabled }}
+{{- fail "authz.admin.enabled needs authz.apiKeys.enabled: the admin API manages API keys" }}
+{{- end }}
+{{- $c = mergeOverwrite (deepCopy $c) (deepCopy $a.extraConfig) }}
+{{- toJson $c }}
+{{- end }}

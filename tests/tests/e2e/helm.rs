@@ -480,7 +480,7 @@ fn network_policies_keep_grpc_to_the_gateway_and_the_admin_api_internal() {
 }
 
 #[test]
-fn config_changes_roll_the_pods_but_limit_changes_are_hot_reloaded() {
+fn config_changes_roll_the_pods_but_limit_and_policy_changes_are_hot_reloaded() {
     let checksum = |r: &Rendered, name: &str| {
         r.find("Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
             .as_str()
@@ -504,9 +504,18 @@ fn config_changes_roll_the_pods_but_limit_changes_are_hot_reloaded() {
     for d in [authz, ratelimit, envoy] {
         assert_eq!(checksum(&base, d), checksum(&limits, d), "{d}");
     }
-    // Settings read at start roll exactly the pods that read them.
-    assert_ne!(checksum(&base, authz), checksum(&policy, authz));
+    // The authz policy is hot-reloaded from the mounted ConfigMap: its rendered file changes,
+    // the pods stay.
+    assert_ne!(
+        std::fs::read_to_string(base.file("edge-tollgate-authz", "authz.yaml")).unwrap(),
+        std::fs::read_to_string(policy.file("edge-tollgate-authz", "authz.yaml")).unwrap()
+    );
+    assert_eq!(checksum(&base, authz), checksum(&policy, authz));
     assert_eq!(checksum(&base, ratelimit), checksum(&policy, ratelimit));
+    // Settings read at start roll exactly the pods that read them.
+    let authz_log = render_production(&["authz.log.level=debug"]);
+    assert_ne!(checksum(&base, authz), checksum(&authz_log, authz));
+    assert_eq!(checksum(&base, ratelimit), checksum(&authz_log, ratelimit));
     assert_ne!(checksum(&base, envoy), checksum(&routes, envoy));
     assert_eq!(checksum(&base, authz), checksum(&routes, authz));
 }
