@@ -19,13 +19,14 @@ use axum::routing::{get, put};
 use serde::Deserialize;
 
 use crate::config::{Env, Errors, Validate, join};
+use crate::credential;
 use crate::secret::Secret;
 use crate::telemetry;
 
 /// The environment variable that may hold the debug credential.
 pub const TOKEN_ENV: &str = "TOLLGATE_DEBUG_TOKEN";
 /// Shortest credential accepted.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub const MIN_TOKEN_LEN: usize = credential::MIN_LEN;
 /// Longest CPU profile one request may ask for.
 pub const MAX_PROFILE: Duration = Duration::from_secs(60);
 
@@ -69,26 +70,11 @@ pub enum DebugError {
 }
 
 fn load_token(cfg: &DebugConfig, env: &Env) -> Result<Secret, DebugError> {
-    let token = match &cfg.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|source| DebugError::TokenFile {
-                path: path.clone(),
-                source,
-            })?
-            .trim_end()
-            .to_string(),
-        None => env
-            .get(TOKEN_ENV)
-            .map(|t| t.trim_end().to_string())
-            .unwrap_or_default(),
-    };
-    if token.is_empty() {
-        return Err(DebugError::NoCredential);
-    }
-    if token.len() < MIN_TOKEN_LEN {
-        return Err(DebugError::WeakCredential);
-    }
-    Ok(Secret::new(token))
+    credential::load(cfg.token_file.as_deref(), env, TOKEN_ENV).map_err(|e| match e {
+        credential::LoadError::Missing => DebugError::NoCredential,
+        credential::LoadError::Weak => DebugError::WeakCredential,
+        credential::LoadError::File { path, source } => DebugError::TokenFile { path, source },
+    })
 }
 
 /// The debug routes with their credential check; `Err` when there is no usable credential.
@@ -105,12 +91,7 @@ pub fn router(cfg: &DebugConfig, env: &Env) -> Result<Router, DebugError> {
 }
 
 async fn authenticate(State(token): State<Arc<Secret>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
+    match credential::presented_bearer(req.headers()) {
         Some(p) if token.matches(p) => next.run(req).await,
         _ => (
             StatusCode::UNAUTHORIZED,

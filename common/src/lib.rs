@@ -10,10 +10,12 @@
 //! - [`telemetry`]: JSON logs with a runtime-changeable level, the Prometheus recorder.
 //! - [`trace`]: OpenTelemetry spans over OTLP, joined to Envoy's trace (W3C, B3).
 //! - [`debug`]: the protected operator endpoints: runtime log level, CPU profiles.
+//! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
 
 pub mod cli;
 pub mod config;
+pub mod credential;
 pub mod debug;
 pub mod secret;
 pub mod server;

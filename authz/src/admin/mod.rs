@@ -17,12 +17,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{Method, header};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tollgate_common::config::{Env, Errors, Validate, join, process_env};
+use tollgate_common::credential;
 use tollgate_common::secret::Secret;
 
 use crate::apikey::ApiKeys;
@@ -34,7 +35,7 @@ pub use routes::IssuedKey;
 pub const TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
 
 /// Shortest admin credential accepted: a guessable one would make the whole key store guessable.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub const MIN_TOKEN_LEN: usize = credential::MIN_LEN;
 
 /// The `admin:` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -97,23 +98,11 @@ pub enum AdminError {
 
 /// The admin credential from `token_file`, else from `TOLLGATE_ADMIN_TOKEN` in `env`.
 pub fn load_token(cfg: &AdminConfig, env: &Env) -> Result<Secret, AdminError> {
-    let token = match &cfg.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|source| AdminError::TokenFile {
-                path: path.clone(),
-                source,
-            })?
-            .trim_end()
-            .to_string(),
-        None => env
-            .get(TOKEN_ENV)
-            .map(|t| t.trim_end().to_string())
-            .unwrap_or_default(),
-    };
-    if token.is_empty() {
-        return Err(AdminError::NoCredential);
-    }
-    Ok(Secret::new(token))
+    credential::load(cfg.token_file.as_deref(), env, TOKEN_ENV).map_err(|e| match e {
+        credential::LoadError::Missing => AdminError::NoCredential,
+        credential::LoadError::Weak => AdminError::WeakCredential,
+        credential::LoadError::File { path, source } => AdminError::TokenFile { path, source },
+    })
 }
 
 /// The admin router, with its credential from the config or the process environment.
@@ -133,9 +122,7 @@ type Route = (Method, &'static str);
 /// The router and the (method, path) of every route in it, so tests can hold the OpenAPI
 /// document to exactly that list.
 fn build(keys: ApiKeys, token: Secret) -> Result<(Router, Vec<Route>), AdminError> {
-    if token.expose().chars().count() < MIN_TOKEN_LEN {
-        return Err(AdminError::WeakCredential);
-    }
+    credential::check_strength(&token).map_err(|_| AdminError::WeakCredential)?;
     let state = AppState {
         keys,
         auth: Arc::new(Credential::new(token)),
@@ -208,14 +195,7 @@ impl Credential {
 struct Actor(Arc<str>);
 
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    match presented {
+    match credential::presented_bearer(req.headers()) {
         Some(token) if state.auth.token.matches(token) => {
             req.extensions_mut().insert(Actor(state.auth.actor.clone()));
             next.run(req).await
