@@ -71,7 +71,7 @@ async fn until_status(url: &str, key: &str, want: u16) -> Duration {
 
 #[tokio::test]
 async fn revocation_and_rotation_on_one_replica_reach_the_other_within_a_second() {
-    let redis = RedisServer::start().await.unwrap();
+    let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let a = replica(&redis, dir.path(), "a").await;
     let b = replica(&redis, dir.path(), "b").await;

@@ -919,7 +919,7 @@ async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
     let dir = tempfile::tempdir().unwrap();
 
     // The operator's Redis, with the password of the `tollgate-redis` Secret.
-    let redis = RedisServer::start().await.unwrap();
+    let redis = RedisServer::start();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("CONFIG")
@@ -929,7 +929,7 @@ async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let hosts = [(PRODUCTION_REDIS, format!("127.0.0.1:{}", redis.port))];
+    let hosts = [(PRODUCTION_REDIS, format!("127.0.0.1:{}", redis.port()))];
 
     let (rl_grpc, rl_http) = (free_addr(), free_addr());
     let _ratelimit = r.workload("edge-tollgate-ratelimit/ratelimit").spawn(

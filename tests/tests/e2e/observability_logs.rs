@@ -92,7 +92,7 @@ async fn put_level(svc: &Service, filter: &str, token: &str) -> reqwest::StatusC
 
 #[tokio::test]
 async fn logs_name_denials_with_the_request_id_and_never_a_secret() {
-    let redis = RedisServer::start().await.unwrap();
+    let redis = RedisServer::start();
     // The harness waits for a PING without a password; the password comes after.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -115,7 +115,7 @@ async fn logs_name_denials_with_the_request_id_and_never_a_secret() {
     let env = [("TOLLGATE_DEBUG_TOKEN", DEBUG_TOKEN.to_string())];
     let authz = Service::start(
         "tollgate-authz",
-        &authz_config(&oidc, redis.port, admin_port, &dir_s),
+        &authz_config(&oidc, redis.port(), admin_port, &dir_s),
         &env,
         dir.path(),
     )
@@ -123,7 +123,7 @@ async fn logs_name_denials_with_the_request_id_and_never_a_secret() {
     .unwrap();
     let ratelimit = Service::start(
         "tollgate-ratelimit",
-        &ratelimit_config(redis.port),
+        &ratelimit_config(redis.port()),
         &env,
         dir.path(),
     )

@@ -125,7 +125,7 @@ fn ratelimit_config(redis: &str) -> String {
 #[tokio::test]
 async fn check_and_should_rate_limit_spans_continue_envoys_trace() {
     let otlp = OtlpReceiver::start().await.unwrap();
-    let redis = RedisServer::start().await.unwrap();
+    let redis = RedisServer::start();
     let oidc = OidcProvider::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let env = [

@@ -382,7 +382,7 @@ fn redis_config(
 /// (failure_mode_deny: false) lets the request through, replica b (`deny`) answers 429.
 #[tokio::test]
 async fn replicas_sharing_redis_admit_exactly_the_limit_and_apply_the_failure_mode() {
-    let mut redis = RedisServer::start().await.unwrap();
+    let mut redis = RedisServer::start();
     let limits = limits_dir();
     let a = Ratelimit::start(redis_config(limits.path(), &redis.url(), "error"))
         .await
