@@ -24,6 +24,7 @@ use crate::algorithm::Rule;
 pub mod cache;
 pub mod memory;
 pub mod redis;
+mod redis_conn;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

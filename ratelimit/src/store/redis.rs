@@ -30,8 +30,9 @@
 //! # Failure
 //! Each call has a timeout (`timeout`, default 50 ms) and takes a permit from a semaphore of
 //! `max_in_flight`; with none free it fails fast with [`StoreError::Overloaded`] instead of
-//! queueing. The connection reconnects by itself (standalone: `ConnectionManager`; cluster:
-//! the cluster client refreshes its slot map), so a Redis outage means errors, never a crash.
+//! queueing. The connection reconnects by itself (standalone: [`super::redis_conn`], one
+//! pipelined connection with its own driver task; cluster: the redis crate's cluster client,
+//! which refreshes its slot map), so a Redis outage means errors, never a crash.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -39,15 +40,16 @@ use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use futures::future::{BoxFuture, join_all};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind, TlsCertificates};
+use redis::{ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind, TlsCertificates};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tollgate_common::config::{Errors, Validate, join};
 use tollgate_common::secret::Secret;
 
+use super::redis_conn::{self, Pipeline, Target, Value};
 use super::{Hit, Outcome, Store, StoreError, micros, validate_positive};
 
 /// The script source, and its SHA-1 as Redis computes it.
@@ -196,9 +198,8 @@ impl KindName for RedisError {
     }
 }
 
-#[derive(Clone)]
 enum Conn {
-    Standalone(ConnectionManager),
+    Standalone(Pipeline),
     Cluster(ClusterConnection),
 }
 
@@ -221,13 +222,6 @@ impl RedisStore {
                 e.detail().unwrap_or("")
             ))
         };
-        let root_cert = match &cfg.ca_file {
-            Some(p) => Some(
-                std::fs::read(p)
-                    .map_err(|e| StoreError::Config(format!("{}: {e}", p.display())))?,
-            ),
-            None => None,
-        };
         let conn = if let Some(url) = &cfg.url {
             let mut info = url.expose().into_connection_info().map_err(bad)?;
             let mut settings = info.redis_settings().clone();
@@ -238,22 +232,10 @@ impl RedisStore {
                 settings = settings.set_password(p.expose());
             }
             info = info.set_redis_settings(settings);
-            let client = match root_cert {
-                Some(pem) => Client::build_with_tls(
-                    info,
-                    TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                ),
-                None => Client::open(info),
-            }
-            .map_err(bad)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(cfg.connect_timeout))
-                .set_response_timeout(Some(cfg.timeout))
-                .set_max_delay(Duration::from_secs(2));
-            Conn::Standalone(ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?)
+            let target = Target::new(&info, cfg.ca_file.as_deref(), "tollgate-ratelimit")?;
+            // A connection with no reply for this long is given up (see redis_conn).
+            let stall = (cfg.timeout * 2).max(Duration::from_secs(1));
+            Conn::Standalone(Pipeline::start(target, cfg.connect_timeout, stall))
         } else {
             let nodes: Vec<&str> = cfg.cluster_nodes.iter().map(Secret::expose).collect();
             let mut b = ClusterClientBuilder::new(nodes)
@@ -265,7 +247,9 @@ impl RedisStore {
             if let Some(p) = &cfg.password {
                 b = b.password(p.expose());
             }
-            if let Some(pem) = root_cert {
+            if let Some(p) = &cfg.ca_file {
+                let pem = std::fs::read(p)
+                    .map_err(|e| StoreError::Config(format!("{}: {e}", p.display())))?;
                 b = b.certs(TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
@@ -290,10 +274,7 @@ impl RedisStore {
         let span = tollgate_common::trace::span("redis", "client");
         let calls = async {
             match &self.conn {
-                Conn::Standalone(c) => {
-                    let idx: Vec<usize> = (0..hits.len()).collect();
-                    call(&mut c.clone(), hits, &keys, &idx, 0, now_us).await
-                }
+                Conn::Standalone(pool) => call_standalone(pool, hits, &keys, now_us).await,
                 Conn::Cluster(c) => self.run_cluster(c, hits, &keys, now_us).await,
             }
         };
@@ -390,7 +371,92 @@ impl RedisStore {
     }
 }
 
-/// One script call for the hits `idx`: `EVALSHA`, and `EVAL` once on `NOSCRIPT`.
+/// One argument of a script call.
+enum Arg<'a> {
+    Str(&'a str),
+    Num(u64),
+}
+
+/// The script's arguments after its body or SHA: the key count, the keys, the mode and
+/// `now`, then six per hit. `sel` chooses the hits (all, or one Redis Cluster slot's).
+fn script_args<'k>(
+    keys: &'k [String],
+    hits: &[Hit<'_>],
+    sel: impl Iterator<Item = usize> + Clone,
+    mode: u8,
+    now_us: u64,
+    mut arg: impl FnMut(Arg<'k>),
+) {
+    arg(Arg::Num(sel.clone().count() as u64));
+    for i in sel.clone() {
+        arg(Arg::Str(&keys[i]));
+    }
+    arg(Arg::Num(mode.into()));
+    arg(Arg::Num(now_us));
+    for i in sel {
+        let h = &hits[i];
+        arg(Arg::Num(h.rule.algorithm.code().into()));
+        arg(Arg::Num(h.rule.limit));
+        arg(Arg::Num(h.rule.window_us()));
+        arg(Arg::Num(h.rule.capacity()));
+        arg(Arg::Num(h.cost));
+        arg(Arg::Num(u8::from(h.shadow).into()));
+    }
+}
+
+/// The script call for all hits on the standalone pool: `EVALSHA`, and `EVAL` once on
+/// `NOSCRIPT`. Encoded straight into the connection's buffer.
+async fn call_standalone(
+    pool: &Pipeline,
+    hits: &[Hit<'_>],
+    keys: &[String],
+    now_us: u64,
+) -> Result<Vec<Outcome>, StoreError> {
+    let encode = |verb: &'static [u8], body: &'static [u8]| {
+        move |buf: &mut Vec<u8>| {
+            redis_conn::array(buf, 5 + 7 * hits.len());
+            redis_conn::bulk(buf, verb);
+            redis_conn::bulk(buf, body);
+            script_args(keys, hits, 0..hits.len(), 0, now_us, |a| match a {
+                Arg::Str(s) => redis_conn::bulk(buf, s.as_bytes()),
+                Arg::Num(n) => redis_conn::int(buf, n),
+            });
+        }
+    };
+    let mut reply = pool
+        .request(encode(b"EVALSHA", SCRIPT_SHA.as_bytes()))
+        .await?;
+    if matches!(&reply, Value::Error(e) if e.starts_with("NOSCRIPT")) {
+        reply = pool.request(encode(b"EVAL", SCRIPT.as_bytes())).await?;
+    }
+    let values = match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::Int(i) => Ok(i),
+                other => Err(unexpected(&other)),
+            })
+            .collect::<Result<Vec<i64>, _>>()?,
+        Value::Error(e) => return Err(StoreError::Unavailable(format!("redis: {e}"))),
+        other => return Err(unexpected(&other)),
+    };
+    outcomes(&values, hits.len(), 0)
+}
+
+fn unexpected(v: &Value) -> StoreError {
+    let kind = match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::Simple(_) => "a status",
+        Value::Bulk(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Error(_) => "an error",
+    };
+    StoreError::Unavailable(format!("unexpected script reply: {kind}"))
+}
+
+/// One script call for the hits `idx` through the cluster client: `EVALSHA`, and `EVAL`
+/// once on `NOSCRIPT`.
 async fn call<C: ConnectionLike + Send>(
     conn: &mut C,
     hits: &[Hit<'_>],
@@ -401,20 +467,13 @@ async fn call<C: ConnectionLike + Send>(
 ) -> Result<Vec<Outcome>, StoreError> {
     let build = |verb: &str, body: &str| {
         let mut cmd = redis::cmd(verb);
-        cmd.arg(body).arg(idx.len());
-        for &i in idx {
-            cmd.arg(&keys[i]);
-        }
-        cmd.arg(mode).arg(now_us);
-        for &i in idx {
-            let h = &hits[i];
-            cmd.arg(h.rule.algorithm.code())
-                .arg(h.rule.limit)
-                .arg(h.rule.window_us())
-                .arg(h.rule.capacity())
-                .arg(h.cost)
-                .arg(u8::from(h.shadow));
-        }
+        cmd.arg(body);
+        script_args(keys, hits, idx.iter().copied(), mode, now_us, |a| {
+            match a {
+                Arg::Str(s) => cmd.arg(s),
+                Arg::Num(n) => cmd.arg(n),
+            };
+        });
         cmd
     };
     let reply: Result<Vec<i64>, RedisError> = build("EVALSHA", &SCRIPT_SHA).query_async(conn).await;
@@ -425,10 +484,15 @@ async fn call<C: ConnectionLike + Send>(
         r => r,
     };
     let values = reply.map_err(store_error)?;
+    outcomes(&values, idx.len(), mode)
+}
+
+/// The script's reply, four values per hit (none for a refund, mode 1).
+fn outcomes(values: &[i64], hits: usize, mode: u8) -> Result<Vec<Outcome>, StoreError> {
     if mode == 1 {
         return Ok(Vec::new());
     }
-    if values.len() != 4 * idx.len() {
+    if values.len() != 4 * hits {
         return Err(StoreError::Unavailable(format!(
             "unexpected script reply of {} values",
             values.len()
