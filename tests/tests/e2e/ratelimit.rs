@@ -49,6 +49,15 @@ static_resources:
                   rate_limits:
                   - actions:
                     - remote_address: {}
+              - match: { prefix: /override }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_key: route, descriptor_value: override }
+                    limit:
+                      dynamic_metadata:
+                        metadata_key: { key: e2e.override, path: [ { key: limit } ] }
               - match: { prefix: /nested }
                 route:
                   cluster: upstream
@@ -59,6 +68,14 @@ static_resources:
                   - actions:
                     - generic_key: { descriptor_key: shadow, descriptor_value: nested }
           http_filters:
+          # Stands in for any filter that chooses a per-request limit (the /override route
+          # reads it from here).
+          - name: envoy.filters.http.set_metadata
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
+              metadata:
+              - metadata_namespace: e2e.override
+                value: { limit: { requests_per_unit: 1, unit: MINUTE } }
           - name: envoy.filters.http.ratelimit
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
@@ -111,6 +128,9 @@ descriptors:
     rate_limit: {name: vip, unit: minute, requests_per_unit: 3}
   - key: remote_address
     rate_limit: {name: per-address, unit: minute, requests_per_unit: 2, algorithm: fixed_window}
+  - key: route
+    value: override
+    rate_limit: {name: configured, unit: minute, requests_per_unit: 100}
   - key: route
     value: nested
     descriptors:
@@ -260,6 +280,25 @@ async fn remote_address_limit() {
     assert_eq!(second.status(), 200);
     assert!(header(&second, "ratelimit-policy").is_some_and(|v| v.starts_with("\"per-address\"")));
     assert_eq!(get(&url, None).await.status(), 429);
+}
+
+/// Envoy's `limit` override (here from dynamic metadata: 1 a minute) replaces the configured
+/// limit of the descriptor (100 a minute).
+#[tokio::test]
+async fn override_limit_sent_by_envoy_replaces_the_configured_one() {
+    let gw = gateway(false).await;
+    let url = gw.envoy.url("/override");
+    let first = get(&url, None).await;
+    assert_eq!(first.status(), 200);
+    let policy = header(&first, "ratelimit-policy").expect("RateLimit-Policy");
+    assert!(policy.ends_with(";q=1;w=60"), "{policy}");
+    let denied = get(&url, None).await;
+    assert_eq!(
+        denied.status(),
+        429,
+        "the override's 1 a minute, not the config's 100"
+    );
+    assert!(header(&denied, "retry-after").is_some());
 }
 
 #[tokio::test]
