@@ -26,13 +26,16 @@ use std::io::Write as _;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use redis::{ConnectionAddr, ConnectionInfo};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tollgate_common::secret::Secret;
 
 use super::StoreError;
@@ -155,11 +158,33 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the driver: output queued, or the pipeline closed.
-    wake: Notify,
+    /// Set (and the driver woken) when output is queued or the pipeline closes.
+    woken: AtomicBool,
+    driver: AtomicWaker,
 }
 
 impl Shared {
+    fn wake_driver(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.driver.wake();
+    }
+
+    /// Resolves once [`Shared::wake_driver`] was called since the last time it resolved.
+    async fn woken(&self) {
+        std::future::poll_fn(|cx| {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.driver.register(cx.waker());
+            if self.woken.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     /// Fails every waiting caller with `reason`; `then` is the new phase (unless closed).
     fn fail_all(&self, reason: &str, then: Phase) {
         let waiting = {
@@ -198,7 +223,8 @@ impl Pipeline {
                 out: Vec::with_capacity(16 * 1024),
                 waiting: VecDeque::new(),
             }),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            driver: AtomicWaker::new(),
         });
         tokio::spawn(drive(shared.clone(), target, connect_timeout, stall));
         Self { shared }
@@ -224,7 +250,7 @@ impl Pipeline {
             was_empty
         };
         if wake {
-            self.shared.wake.notify_one();
+            self.shared.wake_driver();
         }
         match rx.await {
             Ok(Ok(v)) => Ok(v),
@@ -237,7 +263,7 @@ impl Pipeline {
 impl Drop for Pipeline {
     fn drop(&mut self) {
         self.shared.state.lock().phase = Phase::Closed;
-        self.shared.wake.notify_one();
+        self.shared.wake_driver();
     }
 }
 
@@ -289,7 +315,7 @@ async fn drive(shared: Arc<Shared>, target: Target, connect_timeout: Duration, s
         // Calls fail fast meanwhile; dropping the pipeline ends the wait early.
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shared.wake.notified() => {}
+            _ = shared.woken() => {}
         }
         delay = (delay * 2).min(MAX_BACKOFF);
         let mut st = shared.state.lock();
@@ -339,7 +365,7 @@ async fn serve(shared: &Shared, mut conn: Conn, stall: Duration) -> String {
                 }
                 Err(e) => return format!("redis: reading: {e}"),
             },
-            _ = shared.wake.notified() => {
+            _ = shared.woken() => {
                 // Let every other task that is ready now queue its command first, so one
                 // write carries them all (a woken task would otherwise run right away).
                 tokio::task::yield_now().await;
