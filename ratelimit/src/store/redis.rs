@@ -274,7 +274,7 @@ impl RedisStore {
         let span = tollgate_common::trace::span("redis", "client");
         let calls = async {
             match &self.conn {
-                Conn::Standalone(pool) => call_standalone(pool, hits, &keys, now_us).await,
+                Conn::Standalone(p) => call_standalone(p, hits, &keys, now_us).await,
                 Conn::Cluster(c) => self.run_cluster(c, hits, &keys, now_us).await,
             }
         };
@@ -404,10 +404,10 @@ fn script_args<'k>(
     }
 }
 
-/// The script call for all hits on the standalone pool: `EVALSHA`, and `EVAL` once on
+/// The script call for all hits on the standalone pipeline: `EVALSHA`, and `EVAL` once on
 /// `NOSCRIPT`. Encoded straight into the connection's buffer.
 async fn call_standalone(
-    pool: &Pipeline,
+    pipeline: &Pipeline,
     hits: &[Hit<'_>],
     keys: &[String],
     now_us: u64,
@@ -423,11 +423,11 @@ async fn call_standalone(
             });
         }
     };
-    let mut reply = pool
+    let mut reply = pipeline
         .request(encode(b"EVALSHA", SCRIPT_SHA.as_bytes()))
         .await?;
     if matches!(&reply, Value::Error(e) if e.starts_with("NOSCRIPT")) {
-        reply = pool.request(encode(b"EVAL", SCRIPT.as_bytes())).await?;
+        reply = pipeline.request(encode(b"EVAL", SCRIPT.as_bytes())).await?;
     }
     let values = match reply {
         Value::Array(items) => items

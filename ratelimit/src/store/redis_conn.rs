@@ -74,7 +74,7 @@ enum Addr {
 }
 
 impl Target {
-    /// Reads what the pool needs from parsed connection info; `ca_file` replaces the system
+    /// Reads what the pipeline needs from parsed connection info; `ca_file` replaces the system
     /// CAs for TLS.
     pub(super) fn new(
         info: &ConnectionInfo,
