@@ -321,34 +321,22 @@ impl Authorizer {
             Some(s) => s.split(' ').filter(|s| !s.is_empty()).collect(),
             None => Vec::new(),
         };
-        match rule.unmet(&identity, &extra) {
-            None => {}
-            Some(Unmet::Scope(s)) => {
-                let scheme = if method == Method::ApiKey {
-                    Scheme::ApiKey
-                } else {
-                    Scheme::Bearer
-                };
-                return deny(
-                    Denial::InsufficientScope(scheme),
-                    method.as_str(),
-                    "insufficient_scope",
-                    Some(s),
-                );
-            }
-            Some(Unmet::Claim) => {
-                let scheme = if method == Method::ApiKey {
-                    Scheme::ApiKey
-                } else {
-                    Scheme::Bearer
-                };
-                return deny(
-                    Denial::InsufficientScope(scheme),
-                    method.as_str(),
-                    "claim_condition",
-                    None,
-                );
-            }
+        if let Some(unmet) = rule.unmet(&identity, &extra) {
+            let scheme = if method == Method::ApiKey {
+                Scheme::ApiKey
+            } else {
+                Scheme::Bearer
+            };
+            let (reason, scope) = match unmet {
+                Unmet::Scope(s) => ("insufficient_scope", Some(s)),
+                Unmet::Claim => ("claim_condition", None),
+            };
+            return deny(
+                Denial::InsufficientScope(scheme),
+                method.as_str(),
+                reason,
+                scope,
+            );
         }
         self.allow(&identity, Some(cred), "allowed")
     }

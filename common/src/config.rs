@@ -113,6 +113,18 @@ impl Errors {
         });
     }
 
+    /// Records an error at `at.field` when `path` is set but is not a readable file.
+    pub fn require_file(&mut self, at: &str, field: &str, path: Option<&Path>) {
+        if let Some(p) = path
+            && !p.is_file()
+        {
+            self.push(
+                join(at, field),
+                format!("{} is not a readable file", p.display()),
+            );
+        }
+    }
+
     /// Adds errors found elsewhere (another file).
     pub fn extend(&mut self, other: ConfigErrors) {
         self.list.extend(other.0);

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::Deserialize;
 
-use crate::config::{Env, Errors, Validate, join};
+use crate::config::{Env, Errors, Validate};
 use crate::credential;
 use crate::secret::Secret;
 use crate::telemetry;
@@ -44,14 +44,7 @@ pub struct DebugConfig {
 
 impl Validate for DebugConfig {
     fn validate(&self, at: &str, errors: &mut Errors) {
-        if let Some(f) = &self.token_file
-            && !f.is_file()
-        {
-            errors.push(
-                join(at, "token_file"),
-                format!("{} is not a readable file", f.display()),
-            );
-        }
+        errors.require_file(at, "token_file", self.token_file.as_deref());
     }
 }
 
@@ -403,6 +396,37 @@ mod tests {
         [(TOKEN_ENV.to_string(), TOKEN.to_string())].into()
     }
 
+    fn pprof_router() -> Router {
+        router(
+            &DebugConfig {
+                pprof: true,
+                ..Default::default()
+            },
+            &env(),
+        )
+        .unwrap()
+    }
+
+    /// Something to sample: a thread spinning for 1.5 s.
+    fn busy_thread() -> std::thread::JoinHandle<u64> {
+        std::thread::spawn(|| {
+            let end = std::time::Instant::now() + Duration::from_millis(1500);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            x
+        })
+    }
+
+    /// `GET path` with the credential.
+    fn authed_get(path: &str) -> Request<Body> {
+        Request::get(path)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
     #[test]
     fn refuses_without_a_strong_credential() {
         let cfg = DebugConfig::default();
@@ -419,14 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_route_needs_the_credential() {
-        let app = router(
-            &DebugConfig {
-                pprof: true,
-                ..Default::default()
-            },
-            &env(),
-        )
-        .unwrap();
+        let app = pprof_router();
         for (method, path) in [
             ("PUT", "/loglevel"),
             ("GET", "/debug/pprof/profile?seconds=1"),
@@ -452,12 +469,7 @@ mod tests {
     async fn pprof_routes_exist_only_when_asked_for() {
         let app = router(&DebugConfig::default(), &env()).unwrap();
         let resp = app
-            .oneshot(
-                Request::get("/debug/pprof/profile?seconds=1")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
+            .oneshot(authed_get("/debug/pprof/profile?seconds=1"))
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
@@ -467,29 +479,10 @@ mod tests {
     async fn profiles_the_cpu_in_pprof_format() {
         let _turn = PROFILER.lock().await;
         use prost::Message;
-        let app = router(
-            &DebugConfig {
-                pprof: true,
-                ..Default::default()
-            },
-            &env(),
-        )
-        .unwrap();
-        let busy = std::thread::spawn(|| {
-            let end = std::time::Instant::now() + Duration::from_millis(1500);
-            let mut x = 0u64;
-            while std::time::Instant::now() < end {
-                x = x.wrapping_mul(31).wrapping_add(7);
-            }
-            x
-        });
+        let app = pprof_router();
+        let busy = busy_thread();
         let resp = app
-            .oneshot(
-                Request::get("/debug/pprof/profile?seconds=1")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
+            .oneshot(authed_get("/debug/pprof/profile?seconds=1"))
             .await
             .unwrap();
         busy.join().unwrap();
@@ -524,31 +517,12 @@ mod tests {
     #[tokio::test]
     async fn profiles_the_cpu_as_collapsed_stacks() {
         let _turn = PROFILER.lock().await;
-        let app = router(
-            &DebugConfig {
-                pprof: true,
-                ..Default::default()
-            },
-            &env(),
-        )
-        .unwrap();
+        let app = pprof_router();
         // Something to sample.
-        let busy = std::thread::spawn(|| {
-            let end = std::time::Instant::now() + Duration::from_millis(1500);
-            let mut x = 0u64;
-            while std::time::Instant::now() < end {
-                x = x.wrapping_mul(31).wrapping_add(7);
-            }
-            x
-        });
+        let busy = busy_thread();
         let resp = app
             .clone()
-            .oneshot(
-                Request::get("/debug/pprof/folded?seconds=1")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
+            .oneshot(authed_get("/debug/pprof/folded?seconds=1"))
             .await
             .unwrap();
         busy.join().unwrap();
@@ -561,12 +535,7 @@ mod tests {
         let (_, count) = first.rsplit_once(' ').unwrap();
         assert!(count.parse::<u64>().unwrap() > 0, "{first}");
         let too_long = app
-            .oneshot(
-                Request::get("/debug/pprof/profile?seconds=600")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
+            .oneshot(authed_get("/debug/pprof/profile?seconds=600"))
             .await
             .unwrap();
         assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);

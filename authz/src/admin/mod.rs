@@ -22,7 +22,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tollgate_common::config::{Env, Errors, Validate, join, process_env};
+use tollgate_common::config::{Env, Errors, Validate, process_env};
 use tollgate_common::credential;
 use tollgate_common::secret::Secret;
 
@@ -64,14 +64,7 @@ fn default_addr() -> SocketAddr {
 
 impl Validate for AdminConfig {
     fn validate(&self, at: &str, errors: &mut Errors) {
-        if let Some(f) = &self.token_file
-            && !f.is_file()
-        {
-            errors.push(
-                join(at, "token_file"),
-                format!("{} is not a readable file", f.display()),
-            );
-        }
+        errors.require_file(at, "token_file", self.token_file.as_deref());
     }
 }
 

@@ -177,14 +177,7 @@ impl Validate for RedisConfig {
                 "must not contain braces (they choose Redis Cluster slots)",
             );
         }
-        if let Some(ca) = &self.ca_file
-            && !ca.is_file()
-        {
-            errors.push(
-                join(at, "ca_file"),
-                format!("{} is not a readable file", ca.display()),
-            );
-        }
+        errors.require_file(at, "ca_file", self.ca_file.as_deref());
     }
 }
 
