@@ -12,6 +12,7 @@
 //! - [`debug`]: the protected operator endpoints: runtime log level, CPU profiles.
 //! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
+//! - `testing` (feature `testing`): real Redis server and cluster processes for tests.
 
 pub mod cli;
 pub mod config;
@@ -21,6 +22,8 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod trace;
 

@@ -2,4 +2,4 @@
 //! rate-limit store's conformance suite uses (a standalone server, with a password or TLS, or a
 //! 3-node Cluster), each on free loopback ports with its own temp dir, killed on drop.
 
-pub use tollgate_ratelimit::store::testing::{RedisCluster, RedisServer};
+pub use tollgate_common::testing::{RedisCluster, RedisServer};

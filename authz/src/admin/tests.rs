@@ -498,8 +498,10 @@ async fn revoke_and_rotate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_is_503() {
-    let redis = crate::apikey::tests::RedisServer::start();
-    let keys = ApiKeys::open(&redis.config()).await.unwrap();
+    let redis = tollgate_common::testing::RedisServer::start();
+    let keys = ApiKeys::open(&crate::apikey::tests::redis_config(&redis))
+        .await
+        .unwrap();
     let a = Admin {
         router: router_with_token(keys.clone(), Secret::new(TOKEN)).unwrap(),
         keys,

@@ -2,8 +2,9 @@
 //! `redis-server` spawned per test ("two replicas" are two `ApiKeys` on one Redis).
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
+
+use tollgate_common::testing::RedisServer;
 
 use super::*;
 
@@ -353,87 +354,23 @@ fn config_defaults_and_validation() {
     );
 }
 
-/// A `redis-server` of our own on a free loopback port, killed on drop.
-pub(crate) struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub(crate) fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install -y redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        loop {
-            if let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    pub(crate) fn config(&self) -> ApiKeysConfig {
-        ApiKeysConfig {
-            store: KeyStoreConfig::Redis(RedisStoreConfig {
-                url: Secret::new(format!("redis://127.0.0.1:{}", self.port)),
-                prefix: "test:keys:".into(),
-                timeout: Duration::from_millis(300),
-            }),
-            ..ApiKeysConfig::default()
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The key service's config for a test Redis.
+pub(crate) fn redis_config(server: &RedisServer) -> ApiKeysConfig {
+    ApiKeysConfig {
+        store: KeyStoreConfig::Redis(RedisStoreConfig {
+            url: Secret::new(server.url()),
+            prefix: "test:keys:".into(),
+            timeout: Duration::from_millis(300),
+        }),
+        ..ApiKeysConfig::default()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_the_other_replica_within_a_second_despite_its_cache() {
     let redis = RedisServer::start();
-    let a = ApiKeys::open(&redis.config()).await.unwrap();
-    let b = ApiKeys::open(&redis.config()).await.unwrap();
+    let a = ApiKeys::open(&redis_config(&redis)).await.unwrap();
+    let b = ApiKeys::open(&redis_config(&redis)).await.unwrap();
     let (info, secret) = a.create(new_key("shared")).await.unwrap();
 
     // B verifies the key until it is cached (the creation's own invalidation message may
@@ -459,8 +396,8 @@ async fn a_revocation_reaches_the_other_replica_within_a_second_despite_its_cach
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_reaches_the_other_replica_within_a_second() {
     let redis = RedisServer::start();
-    let a = ApiKeys::open(&redis.config()).await.unwrap();
-    let b = ApiKeys::open(&redis.config()).await.unwrap();
+    let a = ApiKeys::open(&redis_config(&redis)).await.unwrap();
+    let b = ApiKeys::open(&redis_config(&redis)).await.unwrap();
     let (info, old) = a.create(new_key("shared")).await.unwrap();
     assert!(b.verify(old.expose()).await.is_ok());
 
@@ -492,7 +429,7 @@ async fn a_rotation_reaches_the_other_replica_within_a_second() {
 async fn rotation_grace_period_on_redis() {
     let redis = RedisServer::start();
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    let keys = ApiKeys::open_with_clock(&redis.config(), clock.clone())
+    let keys = ApiKeys::open_with_clock(&redis_config(&redis), clock.clone())
         .await
         .unwrap();
     rotation_grace_is_honoured(&keys, &clock).await;
@@ -501,13 +438,13 @@ async fn rotation_grace_period_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_and_last_use_on_redis() {
     let redis = RedisServer::start();
-    let keys = ApiKeys::open(&redis.config()).await.unwrap();
+    let keys = ApiKeys::open(&redis_config(&redis)).await.unwrap();
     pages_cover_every_key_once(&keys).await;
 
     let (info, secret) = keys.create(new_key("used")).await.unwrap();
     keys.verify(secret.expose()).await.unwrap();
     keys.flush_last_used().await.unwrap();
-    let other = ApiKeys::open(&redis.config()).await.unwrap();
+    let other = ApiKeys::open(&redis_config(&redis)).await.unwrap();
     let first = other.get(&info.id).await.unwrap().last_used_at.unwrap();
     // A replica flushing an older use later does not move the time back.
     let store = &other.inner.store;
@@ -519,13 +456,12 @@ async fn paging_and_last_use_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fails_closed_and_a_restart_is_picked_up() {
     let mut redis = RedisServer::start();
-    let port = redis.port;
-    let a = ApiKeys::open(&redis.config()).await.unwrap();
+    let port = redis.port();
+    let a = ApiKeys::open(&redis_config(&redis)).await.unwrap();
     let (_, secret) = a.create(new_key("k")).await.unwrap();
     assert!(a.verify(secret.expose()).await.is_ok());
 
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.kill();
     // The cached positive decision is not served once the invalidation feed is gone.
     let took = eventually(Duration::from_secs(3), || async {
         matches!(a.verify(secret.expose()).await, Err(ApiKeyError::Store(_)))

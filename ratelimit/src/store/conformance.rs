@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::testing::{RedisCluster, RedisServer};
 use super::*;
 use tollgate_common::secret::Secret;
+use tollgate_common::testing::{RedisCluster, RedisServer};
 
 use crate::algorithm::{Algorithm, Rule};
 

@@ -9,7 +9,6 @@
 //! - [`redis`]: Redis standalone (one `EVALSHA` per call) and Redis Cluster.
 //! - [`cache`]: the local cache of counters already over their limit, in front of Redis.
 //! - `script.lua`: the Redis script, a mirror of `algorithm.rs`.
-//! - [`testing`] (feature `testing`): Redis server and cluster processes for tests.
 //! - `conformance`: the one suite every store passes.
 
 use std::sync::Arc;
@@ -25,8 +24,6 @@ pub mod cache;
 pub mod memory;
 pub mod redis;
 mod redis_conn;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 
 #[cfg(test)]
 mod conformance;

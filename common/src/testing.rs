@@ -1,7 +1,7 @@
 //! Real Redis for tests: a standalone `redis-server` or a 3-node Redis Cluster on free
 //! loopback ports, each in its own temp dir, killed on drop.
 //!
-//! Reusable by other crates' tests through the `testing` feature. The binaries are Debian's
+//! For every crate's tests, through this crate's `testing` feature. The binaries are Debian's
 //! `redis-server` / `redis-cli`, or `$TOLLGATE_REDIS_SERVER` (with `redis-cli` beside it).
 
 use std::net::TcpListener;
