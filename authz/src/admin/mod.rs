@@ -1,15 +1,24 @@
 //! The admin HTTP API for API keys (axum, its own listener, loopback by default): create, list,
-//! get, update, revoke and rotate keys, plus the OpenAPI document that describes exactly these
-//! routes. Every route but the document needs the admin bearer credential, and every change is
-//! written to the `audit` log target (who, what, which key, when; never a secret).
+//! get, update, revoke and rotate keys, the service's decision counters, the OpenAPI document
+//! that describes exactly these routes, and the web console that drives them. Every API route
+//! but the document needs the admin bearer credential, and every change is written to the
+//! `audit` log target (who, what, which key, when; never a secret).
+//!
+//! The credential travels only in the `Authorization` header, never in a cookie: a cross-site
+//! form or link cannot carry it, so no request another site makes a browser send can act
+//! (CSRF-safe by construction), and the console's script sets the header on every call.
 //!
 //! # Layout
 //! - this file: config, credential loading, the router and its authentication;
-//! - `routes`: the handlers and JSON error responses;
-//! - `openapi`: the OpenAPI 3 document.
+//! - `routes`: the key handlers and JSON error responses;
+//! - `stats`: `GET /v1/stats`, the decision counters;
+//! - `openapi`: the OpenAPI 3 document;
+//! - `console`: the web console's embedded files and the security headers.
 
+mod console;
 mod openapi;
 mod routes;
+mod stats;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +56,13 @@ pub struct AdminConfig {
     /// `TOLLGATE_ADMIN_TOKEN`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Serve the web console under `/console/` (the default).
+    #[serde(default = "default_console")]
+    pub console: bool,
+    /// tollgate-ratelimit's `/metrics` URL. When set, `GET /v1/stats` also reports its
+    /// over-limit (429) counts: in the service pair those are decided there, not here.
+    #[serde(default)]
+    pub ratelimit_metrics_url: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -54,6 +70,8 @@ impl Default for AdminConfig {
         Self {
             addr: default_addr(),
             token_file: None,
+            console: default_console(),
+            ratelimit_metrics_url: None,
         }
     }
 }
@@ -62,9 +80,30 @@ fn default_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9092))
 }
 
+fn default_console() -> bool {
+    true
+}
+
 impl Validate for AdminConfig {
     fn validate(&self, at: &str, errors: &mut Errors) {
         errors.require_file(at, "token_file", self.token_file.as_deref());
+        if let Some(url) = &self.ratelimit_metrics_url
+            && let Err(reason) = metrics_url(url)
+        {
+            errors.push(
+                tollgate_common::config::join(at, "ratelimit_metrics_url"),
+                reason,
+            );
+        }
+    }
+}
+
+/// An `http(s)://` URL, or why not.
+fn metrics_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        _ => Err("must be an http:// or https:// URL with a host".into()),
     }
 }
 
@@ -101,12 +140,20 @@ pub fn load_token(cfg: &AdminConfig, env: &Env) -> Result<Secret, AdminError> {
 /// The admin router, with its credential from the config or the process environment.
 /// Refuses (Err) when there is no credential.
 pub fn router(keys: ApiKeys, cfg: &AdminConfig) -> Result<Router, AdminError> {
-    router_with_token(keys, load_token(cfg, &process_env())?)
+    let token = load_token(cfg, &process_env())?;
+    // Validation has refused a bad URL before anything starts.
+    let ratelimit = cfg
+        .ratelimit_metrics_url
+        .as_deref()
+        .and_then(|u| metrics_url(u).ok());
+    let stats = stats::Stats::new(ratelimit.as_ref());
+    Ok(build(keys, token, stats, cfg.console)?.0)
 }
 
-/// The admin router with a given credential.
+/// The admin router with a given credential (and the console, without tollgate-ratelimit's
+/// counts).
 pub fn router_with_token(keys: ApiKeys, token: Secret) -> Result<Router, AdminError> {
-    Ok(build(keys, token)?.0)
+    Ok(build(keys, token, stats::Stats::new(None), true)?.0)
 }
 
 /// A routed (method, path).
@@ -114,22 +161,35 @@ type Route = (Method, &'static str);
 
 /// The router and the (method, path) of every route in it, so tests can hold the OpenAPI
 /// document to exactly that list.
-fn build(keys: ApiKeys, token: Secret) -> Result<(Router, Vec<Route>), AdminError> {
+fn build(
+    keys: ApiKeys,
+    token: Secret,
+    stats: stats::Stats,
+    with_console: bool,
+) -> Result<(Router, Vec<Route>), AdminError> {
     credential::check_strength(&token).map_err(|_| AdminError::WeakCredential)?;
     let state = AppState {
         keys,
         auth: Arc::new(Credential::new(token)),
+        stats: Arc::new(stats),
     };
-    let (router, routes) = routes::table();
-    let router = router
+    let (router, mut routes) = routes::table();
+    let mut router = router
+        .route(stats::PATH, axum::routing::get(stats::serve))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ))
-        .route(openapi::PATH, axum::routing::get(openapi::serve))
+        .route(openapi::PATH, axum::routing::get(openapi::serve));
+    routes.push((Method::GET, stats::PATH));
+    if with_console {
+        router = router.merge(console::routes());
+    }
+    let router = router
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::no_method)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(console::harden))
         .with_state(state);
     let mut all = routes;
     all.push((Method::GET, openapi::PATH));
@@ -162,6 +222,7 @@ pub async fn serve(
 struct AppState {
     keys: ApiKeys,
     auth: Arc<Credential>,
+    stats: Arc<stats::Stats>,
 }
 
 /// The admin credential and the name audit lines give whoever presents it.

@@ -108,6 +108,13 @@ pub fn document() -> Value {
                     "responses": with_errors(json!({"200": issued("Rotated")}), &["400", "401", "404", "409", "503"])
                 }
             },
+            "/v1/stats": {
+                "get": {
+                    "operationId": "getStats",
+                    "summary": "The service's decision counters since it started (take differences between two answers for rates)",
+                    "responses": with_errors(json!({"200": {"description": "The counters", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stats"}}}}}), &["401"])
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "getOpenApi",
@@ -192,6 +199,46 @@ pub fn document() -> Value {
                     "additionalProperties": false,
                     "properties": {
                         "grace_period": {"type": "string", "nullable": true, "description": "How long the previous secret keeps working, e.g. `1h` (at most 90 days); default 0"}
+                    }
+                },
+                "Stats": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["at", "checks", "rate_limit"],
+                    "properties": {
+                        "at": {"type": "string", "format": "date-time", "description": "When the counts were read"},
+                        "checks": {"type": "array", "description": "Check calls answered, per decision, identity method and reason (the `tollgate_authz_checks_total` series)", "items": {"$ref": "#/components/schemas/CheckCount"}},
+                        "rate_limit": {"allOf": [{"$ref": "#/components/schemas/RateLimitCounts"}], "nullable": true, "description": "tollgate-ratelimit's over-limit counts; null unless `admin.ratelimit_metrics_url` is set"}
+                    }
+                },
+                "CheckCount": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["decision", "method", "reason", "count"],
+                    "properties": {
+                        "decision": {"type": "string", "description": "`allow` or `deny`"},
+                        "method": {"type": "string", "description": "The identity method (`jwt`, `introspection`, `api_key`, `anonymous`) or `none`"},
+                        "reason": {"type": "string"},
+                        "count": {"type": "integer", "minimum": 0}
+                    }
+                },
+                "RateLimitCounts": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["over_limit", "error"],
+                    "properties": {
+                        "over_limit": {"type": "array", "description": "Over-limit (429) answers per limit; a request over two limits counts in both", "items": {"$ref": "#/components/schemas/LimitCount"}},
+                        "error": {"type": "string", "nullable": true, "description": "Why tollgate-ratelimit's counts could not be read this time"}
+                    }
+                },
+                "LimitCount": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["domain", "limit", "count"],
+                    "properties": {
+                        "domain": {"type": "string"},
+                        "limit": {"type": "string"},
+                        "count": {"type": "integer", "minimum": 0}
                     }
                 },
                 "Error": {

@@ -658,7 +658,13 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
 #[tokio::test]
 async fn the_openapi_document_matches_the_router() {
     let a = admin().await;
-    let (_, routes) = build(a.keys.clone(), Secret::new(TOKEN)).unwrap();
+    let (_, routes) = build(
+        a.keys.clone(),
+        Secret::new(TOKEN),
+        stats::Stats::with_source(Box::new(String::new), None),
+        true,
+    )
+    .unwrap();
     let served: BTreeSet<(String, String)> = routes
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -757,3 +763,5 @@ async fn the_openapi_schemas_match_what_is_sent() {
     .unwrap();
     assert!(secret_pattern.is_match(created.body["secret"].as_str().unwrap()));
 }
+
+mod console;
