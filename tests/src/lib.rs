@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`process`]: child processes killed on drop, free ports, polling with a deadline.
-//! - [`paths`]: where the project's installed tools live (`.venv/bin/envoy`, `redis-server`, node).
+//! - [`paths`]: where the project's installed tools live (`.venv/bin/envoy`, `redis-server`, node,
+//!   chromium).
 //! - [`envoy`]: Envoy 1.40 on a config (the example in `deploy/envoy/` or a test's own), validated
 //!   with `envoy --mode validate` before it starts.
 //! - [`echo`]: the upstream that answers with what it received.
@@ -11,7 +12,9 @@
 //! - [`pki`]: a generated CA with server and client certificates for TLS tests.
 //! - [`stack`]: Envoy + both services (in-process, on the shipped example configs) + upstream.
 //! - [`oidc`]: the npm `oidc-provider` server (JWKS, client-credentials tokens, introspection).
+//! - [`browser`]: the web console in Debian's headless chromium, driven step by step.
 
+pub mod browser;
 pub mod echo;
 pub mod envoy;
 pub mod oidc;

@@ -15,7 +15,6 @@
 //! an opaque token that RFC 7662 introspection describes (audience [`OPAQUE_RESOURCE`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use crate::paths::project_root;
+use crate::paths::{node_bin, project_root};
 use crate::process::ChildProcess;
 
 /// A client registered at the provider. The secrets are fixtures of `tests/oidc/server.js`.
@@ -323,13 +322,6 @@ impl OidcProvider {
         }
         Ok(())
     }
-}
-
-/// `node` from `$TOLLGATE_NODE`, else from `PATH`.
-fn node_bin() -> PathBuf {
-    std::env::var_os("TOLLGATE_NODE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("node"))
 }
 
 /// The address in the server's `READY http://127.0.0.1:P` line, once it is complete.

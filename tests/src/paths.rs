@@ -32,6 +32,20 @@ pub fn redis_server_bin() -> PathBuf {
         })
 }
 
+/// `node` from `$TOLLGATE_NODE`, else from `PATH`.
+pub fn node_bin() -> PathBuf {
+    std::env::var_os("TOLLGATE_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("node"))
+}
+
+/// Debian's `chromium` (installed by `scripts/setup.sh`), or `$TOLLGATE_CHROMIUM`.
+pub fn chromium_bin() -> PathBuf {
+    std::env::var_os("TOLLGATE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
 /// A binary of the workspace, built by `cargo build` into the same target directory as the
 /// tests (`scripts/test.sh` builds every binary before running tests).
 pub fn workspace_bin(name: &str) -> PathBuf {
