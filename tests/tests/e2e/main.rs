@@ -8,6 +8,7 @@ mod authz_plans;
 mod authz_reload;
 mod authz_replicas;
 mod binaries;
+mod console;
 mod foundation;
 mod helm;
 mod observability;
