@@ -55,7 +55,8 @@ bin="$root/target/debug"
 start echo-upstream "$bin/echo-upstream" 127.0.0.1:8000
 start ratelimit "$bin/tollgate-ratelimit" serve --config deploy/config/ratelimit.yaml
 start authz "$bin/tollgate-authz" serve --config deploy/config/authz.yaml \
-  --set "admin.token_file=$state/admin-token" --set "api_keys.store.path=$state/keys.redb"
+  --set "admin.token_file=$state/admin-token" --set "api_keys.store.path=$state/keys.redb" \
+  --set "admin.ratelimit_metrics_url=http://127.0.0.1:8082/metrics"
 wait_http ratelimit http://127.0.0.1:8082/readyz
 wait_http authz http://127.0.0.1:9002/readyz
 start envoy .venv/bin/envoy -c deploy/envoy/envoy.yaml --concurrency 1 --disable-hot-restart --log-level warn
@@ -68,6 +69,7 @@ Tollgate is running.
   Envoy admin            http://127.0.0.1:9901
   tollgate-authz         gRPC 127.0.0.1:9001   metrics http://127.0.0.1:9002/metrics
   tollgate-ratelimit     gRPC 127.0.0.1:8081   metrics http://127.0.0.1:8082/metrics   limits http://127.0.0.1:8082/config
+  web console            http://127.0.0.1:9092/console/   (log in with the credential in $state/admin-token)
   logs                   $logs/
 
 Try:
