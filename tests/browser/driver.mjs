@@ -93,7 +93,11 @@ async function open({ url }) {
     problem(`console ${m.type()}`, m.text());
   });
   page.on('pageerror', (e) => problem('uncaught', e.message));
-  page.on('requestfailed', (r) => problem('request failed', `${r.url()} ${r.failure()?.errorText}`));
+  page.on('requestfailed', (r) => {
+    // A navigation (a reload by a step) cancels what was in flight; that is not the page failing.
+    if (r.failure()?.errorText === 'net::ERR_ABORTED') return;
+    problem('request failed', `${r.url()} ${r.failure()?.errorText}`);
+  });
   page.on('response', (r) => {
     if (r.status() >= 400 && !expectedFailure(r.status(), r.url())) {
       problem('failed load', `${r.status()} ${r.request().method()} ${r.url()}`);
@@ -170,17 +174,35 @@ async function storage() {
   }));
 }
 
-async function keyPage({ id }) {
-  await visit(`${base}#/keys/${id}`);
-  await page.getByRole('heading', { name: 'Usage per day' }).waitFor();
-  await page.locator('section', { has: page.getByRole('heading', { name: 'Usage per day' }) }).getByText(/not available|Last \d+ days/).waitFor();
-  return { details: await details(), usage: await sectionText('Usage per day') };
+/**
+ * Opens a key's page. With `used`, reloads it (as a person would) until it shows a last use:
+ * last-used times are written in batches, so the first look may come before the write.
+ */
+async function keyPage({ id, used = false }) {
+  const end = Date.now() + 10_000;
+  for (;;) {
+    await visit(`${base}#/keys/${id}`);
+    await page.getByRole('heading', { name: 'Usage per day' }).waitFor();
+    await page.locator('section', { has: page.getByRole('heading', { name: 'Usage per day' }) }).getByText(/not available|Last \d+ days/).waitFor();
+    const shown = await details();
+    if (!used || shown['Last used'] !== 'never' || Date.now() > end) {
+      return { details: shown, usage: await sectionText('Usage per day') };
+    }
+  }
 }
 
-/** Goes to `url`, reloading when the page is there already (a same-hash goto changes nothing). */
+/**
+ * Shows `url` freshly drawn: a goto that changes only the hash keeps the document (the console
+ * redraws its view) and to the same hash does nothing, so the view is emptied first and the
+ * page reloaded when the hash is already there. What a step then waits for cannot be stale.
+ */
 async function visit(url) {
-  if (page.url() === url) await page.reload();
-  else await page.goto(url);
+  if (page.url() === url) {
+    await page.reload();
+    return;
+  }
+  await page.evaluate(() => document.getElementById('main').replaceChildren());
+  await page.goto(url);
 }
 
 async function details() {
