@@ -27,7 +27,12 @@ export function logout() {
 
 /** Checks `token` against the API and keeps it for this tab when it works. */
 export async function login(token) {
-  const resp = await send('GET', '/v1/keys?limit=1', undefined, token.trim());
+  let resp;
+  try {
+    resp = await send('GET', '/v1/keys?limit=1', undefined, token.trim());
+  } catch {
+    throw new ApiError(0, 'unreachable', 'The admin API cannot be reached.');
+  }
   if (resp.status === 401) throw new ApiError(401, 'unauthorized', 'That is not the admin credential.');
   await answer(resp);
   sessionStorage.setItem(STORE, token.trim());

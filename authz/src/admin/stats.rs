@@ -169,7 +169,8 @@ impl Scraper {
                 error: None,
             },
             Err(e) => {
-                tracing::debug!(url = %self.url, error = %e, "cannot read tollgate-ratelimit's metrics");
+                // Host and path only: a URL's user info is not for logs.
+                tracing::debug!(host = self.url.host_str().unwrap_or(""), path = self.url.path(), error = %e, "cannot read tollgate-ratelimit's metrics");
                 RateLimitCounts {
                     over_limit: Vec::new(),
                     error: Some(e),
