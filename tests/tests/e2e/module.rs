@@ -14,6 +14,7 @@ use tollgate_tests::echo::{Echo, EchoUpstream};
 use tollgate_tests::envoy::{Backends, Envoy};
 use tollgate_tests::module::{module_path, start_envoy, validate};
 use tollgate_tests::paths::envoy_bin;
+use tollgate_tests::pki::{self, Pki};
 use tollgate_tests::process::wait_for;
 
 /// The probe filter's settings used by these tests (see `envoy-module/src/probe.rs`).
@@ -29,7 +30,8 @@ const PROBE: &str = r#"
 "#;
 
 /// An Envoy config in the example's port conventions (10000 listener, 9901 admin, 8000
-/// upstream) with the module in the HTTP filter chain; `{PROBE}` and `{ROUTE}` are replaced.
+/// upstream) with the module in the HTTP filter chain; `{PROBE}`, `{ROUTE}` and `{TLS}` are
+/// replaced.
 const CONFIG: &str = r#"
 admin:
   address: { socket_address: { address: 127.0.0.1, port_value: 9901 } }
@@ -38,7 +40,7 @@ static_resources:
   - name: gateway
     address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
     filter_chains:
-    - filters:
+    - {TLS}filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -101,7 +103,28 @@ static_resources:
 "#;
 
 fn config(probe: &str, route: &str) -> String {
-    CONFIG.replace("{PROBE}", probe).replace("{ROUTE}", route)
+    CONFIG
+        .replace("{PROBE}", probe)
+        .replace("{ROUTE}", route)
+        .replace("{TLS}", "")
+}
+
+/// [`config`] with a listener that requires a client certificate from `pki`'s CA.
+fn mtls_config(pki: &Pki) -> String {
+    let tls = format!(
+        "transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": \
+         type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, \
+         require_client_certificate: true, common_tls_context: {{tls_certificates: \
+         [{{certificate_chain: {{filename: {}}}, private_key: {{filename: {}}}}}], \
+         validation_context: {{trusted_ca: {{filename: {}}}}}}}}}}}\n      ",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display()
+    );
+    CONFIG
+        .replace("{PROBE}", PROBE)
+        .replace("{ROUTE}", "rule: admin")
+        .replace("{TLS}", &tls)
 }
 
 /// The module behind Envoy, with an echo upstream.
@@ -112,15 +135,17 @@ struct Gateway {
 
 impl Gateway {
     async fn start() -> Gateway {
+        Self::start_on(&config(PROBE, "rule: admin")).await
+    }
+
+    async fn start_on(config: &str) -> Gateway {
         let upstream = EchoUpstream::start().await;
         let backends = Backends {
             upstream: upstream.port(),
             authz: 0,
             ratelimit: 0,
         };
-        let envoy = start_envoy(&config(PROBE, "rule: admin"), backends)
-            .await
-            .unwrap();
+        let envoy = start_envoy(config, backends).await.unwrap();
         Gateway {
             envoy,
             _upstream: upstream,
@@ -262,6 +287,33 @@ async fn headers_attributes_and_metadata_reach_the_upstream() {
     assert_eq!(h("x-md-multi").as_deref(), Some(r#"["a","b"]"#));
     assert_eq!(h("x-md-method").as_deref(), Some("GET"));
     assert_eq!(gw.envoy.stat("tollgate.requests.verdict.continue").await, 1);
+}
+
+#[tokio::test]
+async fn the_client_certificate_reaches_the_filter_on_an_mtls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki::generate(dir.path(), "module-test-ca");
+    let gw = Gateway::start_on(&mtls_config(&pki)).await;
+    let pem = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let mut identity = pem(&pki.client_cert);
+    identity.extend(pem(&pki.client_key));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem(&pki.ca_cert)).unwrap())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/tls", gw.envoy.port);
+    let echo: Echo = client.get(url).send().await.unwrap().json().await.unwrap();
+    let subject = echo.header("x-probe-peer-subject").unwrap_or_default();
+    assert!(subject.contains("CN=envoy-gateway"), "{echo:?}");
+    assert_eq!(echo.header("x-probe-peer-dns-san"), Some("envoy-gateway"));
+    assert_eq!(echo.header("x-probe-peer-uri-san"), None);
+    let digest = echo.header("x-probe-peer-sha256").unwrap_or_default();
+    assert!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{echo:?}"
+    );
 }
 
 #[tokio::test]
