@@ -13,7 +13,7 @@ use futures::future::join_all;
 use tollgate_tests::echo::{Echo, EchoUpstream};
 use tollgate_tests::envoy::{Backends, Envoy};
 use tollgate_tests::module::{module_path, start_envoy, validate};
-use tollgate_tests::paths::envoy_bin;
+use tollgate_tests::paths::{envoy_bin, project_root};
 use tollgate_tests::pki::{self, Pki};
 use tollgate_tests::process::wait_for;
 
@@ -434,6 +434,14 @@ async fn a_panic_in_the_filter_answers_503_and_envoy_keeps_serving() {
         log.contains("probe: panic requested by the x-probe-panic header"),
         "{log}"
     );
+}
+
+#[test]
+fn the_config_in_the_module_docs_loads() {
+    let doc = std::fs::read_to_string(project_root().join("docs/envoy-module.md")).unwrap();
+    let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    validate(&doc[start..end]).unwrap();
 }
 
 #[test]
