@@ -101,7 +101,8 @@ impl<S: Scheduler> Stream<S> {
         self.apply(host, self.config.failure_mode.verdict(), resumed)
     }
 
-    pub(crate) fn request_body(&self) -> BodyFlow {
+    /// The request body and trailers hooks: held while the request is paused.
+    pub(crate) fn request_data(&self) -> BodyFlow {
         if self.pending.borrow().is_some() {
             BodyFlow::Hold
         } else {

@@ -261,7 +261,7 @@ fn pending_pauses_then_resumes_with_the_background_verdict() {
     });
     let mut host = FakeHost::default();
     assert_eq!(s.request_headers(&mut host), Flow::Stop);
-    assert_eq!(s.request_body(), BodyFlow::Hold);
+    assert_eq!(s.request_data(), BodyFlow::Hold);
     let event = wait_for_commit(&host);
     // The task released the scheduler after committing.
     assert_eq!(host.released.load(Ordering::SeqCst), 1);
@@ -269,7 +269,7 @@ fn pending_pauses_then_resumes_with_the_background_verdict() {
     assert!(host.did(&Op::Set("x-spoof".into(), "trusted".into())));
     assert!(host.did(&Op::Continue));
     assert!(host.did(&Op::Waited));
-    assert_eq!(s.request_body(), BodyFlow::Continue);
+    assert_eq!(s.request_data(), BodyFlow::Continue);
 }
 
 #[test]

@@ -249,7 +249,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 ) -> u32 {
     guard(body_status::CONTINUE, || {
         // SAFETY: the pointers are this hook's.
-        match unsafe { with_stream(filter, module, |stream, _| stream.request_body()) } {
+        match unsafe { with_stream(filter, module, |stream, _| stream.request_data()) } {
             Some(BodyFlow::Hold) => body_status::STOP_ITERATION_AND_WATERMARK,
             _ => body_status::CONTINUE,
         }
@@ -263,7 +263,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
 ) -> u32 {
     guard(trailers_status::CONTINUE, || {
         // SAFETY: the pointers are this hook's.
-        match unsafe { with_stream(filter, module, |stream, _| stream.request_body()) } {
+        match unsafe { with_stream(filter, module, |stream, _| stream.request_data()) } {
             Some(BodyFlow::Hold) => trailers_status::STOP_ITERATION,
             _ => trailers_status::CONTINUE,
         }

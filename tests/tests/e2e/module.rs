@@ -381,6 +381,8 @@ async fn paused_requests_resume_from_the_background_runtime_under_concurrency() 
             continue;
         }
         assert_eq!(resp.status(), 200, "request {i}");
+        // The resumed verdict's response header reaches the client too.
+        assert_eq!(resp.headers()["x-probe-response"], "1", "request {i}");
         let echo: Echo = resp.json().await.unwrap();
         assert_eq!(echo.header("x-probe-id"), Some(i.to_string().as_str()));
         // Decided on the module's background thread, then resumed on Envoy's worker.
