@@ -3,8 +3,8 @@
 # (continue, local reply, paused + resumed with and without a body, paused + denied, per-route
 # disabled, a panic, 30 concurrent paused requests), then fails if any memcheck error or definite
 # leak has a frame in the module. Stable Rust has no sanitizers for a cdylib loaded by a foreign
-# binary, so this is the module's memory check. Errors inside Envoy's own (stripped) code are
-# counted and reported but not judged: they are there without the module too.
+# binary, so this is the module's memory check. Errors whose frames are all inside Envoy's own
+# (stripped) code are counted and reported but not judged.
 #
 #   scripts/module-memcheck.sh        builds the module (debug) and runs the check (~2 minutes)
 set -euo pipefail
