@@ -6,7 +6,7 @@
 # binary, so this is the module's memory check. Errors whose frames are all inside Envoy's own
 # (stripped) code are counted and reported but not judged.
 #
-#   scripts/module-memcheck.sh        builds the module (debug) and runs the check (~2 minutes)
+#   scripts/module-memcheck.sh        builds the module (debug) and runs the check (20-60 s)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,7 +14,12 @@ command -v valgrind >/dev/null || { echo "module-memcheck: valgrind is not insta
 cargo build -q -p tollgate-envoy
 envoy="$(readlink -f .venv/bin/envoy)"
 work="$(mktemp -d)"
-trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=
+cleanup() {
+  if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 port_free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 listener="$(port_free)"
