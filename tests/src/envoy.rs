@@ -2,6 +2,7 @@
 //! ports are rewritten to free ones; the config is checked with `envoy --mode validate` first.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -75,6 +76,15 @@ impl Envoy {
 
     /// Starts Envoy on a config written in the example's port conventions.
     pub async fn start_with(config: &str, backends: Backends) -> anyhow::Result<Envoy> {
+        Self::start_with_env(config, backends, &[]).await
+    }
+
+    /// As [`Envoy::start_with`], with extra environment variables for Envoy.
+    pub async fn start_with_env(
+        config: &str,
+        backends: Backends,
+        env: &[(&str, &OsStr)],
+    ) -> anyhow::Result<Envoy> {
         let listener = free_port();
         let admin = free_port();
         let ports: BTreeMap<u16, u16> = [
@@ -87,16 +97,28 @@ impl Envoy {
         .into();
         let config =
             rewrite_ports(config, &ports).replace("address: 0.0.0.0", "address: 127.0.0.1");
-        Self::start_raw(&config, listener, admin).await
+        Self::start_raw_with_env(&config, listener, admin, env).await
     }
 
     /// Starts Envoy on a complete config whose listener and admin ports are already chosen.
     pub async fn start_raw(config: &str, port: u16, admin_port: u16) -> anyhow::Result<Envoy> {
+        Self::start_raw_with_env(config, port, admin_port, &[]).await
+    }
+
+    /// As [`Envoy::start_raw`], with extra environment variables for Envoy (and its validation
+    /// run), e.g. `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    pub async fn start_raw_with_env(
+        config: &str,
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, &OsStr)],
+    ) -> anyhow::Result<Envoy> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, config)?;
-        validate(&path)?;
+        validate_with_env(&path, env)?;
         let mut cmd = Command::new(envoy_bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("-c")
             .arg(&path)
             .args([
@@ -105,6 +127,10 @@ impl Envoy {
                 "--disable-hot-restart",
                 "--log-level",
                 "warn",
+                // Envoy writes its log file in batches (every 10 s by default); tests that read
+                // the log poll for a line, which should not have to wait that long.
+                "--file-flush-interval-msec",
+                "100",
             ])
             .arg("--log-path")
             .arg(dir.path().join("envoy.log"))
@@ -199,7 +225,13 @@ fn regex_escape(s: &str) -> String {
 
 /// Runs `envoy --mode validate` on a config file; the error carries Envoy's explanation.
 pub fn validate(path: &Path) -> anyhow::Result<()> {
+    validate_with_env(path, &[])
+}
+
+/// As [`validate`], with extra environment variables for Envoy.
+pub fn validate_with_env(path: &Path, env: &[(&str, &OsStr)]) -> anyhow::Result<()> {
     let out = Command::new(envoy_bin())
+        .envs(env.iter().copied())
         .args([
             "--mode",
             "validate",

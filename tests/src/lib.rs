@@ -8,6 +8,7 @@
 //! - [`envoy`]: Envoy 1.40 on a config (the example in `deploy/envoy/` or a test's own), validated
 //!   with `envoy --mode validate` before it starts.
 //! - [`echo`]: the upstream that answers with what it received.
+//! - [`module`]: the Envoy dynamic module as Envoy loads it (search path = the cargo target).
 //! - [`redis`]: a standalone Redis or a 3-node Redis Cluster (the rate-limit store's helpers).
 //! - [`pki`]: a generated CA with server and client certificates for TLS tests.
 //! - [`stack`]: Envoy + both services (in-process, on the shipped example configs) + upstream.
@@ -17,6 +18,7 @@
 pub mod browser;
 pub mod echo;
 pub mod envoy;
+pub mod module;
 pub mod oidc;
 pub mod paths;
 pub mod pki;

@@ -11,6 +11,7 @@ mod binaries;
 mod console;
 mod foundation;
 mod helm;
+mod module;
 mod observability;
 mod observability_logs;
 mod observability_prometheus;

@@ -1,0 +1,45 @@
+//! The module's background runtime: a small multi-threaded tokio runtime, created on first use
+//! and kept for the life of the process, where pending verdicts (and later, Redis and JWKS I/O)
+//! run. Envoy's worker threads never block on it: they hand work over and are woken through
+//! Envoy's scheduler when it is done.
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use tokio::runtime::{Builder, Runtime};
+use tokio::task::AbortHandle;
+
+/// At most this many background threads however many cores: the work they do is waiting on
+/// I/O and timers, while the cores belong to Envoy's workers.
+const MAX_THREADS: usize = 2;
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// The background runtime could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("background runtime unavailable: {0}")]
+pub(crate) struct RuntimeUnavailable(String);
+
+fn runtime() -> Result<&'static Runtime, RuntimeUnavailable> {
+    RUNTIME
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(MAX_THREADS);
+            Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("tollgate-bg")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| RuntimeUnavailable(e.clone()))
+}
+
+/// Runs `future` on the background runtime; the handle cancels it.
+pub(crate) fn spawn(
+    future: impl Future<Output = ()> + Send + 'static,
+) -> Result<AbortHandle, RuntimeUnavailable> {
+    Ok(runtime()?.spawn(future).abort_handle())
+}

@@ -1,0 +1,245 @@
+//! One HTTP stream through the module: asks the filter for a verdict on the request headers and
+//! applies it (mutations, a local reply, or a pause until a background verdict arrives), adds
+//! response headers on the way back, and answers the failure mode when the filter panics.
+//!
+//! Envoy calls a stream's hooks on one worker thread, but some re-enter: a local reply sent from
+//! the request-headers hook runs the response-headers hook before `send_response` returns. So
+//! the state is in cells, and no borrow is held across a call into Envoy.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use futures::FutureExt;
+use tokio::task::AbortHandle;
+
+use crate::config::FilterConfig;
+use crate::filter::{LocalReply, Mutations, Pending, Verdict};
+use crate::host::{Counter, Histogram, Host, RequestView, Scheduler};
+use crate::runtime;
+
+/// What the request-headers hook tells Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    /// Stop the filter chain: the request was answered, or waits for a background verdict.
+    Stop,
+}
+
+/// What the request body and trailers hooks tell Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFlow {
+    Continue,
+    /// Hold the body (with Envoy's flow control) until the paused request is resumed.
+    Hold,
+}
+
+/// The module's state for one stream.
+pub(crate) struct Stream<S: Scheduler> {
+    config: Arc<FilterConfig>,
+    response_headers: RefCell<Vec<(String, String)>>,
+    pending: RefCell<Option<Ticket<S>>>,
+    replied: Cell<bool>,
+    next_event: Cell<u64>,
+}
+
+/// A verdict being computed in the background for this stream.
+struct Ticket<S> {
+    event: u64,
+    shared: Arc<Mutex<Handoff<S>>>,
+    task: Option<AbortHandle>,
+    started: Instant,
+}
+
+/// What the background task and the worker thread share. The scheduler lives here so that
+/// whoever takes it first decides: the task commits and releases it, or the stream, being
+/// destroyed, releases it, after which the task can no longer wake a stream that is gone.
+struct Handoff<S> {
+    scheduler: Option<S>,
+    verdict: Option<Verdict>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the handoff half-written in a way that
+    // matters (each field is replaced whole), so a poisoned lock is used as it is.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: Scheduler> Stream<S> {
+    pub(crate) fn new(config: Arc<FilterConfig>) -> Self {
+        Stream {
+            config,
+            response_headers: RefCell::new(Vec::new()),
+            pending: RefCell::new(None),
+            replied: Cell::new(false),
+            next_event: Cell::new(1),
+        }
+    }
+
+    /// The request-headers hook.
+    pub(crate) fn request_headers<H: Host<Scheduler = S>>(&self, host: &mut H) -> Flow {
+        let route = host.route();
+        if route.as_ref().is_some_and(|r| r.disabled) {
+            host.count(Counter::Requests, "disabled");
+            return Flow::Continue;
+        }
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            let view = RequestView::new(&*host, route.as_deref());
+            self.config.filter.on_request(&view)
+        }));
+        let verdict = decided.unwrap_or_else(|_| {
+            host.count(Counter::Failures, "decide");
+            self.config.failure_mode.verdict()
+        });
+        self.apply(host, verdict, false)
+    }
+
+    /// Answers the failure mode after a panic outside the filter (in this layer or the FFI's).
+    pub(crate) fn fail<H: Host<Scheduler = S>>(&self, host: &mut H, resumed: bool) -> Flow {
+        host.count(Counter::Failures, "hook");
+        self.apply(host, self.config.failure_mode.verdict(), resumed)
+    }
+
+    /// The request body and trailers hooks: held while the request is paused.
+    pub(crate) fn request_data(&self) -> BodyFlow {
+        if self.pending.borrow().is_some() {
+            BodyFlow::Hold
+        } else {
+            BodyFlow::Continue
+        }
+    }
+
+    /// The response-headers hook: adds the headers the verdict asked for.
+    pub(crate) fn response_headers<H: Host<Scheduler = S>>(&self, host: &mut H) {
+        let headers = self.response_headers.take();
+        for (name, value) in &headers {
+            host.add_response_header(name, value);
+        }
+    }
+
+    /// The scheduled hook: a background verdict for `event` is ready.
+    pub(crate) fn scheduled<H: Host<Scheduler = S>>(&self, host: &mut H, event: u64) {
+        let ticket = {
+            let mut pending = self.pending.borrow_mut();
+            match pending.take() {
+                Some(t) if t.event == event => t,
+                other => {
+                    *pending = other;
+                    return;
+                }
+            }
+        };
+        let waited = u64::try_from(ticket.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        host.record(Histogram::PendingMicros, waited);
+        let verdict = lock(&ticket.shared).verdict.take();
+        let verdict = verdict.unwrap_or_else(|| {
+            host.count(Counter::Failures, "resume");
+            self.config.failure_mode.verdict()
+        });
+        self.apply(host, verdict, true);
+    }
+
+    fn apply<H: Host<Scheduler = S>>(&self, host: &mut H, verdict: Verdict, resumed: bool) -> Flow {
+        match verdict {
+            Verdict::Continue(mutations) => {
+                host.count(Counter::Requests, "continue");
+                self.mutate(host, mutations);
+                if resumed {
+                    host.continue_decoding();
+                }
+                Flow::Continue
+            }
+            Verdict::Respond(reply) => {
+                host.count(Counter::Requests, "respond");
+                self.reply(host, &reply);
+                Flow::Stop
+            }
+            Verdict::Pending(pending) => {
+                host.count(Counter::Paused, "pending");
+                match self.pause(host, pending) {
+                    Ok(()) => Flow::Stop,
+                    Err(()) => {
+                        host.count(Counter::Failures, "background");
+                        self.apply(host, self.config.failure_mode.verdict(), resumed)
+                    }
+                }
+            }
+        }
+    }
+
+    fn mutate<H: Host>(&self, host: &mut H, m: Mutations) {
+        for name in &m.remove_headers {
+            host.remove_header(name);
+        }
+        for (name, value) in &m.set_headers {
+            host.set_header(name, value);
+        }
+        for (name, value) in &m.add_headers {
+            host.add_header(name, value);
+        }
+        for entry in &m.metadata {
+            host.set_metadata(entry);
+        }
+        self.response_headers
+            .borrow_mut()
+            .extend(m.response_headers);
+    }
+
+    fn reply<H: Host>(&self, host: &mut H, reply: &LocalReply) {
+        // A second reply on one stream (e.g. a failure after the first was sent) is dropped:
+        // Envoy has already answered the client.
+        if !self.replied.replace(true) {
+            host.send_response(reply);
+        }
+    }
+
+    /// Pauses the stream and runs `pending` on the background runtime; it wakes the stream
+    /// through Envoy's scheduler when its verdict is ready.
+    fn pause<H: Host<Scheduler = S>>(&self, host: &mut H, pending: Pending) -> Result<(), ()> {
+        let scheduler = host.scheduler().ok_or(())?;
+        let event = self.next_event.replace(self.next_event.get() + 1);
+        let shared = Arc::new(Mutex::new(Handoff {
+            scheduler: Some(scheduler),
+            verdict: None,
+        }));
+        let handoff = Arc::clone(&shared);
+        let failure_mode = self.config.failure_mode;
+        let task = runtime::spawn(async move {
+            let verdict = AssertUnwindSafe(pending.0)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| failure_mode.verdict());
+            let mut h = lock(&handoff);
+            h.verdict = Some(verdict);
+            if let Some(scheduler) = h.scheduler.take() {
+                scheduler.commit(event);
+            }
+        })
+        .map_err(|e| tracing::error!(error = %e, "cannot pause the request"))?;
+        *self.pending.borrow_mut() = Some(Ticket {
+            event,
+            shared,
+            task: Some(task),
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+}
+
+impl<S: Scheduler> Drop for Stream<S> {
+    fn drop(&mut self) {
+        if let Some(mut ticket) = self.pending.get_mut().take() {
+            // Release the scheduler before anything else: from here on the background task
+            // finds it gone and cannot wake this (destroyed) stream.
+            drop(lock(&ticket.shared).scheduler.take());
+            if let Some(task) = ticket.task.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;
