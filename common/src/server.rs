@@ -93,6 +93,18 @@ impl ServerConfig {
         }
     }
 
+    /// A service's own ports as config-loading defaults (see [`crate::config::Defaults`]),
+    /// so that a `server:` section that sets only some fields keeps this service's ports.
+    pub fn default_ports(grpc: u16, http: u16) -> serde_yaml::Value {
+        let d = Self::with_ports(grpc, http);
+        let mut server = serde_yaml::Mapping::new();
+        server.insert("grpc_addr".into(), d.grpc_addr.to_string().into());
+        server.insert("http_addr".into(), d.http_addr.to_string().into());
+        let mut root = serde_yaml::Mapping::new();
+        root.insert("server".into(), server.into());
+        root.into()
+    }
+
     /// Loopback port 0 for both listeners, no delays: what in-process tests want.
     pub fn ephemeral() -> Self {
         Self {

@@ -64,7 +64,7 @@ fn default_addr() -> SocketAddr {
 
 impl Validate for AdminConfig {
     fn validate(&self, at: &str, errors: &mut Errors) {
-        errors.require_file(at, "token_file", self.token_file.as_deref());
+        credential::validate(errors, at, self.token_file.as_deref(), TOKEN_ENV);
     }
 }
 
