@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
     };
     tollgate_common::telemetry::init_logging(&config.log);
     warn_ignored(&ignored);
+    tollgate_common::conns::raise_fd_limit();
     let shutdown = tollgate_common::shutdown_on_signals();
     match tollgate_ratelimit::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

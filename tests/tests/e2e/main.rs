@@ -10,6 +10,7 @@ mod authz_replicas;
 mod binaries;
 mod foundation;
 mod helm;
+mod listeners;
 mod observability;
 mod observability_logs;
 mod observability_prometheus;
