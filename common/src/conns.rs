@@ -213,48 +213,60 @@ pub(crate) async fn serve_http(
         let Some((id, slot)) = slots.admit(limits.listener) else {
             continue;
         };
-        let router = router.clone();
-        let counted = slot.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let guard = InFlight::new(&counted);
-            let call = router.clone().oneshot(req);
-            async move {
-                let response = call.await;
-                drop(guard);
-                Ok::<_, Infallible>(response.unwrap_or_else(|e| match e {}))
-            }
-        });
+        let svc = counting(router.clone(), slot.clone());
         let fut = builder
             .serve_connection_with_upgrades(TokioIo::new(conn), svc)
             .into_owned();
         let fut = graceful.watch(fut);
-        let slots = slots.clone();
-        let listener = limits.listener;
-        let first_request = limits.header_timeout;
-        tokio::spawn(async move {
-            tokio::pin!(fut);
-            let deadline = tokio::time::sleep(first_request);
-            tokio::pin!(deadline);
-            let mut waiting = true;
-            loop {
-                tokio::select! {
-                    _ = &mut fut => break,
-                    // Evicted: dropping the connection closes it.
-                    _ = slot.close.notified() => break,
-                    _ = &mut deadline, if waiting => {
-                        waiting = false;
-                        if !slot.requested.load(Ordering::Acquire) {
-                            shed(listener, "header_timeout");
-                            break;
-                        }
-                    }
-                }
-            }
-            slots.release(id);
-        });
+        tokio::spawn(watch(fut, slot, id, slots.clone(), limits));
     }
     // The stream ended because the listener is stopping: let open requests finish.
     graceful.shutdown().await;
+}
+
+/// `router` as a connection's service that counts its requests in flight on `slot`.
+fn counting(
+    router: Router,
+    slot: Arc<Slot>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req| {
+        let guard = InFlight::new(&slot);
+        let call = router.clone().oneshot(req);
+        async move {
+            let response = call.await;
+            drop(guard);
+            Ok::<_, Infallible>(response.unwrap_or_else(|e| match e {}))
+        }
+    })
+}
+
+/// Runs one connection until it ends, is evicted, or sends no request within the header
+/// timeout; then frees its slot.
+async fn watch(conn: impl Future, slot: Arc<Slot>, id: u64, slots: Arc<Slots>, limits: HttpLimits) {
+    tokio::pin!(conn);
+    let deadline = tokio::time::sleep(limits.header_timeout);
+    tokio::pin!(deadline);
+    let mut waiting = true;
+    loop {
+        tokio::select! {
+            _ = &mut conn => break,
+            // Evicted: dropping the connection closes it.
+            _ = slot.close.notified() => break,
+            _ = &mut deadline, if waiting => {
+                waiting = false;
+                if !slot.requested.load(Ordering::Acquire) {
+                    shed(limits.listener, "header_timeout");
+                    break;
+                }
+            }
+        }
+    }
+    slots.release(id);
 }
 
 /// Serves `router` on a plain listener within `limits` until `stop` triggers (the admin API).

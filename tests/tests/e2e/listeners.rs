@@ -14,12 +14,13 @@ use tollgate_proto::ratelimit::{Code, RateLimitRequest, RateLimitServiceClient, 
 use tollgate_tests::paths::{project_root, workspace_bin};
 use tollgate_tests::process::{ChildProcess, free_addr, wait_for};
 
-/// The soft and hard open-file limit the service runs under.
+/// The hard open-file limit the service runs under; it starts with a soft limit of half that
+/// and raises it.
 const FD_LIMIT: usize = 256;
 
 fn start_limited(dir: &std::path::Path, grpc: SocketAddr, http: SocketAddr) -> ChildProcess {
     let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={FD_LIMIT}:{FD_LIMIT}"))
+    cmd.arg(format!("--nofile={}:{FD_LIMIT}", FD_LIMIT / 2))
         .arg(workspace_bin("tollgate-ratelimit"))
         .args(["serve", "--config", "deploy/config/ratelimit.yaml"])
         .args(["--set", "limits.path=deploy/config/limits"])
@@ -122,7 +123,7 @@ async fn a_slowloris_flood_bigger_than_the_fd_limit_leaves_grpc_and_healthz_answ
     .await;
     assert!(
         child.log().contains(&format!("\"limit\":\"{FD_LIMIT}\"")),
-        "the limit in force is logged:\n{}",
+        "the soft limit is raised to the hard one and logged:\n{}",
         child.log()
     );
 
