@@ -21,7 +21,8 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/
 # 65532 is distroless's `nonroot`; the chart's securityContext runs as the same ids.
 USER 65532:65532
-# authz: gRPC, side listener, admin API; ratelimit: gRPC, side listener.
-EXPOSE 9001 9091 9092 8081 8082
+# The binaries' default ports (a test holds this line to them): authz gRPC, side listener,
+# admin API; ratelimit gRPC, side listener.
+EXPOSE 9001 9091 9092 8081 8080
 ENTRYPOINT []
 CMD ["tollgate-authz", "--help"]

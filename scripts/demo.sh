@@ -8,8 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
 scripts/setup.sh
-echo "demo: building…"
-cargo build --quiet -p tollgate-authz -p tollgate-ratelimit -p tollgate-tests --bin tollgate-authz \
+echo "demo: building the binaries (cargo's progress below; the first build takes a few minutes)…"
+cargo build -p tollgate-authz -p tollgate-ratelimit -p tollgate-tests --bin tollgate-authz \
   --bin tollgate-ratelimit --bin echo-upstream
 
 state="$root/.tollgate"

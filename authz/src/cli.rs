@@ -539,7 +539,8 @@ mod tests {
         tokio::spawn(crate::admin::serve(
             listener,
             router,
-            std::future::pending(),
+            &crate::admin::AdminConfig::default(),
+            tollgate_common::Shutdown::new(),
         ));
         Server {
             url,

@@ -3,13 +3,14 @@
 
 use std::net::SocketAddr;
 
+use redis::IntoConnectionInfo;
 use serde::Deserialize;
-use tollgate_common::config::{Errors, Validate, join};
+use tollgate_common::config::{Defaults, Errors, Validate, join};
 use tollgate_common::server::ServerConfig;
 use tollgate_common::telemetry::LogConfig;
 
 use crate::admin::AdminConfig;
-use crate::apikey::ApiKeysConfig;
+use crate::apikey::{ApiKeysConfig, KeyStoreConfig};
 use crate::identity::Method;
 use crate::identity::introspection::IntrospectionConfig;
 use crate::identity::jwt::JwtConfig;
@@ -87,6 +88,13 @@ impl Config {
     }
 }
 
+/// The `server:` ports are this service's even when the file sets only some fields.
+impl Defaults for Config {
+    fn defaults() -> serde_yaml::Value {
+        ServerConfig::default_ports(DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT)
+    }
+}
+
 impl Validate for Config {
     fn validate(&self, at: &str, errors: &mut Errors) {
         self.server.validate(&join(at, "server"), errors);
@@ -101,6 +109,7 @@ impl Validate for Config {
         }
         if let Some(k) = &self.api_keys {
             k.validate(&join(at, "api_keys"), errors);
+            check_key_store(&k.store, &join(&join(at, "api_keys"), "store"), errors);
         }
         if let Some(a) = &self.admin {
             a.validate(&join(at, "admin"), errors);
@@ -132,6 +141,39 @@ impl Validate for Config {
                 "an identity header has the API key header's name",
             );
         }
+    }
+}
+
+/// What opening the key store at start would refuse, short of connecting to it: a Redis URL
+/// the client cannot use, an embedded database path that is not a file or cannot be created.
+fn check_key_store(store: &KeyStoreConfig, at: &str, errors: &mut Errors) {
+    match store {
+        KeyStoreConfig::Redis(r) => {
+            // The message never repeats the URL: it may hold a password.
+            if let Err(e) = r.url.expose().into_connection_info() {
+                errors.push(
+                    join(at, "url"),
+                    format!("not a usable Redis URL ({:?})", e.kind()),
+                );
+            }
+        }
+        KeyStoreConfig::Embedded(e) if errors.checks_files() && !e.path.as_os_str().is_empty() => {
+            let problem = if e.path.exists() {
+                (!e.path.is_file()).then(|| format!("{} is not a file", e.path.display()))
+            } else {
+                // Created at start, with its missing directories, under the nearest that exists.
+                e.path
+                    .ancestors()
+                    .skip(1)
+                    .find(|d| d.as_os_str().is_empty() || d.exists())
+                    .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+                    .map(|d| format!("cannot be created: {} is not a directory", d.display()))
+            };
+            if let Some(p) = problem {
+                errors.push(join(at, "path"), p);
+            }
+        }
+        KeyStoreConfig::Embedded(_) => {}
     }
 }
 
@@ -313,6 +355,125 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in\n{e}");
         }
+    }
+
+    fn load_env(
+        yaml: &str,
+        env: &[(&str, &str)],
+        skip_file_checks: bool,
+    ) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("authz.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        load::<Config>(&Sources {
+            file: Some(p),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            skip_file_checks,
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_partial_server_section_keeps_this_services_ports() {
+        let c = load_str("server:\n  grpc_addr: 127.0.0.1:7000\n").unwrap();
+        assert_eq!(c.server.grpc_addr.port(), 7000);
+        assert_eq!(c.server.http_addr.port(), DEFAULT_HTTP_PORT);
+        let c = load_str("server:\n  shutdown_delay: 1s\n").unwrap();
+        assert_eq!(c.server.grpc_addr.port(), DEFAULT_GRPC_PORT);
+        assert_eq!(c.server.http_addr.port(), DEFAULT_HTTP_PORT);
+        let c = load_env(
+            "",
+            &[("TOLLGATE_SERVER__HTTP_ADDR", "127.0.0.1:7001")],
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.server.grpc_addr.port(), DEFAULT_GRPC_PORT);
+        assert_eq!(c.server.http_addr.port(), 7001);
+    }
+
+    #[test]
+    fn what_serve_refuses_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "short\n").unwrap();
+        let missing = dir.path().join("missing");
+        let keys = "api_keys: {store: {type: embedded, path: /tmp/x.redb}}\n";
+        let admin = |extra: &str| format!("{keys}admin:\n  addr: 127.0.0.1:0\n{extra}");
+
+        let e = load_env(&admin(""), &[], false).unwrap_err();
+        assert!(e.contains("authz.yaml:2: admin: needs a bearer credential: set admin.token_file or the environment variable TOLLGATE_ADMIN_TOKEN"), "{e}");
+        let e = load_env(&admin(""), &[("TOLLGATE_ADMIN_TOKEN", "short")], false).unwrap_err();
+        assert!(
+            e.contains(
+                "the environment variable TOLLGATE_ADMIN_TOKEN is shorter than 16 characters"
+            ),
+            "{e}"
+        );
+        assert!(
+            load_env(
+                &admin(""),
+                &[("TOLLGATE_ADMIN_TOKEN", "a-long-enough-admin-token")],
+                false
+            )
+            .is_ok()
+        );
+        let e = load_env(
+            &admin(&format!("  token_file: {}\n", short.display())),
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("authz.yaml:4: admin.token_file: the credential in the file is shorter than 16 characters"), "{e}");
+        let with_missing = admin(&format!("  token_file: {}\n", missing.display()));
+        let e = load_env(&with_missing, &[], false).unwrap_err();
+        assert!(
+            e.contains("authz.yaml:4: admin.token_file: cannot read"),
+            "{e}"
+        );
+        // Away from the pod the file is not there: not checked, and not required from the env.
+        assert!(load_env(&with_missing, &[], true).is_ok());
+        // The debug credential the same way.
+        let e = load_env("server:\n  debug: {pprof: true}\n", &[], true).unwrap_err();
+        assert!(e.contains("server.debug: needs a bearer credential"), "{e}");
+        // Key store settings the store would refuse when opened.
+        let e = load_env(
+            "api_keys:\n  store: {type: redis, url: \"redis://:pw@[::1\"}\n",
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("api_keys.store.url: not a usable Redis URL"),
+            "{e}"
+        );
+        assert!(!e.contains("pw"), "{e}");
+        let file = short.display().to_string();
+        let e = load_env(
+            &format!("api_keys:\n  store: {{type: embedded, path: {file}/keys.redb}}\n"),
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "api_keys.store.path: cannot be created: {file} is not a directory"
+            )),
+            "{e}"
+        );
+        let e = load_env(
+            &format!(
+                "api_keys:\n  store: {{type: embedded, path: {}}}\n",
+                dir.path().display()
+            ),
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("is not a file"), "{e}");
     }
 
     #[test]

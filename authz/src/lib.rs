@@ -194,11 +194,11 @@ async fn serve(
                 addr: admin_cfg.addr,
                 source,
             })?;
-            Some((listener, router, addr))
+            Some((listener, router, addr, admin_cfg.clone()))
         }
         _ => None,
     };
-    let admin_addr = admin.as_ref().map(|(_, _, a)| *a);
+    let admin_addr = admin.as_ref().map(|(_, _, a, _)| *a);
 
     if let Some(jwt) = authorizer.jwt() {
         // Fetch the issuers' keys before reporting ready, so the first tokens after a rollout
@@ -219,22 +219,15 @@ async fn serve(
         http: axum::Router::new(),
     };
     let handle = tokio::spawn(async move {
-        let admin_task = admin.map(|(listener, router, addr)| {
-            let s = shutdown.clone();
+        let admin_task = admin.map(|(listener, router, addr, cfg)| {
             tracing::info!(admin = %addr, "admin API listening");
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { s.triggered().await })
-                    .await
-            })
+            tokio::spawn(admin::serve(listener, router, &cfg, shutdown.clone()))
         });
         let served = bound.serve(services, shutdown).await;
-        if let Some(t) = admin_task {
-            match t.await {
-                Ok(Err(e)) => tracing::warn!(error = %e, "admin API stopped with an error"),
-                Err(e) => tracing::warn!(error = %e, "admin API task failed"),
-                Ok(Ok(())) => {}
-            }
+        if let Some(t) = admin_task
+            && let Err(e) = t.await
+        {
+            tracing::warn!(error = %e, "admin API task failed");
         }
         if let Some(keys) = api_keys
             && let Err(e) = keys.flush_last_used().await

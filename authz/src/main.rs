@@ -4,8 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tollgate_authz::Config;
-use tollgate_common::cli::ConfigArgs;
-use tollgate_common::config::load;
+use tollgate_common::cli::{CheckArgs, ConfigArgs, check_config, load_for_serve, warn_ignored};
 
 #[derive(Parser)]
 #[command(
@@ -22,8 +21,8 @@ struct Cli {
 enum Command {
     /// Run the service.
     Serve(ConfigArgs),
-    /// Validate a config (every error with file, line and field) and exit.
-    CheckConfig(ConfigArgs),
+    /// Validate a config as `serve` would (every error with file, line and field) and exit.
+    CheckConfig(CheckArgs),
     /// Manage API keys through the admin API.
     #[command(subcommand)]
     Keys(tollgate_authz::cli::KeysCommand),
@@ -33,27 +32,17 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig(args) => match load::<Config>(&args.sources()) {
-            Ok(_) => {
-                println!("config ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig(args) => check_config::<Config, String>(&args, |_, _| Ok(())),
         Command::Serve(args) => {
             // Kept for reloads: the same environment and --set overrides apply again.
             let sources = args.sources();
-            let config = match load::<Config>(&sources) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+            let (config, ignored) = match load_for_serve::<Config>(&sources) {
+                Ok(l) => (l.config, l.ignored),
+                Err(code) => return code,
             };
             tollgate_common::telemetry::init_logging(&config.log);
+            warn_ignored(&ignored);
+            tollgate_common::conns::raise_fd_limit();
             let shutdown = tollgate_common::shutdown_on_signals();
             match tollgate_authz::run(config, sources, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,

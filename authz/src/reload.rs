@@ -311,8 +311,8 @@ mod tests {
         std::fs::write(&path, yaml).unwrap();
         let sources = Sources {
             file: Some(path.clone()),
-            env: Default::default(),
             sets: sets.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         };
         let config: Config = load(&sources).unwrap();
         let authorizer = crate::build(&config).await.unwrap().authorizer;

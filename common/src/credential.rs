@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use axum::http::{HeaderMap, header};
 
-use crate::config::Env;
+use crate::config::{Env, Errors, join};
 use crate::secret::Secret;
 
 /// Shortest credential accepted: a guessable one would open whatever it guards.
@@ -47,6 +47,36 @@ pub fn load(file: Option<&Path>, env: &Env, var: &str) -> Result<Secret, LoadErr
     let token = Secret::new(token);
     check_strength(&token)?;
     Ok(token)
+}
+
+/// What loading the credential at start would refuse, as config errors: the section at `at`
+/// takes it from its `token_file` (`file`) or the environment variable `var`. With file checks
+/// off the file is not read.
+pub fn validate(errors: &mut Errors, at: &str, file: Option<&Path>, var: &str) {
+    if file.is_some() && !errors.checks_files() {
+        return;
+    }
+    let field = join(at, "token_file");
+    let (at, reason) = match load(file, errors.env(), var) {
+        Ok(_) => return,
+        Err(LoadError::Missing) if file.is_some() => (field, "the file is empty".to_string()),
+        Err(LoadError::Missing) => (
+            at.to_string(),
+            format!("needs a bearer credential: set {field} or the environment variable {var}"),
+        ),
+        Err(LoadError::Weak) if file.is_some() => (
+            field,
+            format!("the credential in the file is shorter than {MIN_LEN} characters"),
+        ),
+        Err(LoadError::Weak) => (
+            at.to_string(),
+            format!("the environment variable {var} is shorter than {MIN_LEN} characters"),
+        ),
+        Err(LoadError::File { path, source }) => {
+            (field, format!("cannot read {}: {source}", path.display()))
+        }
+    };
+    errors.push(at, reason);
 }
 
 /// Refuses a credential shorter than [`MIN_LEN`] characters.

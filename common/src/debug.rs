@@ -44,7 +44,7 @@ pub struct DebugConfig {
 
 impl Validate for DebugConfig {
     fn validate(&self, at: &str, errors: &mut Errors) {
-        errors.require_file(at, "token_file", self.token_file.as_deref());
+        credential::validate(errors, at, self.token_file.as_deref(), TOKEN_ENV);
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`config`]: YAML + env + flag loading, strict parsing, every error with file, line and field.
 //! - [`cli`]: the flags both binaries share.
 //! - [`server`]: the gRPC and HTTP side listeners, TLS/mTLS, readiness and graceful shutdown.
+//! - [`conns`]: connection caps, header deadlines and accept back-off for the HTTP listeners;
+//!   the open-file limit.
 //! - [`tls`]: rustls configs from PEM files, reloaded when the files change.
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
 //! - [`telemetry`]: JSON logs with a runtime-changeable level, the Prometheus recorder.
@@ -16,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod conns;
 pub mod credential;
 pub mod debug;
 pub mod secret;

@@ -43,8 +43,41 @@ impl fmt::Display for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
+    /// A string, or any other scalar taken as its text: a password of digits set through an
+    /// environment variable reads as a YAML number, and the error must not print it.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+struct SecretVisitor;
+
+impl serde::de::Visitor<'_> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        // The text as written is gone (`1e3`, `1.50`): refuse rather than guess.
+        Err(E::custom(
+            "a secret that reads as a decimal number must be quoted",
+        ))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
     }
 }
 
@@ -66,5 +99,18 @@ mod tests {
         assert!(s.matches("hunter2"));
         assert!(!s.matches("hunter3"));
         assert!(!s.matches("hunter"));
+    }
+
+    #[test]
+    fn scalars_are_read_as_their_text_and_errors_do_not_print_them() {
+        let s: Secret = serde_yaml::from_str("123456").unwrap();
+        assert!(s.matches("123456"));
+        let s: Secret = serde_yaml::from_str("true").unwrap();
+        assert!(s.matches("true"));
+        let e = serde_yaml::from_str::<Secret>("1.25")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("1.25"), "{e}");
+        assert!(serde_yaml::from_str::<Secret>("[a]").is_err());
     }
 }

@@ -39,6 +39,12 @@ fn default_shutdown_delay() -> Duration {
 fn default_drain() -> Duration {
     Duration::from_secs(20)
 }
+fn default_http_max_connections() -> usize {
+    256
+}
+fn default_http_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 /// The `server:` section shared by both services.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -70,6 +76,13 @@ pub struct ServerConfig {
     /// bearer credential; absent means they are not served.
     #[serde(default)]
     pub debug: Option<crate::debug::DebugConfig>,
+    /// Most connections the side listener holds open (also at most a quarter of the
+    /// file-descriptor limit); past it a new one closes the oldest idle one.
+    #[serde(default = "default_http_max_connections")]
+    pub http_max_connections: usize,
+    /// How long a side-listener client may take to send a request's headers.
+    #[serde(default = "default_http_header_timeout", with = "humantime_serde")]
+    pub http_header_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -90,7 +103,21 @@ impl ServerConfig {
             drain_timeout: default_drain(),
             max_concurrent_streams: None,
             debug: None,
+            http_max_connections: default_http_max_connections(),
+            http_header_timeout: default_http_header_timeout(),
         }
+    }
+
+    /// A service's own ports as config-loading defaults (see [`crate::config::Defaults`]),
+    /// so that a `server:` section that sets only some fields keeps this service's ports.
+    pub fn default_ports(grpc: u16, http: u16) -> serde_yaml::Value {
+        let d = Self::with_ports(grpc, http);
+        let mut server = serde_yaml::Mapping::new();
+        server.insert("grpc_addr".into(), d.grpc_addr.to_string().into());
+        server.insert("http_addr".into(), d.http_addr.to_string().into());
+        let mut root = serde_yaml::Mapping::new();
+        root.insert("server".into(), server.into());
+        root.into()
     }
 
     /// Loopback port 0 for both listeners, no delays: what in-process tests want.
@@ -121,6 +148,12 @@ impl Validate for ServerConfig {
         }
         if let Some(d) = &self.debug {
             d.validate(&join(at, "debug"), errors);
+        }
+        if self.http_max_connections == 0 {
+            errors.push(join(at, "http_max_connections"), "must be at least 1");
+        }
+        if self.http_header_timeout.is_zero() {
+            errors.push(join(at, "http_header_timeout"), "must be greater than 0");
         }
     }
 }
@@ -278,7 +311,7 @@ impl Bound {
             builder = builder.max_concurrent_streams(n);
         }
         let routes = services.grpc.add_service(health_service);
-        let grpc_incoming = incoming(grpc, grpc_tls, drain.clone());
+        let grpc_incoming = incoming(grpc, grpc_tls, drain.clone(), "grpc");
         let grpc_drain = drain.clone();
         let grpc_task = tokio::spawn(async move {
             builder
@@ -294,7 +327,13 @@ impl Bound {
         if let Some(debug) = debug {
             router = router.merge(debug);
         }
-        let http_task = tokio::spawn(serve_http(http, http_tls, router, drain.clone()));
+        let limits = crate::conns::HttpLimits {
+            listener: "side",
+            max_connections: cfg.http_max_connections,
+            header_timeout: cfg.http_header_timeout,
+        };
+        let http_conns = incoming(http, http_tls, drain.clone(), "side");
+        let http_task = tokio::spawn(crate::conns::serve_http(http_conns, router, limits));
 
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -452,14 +491,17 @@ impl AsyncWrite for Conn {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepted connections as a stream; TLS handshakes run in their own tasks so a slow client
-/// cannot hold up the accept loop. The stream ends when `stop` triggers.
-fn incoming(
+/// cannot hold up the accept loop. The stream ends when `stop` triggers. `what` names the
+/// listener in logs.
+pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<ReloadingAcceptor>,
     stop: Shutdown,
+    what: &'static str,
 ) -> ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
+        let mut errors = crate::conns::AcceptErrors::new(what);
         loop {
             let accepted = tokio::select! {
                 _ = stop.triggered() => break,
@@ -469,11 +511,11 @@ fn incoming(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    errors.failed(&e).await;
                     continue;
                 }
             };
+            errors.succeeded();
             let _ = stream.set_nodelay(true);
             match &tls {
                 None => {
@@ -501,32 +543,4 @@ fn incoming(
         }
     });
     ReceiverStream::new(rx)
-}
-
-async fn serve_http(
-    listener: TcpListener,
-    tls: Option<ReloadingAcceptor>,
-    router: Router,
-    stop: Shutdown,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use tokio_stream::StreamExt;
-
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut conns = incoming(listener, tls, stop.clone());
-    while let Some(conn) = conns.next().await {
-        let Ok(conn) = conn else { continue };
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
-        let builder = Builder::new(TokioExecutor::new());
-        let fut = builder
-            .serve_connection_with_upgrades(TokioIo::new(conn), svc)
-            .into_owned();
-        let fut = graceful.watch(fut);
-        tokio::spawn(async move {
-            let _ = fut.await;
-        });
-    }
-    // The accept loop ended because `stop` triggered: let open requests finish.
-    graceful.shutdown().await;
 }

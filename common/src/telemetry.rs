@@ -1,6 +1,7 @@
 //! Logs and metrics: JSON (or text) logs through `tracing`, the level changeable at runtime, and
 //! one process-wide Prometheus recorder rendered by every service's `/metrics`.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -97,8 +98,13 @@ pub fn init_logging(cfg: &LogConfig) {
             registry.with(otel).try_init()
         }
         LogFormat::Text => {
-            let registry = tracing_subscriber::registry()
-                .with(tracing_subscriber::fmt::layer().with_filter(filter));
+            // Colour only for a terminal: in a file or a log collector the escape codes are noise.
+            let ansi = std::io::stdout().is_terminal();
+            let registry = tracing_subscriber::registry().with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_filter(filter),
+            );
             let otel = settings.as_ref().and_then(|s| {
                 crate::trace::layer(s, &env)
                     .map_err(|e| trace_error = Some(e))

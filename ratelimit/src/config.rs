@@ -14,7 +14,7 @@
 //! ```
 
 use serde::Deserialize;
-use tollgate_common::config::{Errors, Validate, join};
+use tollgate_common::config::{Defaults, Errors, Validate, join};
 use tollgate_common::server::ServerConfig;
 use tollgate_common::telemetry::LogConfig;
 
@@ -24,6 +24,15 @@ use crate::limits::LimitsSource;
 use crate::service::HeaderOptions;
 use crate::store::StoreConfig;
 
+/// Default gRPC port (Envoy's rate-limit cluster points here).
+pub const DEFAULT_GRPC_PORT: u16 = 8081;
+/// Default side listener port (/healthz, /readyz, /metrics, /config).
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+fn default_server() -> ServerConfig {
+    ServerConfig::with_ports(DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT)
+}
+
 fn default_near_limit_ratio() -> f64 {
     0.8
 }
@@ -32,7 +41,7 @@ fn default_near_limit_ratio() -> f64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default)]
+    #[serde(default = "default_server")]
     pub server: ServerConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -59,7 +68,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig::default(),
+            server: default_server(),
             log: LogConfig::default(),
             store: StoreConfig::default(),
             limits: None,
@@ -91,6 +100,13 @@ impl Config {
             shadow_mode: self.shadow_mode,
             near_limit_ratio: self.near_limit_ratio,
         }
+    }
+}
+
+/// The `server:` ports are this service's even when the file sets only some fields.
+impl Defaults for Config {
+    fn defaults() -> serde_yaml::Value {
+        ServerConfig::default_ports(DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT)
     }
 }
 
@@ -158,6 +174,16 @@ headers: {ietf: false, x_ratelimit: true}
         assert_eq!(c.failure_mode, FailureMode::Error);
         assert!(c.limits.is_none());
         assert_eq!(c.headers, HeaderOptions::default());
+    }
+
+    #[test]
+    fn a_partial_server_section_keeps_this_services_ports() {
+        let c = load_text("server:\n  http_addr: 127.0.0.1:7001\n").unwrap();
+        assert_eq!(c.server.grpc_addr.port(), DEFAULT_GRPC_PORT);
+        assert_eq!(c.server.http_addr.port(), 7001);
+        let c = load_text("").unwrap();
+        assert_eq!(c.server.grpc_addr.port(), DEFAULT_GRPC_PORT);
+        assert_eq!(c.server.http_addr.port(), DEFAULT_HTTP_PORT);
     }
 
     #[test]

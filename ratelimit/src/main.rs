@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tollgate_common::cli::ConfigArgs;
-use tollgate_common::config::load;
+use tollgate_common::cli::{CheckArgs, ConfigArgs, check_config, load_for_serve, warn_ignored};
 use tollgate_ratelimit::Config;
 
 #[derive(Parser)]
@@ -22,36 +21,30 @@ struct Cli {
 enum Command {
     /// Run the service.
     Serve(ConfigArgs),
-    /// Validate the config and every limits file (each error with file, line and field) and exit.
-    CheckConfig(ConfigArgs),
+    /// Validate the config and every limits file as `serve` would (each error with file, line
+    /// and field) and exit.
+    CheckConfig(CheckArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (check_only, args) = match Cli::parse().command {
-        Command::Serve(a) => (false, a),
-        Command::CheckConfig(a) => (true, a),
-    };
-    let config = match load::<Config>(&args.sources()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+    let args = match Cli::parse().command {
+        Command::Serve(a) => a,
+        Command::CheckConfig(a) => {
+            // The limits are files too: without file checks they are not read.
+            return check_config::<Config, _>(&a, |config, files| match files {
+                true => tollgate_ratelimit::check(config),
+                false => Ok(()),
+            });
         }
     };
-    if check_only {
-        return match tollgate_ratelimit::check(&config) {
-            Ok(()) => {
-                println!("config ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        };
-    }
+    let (config, ignored) = match load_for_serve::<Config>(&args.sources()) {
+        Ok(l) => (l.config, l.ignored),
+        Err(code) => return code,
+    };
     tollgate_common::telemetry::init_logging(&config.log);
+    warn_ignored(&ignored);
+    tollgate_common::conns::raise_fd_limit();
     let shutdown = tollgate_common::shutdown_on_signals();
     match tollgate_ratelimit::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

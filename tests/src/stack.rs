@@ -18,7 +18,9 @@ use crate::process::{free_port, wait_for};
 /// the binaries use. Tests always bind loopback port 0.
 pub fn load_config<T>(file: &Path, sets: &[String]) -> anyhow::Result<T>
 where
-    T: serde::de::DeserializeOwned + tollgate_common::config::Validate,
+    T: serde::de::DeserializeOwned
+        + tollgate_common::config::Validate
+        + tollgate_common::config::Defaults,
 {
     let mut all = vec![
         "server.grpc_addr=127.0.0.1:0".to_string(),
@@ -29,8 +31,8 @@ where
     all.extend(sets.iter().cloned());
     load::<T>(&Sources {
         file: Some(file.to_path_buf()),
-        env: Default::default(),
         sets: all,
+        ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -31,7 +31,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tollgate_common::config::{Env, Errors, Validate, process_env};
+use tollgate_common::config::{Env, Errors, Validate, join, process_env};
 use tollgate_common::credential;
 use tollgate_common::secret::Secret;
 
@@ -63,6 +63,13 @@ pub struct AdminConfig {
     /// over-limit (429) counts: in the service pair those are decided there, not here.
     #[serde(default)]
     pub ratelimit_metrics_url: Option<String>,
+    /// Most connections held open (also at most a quarter of the file-descriptor limit); past
+    /// it a new one closes the oldest idle one.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for AdminConfig {
@@ -72,6 +79,8 @@ impl Default for AdminConfig {
             token_file: None,
             console: default_console(),
             ratelimit_metrics_url: None,
+            max_connections: default_max_connections(),
+            header_timeout: default_header_timeout(),
         }
     }
 }
@@ -84,14 +93,39 @@ fn default_console() -> bool {
     true
 }
 
+fn default_max_connections() -> usize {
+    64
+}
+
+fn default_header_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+impl AdminConfig {
+    /// The listener's connection bounds.
+    pub fn limits(&self) -> tollgate_common::conns::HttpLimits {
+        tollgate_common::conns::HttpLimits {
+            listener: "admin",
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+        }
+    }
+}
+
 impl Validate for AdminConfig {
     fn validate(&self, at: &str, errors: &mut Errors) {
-        errors.require_file(at, "token_file", self.token_file.as_deref());
+        credential::validate(errors, at, self.token_file.as_deref(), TOKEN_ENV);
+        if self.max_connections == 0 {
+            errors.push(join(at, "max_connections"), "must be at least 1");
+        }
+        if self.header_timeout.is_zero() {
+            errors.push(join(at, "header_timeout"), "must be greater than 0");
+        }
         if let Some(url) = &self.ratelimit_metrics_url
             && let Err(reason) = metrics_url(url)
         {
             errors.push(
-                tollgate_common::config::join(at, "ratelimit_metrics_url"),
+                join(at, "ratelimit_metrics_url"),
                 reason,
             );
         }
@@ -124,8 +158,6 @@ pub enum AdminError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("admin server: {0}")]
-    Serve(std::io::Error),
 }
 
 /// The admin credential from `token_file`, else from `TOLLGATE_ADMIN_TOKEN` in `env`.
@@ -206,16 +238,15 @@ pub async fn bind(cfg: &AdminConfig) -> Result<tokio::net::TcpListener, AdminErr
         })
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(
+/// Serves `router` on `listener` within the config's connection bounds until `shutdown`
+/// triggers, then lets open requests finish.
+pub fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), AdminError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(AdminError::Serve)
+    cfg: &AdminConfig,
+    shutdown: tollgate_common::Shutdown,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    tollgate_common::conns::serve_plain(listener, router, cfg.limits(), shutdown)
 }
 
 #[derive(Clone)]

@@ -101,11 +101,7 @@ impl Validate for IntrospectionConfig {
                 join(at, "client_secret"),
                 "required (or `client_secret_file`)",
             ),
-            (None, Some(p)) => {
-                if let Err(e) = std::fs::metadata(p) {
-                    errors.push(join(at, "client_secret_file"), format!("cannot read: {e}"));
-                }
-            }
+            (None, Some(p)) => errors.require_file(at, "client_secret_file", Some(p)),
             (Some(s), None) if s.is_empty() => {
                 errors.push(join(at, "client_secret"), "must not be empty")
             }

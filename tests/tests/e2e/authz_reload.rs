@@ -77,7 +77,6 @@ async fn policy_edits_apply_through_envoy_and_a_broken_file_keeps_the_last_good_
     std::fs::write(&token_file, "reload-test-admin-credential-0123456789").unwrap();
     let sources = Sources {
         file: Some(path.clone()),
-        env: Default::default(),
         sets: vec![
             "server.grpc_addr=127.0.0.1:0".into(),
             "server.http_addr=127.0.0.1:0".into(),
@@ -90,6 +89,7 @@ async fn policy_edits_apply_through_envoy_and_a_broken_file_keeps_the_last_good_
             format!("admin.token_file={}", token_file.display()),
             "admin.addr=127.0.0.1:0".into(),
         ],
+        ..Default::default()
     };
     let config = load::<tollgate_authz::Config>(&sources).unwrap();
     let shutdown = Shutdown::new();

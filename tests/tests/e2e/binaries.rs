@@ -10,6 +10,11 @@ use tollgate_tests::process::{ChildProcess, free_port, wait_for};
 
 #[test]
 fn check_config_accepts_the_shipped_examples() {
+    // The authz example takes its admin credential from the environment, as serve would.
+    let token = (
+        "TOLLGATE_ADMIN_TOKEN",
+        "example-admin-credential-0123456789",
+    );
     for (bin, config) in [
         ("tollgate-ratelimit", "ratelimit.yaml"),
         ("tollgate-authz", "authz.yaml"),
@@ -17,6 +22,7 @@ fn check_config_accepts_the_shipped_examples() {
         let out = Command::new(workspace_bin(bin))
             .args(["check-config", "--config"])
             .arg(format!("deploy/config/{config}"))
+            .env(token.0, token.1)
             .current_dir(project_root())
             .output()
             .unwrap();
@@ -234,4 +240,239 @@ impl TapMkdir for std::path::PathBuf {
         std::fs::create_dir_all(&self).unwrap();
         self
     }
+}
+
+/// Kubernetes service links and other tools' `TOLLGATE_*` variables do not stop either service:
+/// each is ignored with one warning naming it (never its value).
+#[tokio::test]
+async fn variables_that_name_no_field_are_ignored_with_one_warning_each() {
+    let ignored = [
+        ("TOLLGATE_ADMIN_PORT", "tcp://10.96.0.12:9092"),
+        ("TOLLGATE_PORT", "tcp://10.96.0.13:9001"),
+        ("TOLLGATE_ADMIN_TOKEN_FILE", "/run/token"),
+        ("TOLLGATE_ADMIN_URL", "http://127.0.0.1:9092"),
+        ("TOLLGATE_AUTHZ_BIN", "/usr/bin/true"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for bin in ["tollgate-authz", "tollgate-ratelimit"] {
+        let (grpc, http) = (free_port(), free_port());
+        let mut cmd = Command::new(workspace_bin(bin));
+        cmd.args(["serve", "--set", "log.format=json"])
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .envs(ignored)
+            .current_dir(dir.path());
+        let child = ChildProcess::spawn(bin, cmd, &dir.path().join(format!("{bin}.log"))).unwrap();
+        let readyz = format!("http://127.0.0.1:{http}/readyz");
+        wait_for("ready", Duration::from_secs(20), || {
+            let url = readyz.clone();
+            async move {
+                let s = reqwest::get(&url).await.ok()?.status();
+                s.is_success().then_some(())
+            }
+        })
+        .await;
+        let log = child.log();
+        for (name, value) in ignored {
+            let lines = log
+                .lines()
+                .filter(|l| l.contains("ignoring an environment variable") && l.contains(name))
+                .count();
+            assert_eq!(lines, 1, "{bin}: {name}\n{log}");
+            assert!(
+                !log.contains(value),
+                "{bin} logged the value of {name}\n{log}"
+            );
+        }
+    }
+}
+
+/// Malformed overrides are refused with a clear error and exit 2, never a panic (101).
+#[test]
+fn malformed_overrides_are_clear_errors() {
+    for (args, env, want) in [
+        (
+            &["--set", "foo"][..],
+            None,
+            "--set foo: expected PATH=VALUE",
+        ),
+        (&["--set", "=1"][..], None, "--set =1: no field path"),
+        (&["--set", "server..grpc_addr=1"][..], None, "empty level"),
+        (
+            &[][..],
+            Some(("TOLLGATE_SERVER__", "x")),
+            "environment variable TOLLGATE_SERVER__: expected TOLLGATE_<FIELD>",
+        ),
+        (
+            &[][..],
+            Some(("TOLLGATE_SERVER__GRPC_ADDR", "nowhere")),
+            "server.grpc_addr: invalid socket address syntax (from environment variable TOLLGATE_SERVER__GRPC_ADDR)",
+        ),
+    ] {
+        for bin in ["tollgate-authz", "tollgate-ratelimit"] {
+            for sub in ["serve", "check-config"] {
+                let mut cmd = Command::new(workspace_bin(bin));
+                cmd.arg(sub).args(args);
+                if let Some((k, v)) = env {
+                    cmd.env(k, v);
+                }
+                let out = cmd.output().unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(2), "{bin} {sub} {args:?}: {err}");
+                assert!(err.contains(want), "{bin} {sub} {args:?}: {err}");
+            }
+        }
+    }
+}
+
+/// `check-config` refuses what `serve` refuses, with the same message: here an admin credential
+/// from the environment that is too short.
+#[test]
+fn check_config_refuses_a_weak_admin_credential_like_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("authz.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "api_keys:\n  store: {{type: embedded, path: {}}}\nadmin:\n  addr: 127.0.0.1:0\n",
+            dir.path().join("keys.redb").display()
+        ),
+    )
+    .unwrap();
+    let want = format!(
+        "{}:3: admin: the environment variable TOLLGATE_ADMIN_TOKEN is shorter than 16 characters",
+        cfg.display()
+    );
+    for sub in ["check-config", "serve"] {
+        let out = Command::new(workspace_bin("tollgate-authz"))
+            .args([sub, "--config"])
+            .arg(&cfg)
+            .env("TOLLGATE_ADMIN_TOKEN", "too-short")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sub}: {err}");
+        assert!(err.contains(&want), "{sub}: {err}");
+    }
+    assert!(!dir.path().join("keys.redb").exists(), "nothing was opened");
+}
+
+/// Text logs carry colour codes on a terminal only: not in a file, yes under a pseudo-terminal
+/// (`script` runs the binary on one).
+#[test]
+fn text_logs_are_coloured_only_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // A config error after logging starts is not needed: the usage of a bad listener address
+    // gets logged as an error by serve, so serve on a port that is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let serve = [
+        workspace_bin("tollgate-ratelimit").display().to_string(),
+        "serve".into(),
+        "--set".into(),
+        "log.format=text".into(),
+        "--grpc-addr".into(),
+        addr,
+    ];
+    let to_file = dir.path().join("plain.log");
+    let out = Command::new(&serve[0])
+        .args(&serve[1..])
+        .stdout(std::fs::File::create(&to_file).unwrap())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let plain = std::fs::read_to_string(&to_file).unwrap();
+    assert!(plain.contains("open file descriptor limit"), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "escape codes in a file: {plain:?}"
+    );
+
+    let typescript = dir.path().join("tty.log");
+    let status = Command::new("script")
+        .args(["-q", "-e", "-c", &serve.join(" ")])
+        .arg(&typescript)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+    let tty = std::fs::read_to_string(&typescript).unwrap();
+    assert!(tty.contains("open file descriptor limit"), "{tty}");
+    assert!(tty.contains('\u{1b}'), "no colour on a terminal: {tty:?}");
+}
+
+/// What the docs and the image say about the binaries holds: the Dockerfile exposes the default
+/// ports, examples use the real key prefix and side-listener ports, and the documented
+/// variables, metric labels and `/config` fields exist.
+#[test]
+fn docs_say_what_the_binaries_do() {
+    let read = |p: &str| std::fs::read_to_string(project_root().join(p)).unwrap();
+    let dockerfile = read("Dockerfile");
+    let exposed: std::collections::BTreeSet<u16> = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .expect("an EXPOSE line")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let admin = tollgate_authz::admin::AdminConfig::default().addr.port();
+    let defaults: std::collections::BTreeSet<u16> = [
+        tollgate_authz::config::DEFAULT_GRPC_PORT,
+        tollgate_authz::config::DEFAULT_HTTP_PORT,
+        admin,
+        tollgate_ratelimit::config::DEFAULT_GRPC_PORT,
+        tollgate_ratelimit::config::DEFAULT_HTTP_PORT,
+    ]
+    .into();
+    assert_eq!(
+        exposed, defaults,
+        "Dockerfile EXPOSE vs the binaries' defaults"
+    );
+
+    let prefix = tollgate_authz::apikey::format::PREFIX;
+    for doc in ["bench/README.md", "docs/api-keys.md", "README.md"] {
+        let text = read(doc);
+        for (i, _) in text.match_indices("tg") {
+            let word = &text[i..(i + prefix.len()).min(text.len())];
+            if word.starts_with("tg_") {
+                panic!("{doc}: a key example starts `tg_`, keys start `{prefix}`");
+            }
+        }
+    }
+    let observability = read("docs/observability.md");
+    let urls = observability
+        .match_indices("http://")
+        .map(|(i, _)| &observability[i..])
+        .map(|u| &u[..u.find(['`', ' ', ')']).unwrap_or(u.len())])
+        .filter(|u| u.ends_with("/loglevel"));
+    let mut seen = 0;
+    for url in urls {
+        seen += 1;
+        let authority = url.trim_start_matches("http://").split('/').next().unwrap();
+        let port: u16 = authority.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(
+            [
+                tollgate_authz::config::DEFAULT_HTTP_PORT,
+                tollgate_ratelimit::config::DEFAULT_HTTP_PORT
+            ]
+            .contains(&port),
+            "docs/observability.md: /loglevel on port {port}, not a side listener's default"
+        );
+    }
+    assert!(seen > 0, "no /loglevel example found");
+    let api_keys = read("docs/api-keys.md");
+    for var in [
+        "TOLLGATE_ADMIN_TOKEN",
+        "TOLLGATE_ADMIN_TOKEN_FILE",
+        "TOLLGATE_ADMIN_URL",
+    ] {
+        assert!(
+            api_keys.contains(var),
+            "docs/api-keys.md does not mention {var}"
+        );
+    }
+    let ratelimit = read("docs/ratelimit.md");
+    assert!(ratelimit.contains("limit=\"override\""));
+    assert!(ratelimit.contains("`unlimited` (true for"));
 }

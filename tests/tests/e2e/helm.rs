@@ -1136,3 +1136,73 @@ fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {
         http.to_string(),
     ]
 }
+
+/// The CI check of docs/helm.md: each rendered service config, exactly as rendered (mount paths
+/// as in the pod, where nothing is mounted here) with the pod's environment plus the service
+/// links Kubernetes injects, passes `check-config --no-file-checks`; the links are ignored with
+/// a warning; without the option the missing mounted files are refused.
+#[test]
+fn rendered_configs_pass_check_config_without_the_clusters_files() {
+    let service_links = [
+        ("TOLLGATE_ADMIN_PORT", "tcp://10.96.0.12:9092"),
+        ("TOLLGATE_ADMIN_SERVICE_HOST", "10.96.0.12"),
+        ("TOLLGATE_AUTHZ_PORT_9001_TCP_ADDR", "10.96.0.13"),
+    ];
+    for (what, r) in [
+        ("default", render_default()),
+        ("production", render_production(&[])),
+    ] {
+        for (workload, configmap, file) in [
+            (
+                "edge-tollgate-authz/authz",
+                "edge-tollgate-authz",
+                "authz.yaml",
+            ),
+            (
+                "edge-tollgate-ratelimit/ratelimit",
+                "edge-tollgate-ratelimit",
+                "ratelimit.yaml",
+            ),
+        ] {
+            let w = r.workload(workload);
+            let run = |extra: &[&str]| {
+                Command::new(workspace_bin(&w.command[0]))
+                    .arg("check-config")
+                    .args(extra)
+                    .arg("--config")
+                    .arg(r.file(configmap, file))
+                    .env_clear()
+                    .envs(&w.env)
+                    .envs(service_links)
+                    .output()
+                    .unwrap()
+            };
+            let out = run(&["--no-file-checks"]);
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert!(out.status.success(), "{what} {workload}: {stdout}{stderr}");
+            assert!(
+                stdout.contains("config ok (files it refers to not checked)"),
+                "{stdout}"
+            );
+            for (name, _) in service_links {
+                assert!(
+                    stderr.contains(&format!("warning: ignoring environment variable {name}:")),
+                    "{what} {workload}: {stderr}"
+                );
+            }
+            if workload.ends_with("authz") {
+                // The admin credential file is mounted only in the pod.
+                let out = run(&[]);
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+                assert!(
+                    err.contains("admin.token_file: cannot read /etc/tollgate/admin/token"),
+                    "{what}: {err}"
+                );
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod binaries;
 mod console;
 mod foundation;
 mod helm;
+mod listeners;
 mod module;
 mod observability;
 mod observability_logs;
