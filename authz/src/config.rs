@@ -153,12 +153,14 @@ pub struct HeadersConfig {
     #[serde(default = "h_key_id")]
     pub key_id: String,
     /// Token claims copied to headers: `{claim: header-name}`; dotted claim paths allowed.
+    /// Lists are joined with `,`, with `%` and `,` inside an element percent-encoded.
     #[serde(default)]
     pub claims: std::collections::BTreeMap<String, String>,
     /// Strip the credential (Authorization bearer / API key header) before the upstream sees it.
     #[serde(default)]
     pub remove_credential: bool,
-    /// Longest value sent; longer values are cut (at a character boundary).
+    /// Longest value sent. A longer one is refused with the credential (401), never cut: a cut
+    /// value could be a prefix that names someone else.
     #[serde(default = "default_max_value")]
     pub max_value_bytes: usize,
 }
@@ -262,10 +264,20 @@ impl Validate for HeadersConfig {
             }
         }
         for claim in self.claims.keys() {
+            let first = claim.split('.').next().unwrap_or_default();
             if claim.is_empty() || claim.split('.').any(str::is_empty) {
                 errors.push(
                     join(&join(at, "claims"), claim),
                     "expected a dotted claim path",
+                );
+            } else if crate::policy::IDENTITY_FIELDS.contains(&first) {
+                // Policy conditions on `tenant` test the identity's tenant; a header copied
+                // from a raw `tenant` claim could tell the upstream something else.
+                errors.push(
+                    join(&join(at, "claims"), claim),
+                    format!(
+                        "`{first}` is the identity's own {first}, already sent as headers.{first}"
+                    ),
                 );
             }
         }
@@ -313,6 +325,18 @@ mod tests {
         ] {
             assert!(e.contains(want), "missing {want:?} in\n{e}");
         }
+    }
+
+    #[test]
+    fn claim_headers_cannot_shadow_identity_fields() {
+        let e = load_str("headers:\n  claims: {tenant: x-raw-tenant, plan.x: x-p, org: x-org}\n")
+            .unwrap_err();
+        assert!(
+            e.contains("headers.claims.tenant: `tenant` is the identity's own tenant"),
+            "{e}"
+        );
+        assert!(e.contains("headers.claims.plan.x: `plan`"), "{e}");
+        assert!(!e.contains("headers.claims.org"), "{e}");
     }
 
     #[test]
