@@ -307,6 +307,8 @@ mod tests {
     fn empty_file_is_a_deny_all_service() {
         let c = load_str("").unwrap();
         assert_eq!(c.server.grpc_addr.port(), DEFAULT_GRPC_PORT);
+        // Nothing unauthenticated listens beyond this machine unless the config says so.
+        assert!(c.server.grpc_addr.ip().is_loopback() && c.server.http_addr.ip().is_loopback());
         assert!(c.methods().is_empty());
     }
 
@@ -337,6 +339,39 @@ mod tests {
         );
         assert!(e.contains("headers.claims.plan.x: `plan`"), "{e}");
         assert!(!e.contains("headers.claims.org"), "{e}");
+    }
+
+    /// The first ```yaml block after `heading` in docs/authz.md.
+    fn doc_example(heading: &str) -> String {
+        let doc = include_str!("../../docs/authz.md");
+        let at = doc.find(heading).expect("heading in docs/authz.md");
+        let start = doc[at..].find("```yaml\n").unwrap() + at + "```yaml\n".len();
+        let end = doc[start..].find("```").unwrap() + start;
+        doc[start..end].to_string()
+    }
+
+    #[test]
+    fn the_documented_examples_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin-token");
+        std::fs::write(&token, "doc-example-admin-credential-0123").unwrap();
+        let complete = doc_example("## A complete example")
+            .replace("/run/secrets/admin-token", &token.display().to_string())
+            .replace(
+                "/var/lib/tollgate/keys.redb",
+                &dir.path().join("keys.redb").display().to_string(),
+            );
+        let c = load_str(&complete).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.policy.rules.len(), 4);
+        // The policy block of the `policy` section, with the methods it names.
+        let policy = format!(
+            "{}api_keys:\n  store: {{type: embedded, path: {}}}\njwt: {{issuers: [{{issuer: https://i, discovery: true, audiences: [a]}}]}}\n",
+            doc_example("## `policy`"),
+            dir.path().join("k2.redb").display()
+        );
+        load_str(&policy).unwrap_or_else(|e| panic!("{e}"));
+        let headers = doc_example("## `headers`");
+        load_str(&headers).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]
