@@ -11,9 +11,11 @@
 //! - [`pki`]: a generated CA with server and client certificates for TLS tests.
 //! - [`stack`]: Envoy + both services (in-process, on the shipped example configs) + upstream.
 //! - [`oidc`]: the npm `oidc-provider` server (JWKS, client-credentials tokens, introspection).
+//! - [`issuer`]: a JWT issuer the test controls (its own keys and JWKS, tokens with any claims).
 
 pub mod echo;
 pub mod envoy;
+pub mod issuer;
 pub mod oidc;
 pub mod paths;
 pub mod pki;
