@@ -1,6 +1,6 @@
 {{/* Envoy config shared by the chart's gateway and the snippet for your own Envoy: the
      HTTP filters (to put first, before the router): the identity headers removed from every
-     request, the header-count guard, ext_authz and ratelimit ... */}}
+     request, then ext_authz and ratelimit ... */}}
 {{- define "tollgate.envoy.httpFilters" -}}
 {{- $e := .Values.envoy }}
 {{- $identity := include "tollgate.identityHeaders" . | fromJsonArray }}
@@ -15,24 +15,6 @@
         - remove: {{ . | quote }}
         {{- end }}
 {{- if $.Values.authz.enabled }}
-{{- $room := sub (int $e.maxRequestHeaders) (len $identity) }}
-# ext_authz adds up to {{ len $identity }} identity headers; Envoy answers a bare 500 when
-# they take a request past max_headers_count ({{ $e.maxRequestHeaders }}). So more than
-# {{ $room }} header entries (pseudo-headers and Envoy's own included) get a 431 here.
-- name: envoy.filters.http.lua
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
-    default_source_code:
-      inline_string: |
-        function envoy_on_request(request)
-          local n = 0
-          for _, _ in pairs(request:headers()) do
-            n = n + 1
-          end
-          if n > {{ $room }} then
-            request:respond({[":status"] = "431"}, "Request Header Fields Too Large\n")
-          end
-        end
 - name: envoy.filters.http.ext_authz
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz

@@ -574,11 +574,10 @@ fn rendered_envoy_configs_pass_envoy_validate() {
         names,
         [
             "envoy.filters.http.header_mutation",
-            "envoy.filters.http.lua",
             "envoy.filters.http.ext_authz",
             "envoy.filters.http.ratelimit"
         ],
-        "identity headers are stripped, and room kept for them, before ext_authz"
+        "identity headers are stripped before ext_authz"
     );
     filters.push(router);
     hcm["http_filters"] = Yaml::Sequence(filters);
