@@ -484,7 +484,7 @@ async fn check_every_class(gw: &Gateway) {
     withdrawn_keys(gw).await;
 }
 
-/// 1. The address rate limits key on is the connection's, whatever X-Forwarded-For says; the
+/// Class 1: The address rate limits key on is the connection's, whatever X-Forwarded-For says; the
 /// request id is Envoy's.
 async fn client_address(gw: &Gateway) {
     let mut remaining = Vec::new();
@@ -523,7 +523,7 @@ async fn client_address(gw: &Gateway) {
     assert_eq!(r.headers.get("x-request-id").map(String::as_str), Some(id));
 }
 
-/// 2. A condition on `tenant` is decided on the tenant the upstream is told.
+/// Class 2: A condition on `tenant` is decided on the tenant the upstream is told.
 async fn one_identity(gw: &Gateway) {
     let t = gw.bearer(json!({"org": "globex", "tenant": "acme"}));
     let r = gw.get("/acme/x", &[("authorization", &t)]).await;
@@ -537,7 +537,7 @@ async fn one_identity(gw: &Gateway) {
     assert_eq!(e.header("x-tollgate-tenant"), Some("acme"), "{}", gw.name);
 }
 
-/// 3. A list element holding the separator never reaches the upstream as two values.
+/// Class 3: A list element holding the separator never reaches the upstream as two values.
 async fn lists_are_unambiguous(gw: &Gateway) {
     for scope in [json!(["read admin"]), json!(["read", "write\tadmin"])] {
         let t = gw.bearer(json!({"scope": scope}));
@@ -557,7 +557,7 @@ async fn lists_are_unambiguous(gw: &Gateway) {
     }
 }
 
-/// 4. `hosts:` rules see the host without case, port or trailing dot; so does the upstream.
+/// Class 4: `hosts:` rules see the host without case, port or trailing dot; so does the upstream.
 async fn hosts(gw: &Gateway) {
     for host in [
         "secure.example.com",
@@ -624,8 +624,8 @@ fn spellings(name: &str) -> Vec<String> {
     out
 }
 
-/// 5 and 6, generated: every identity header name in every spelling, repeated, on every route
-/// (authz on, off, public, authenticated): no client value reaches the upstream.
+/// Classes 5 and 6, generated: every identity header name in every spelling, repeated, on every
+/// route (authz on, off, public, authenticated): no client value reaches the upstream.
 async fn no_identity_header_spelling_reaches_the_upstream(gw: &Gateway) {
     let underscores = "http1.dropped_headers_with_underscores";
     let dropped_before = gw.envoy.stat(underscores).await;
@@ -665,7 +665,7 @@ async fn no_identity_header_spelling_reaches_the_upstream(gw: &Gateway) {
     );
 }
 
-/// 7. A credential twice in one place is ambiguous: 400, like two credentials.
+/// Class 7: A credential twice in one place is ambiguous: 400, like two credentials.
 async fn repeated_credentials(gw: &Gateway) {
     let k = &gw.key;
     for path in [
@@ -691,7 +691,7 @@ async fn repeated_credentials(gw: &Gateway) {
     assert_eq!(e.path, "/api/x?a=1", "{}", gw.name);
 }
 
-/// 8. The path a rule matched is the path the upstream acts on.
+/// Class 8: The path a rule matched is the path the upstream acts on.
 async fn paths(gw: &Gateway) {
     // Envoy resolves a dot segment with `;parameters` written plainly, as Tomcat would ...
     for path in ["/public/..;/admin/x", "/docs/..;x/admin/x"] {
@@ -742,7 +742,7 @@ async fn paths(gw: &Gateway) {
     );
 }
 
-/// 10. Control characters in claims are a clear 401, never Envoy's 503; a request near the
+/// Class 10: Control characters in claims are a clear 401, never Envoy's 503; a request near the
 /// header limit gets 200 or 431, never a 500.
 async fn control_characters_and_header_counts(gw: &Gateway) {
     let controls = (1u32..0x20)
@@ -789,7 +789,8 @@ async fn header_counts(gw: &Gateway, cred: Cred) {
     );
 }
 
-/// 10. A JWKS refresh that withdraws a key refuses the tokens it verified at once, cached or not.
+/// Class 10: A JWKS refresh that withdraws a key refuses the tokens it verified at once, cached or
+/// not.
 async fn withdrawn_keys(gw: &Gateway) {
     let t = format!("Bearer {}", gw.issuer.token("old", "mallory", json!({})));
     let r = gw.get("/api/x", &[("authorization", &t)]).await;
@@ -803,7 +804,7 @@ async fn withdrawn_keys(gw: &Gateway) {
     gw.issuer.publish(&["main", "old"]);
 }
 
-/// 9. The Helm values alone give mTLS from Envoy to both services (certificates from Secrets,
+/// Class 9: The Helm values alone give mTLS from Envoy to both services (certificates from Secrets,
 /// the kubelet's probes off the TLS port), and nothing reaches the services without a client
 /// certificate.
 async fn mtls_from_helm_values(gw: &Gateway) {
