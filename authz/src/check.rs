@@ -10,7 +10,21 @@
 //! Ambiguous credentials: a request carrying both a bearer token and an API key (or an API key
 //! in both the header and the query) is answered 400 `invalid_request`, as RFC 6750 §3.1 asks
 //! for "more than one method for including an access token": guessing which one the client meant
-//! would let an attacker-controlled credential shadow the real one.
+//! would let an attacker-controlled credential shadow the real one. A credential repeated in one
+//! place (two `Authorization` or API key headers, which Envoy joins with `,`, or the query
+//! parameter twice or in a percent-encoded spelling) is the same 400: RFC 6750 §3.1 "repeats
+//! the same parameter".
+//!
+//! The policy matches the path an upstream acts on ([`path`]); the upstream is told exactly the
+//! identity the decision used, or the credential is refused ([`forward`]).
+//!
+//! # Layout
+//! - this file: the decision, the RFC 6750 answers and the gRPC adapter;
+//! - `forward`: the identity headers;
+//! - `path`: the path the policy matches.
+
+mod forward;
+mod path;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -22,7 +36,6 @@ use tollgate_proto::auth::{
     ok_response,
 };
 use tollgate_proto::metadata;
-use tollgate_proto::pb::envoy::config::core::v3::HeaderValueOption;
 use tollgate_proto::rpc_code;
 
 use crate::apikey::{ApiKeyError, ApiKeys};
@@ -32,6 +45,7 @@ use crate::identity::jwt::JwtVerifier;
 use crate::identity::{Identity, Method, Rejection};
 use crate::metrics;
 use crate::policy::{Policy, Unmet};
+use forward::{Forwarded, HeaderPlan};
 
 /// `context_extensions` keys a route may set in its ext_authz per-route config.
 pub mod extensions {
@@ -57,40 +71,6 @@ pub struct Authorizer {
     api_key_header: String,
     api_key_query: Option<String>,
     headers: HeaderPlan,
-}
-
-/// Names of the identity headers, resolved once.
-struct HeaderPlan {
-    subject: String,
-    tenant: String,
-    plan: String,
-    scopes: String,
-    method: String,
-    key_id: String,
-    claims: Vec<(Vec<String>, String)>,
-    remove_credential: bool,
-    max_value: usize,
-}
-
-impl HeaderPlan {
-    fn new(cfg: &HeadersConfig) -> Self {
-        let lower = |s: &String| s.to_ascii_lowercase();
-        Self {
-            subject: lower(&cfg.subject),
-            tenant: lower(&cfg.tenant),
-            plan: lower(&cfg.plan),
-            scopes: lower(&cfg.scopes),
-            method: lower(&cfg.method),
-            key_id: lower(&cfg.key_id),
-            claims: cfg
-                .claims
-                .iter()
-                .map(|(c, h)| (c.split('.').map(str::to_string).collect(), lower(h)))
-                .collect(),
-            remove_credential: cfg.remove_credential,
-            max_value: cfg.max_value_bytes,
-        }
-    }
 }
 
 /// The outcome of a decision, for metrics.
@@ -174,6 +154,9 @@ impl Authorizer {
             return deny(Denial::Forbidden, "none", "no_http_attributes", None);
         };
         let ext = view.context_extensions;
+        let Ok(path) = path::normalise(view.path) else {
+            return deny(Denial::BadPath, "none", "dot_segment", None);
+        };
         // An owned handle rather than a guard: the decision may await a key store or an
         // introspection call while the rule is borrowed.
         let policy = self.policy.load_full();
@@ -185,14 +168,18 @@ impl Authorizer {
                     return deny(Denial::Forbidden, "none", "unknown_rule", None);
                 }
             },
-            None => match policy.select(view.host, view.path, view.method) {
+            None => match policy.select(view.host, &path, view.method) {
                 Some(r) => r,
                 None => return deny(Denial::Forbidden, "none", "no_rule", None),
             },
         };
         if rule.public {
             let anon = Identity::new(Method::Anonymous, "");
-            return self.allow(&anon, None, "public");
+            let forwarded = self
+                .headers
+                .forward(&anon)
+                .expect("an anonymous identity has only its method to forward");
+            return self.allow(&anon, forwarded, None, "public");
         }
         let methods: Cow<'_, [Method]> = match ext.get(extensions::IDENTITY) {
             Some(list) => match parse_methods(list) {
@@ -230,13 +217,9 @@ impl Authorizer {
             None
         };
         let api_key = if wants_key {
-            let h = view.header(&self.api_key_header).filter(|v| !v.is_empty());
-            let q = self
-                .api_key_query
-                .as_deref()
-                .and_then(|p| query_param(view.query, p));
-            match (h, q) {
-                (Some(_), Some(_)) => {
+            match self.api_key(&view) {
+                Ok(k) => k,
+                Err(()) => {
                     return deny(
                         Denial::BadRequest(challenge),
                         "api_key",
@@ -244,9 +227,6 @@ impl Authorizer {
                         None,
                     );
                 }
-                (Some(h), None) => Some((h, false)),
-                (None, Some(q)) => Some((q, true)),
-                (None, None) => None,
             }
         } else {
             None
@@ -317,16 +297,23 @@ impl Authorizer {
             }
         };
 
+        let scheme = if method == Method::ApiKey {
+            Scheme::ApiKey
+        } else {
+            Scheme::Bearer
+        };
+        // Before the conditions: what they are evaluated on must be what the upstream is told.
+        let forwarded = match self.headers.forward(&identity) {
+            Ok(f) => f,
+            Err(reason) => {
+                return deny(Denial::InvalidToken(scheme), method.as_str(), reason, None);
+            }
+        };
         let extra: Vec<&str> = match ext.get(extensions::SCOPES) {
             Some(s) => s.split(' ').filter(|s| !s.is_empty()).collect(),
             None => Vec::new(),
         };
         if let Some(unmet) = rule.unmet(&identity, &extra) {
-            let scheme = if method == Method::ApiKey {
-                Scheme::ApiKey
-            } else {
-                Scheme::Bearer
-            };
             let (reason, scope) = match unmet {
                 Unmet::Scope(s) => ("insufficient_scope", Some(s)),
                 Unmet::Claim => ("claim_condition", None),
@@ -338,7 +325,27 @@ impl Authorizer {
                 scope,
             );
         }
-        self.allow(&identity, Some(cred), "allowed")
+        self.allow(&identity, forwarded, Some(cred), "allowed")
+    }
+
+    /// The API key of the request: from the header or the query parameter, `Err` when it is
+    /// there twice (both places, a repeated header, a repeated or re-spelled parameter).
+    fn api_key<'a>(&self, view: &HttpView<'a>) -> Result<Option<(&'a str, bool)>, ()> {
+        let h = view.header(&self.api_key_header).filter(|v| !v.is_empty());
+        if h.is_some_and(|v| v.contains(',')) {
+            // Envoy joins repeated headers with `,`, which no key contains.
+            return Err(());
+        }
+        let q = match self.api_key_query.as_deref() {
+            Some(p) => query_credential(view.query, p)?,
+            None => None,
+        };
+        match (h, q) {
+            (Some(_), Some(_)) => Err(()),
+            (Some(h), None) => Ok(Some((h, false))),
+            (None, Some(q)) => Ok(Some((q, true))),
+            (None, None) => Ok(None),
+        }
     }
 
     fn has(&self, m: Method) -> bool {
@@ -350,30 +357,16 @@ impl Authorizer {
         }
     }
 
-    fn allow(&self, id: &Identity, cred: Option<Credential<'_>>, reason: &'static str) -> Outcome {
-        let h = &self.headers;
-        let max = h.max_value;
-        let mut set: Vec<HeaderValueOption> = Vec::with_capacity(6 + h.claims.len());
-        let mut remove: Vec<String> = Vec::with_capacity(6 + h.claims.len() + 1);
-        // Every identity header is either set (overwriting the client's copy) or removed, so a
-        // client can never smuggle one through; headers we set are not also listed for removal,
-        // whatever order Envoy applies the two lists in.
-        let mut put = |name: &String, value: Option<&str>| match value {
-            Some(v) if !v.is_empty() => set.push(header(name.clone(), sanitize(v, max))),
-            _ => remove.push(name.clone()),
-        };
+    fn allow(
+        &self,
+        id: &Identity,
+        forwarded: Forwarded,
+        cred: Option<Credential<'_>>,
+        reason: &'static str,
+    ) -> Outcome {
+        let Forwarded { set, mut remove } = forwarded;
         let anonymous = id.method == Method::Anonymous;
-        put(&h.subject, (!anonymous).then_some(id.subject.as_str()));
-        put(&h.method, Some(id.method.as_str()));
-        put(&h.tenant, id.tenant.as_deref());
-        put(&h.plan, id.plan.as_deref());
-        put(&h.key_id, id.key_id.as_deref());
-        let scopes = (!id.scopes.is_empty()).then(|| id.scopes.join(" "));
-        put(&h.scopes, scopes.as_deref());
-        for (path, name) in &h.claims {
-            let v = claim_string(id, path);
-            put(name, v.as_deref());
-        }
+        let h = &self.headers;
         let mut remove_query = None;
         if h.remove_credential {
             match cred {
@@ -487,47 +480,44 @@ pub fn bearer_token(h: Option<&str>) -> Result<Option<&str>, ()> {
     Ok(Some(token))
 }
 
-/// The value of query parameter `name` (not percent-decoded: keys are URL-safe).
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .find_map(|pair| match pair.split_once('=') {
-            Some((k, v)) if k == name && !v.is_empty() => Some(v),
-            _ => None,
-        })
-}
-
-fn claim_string(id: &Identity, path: &[String]) -> Option<String> {
-    let mut cur = id.claims.get(&path[0])?;
-    for seg in &path[1..] {
-        cur = cur.get(seg.as_str())?;
-    }
-    match cur {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        serde_json::Value::Array(items) => {
-            let parts: Vec<&str> = items.iter().filter_map(|i| i.as_str()).collect();
-            (!parts.is_empty()).then(|| parts.join(","))
-        }
-        _ => None,
-    }
-}
-
-/// A header value without CR, LF or NUL (which would split or truncate the header) and no
-/// longer than `max` bytes.
-pub fn sanitize(v: &str, max: usize) -> String {
-    let mut out = String::with_capacity(v.len().min(max));
-    for c in v.chars() {
-        if matches!(c, '\r' | '\n' | '\0') {
+/// The value of credential parameter `name` in `query` (`None` when absent or empty), `Err`
+/// when the parameter appears more than once or in a spelling that only decodes to `name`
+/// (`api%5Fkey`): an upstream that decodes names would read a credential Tollgate did not check.
+fn query_credential<'a>(query: &'a str, name: &str) -> Result<Option<&'a str>, ()> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let same = k == name || (k.contains('%') && decoded_eq(k, name));
+        if !same {
             continue;
         }
-        if out.len() + c.len_utf8() > max {
-            break;
+        if found.is_some() || k != name {
+            return Err(());
         }
-        out.push(c);
+        found = Some(v);
     }
-    out
+    Ok(found.filter(|v| !v.is_empty()))
+}
+
+/// Whether `encoded`, percent-decoded, is `name`.
+fn decoded_eq(encoded: &str, name: &str) -> bool {
+    let b = encoded.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out == name.as_bytes()
 }
 
 #[derive(Clone, Copy)]
@@ -558,6 +548,8 @@ enum Denial {
     InsufficientScope(Scheme),
     /// 403: no rule allows this request.
     Forbidden,
+    /// 400: a path that could resolve to another route (a dot segment in any spelling).
+    BadPath,
     /// 503: the credential could not be checked now (issuer, introspection or key store down).
     Unavailable,
 }
@@ -582,6 +574,12 @@ fn deny(d: Denial, method: &'static str, reason: &'static str, scope: Option<&st
             rpc_code::PERMISSION_DENIED,
             Some("insufficient_scope"),
             Some(s),
+        ),
+        Denial::BadPath => (
+            400,
+            rpc_code::INVALID_ARGUMENT,
+            Some("invalid_request"),
+            None,
         ),
         Denial::Forbidden => (
             403,

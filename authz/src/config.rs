@@ -195,12 +195,14 @@ pub struct HeadersConfig {
     #[serde(default = "h_key_id")]
     pub key_id: String,
     /// Token claims copied to headers: `{claim: header-name}`; dotted claim paths allowed.
+    /// Lists are joined with `,`, with `%` and `,` inside an element percent-encoded.
     #[serde(default)]
     pub claims: std::collections::BTreeMap<String, String>,
     /// Strip the credential (Authorization bearer / API key header) before the upstream sees it.
     #[serde(default)]
     pub remove_credential: bool,
-    /// Longest value sent; longer values are cut (at a character boundary).
+    /// Longest value sent. A longer one is refused with the credential (401), never cut: a cut
+    /// value could be a prefix that names someone else.
     #[serde(default = "default_max_value")]
     pub max_value_bytes: usize,
 }
@@ -304,10 +306,20 @@ impl Validate for HeadersConfig {
             }
         }
         for claim in self.claims.keys() {
+            let first = claim.split('.').next().unwrap_or_default();
             if claim.is_empty() || claim.split('.').any(str::is_empty) {
                 errors.push(
                     join(&join(at, "claims"), claim),
                     "expected a dotted claim path",
+                );
+            } else if crate::policy::IDENTITY_FIELDS.contains(&first) {
+                // Policy conditions on `tenant` test the identity's tenant; a header copied
+                // from a raw `tenant` claim could tell the upstream something else.
+                errors.push(
+                    join(&join(at, "claims"), claim),
+                    format!(
+                        "`{first}` is the identity's own {first}, already sent as headers.{first}"
+                    ),
                 );
             }
         }
@@ -337,6 +349,8 @@ mod tests {
     fn empty_file_is_a_deny_all_service() {
         let c = load_str("").unwrap();
         assert_eq!(c.server.grpc_addr.port(), DEFAULT_GRPC_PORT);
+        // Nothing unauthenticated listens beyond this machine unless the config says so.
+        assert!(c.server.grpc_addr.ip().is_loopback() && c.server.http_addr.ip().is_loopback());
         assert!(c.methods().is_empty());
     }
 
@@ -474,6 +488,51 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("is not a file"), "{e}");
+    }
+
+    #[test]
+    fn claim_headers_cannot_shadow_identity_fields() {
+        let e = load_str("headers:\n  claims: {tenant: x-raw-tenant, plan.x: x-p, org: x-org}\n")
+            .unwrap_err();
+        assert!(
+            e.contains("headers.claims.tenant: `tenant` is the identity's own tenant"),
+            "{e}"
+        );
+        assert!(e.contains("headers.claims.plan.x: `plan`"), "{e}");
+        assert!(!e.contains("headers.claims.org"), "{e}");
+    }
+
+    /// The first ```yaml block after `heading` in docs/authz.md.
+    fn doc_example(heading: &str) -> String {
+        let doc = include_str!("../../docs/authz.md");
+        let at = doc.find(heading).expect("heading in docs/authz.md");
+        let start = doc[at..].find("```yaml\n").unwrap() + at + "```yaml\n".len();
+        let end = doc[start..].find("```").unwrap() + start;
+        doc[start..end].to_string()
+    }
+
+    #[test]
+    fn the_documented_examples_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin-token");
+        std::fs::write(&token, "doc-example-admin-credential-0123").unwrap();
+        let complete = doc_example("## A complete example")
+            .replace("/run/secrets/admin-token", &token.display().to_string())
+            .replace(
+                "/var/lib/tollgate/keys.redb",
+                &dir.path().join("keys.redb").display().to_string(),
+            );
+        let c = load_str(&complete).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.policy.rules.len(), 4);
+        // The policy block of the `policy` section, with the methods it names.
+        let policy = format!(
+            "{}api_keys:\n  store: {{type: embedded, path: {}}}\njwt: {{issuers: [{{issuer: https://i, discovery: true, audiences: [a]}}]}}\n",
+            doc_example("## `policy`"),
+            dir.path().join("k2.redb").display()
+        );
+        load_str(&policy).unwrap_or_else(|e| panic!("{e}"));
+        let headers = doc_example("## `headers`");
+        load_str(&headers).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

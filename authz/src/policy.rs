@@ -62,7 +62,8 @@ pub enum NoMatch {
 pub struct RuleConfig {
     /// Names the rule in logs and in `context_extensions` (`tollgate.rule`).
     pub name: String,
-    /// Exact host names or `*.suffix` wildcards (port ignored); empty matches any host.
+    /// Exact host names or `*.suffix` wildcards, compared without case, port or trailing dot;
+    /// empty matches any host.
     #[serde(default)]
     pub hosts: Vec<String>,
     /// Path match on the path Envoy normalised; absent matches any path.
@@ -102,8 +103,9 @@ pub struct ConditionConfig {
     /// The identity must carry this scope.
     #[serde(default)]
     pub scope: Option<String>,
-    /// Dotted path into the token claims (`realm_access.roles`), or `tenant` / `plan` /
-    /// `subject` for the identity's own fields.
+    /// Dotted path into the token claims (`realm_access.roles`). `subject`, `tenant` and
+    /// `plan` always name the identity's own fields (what its headers carry), never a raw
+    /// claim of that name.
     #[serde(default)]
     pub claim: Option<String>,
     #[serde(default)]
@@ -210,6 +212,13 @@ impl Validate for PolicyConfig {
                     (None, Some(cl)) if ops == 1 => {
                         if cl.is_empty() || cl.split('.').any(str::is_empty) {
                             errors.push(join(&at, "claim"), "expected a dotted claim path");
+                        } else if let Some((field, _)) = cl.split_once('.')
+                            && IDENTITY_FIELDS.contains(&field)
+                        {
+                            errors.push(
+                                join(&at, "claim"),
+                                format!("`{field}` is the identity's own {field} (a string): nothing lies below it"),
+                            );
                         }
                     }
                     (None, Some(_)) => {
@@ -221,6 +230,10 @@ impl Validate for PolicyConfig {
         }
     }
 }
+
+/// Condition names that always mean the identity's own field: the value its header carries and
+/// rate limits see, whatever claim the issuer mapped it from.
+pub const IDENTITY_FIELDS: [&str; 3] = ["subject", "tenant", "plan"];
 
 /// The identity methods configured on the service, to check rules against.
 pub fn check_methods_configured(
@@ -355,9 +368,12 @@ impl Policy {
                 hosts: r
                     .hosts
                     .iter()
-                    .map(|h| match h.strip_prefix('*') {
-                        Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase()),
-                        None => HostMatch::Exact(h.to_ascii_lowercase()),
+                    .map(|h| {
+                        let h = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+                        match h.strip_prefix('*') {
+                            Some(suffix) => HostMatch::Suffix(suffix.to_string()),
+                            None => HostMatch::Exact(h),
+                        }
                     })
                     .collect(),
                 path,
@@ -442,11 +458,7 @@ impl Rule {
         if self.hosts.is_empty() {
             return true;
         }
-        // Strip a port, but not from a bracketed IPv6 literal's inside.
-        let host = match host.rfind(':') {
-            Some(i) if !host[i..].contains(']') => &host[..i],
-            _ => host,
-        };
+        let host = bare_host(host);
         self.hosts.iter().any(|h| match h {
             HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
             HostMatch::Suffix(s) => {
@@ -482,21 +494,33 @@ impl Rule {
     }
 }
 
+/// A `Host` as the rules compare it: without a port (but not from inside a bracketed IPv6
+/// literal) and without the trailing dot of a fully qualified name, which name the same host.
+fn bare_host(host: &str) -> &str {
+    let host = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
 fn claim_holds(id: &Identity, path: &[String], op: &ClaimOp) -> bool {
     let owned;
     let value: &Value = match (path.len(), path[0].as_str()) {
-        (1, "subject") if !id.claims.contains_key("subject") => {
+        // The identity's own fields, even when the token also has a claim of that name: the
+        // decision must be about what the upstream is told (x-tollgate-tenant, ...).
+        (1, "subject") => {
             owned = Value::String(id.subject.clone());
             &owned
         }
-        (1, "tenant") if !id.claims.contains_key("tenant") => match &id.tenant {
+        (1, "tenant") => match &id.tenant {
             Some(t) => {
                 owned = Value::String(t.clone());
                 &owned
             }
             None => return false,
         },
-        (1, "plan") if !id.claims.contains_key("plan") => match &id.plan {
+        (1, "plan") => match &id.plan {
             Some(p) => {
                 owned = Value::String(p.clone());
                 &owned
@@ -597,6 +621,83 @@ rules:
                 .unwrap()
                 .identity,
             vec![Method::ApiKey]
+        );
+    }
+
+    #[test]
+    fn hosts_match_without_case_port_or_trailing_dot() {
+        let p = policy(
+            "rules:\n  - name: secure\n    hosts: [secure.example.com, \"*.internal.example.\"]\n  - name: rest\n    public: true\n",
+        );
+        for host in [
+            "secure.example.com",
+            "SECURE.Example.COM",
+            "secure.example.com.",
+            "secure.example.com:443",
+            "Secure.Example.Com.:8443",
+            "db.internal.example.com",
+            "DB.internal.example.com.:5432",
+        ] {
+            let want = if host.to_ascii_lowercase().contains("internal") {
+                "rest"
+            } else {
+                "secure"
+            };
+            assert_eq!(p.select(host, "/", "GET").unwrap().name, want, "{host}");
+        }
+        assert_eq!(
+            p.select("x.internal.example", "/", "GET").unwrap().name,
+            "secure",
+            "a rule's own trailing dot is dropped too"
+        );
+        assert_eq!(
+            p.select("x.internal.example.", "/", "GET").unwrap().name,
+            "secure"
+        );
+        for host in [
+            "secure.example.com..",
+            "secure.example.com.evil",
+            "[::1]:443",
+        ] {
+            assert_eq!(p.select(host, "/", "GET").unwrap().name, "rest", "{host}");
+        }
+    }
+
+    #[test]
+    fn identity_fields_win_over_raw_claims_of_the_same_name() {
+        let p = policy(
+            "rules:\n  - name: acme\n    conditions:\n      - claim: tenant\n        equals: acme\n      - claim: subject\n        equals: alice\n",
+        );
+        let rule = p.by_name("acme").unwrap();
+        let mut id = Identity::new(Method::Jwt, "alice");
+        id.tenant = Some("globex".into());
+        id.claims = json!({"tenant": "acme", "subject": "alice", "sub": "mallory"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            rule.unmet(&id, &[]),
+            Some(Unmet::Claim),
+            "the raw `tenant` claim is not the tenant the upstream is told"
+        );
+        id.tenant = Some("acme".into());
+        id.subject = "mallory".into();
+        assert_eq!(rule.unmet(&id, &[]), Some(Unmet::Claim));
+        id.subject = "alice".into();
+        assert_eq!(rule.unmet(&id, &[]), None);
+
+        let cfg: PolicyConfig = serde_yaml::from_str(
+            "rules:\n  - name: a\n    conditions:\n      - claim: tenant.id\n        equals: x\n",
+        )
+        .unwrap();
+        let mut e = Errors::default();
+        cfg.validate("policy", &mut e);
+        let errs = e.finish(()).unwrap_err().to_string();
+        assert!(
+            errs.contains(
+                "policy.rules[0].conditions[0].claim: `tenant` is the identity's own tenant"
+            ),
+            "{errs}"
         );
     }
 

@@ -27,11 +27,14 @@ use crate::shutdown::Shutdown;
 use crate::telemetry;
 use crate::tls::{ReloadingAcceptor, TlsConfig, TlsError};
 
+// Loopback by default: the gRPC APIs have no authentication of their own (anyone who reaches
+// ShouldRateLimit can spend another caller's quota), so reaching them from elsewhere is an
+// explicit choice (an address in the config, mTLS, a NetworkPolicy).
 fn default_grpc() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8081))
+    SocketAddr::from(([127, 0, 0, 1], 8081))
 }
 fn default_http() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8080))
+    SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 fn default_shutdown_delay() -> Duration {
     Duration::from_secs(5)
@@ -92,11 +95,11 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults with the given ports on all interfaces.
+    /// Defaults with the given ports on loopback.
     pub fn with_ports(grpc: u16, http: u16) -> Self {
         Self {
-            grpc_addr: SocketAddr::from(([0, 0, 0, 0], grpc)),
-            http_addr: SocketAddr::from(([0, 0, 0, 0], http)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], grpc)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], http)),
             tls: None,
             http_tls: None,
             shutdown_delay: default_shutdown_delay(),

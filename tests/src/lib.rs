@@ -14,10 +14,12 @@
 //! - [`stack`]: Envoy + both services (in-process, on the shipped example configs) + upstream.
 //! - [`oidc`]: the npm `oidc-provider` server (JWKS, client-credentials tokens, introspection).
 //! - [`browser`]: the web console in Debian's headless chromium, driven step by step.
+//! - [`issuer`]: a JWT issuer the test controls (its own keys and JWKS, tokens with any claims).
 
 pub mod browser;
 pub mod echo;
 pub mod envoy;
+pub mod issuer;
 pub mod module;
 pub mod oidc;
 pub mod paths;

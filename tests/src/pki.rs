@@ -19,6 +19,11 @@ pub struct Pki {
 
 /// Generates a CA named `ca_name` and certificates it signed, into `dir`.
 pub fn generate(dir: &Path, ca_name: &str) -> Pki {
+    generate_for(dir, ca_name, &["localhost", "127.0.0.1"])
+}
+
+/// [`generate`] with a server certificate for `server_names` (DNS names or IP addresses).
+pub fn generate_for(dir: &Path, ca_name: &str, server_names: &[&str]) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
         .distinguished_name
@@ -38,7 +43,8 @@ pub fn generate(dir: &Path, ca_name: &str) -> Pki {
         let cert = p.signed_by(&key, &ca).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (server_cert, server_key) = leaf("localhost", vec!["localhost".into(), "127.0.0.1".into()]);
+    let sans: Vec<String> = server_names.iter().map(|s| s.to_string()).collect();
+    let (server_cert, server_key) = leaf(server_names[0], sans);
     let (client_cert, client_key) = leaf("envoy-gateway", vec!["envoy-gateway".into()]);
 
     let write = |name: &str, text: &str| {

@@ -30,7 +30,6 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tollgate_common::config::{Env, Errors, Validate, join, process_env};
 use tollgate_common::credential;
 use tollgate_common::secret::Secret;
@@ -259,19 +258,19 @@ struct AppState {
 /// The admin credential and the name audit lines give whoever presents it.
 struct Credential {
     token: Secret,
-    /// `admin-token:<first 12 hex of its SHA-256>`: identifies which credential acted (and
-    /// changes when it is replaced) without being usable as one.
+    /// `admin-token:<12 random hex>`, drawn when the credential is loaded and logged once then
+    /// (so an operator can tell which load acted): it names the credential without revealing
+    /// anything about it. A digest of the token would hand out an offline guess of a weak one.
     actor: Arc<str>,
 }
 
 impl Credential {
     fn new(token: Secret) -> Self {
-        let digest = Sha256::digest(token.expose().as_bytes());
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        Self {
-            token,
-            actor: format!("admin-token:{hex}").into(),
-        }
+        let id: [u8; 6] = rand::random();
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let actor: Arc<str> = format!("admin-token:{hex}").into();
+        tracing::info!(target: "audit", action = "credential_loaded", actor = %actor, "admin credential loaded; audit lines name it by this actor");
+        Self { token, actor }
     }
 }
 

@@ -595,14 +595,35 @@ async fn every_change_is_audited_without_secrets() {
         .collect();
     assert_eq!(
         actions,
-        ["created", "updated", "rotated", "revoked", "authenticate"]
+        [
+            "credential_loaded",
+            "created",
+            "updated",
+            "rotated",
+            "revoked",
+            "authenticate"
+        ]
     );
-    let fingerprint = Credential::new(Secret::new(TOKEN)).actor.to_string();
-    for l in &lines[..4] {
+    // The actor is the one the credential's load announced, and derived from nothing secret:
+    // the same token loaded twice gets two unrelated names.
+    let actor = lines[0]["fields"]["actor"].as_str().unwrap().to_string();
+    assert!(
+        actor.starts_with("admin-token:") && actor.len() == 24,
+        "{actor}"
+    );
+    for l in &lines[1..5] {
         assert_eq!(l["fields"]["key_id"], id.as_str());
-        assert_eq!(l["fields"]["actor"], fingerprint.as_str());
+        assert_eq!(l["fields"]["actor"], actor.as_str());
         assert!(l["fields"]["at"].as_str().is_some_and(|t| t.ends_with('Z')));
     }
+    let again = Credential::new(Secret::new(TOKEN)).actor.to_string();
+    assert_ne!(again, actor);
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!digest.contains(&actor["admin-token:".len()..]));
     for needle in [
         secret.as_str(),
         new_secret.as_str(),

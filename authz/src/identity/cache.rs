@@ -1,5 +1,6 @@
 //! A bounded cache of verified credentials, keyed by the SHA-256 of the credential (the cache
-//! never holds a token itself) and never answering past the entry's expiry.
+//! never holds a token itself), never answering past the entry's expiry nor for a signing key
+//! its issuer has since withdrawn.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::Identity;
+use super::jwks::KeyId;
 
 /// The cache key of a credential.
 pub type TokenHash = [u8; 32];
@@ -27,6 +29,8 @@ pub struct IdentityCache {
 struct Entry {
     identity: Arc<Identity>,
     until: SystemTime,
+    /// The key whose signature made this identity (JWTs), so that withdrawing the key drops it.
+    verified_by: Option<KeyId>,
 }
 
 const SHARDS: usize = 16;
@@ -61,11 +65,12 @@ impl IdentityCache {
         }
     }
 
-    /// Caches `identity` until `until`.
+    /// Caches `identity` until `until`; `verified_by` names the signing key it rests on.
     pub fn insert(
         &self,
         key: TokenHash,
         identity: Arc<Identity>,
+        verified_by: Option<KeyId>,
         until: SystemTime,
         now: SystemTime,
     ) {
@@ -83,13 +88,21 @@ impl IdentityCache {
                 }
             }
         }
-        shard.insert(key, Entry { identity, until });
+        shard.insert(
+            key,
+            Entry {
+                identity,
+                until,
+                verified_by,
+            },
+        );
     }
 
-    /// Drops every entry (after a key-set or config change).
-    pub fn clear(&self) {
+    /// Drops every entry verified with one of `keys` (their issuer no longer publishes them).
+    pub fn forget_verified_by(&self, keys: &[KeyId]) {
         for s in self.shards.iter() {
-            s.lock().clear();
+            s.lock()
+                .retain(|_, e| !e.verified_by.is_some_and(|k| keys.contains(&k)));
         }
     }
 
@@ -118,16 +131,36 @@ mod tests {
             c.insert(
                 hash_token(&i.to_string()),
                 id.clone(),
+                None,
                 now + Duration::from_secs(60),
                 now,
             );
         }
         assert!(c.len() <= 32, "{}", c.len());
         let k = hash_token("t");
-        c.insert(k, id.clone(), now + Duration::from_secs(10), now);
+        c.insert(k, id.clone(), None, now + Duration::from_secs(10), now);
         assert!(c.get(&k, now + Duration::from_secs(9)).is_some());
         assert!(c.get(&k, now + Duration::from_secs(10)).is_none());
-        c.insert(k, id, now, now);
+        c.insert(k, id, None, now, now);
         assert!(c.get(&k, now).is_none(), "already expired is not cached");
+    }
+
+    #[test]
+    fn withdrawn_keys_take_their_entries_with_them() {
+        let c = IdentityCache::new(32);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let until = now + Duration::from_secs(60);
+        let id = Arc::new(Identity::new(Method::Jwt, "s"));
+        let (k1, k2) = (
+            KeyId::of(&serde_json::json!({"kid": "1"})),
+            KeyId::of(&serde_json::json!({"kid": "2"})),
+        );
+        c.insert(hash_token("a"), id.clone(), Some(k1), until, now);
+        c.insert(hash_token("b"), id.clone(), Some(k2), until, now);
+        c.insert(hash_token("c"), id, None, until, now);
+        c.forget_verified_by(&[k1]);
+        assert!(c.get(&hash_token("a"), now).is_none());
+        assert!(c.get(&hash_token("b"), now).is_some());
+        assert!(c.get(&hash_token("c"), now).is_some());
     }
 }

@@ -312,7 +312,7 @@ impl Introspector {
             Some(exp) => (now + self.cache_ttl).min(exp),
             None => now + self.cache_ttl,
         };
-        self.cache.insert(key, identity.clone(), until, now);
+        self.cache.insert(key, identity.clone(), None, until, now);
         Ok(identity)
     }
 

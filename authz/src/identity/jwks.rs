@@ -3,6 +3,10 @@
 //! refetched on an unknown `kid` at most once per interval, and served stale while the issuer is
 //! down (up to a bound, after which verification fails closed).
 //!
+//! A refresh that no longer lists a key (or lists other material under its kid) tells the
+//! listener set with [`Jwks::on_withdrawn`], so that tokens verified with it stop being answered
+//! from the cache at once.
+//!
 //! The algorithms of a key come from the key itself (`alg`, else `kty`/`crv`) intersected with
 //! the issuer's allowlist. Symmetric (`oct`) keys and encryption keys are never loaded, so HMAC
 //! with a public key as the secret, and `none`, cannot verify anything.
@@ -23,7 +27,25 @@ use crate::metrics;
 pub struct VerifyKey {
     pub key: DecodingKey,
     pub algorithms: Vec<Algorithm>,
+    /// Which published key this is.
+    pub id: KeyId,
 }
+
+/// Names one published key: the SHA-256 of its JWK (kid included), so the same key in two
+/// fetches has the same id, and new material under an old kid does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; 32]);
+
+impl KeyId {
+    /// The id of a JWK as published (serde_json orders object keys, so equal JWKs hash equal).
+    pub fn of(jwk: &serde_json::Value) -> KeyId {
+        use sha2::{Digest, Sha256};
+        KeyId(Sha256::digest(jwk.to_string().as_bytes()).into())
+    }
+}
+
+/// Called with the keys a refresh withdrew.
+pub type WithdrawnListener = Box<dyn Fn(&[KeyId]) + Send + Sync>;
 
 /// The usable keys of one issuer at one time.
 #[derive(Default)]
@@ -61,7 +83,7 @@ impl KeySet {
             let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
                 continue;
             };
-            let Some(vk) = verify_key(&jwk, allowed) else {
+            let Some(vk) = verify_key(&jwk, allowed, KeyId::of(raw)) else {
                 continue;
             };
             let vk = Arc::new(vk);
@@ -97,13 +119,17 @@ impl KeySet {
         self.by_kid.len() + self.anonymous.len()
     }
 
+    fn ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.by_kid.values().chain(&self.anonymous).map(|k| k.id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 /// The key and its algorithms, or `None` when the key may not verify anything here.
-fn verify_key(jwk: &Jwk, allowed: &[Algorithm]) -> Option<VerifyKey> {
+fn verify_key(jwk: &Jwk, allowed: &[Algorithm], id: KeyId) -> Option<VerifyKey> {
     if matches!(
         jwk.common.public_key_use,
         Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))
@@ -151,7 +177,11 @@ fn verify_key(jwk: &Jwk, allowed: &[Algorithm]) -> Option<VerifyKey> {
         return None;
     }
     let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(VerifyKey { key, algorithms })
+    Some(VerifyKey {
+        key,
+        algorithms,
+        id,
+    })
 }
 
 /// Where an issuer's keys come from.
@@ -187,6 +217,7 @@ pub struct Jwks {
     /// Serialises fetches, so a flood of unknown kids makes one request, not one per Check.
     fetching: tokio::sync::Mutex<()>,
     jwks_uri: Mutex<Option<String>>,
+    withdrawn: Mutex<Option<WithdrawnListener>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -204,6 +235,7 @@ impl Jwks {
             times: Mutex::new(Times::default()),
             fetching: tokio::sync::Mutex::new(()),
             jwks_uri: Mutex::new(None),
+            withdrawn: Mutex::new(None),
             settings,
         });
         if let Source::Inline(keys) = &jwks.settings.source {
@@ -211,6 +243,11 @@ impl Jwks {
             jwks.keys.store(Some(Arc::new(set)));
         }
         Ok(jwks)
+    }
+
+    /// Sets who hears about keys a refresh withdrew (the verifier's cache).
+    pub fn on_withdrawn(&self, listener: WithdrawnListener) {
+        *self.withdrawn.lock() = Some(listener);
     }
 
     pub fn issuer(&self) -> &str {
@@ -277,14 +314,33 @@ impl Jwks {
         metrics::jwks_fetch(res.is_ok());
         match res {
             Ok(set) => {
-                self.keys.store(Some(Arc::new(set)));
+                let old = self.keys.swap(Some(Arc::new(set)));
                 self.times.lock().last_success = Some(Instant::now());
+                if let Some(old) = old {
+                    self.tell_withdrawn(&old);
+                }
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.settings.issuer, error = %e, "JWKS fetch failed; keeping the keys we have");
                 Err(e)
             }
+        }
+    }
+
+    /// Tells the listener which keys of `old` the current set no longer has.
+    fn tell_withdrawn(&self, old: &KeySet) {
+        let Some(new) = self.keys.load_full() else {
+            return;
+        };
+        let kept: std::collections::HashSet<KeyId> = new.ids().collect();
+        let gone: Vec<KeyId> = old.ids().filter(|id| !kept.contains(id)).collect();
+        if gone.is_empty() {
+            return;
+        }
+        tracing::info!(issuer = %self.settings.issuer, keys = gone.len(), "issuer withdrew signing keys; tokens they verified are no longer cached");
+        if let Some(listener) = self.withdrawn.lock().as_ref() {
+            listener(&gone);
         }
     }
 

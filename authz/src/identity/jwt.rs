@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use tollgate_common::config::{Errors, Validate, join};
 
 use super::cache::{IdentityCache, hash_token};
-use super::jwks::{Jwks, JwksError, JwksSettings, Source, VerifyKey};
+use super::jwks::{Jwks, JwksError, JwksSettings, KeyId, Source, VerifyKey};
 use super::{Clock, Identity, Method, Rejection, unix};
 use crate::metrics;
 
@@ -251,7 +251,8 @@ struct Issuer {
 pub struct JwtVerifier {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
-    cache: IdentityCache,
+    /// Shared with each issuer's key set, which drops the entries of keys it withdraws.
+    cache: Arc<IdentityCache>,
     cache_max_ttl: Duration,
     max_token_bytes: usize,
     clock: Clock,
@@ -276,6 +277,7 @@ impl JwtVerifier {
         }
         let mut issuers = Vec::with_capacity(cfg.issuers.len());
         let mut by_iss = HashMap::new();
+        let cache = Arc::new(IdentityCache::new(cfg.cache_max_entries));
         for (i, ic) in cfg.issuers.iter().enumerate() {
             let source = match (&ic.jwks_url, &ic.keys) {
                 (Some(u), _) => Source::Url(u.clone()),
@@ -296,6 +298,8 @@ impl JwtVerifier {
                 },
                 http.clone(),
             )?;
+            let withdrawn = cache.clone();
+            jwks.on_withdrawn(Box::new(move |keys| withdrawn.forget_verified_by(keys)));
             let mut validations = HashMap::new();
             for &alg in &ic.algorithms {
                 let mut v = Validation::new(alg);
@@ -326,7 +330,7 @@ impl JwtVerifier {
         Ok(JwtVerifier {
             issuers,
             by_iss,
-            cache: IdentityCache::new(cfg.cache_max_entries),
+            cache,
             cache_max_ttl: cfg.cache_max_ttl,
             max_token_bytes: cfg.max_token_bytes,
             clock,
@@ -378,13 +382,14 @@ impl JwtVerifier {
             return Ok(id);
         }
         metrics::cache("jwt", false);
-        let (identity, exp) = self.verify_uncached(token, now).await?;
+        let (identity, exp, verified_by) = self.verify_uncached(token, now).await?;
         let identity = Arc::new(identity);
         let until = match exp {
             Some(exp) => (now + self.cache_max_ttl).min(exp),
             None => now + self.cache_max_ttl,
         };
-        self.cache.insert(key, identity.clone(), until, now);
+        self.cache
+            .insert(key, identity.clone(), Some(verified_by), until, now);
         Ok(identity)
     }
 
@@ -392,7 +397,7 @@ impl JwtVerifier {
         &self,
         token: &str,
         now: SystemTime,
-    ) -> Result<(Identity, Option<SystemTime>), Rejection> {
+    ) -> Result<(Identity, Option<SystemTime>, KeyId), Rejection> {
         const MALFORMED: Rejection = Rejection::Invalid("malformed");
         if !Self::looks_like_jwt(token) {
             return Err(MALFORMED);
@@ -417,13 +422,13 @@ impl JwtVerifier {
             .get(&header.alg)
             .ok_or(Rejection::Invalid("algorithm_not_allowed"))?;
 
-        let claims = match header.kid.as_deref() {
+        let (claims, verified_by) = match header.kid.as_deref() {
             Some(kid) => {
                 let vk = self.key_for(issuer, kid).await?;
                 if !vk.algorithms.contains(&header.alg) {
                     return Err(Rejection::Invalid("algorithm_not_allowed"));
                 }
-                decode(token, &vk, validation)?
+                (decode(token, &vk, validation)?, vk.id)
             }
             None => {
                 let keys = match issuer.jwks.keys() {
@@ -441,7 +446,7 @@ impl JwtVerifier {
                 for vk in keys.without_kid(header.alg).take(MAX_KIDLESS_CANDIDATES) {
                     match decode(token, vk, validation) {
                         Ok(c) => {
-                            found = Some(c);
+                            found = Some((c, vk.id));
                             break;
                         }
                         Err(e) => last = e,
@@ -450,7 +455,8 @@ impl JwtVerifier {
                 found.ok_or(last)?
             }
         };
-        self.identity(issuer, claims, now)
+        let (identity, exp) = self.identity(issuer, claims, now)?;
+        Ok((identity, exp, verified_by))
     }
 
     async fn key_for(&self, issuer: &Issuer, kid: &str) -> Result<Arc<VerifyKey>, Rejection> {

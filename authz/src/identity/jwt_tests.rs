@@ -504,3 +504,22 @@ async fn weak_rsa_keys_never_verify() {
         "1024-bit RSA is refused"
     );
 }
+
+#[tokio::test]
+async fn a_refresh_that_withdraws_a_key_drops_what_it_verified() {
+    let (srv, v, _) = remote("").await;
+    let rsa = sign(RSA1, Algorithm::RS256, Some("k1"), &claims(T0));
+    let es = sign(EC, Algorithm::ES256, Some("e1"), &claims(T0));
+    let cached_es = v.verify(&es).await.unwrap();
+    v.verify(&rsa).await.unwrap();
+    // The issuer drops k1: the token it signed is refused at once, not after the cache TTL;
+    // what e1 verified is still answered from the cache.
+    *srv.doc.lock() = json!({ "keys": [public_jwk(EC, Algorithm::ES256, "e1")] });
+    assert!(v.refresh_all().await.is_empty());
+    assert_eq!(reason(v.verify(&rsa).await), "unknown_kid");
+    assert!(Arc::ptr_eq(&cached_es, &v.verify(&es).await.unwrap()));
+    // New material under an old kid withdraws the old key too.
+    *srv.doc.lock() = json!({ "keys": [public_jwk(RSA2, Algorithm::RS256, "e1")] });
+    assert!(v.refresh_all().await.is_empty());
+    assert_ne!(reason(v.verify(&es).await), "ok");
+}

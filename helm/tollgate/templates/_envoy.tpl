@@ -1,7 +1,19 @@
 {{/* Envoy config shared by the chart's gateway and the snippet for your own Envoy: the
-     ext_authz and ratelimit HTTP filters (to put before the router) ... */}}
+     HTTP filters (to put first, before the router): the identity headers removed from every
+     request, then ext_authz and ratelimit ... */}}
 {{- define "tollgate.envoy.httpFilters" -}}
 {{- $e := .Values.envoy }}
+{{- $identity := include "tollgate.identityHeaders" . | fromJsonArray }}
+# Every header tollgate-authz sets (authz.headers, claims included) is removed
+# from every request on every route, whether the route calls ext_authz or not.
+- name: envoy.filters.http.header_mutation
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+    mutations:
+      request_mutations:
+        {{- range $identity }}
+        - remove: {{ . | quote }}
+        {{- end }}
 {{- if $.Values.authz.enabled }}
 - name: envoy.filters.http.ext_authz
   typed_config:
@@ -54,6 +66,37 @@
       - max_connections: 10000
         max_pending_requests: 10000
         max_requests: 10000
+  {{- if $.Values.mtls.enabled }}
+  {{- $name := printf "%s-headless.%s.svc.%s" (include "tollgate.component" (dict "root" $ "component" $component)) $.Release.Namespace $e.clusterDomain }}
+  # mTLS: Envoy presents its client certificate and accepts only a server certificate naming
+  # this Service. Both are read through file-based SDS, so a renewed Secret is picked up.
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      sni: {{ $name }}
+      common_tls_context:
+        alpn_protocols: [h2]
+        tls_certificate_sds_secret_configs:
+          - name: tollgate_client
+            sds_config:
+              resource_api_version: V3
+              path_config_source:
+                path: /etc/envoy/tollgate-sds-client.yaml
+                watched_directory: { path: /etc/envoy-tls }
+        combined_validation_context:
+          default_validation_context:
+            match_typed_subject_alt_names:
+              - san_type: DNS
+                matcher: { exact: {{ $name }} }
+          validation_context_sds_secret_config:
+            name: tollgate_ca
+            sds_config:
+              resource_api_version: V3
+              path_config_source:
+                path: /etc/envoy/tollgate-sds-ca.yaml
+                watched_directory: { path: /etc/envoy-tls }
+  {{- end }}
   health_checks:
     - timeout: 0.5s
       interval: 1s
@@ -73,4 +116,24 @@
                   port_value: {{ $v.ports.grpc }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* The file-based SDS resources the clusters' TLS reads (mtls.enabled): Envoy's client
+     certificate and the CA that signed the services' certificates, from the Secret mounted at
+     /etc/envoy-tls. */}}
+{{- define "tollgate.envoy.sdsClient" -}}
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: tollgate_client
+    tls_certificate:
+      certificate_chain: { filename: /etc/envoy-tls/tls.crt }
+      private_key: { filename: /etc/envoy-tls/tls.key }
+{{- end }}
+
+{{- define "tollgate.envoy.sdsCa" -}}
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: tollgate_ca
+    validation_context:
+      trusted_ca: { filename: /etc/envoy-tls/ca.crt }
 {{- end }}

@@ -166,7 +166,10 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- end }}
 
-{{/* The `server:` section both services share: listeners, shutdown timing, debug endpoints. */}}
+{{/* The `server:` section both services share: listeners, shutdown timing, debug endpoints,
+     mTLS. The listeners bind every interface of the pod because Envoy, the kubelet and
+     Prometheus reach them from other pods and nodes; who may is the NetworkPolicy's business
+     (networkpolicy.yaml), and with mtls.enabled only a client certificate opens the gRPC one. */}}
 {{- define "tollgate.serverConfig" -}}
 {{- $v := .values }}
 {{- $server := dict
@@ -176,6 +179,9 @@ priorityClassName: {{ . }}
   "drain_timeout" (printf "%ds" (int $v.drainTimeoutSeconds)) }}
 {{- if .root.Values.debug.enabled }}
 {{- $_ := set $server "debug" (dict "token_file" "/etc/tollgate/debug/token" "pprof" .root.Values.debug.pprof) }}
+{{- end }}
+{{- if .root.Values.mtls.enabled }}
+{{- $_ := set $server "tls" (include "tollgate.mtlsServer" . | fromJson) }}
 {{- end }}
 {{- toJson $server }}
 {{- end }}
@@ -222,4 +228,33 @@ section is read at start and rolls the pods when it changes.
 {{- end }}
 {{- $c = mergeOverwrite (deepCopy $c) (deepCopy $a.extraConfig) }}
 {{- toJson $c }}
+{{- end }}
+
+{{/* Every header name tollgate-authz sets for the upstream (its `headers:` section, defaults,
+     `authz.headers` and `authz.extraConfig.headers` as the service will read them), lower
+     case, as a JSON list: the chart's Envoy strips all of them from client requests. */}}
+{{- define "tollgate.identityHeaders" -}}
+{{- $a := .Values.authz }}
+{{- $h := mergeOverwrite (deepCopy (default dict $a.headers)) (deepCopy (default dict (default dict $a.extraConfig).headers)) }}
+{{- $names := list }}
+{{- range $field, $default := dict "subject" "x-tollgate-subject" "tenant" "x-tollgate-tenant" "plan" "x-tollgate-plan" "scopes" "x-tollgate-scopes" "method" "x-tollgate-auth-method" "key_id" "x-tollgate-key-id" }}
+{{- $names = append $names (lower (default $default (index $h $field))) }}
+{{- end }}
+{{- range $claim, $name := (default dict $h.claims) }}
+{{- $names = append $names (lower $name) }}
+{{- end }}
+{{- toJson ($names | uniq) }}
+{{- end }}
+
+{{/* The `tls:` of a service's gRPC listener under mtls.enabled: its server certificate and
+     the CA that client certificates (Envoy's) must chain to, from the Secret at
+     /etc/tollgate/tls. */}}
+{{- define "tollgate.mtlsServer" -}}
+{{- toJson (dict "cert_file" "/etc/tollgate/tls/tls.crt" "key_file" "/etc/tollgate/tls/tls.key" "client_ca_file" "/etc/tollgate/tls/ca.crt") }}
+{{- end }}
+
+{{/* The Secret holding a component's mTLS certificate (fails when mtls.enabled lacks it). */}}
+{{- define "tollgate.mtlsSecret" -}}
+{{- $key := printf "%sSecret" .component }}
+{{- required (printf "mtls.enabled: set mtls.%s (a Secret with tls.crt, tls.key and ca.crt)" $key) (index .root.Values.mtls $key) }}
 {{- end }}

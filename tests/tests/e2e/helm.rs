@@ -69,7 +69,7 @@ fn value_args(files: &[&str], sets: &[&str]) -> Vec<String> {
 
 /// One container of a rendered workload, as `chart.py render` describes it.
 #[derive(Debug, Deserialize)]
-struct Workload {
+pub(crate) struct Workload {
     command: Vec<String>,
     env: BTreeMap<String, String>,
     mounts: Vec<Mount>,
@@ -85,7 +85,7 @@ struct Mount {
 impl Workload {
     /// Replaces every mount path in `text` by the local directory holding that volume, in one
     /// pass (local directories may themselves lie under a mounted path such as `/tmp`).
-    fn localise(&self, text: &str) -> String {
+    pub(crate) fn localise(&self, text: &str) -> String {
         let mut mounts: Vec<&Mount> = self.mounts.iter().collect();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.path.len()));
         let mut out = String::with_capacity(text.len());
@@ -111,7 +111,7 @@ impl Workload {
     }
 
     /// The rendered `--config` file, with mount paths made local and `hosts` rewritten.
-    fn config_file(&self, hosts: &[(&str, String)]) -> PathBuf {
+    pub(crate) fn config_file(&self, hosts: &[(&str, String)]) -> PathBuf {
         let at = self
             .command
             .iter()
@@ -149,32 +149,32 @@ impl Workload {
 }
 
 /// A rendered release in a temp dir.
-struct Rendered {
+pub(crate) struct Rendered {
     dir: TempDir,
     summary: Json,
 }
 
 impl Rendered {
     /// A rendered ConfigMap's file.
-    fn file(&self, configmap: &str, key: &str) -> PathBuf {
+    pub(crate) fn file(&self, configmap: &str, key: &str) -> PathBuf {
         self.dir.path().join("files").join(configmap).join(key)
     }
 
-    fn workload(&self, name: &str) -> Workload {
+    pub(crate) fn workload(&self, name: &str) -> Workload {
         let w = self.summary["workloads"]
             .get(name)
             .unwrap_or_else(|| panic!("no workload {name}"));
         serde_json::from_value(w.clone()).unwrap()
     }
 
-    fn manifests(&self) -> Vec<Yaml> {
+    pub(crate) fn manifests(&self) -> Vec<Yaml> {
         let text = std::fs::read_to_string(self.dir.path().join("manifests.yaml")).unwrap();
         serde_yaml::Deserializer::from_str(&text)
             .map(|d| Yaml::deserialize(d).unwrap())
             .collect()
     }
 
-    fn find(&self, kind: &str, name: &str) -> Yaml {
+    pub(crate) fn find(&self, kind: &str, name: &str) -> Yaml {
         self.manifests()
             .into_iter()
             .find(|m| m["kind"] == kind && m["metadata"]["name"] == name)
@@ -200,7 +200,7 @@ impl Rendered {
 
 /// Renders release `edge` in namespace `tollgate`; `secrets` (`name/key=value`) stand for
 /// Secrets the values expect to exist already. Err carries chart.py's explanation.
-fn render(files: &[&str], sets: &[&str], secrets: &[&str]) -> Result<Rendered, String> {
+pub(crate) fn render(files: &[&str], sets: &[&str], secrets: &[&str]) -> Result<Rendered, String> {
     let dir = tempfile::tempdir().unwrap();
     let mut args = value_args(files, sets);
     args.extend(["--out".into(), dir.path().display().to_string()]);
@@ -363,6 +363,10 @@ fn pods_are_hardened_and_outlive_their_drain() {
         let pod = &d["spec"]["template"]["spec"];
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
         assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        assert_eq!(
+            pod["enableServiceLinks"], false,
+            "{name}: no TOLLGATE_* from Services"
+        );
         let c = &pod["containers"][0];
         let sc = &c["securityContext"];
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
@@ -398,6 +402,11 @@ fn pods_are_hardened_and_outlive_their_drain() {
             "{name}"
         );
     }
+    let redis = r.find("StatefulSet", "edge-tollgate-redis");
+    assert_eq!(
+        redis["spec"]["template"]["spec"]["enableServiceLinks"],
+        false
+    );
     // A grace period shorter than the drain is refused at render time, with the reason.
     let err = render(&[], &["ratelimit.terminationGracePeriodSeconds=20"], &[])
         .err()
@@ -557,7 +566,19 @@ fn rendered_envoy_configs_pass_envoy_validate() {
         snippet("route_rate_limits.yaml");
     let router = hcm["http_filters"][0].clone();
     let mut filters = snippet("http_filters.yaml").as_sequence().unwrap().clone();
-    assert_eq!(filters.len(), 2);
+    let names: Vec<&str> = filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.header_mutation",
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.ratelimit"
+        ],
+        "identity headers are stripped before ext_authz"
+    );
     filters.push(router);
     hcm["http_filters"] = Yaml::Sequence(filters);
     let clusters = mine["static_resources"]["clusters"]
@@ -868,7 +889,7 @@ fn schema_rejects_bad_values_with_a_clear_message() {
 
 /// Points the rendered Envoy config at loopback: its listeners and admin on free ports, the
 /// Tollgate clusters at the local services, every upstream at `upstream`.
-fn loopback_envoy(config: &str, ports: &EnvoyPorts) -> String {
+pub(crate) fn loopback_envoy(config: &str, ports: &EnvoyPorts) -> String {
     let mut v: Yaml = serde_yaml::from_str(config).unwrap();
     let set = |sa: &mut Yaml, port: u16| {
         sa["address"] = Yaml::from("127.0.0.1");
@@ -904,13 +925,13 @@ fn loopback_envoy(config: &str, ports: &EnvoyPorts) -> String {
     serde_yaml::to_string(&v).unwrap()
 }
 
-struct EnvoyPorts {
-    listener: u16,
-    ops: u16,
-    admin: u16,
-    authz: u16,
-    ratelimit: u16,
-    upstream: u16,
+pub(crate) struct EnvoyPorts {
+    pub(crate) listener: u16,
+    pub(crate) ops: u16,
+    pub(crate) admin: u16,
+    pub(crate) authz: u16,
+    pub(crate) ratelimit: u16,
+    pub(crate) upstream: u16,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

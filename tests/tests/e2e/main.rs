@@ -18,3 +18,4 @@ mod observability_logs;
 mod observability_prometheus;
 mod observability_tracing;
 mod ratelimit;
+mod trust;
