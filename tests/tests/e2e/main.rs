@@ -4,6 +4,7 @@
 //! One test binary (modules below) so the workspace links it once.
 
 mod authz;
+mod authz_key_store;
 mod authz_plans;
 mod authz_reload;
 mod authz_replicas;
