@@ -92,6 +92,16 @@ impl Envoy {
 
     /// Starts Envoy on a complete config whose listener and admin ports are already chosen.
     pub async fn start_raw(config: &str, port: u16, admin_port: u16) -> anyhow::Result<Envoy> {
+        Self::start_raw_with(config, port, admin_port, &[]).await
+    }
+
+    /// [`Envoy::start_raw`] with extra command-line arguments (e.g. a Deployment's drain flags).
+    pub async fn start_raw_with(
+        config: &str,
+        port: u16,
+        admin_port: u16,
+        extra_args: &[String],
+    ) -> anyhow::Result<Envoy> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("envoy.yaml");
         std::fs::write(&path, config)?;
@@ -106,6 +116,7 @@ impl Envoy {
                 "--log-level",
                 "warn",
             ])
+            .args(extra_args)
             .arg("--log-path")
             .arg(dir.path().join("envoy.log"))
             .current_dir(dir.path());

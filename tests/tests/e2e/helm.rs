@@ -69,9 +69,9 @@ fn value_args(files: &[&str], sets: &[&str]) -> Vec<String> {
 
 /// One container of a rendered workload, as `chart.py render` describes it.
 #[derive(Debug, Deserialize)]
-struct Workload {
+pub(crate) struct Workload {
     command: Vec<String>,
-    env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     mounts: Vec<Mount>,
     unresolved: Vec<String>,
 }
@@ -85,7 +85,7 @@ struct Mount {
 impl Workload {
     /// Replaces every mount path in `text` by the local directory holding that volume, in one
     /// pass (local directories may themselves lie under a mounted path such as `/tmp`).
-    fn localise(&self, text: &str) -> String {
+    pub(crate) fn localise(&self, text: &str) -> String {
         let mut mounts: Vec<&Mount> = self.mounts.iter().collect();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.path.len()));
         let mut out = String::with_capacity(text.len());
@@ -118,7 +118,13 @@ impl Workload {
             .position(|a| a == "--config")
             .expect("the container runs with --config");
         let path = PathBuf::from(self.localise(&self.command[at + 1]));
-        let mut text = self.localise(&std::fs::read_to_string(&path).unwrap());
+        // The rendered text is kept aside, so that spawning the workload again (a second pod)
+        // localises it once more from the original.
+        let rendered = path.with_extension("rendered");
+        if !rendered.exists() {
+            std::fs::copy(&path, &rendered).unwrap();
+        }
+        let mut text = self.localise(&std::fs::read_to_string(&rendered).unwrap());
         for (from, to) in hosts {
             text = text.replace(from, to);
         }
@@ -128,7 +134,12 @@ impl Workload {
 
     /// Starts the container's command with the workspace binary, its localised arguments and
     /// environment (with `hosts` rewritten) plus `extra` arguments.
-    fn spawn(&self, dir: &Path, hosts: &[(&str, String)], extra: &[String]) -> ChildProcess {
+    pub(crate) fn spawn(
+        &self,
+        dir: &Path,
+        hosts: &[(&str, String)],
+        extra: &[String],
+    ) -> ChildProcess {
         assert!(self.unresolved.is_empty(), "{:?}", self.unresolved);
         let bin = &self.command[0];
         let config = self.config_file(hosts);
@@ -149,18 +160,18 @@ impl Workload {
 }
 
 /// A rendered release in a temp dir.
-struct Rendered {
+pub(crate) struct Rendered {
     dir: TempDir,
     summary: Json,
 }
 
 impl Rendered {
     /// A rendered ConfigMap's file.
-    fn file(&self, configmap: &str, key: &str) -> PathBuf {
+    pub(crate) fn file(&self, configmap: &str, key: &str) -> PathBuf {
         self.dir.path().join("files").join(configmap).join(key)
     }
 
-    fn workload(&self, name: &str) -> Workload {
+    pub(crate) fn workload(&self, name: &str) -> Workload {
         let w = self.summary["workloads"]
             .get(name)
             .unwrap_or_else(|| panic!("no workload {name}"));
@@ -174,7 +185,7 @@ impl Rendered {
             .collect()
     }
 
-    fn find(&self, kind: &str, name: &str) -> Yaml {
+    pub(crate) fn find(&self, kind: &str, name: &str) -> Yaml {
         self.manifests()
             .into_iter()
             .find(|m| m["kind"] == kind && m["metadata"]["name"] == name)
@@ -182,7 +193,7 @@ impl Rendered {
     }
 
     /// `Kind/name` of every manifest.
-    fn resources(&self) -> Vec<String> {
+    pub(crate) fn resources(&self) -> Vec<String> {
         self.summary["resources"]
             .as_array()
             .unwrap()
@@ -200,7 +211,7 @@ impl Rendered {
 
 /// Renders release `edge` in namespace `tollgate`; `secrets` (`name/key=value`) stand for
 /// Secrets the values expect to exist already. Err carries chart.py's explanation.
-fn render(files: &[&str], sets: &[&str], secrets: &[&str]) -> Result<Rendered, String> {
+pub(crate) fn render(files: &[&str], sets: &[&str], secrets: &[&str]) -> Result<Rendered, String> {
     let dir = tempfile::tempdir().unwrap();
     let mut args = value_args(files, sets);
     args.extend(["--out".into(), dir.path().display().to_string()]);
@@ -490,7 +501,7 @@ fn config_changes_roll_the_pods_but_limit_and_policy_changes_are_hot_reloaded() 
     let base = render_production(&[]);
     let limits = render_with_reports_limit(10);
     let policy = render_production(&["authz.policy.no_match=authenticated"]);
-    let routes = render_production(&["envoy.extAuthz.timeout=0.5s"]);
+    let routes = render_production(&["envoy.extAuthz.timeout=0.75s"]);
     let (authz, ratelimit, envoy) = (
         "edge-tollgate-authz",
         "edge-tollgate-ratelimit",
@@ -617,7 +628,7 @@ static_resources:
 "#;
 
 /// Runs `<bin> check-config` on a rendered config, with its mounted paths made local.
-fn check_config(r: &Rendered, workload: &str) -> std::process::Output {
+pub(crate) fn check_config(r: &Rendered, workload: &str) -> std::process::Output {
     let w = r.workload(workload);
     let config = w.config_file(&[]);
     Command::new(workspace_bin(&w.command[0]))
@@ -868,7 +879,7 @@ fn schema_rejects_bad_values_with_a_clear_message() {
 
 /// Points the rendered Envoy config at loopback: its listeners and admin on free ports, the
 /// Tollgate clusters at the local services, every upstream at `upstream`.
-fn loopback_envoy(config: &str, ports: &EnvoyPorts) -> String {
+pub(crate) fn loopback_envoy(config: &str, ports: &EnvoyPorts) -> String {
     let mut v: Yaml = serde_yaml::from_str(config).unwrap();
     let set = |sa: &mut Yaml, port: u16| {
         sa["address"] = Yaml::from("127.0.0.1");
@@ -904,13 +915,13 @@ fn loopback_envoy(config: &str, ports: &EnvoyPorts) -> String {
     serde_yaml::to_string(&v).unwrap()
 }
 
-struct EnvoyPorts {
-    listener: u16,
-    ops: u16,
-    admin: u16,
-    authz: u16,
-    ratelimit: u16,
-    upstream: u16,
+pub(crate) struct EnvoyPorts {
+    pub(crate) listener: u16,
+    pub(crate) ops: u16,
+    pub(crate) admin: u16,
+    pub(crate) authz: u16,
+    pub(crate) ratelimit: u16,
+    pub(crate) upstream: u16,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1128,7 +1139,7 @@ fn swap_configmap_volume(w: &Workload, mount_path: &str, new_files: &Path) {
     std::fs::remove_dir_all(volume.join("..initial")).unwrap();
 }
 
-fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {
+pub(crate) fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {
     vec![
         "--grpc-addr".into(),
         grpc.to_string(),

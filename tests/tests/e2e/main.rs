@@ -11,6 +11,7 @@ mod authz_replicas;
 mod binaries;
 mod foundation;
 mod helm;
+mod helm_lifecycle;
 mod observability;
 mod observability_logs;
 mod observability_prometheus;
