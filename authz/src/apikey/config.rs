@@ -456,6 +456,38 @@ mod tests {
     }
 
     #[test]
+    fn the_examples_in_the_docs_load() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Doc {
+            api_keys: ApiKeysConfig,
+        }
+        let doc = include_str!("../../../docs/api-keys.md");
+        let blocks: Vec<&str> = doc
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.starts_with("api_keys:"))
+            .collect();
+        assert!(blocks.len() >= 4, "{} examples", blocks.len());
+        for b in blocks {
+            let d: Doc = serde_yaml::from_str(b).unwrap_or_else(|e| panic!("{e}:\n{b}"));
+            let mut errors = Errors::for_file(None, None);
+            d.api_keys.validate("api_keys", &mut errors);
+            // Files the examples name need not exist here.
+            let left: Vec<_> = errors
+                .finish(())
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| !e.field.ends_with("ca_file"))
+                .collect();
+            assert!(left.is_empty(), "{left:?}\n{b}");
+        }
+    }
+
+    #[test]
     fn serve_stale_is_bounded_and_zero_means_fail_closed() {
         assert_eq!(errors_of("serve_stale: 0s"), "");
         let e = errors_of("serve_stale: 25h");

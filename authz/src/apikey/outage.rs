@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use tollgate_common::log_throttle::LogThrottle;
 
 use super::KeyStoreError;
+use crate::metrics::{API_KEY_STALE_DECISIONS as STALE_DECISIONS, KEY_STORE_UP as STORE_UP};
 
 /// Consecutive failed reads after which the store counts as down.
 pub(crate) const TRIP_AFTER: u32 = 3;
@@ -25,9 +26,6 @@ pub(crate) const TRIP_AFTER: u32 = 3;
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// Repeated store errors are logged at most this often.
 pub(crate) const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
-
-pub(crate) const STORE_UP: &str = "tollgate_authz_key_store_up";
-pub(crate) const STALE_DECISIONS: &str = "tollgate_authz_api_key_stale_decisions_total";
 
 /// What a Check should do about the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +229,74 @@ mod tests {
         o.read_ok();
         assert!(!o.is_down());
         assert_eq!(o.ask(probe), Ask::Store);
+    }
+
+    /// Every event logged while `f` runs: (level, message).
+    fn logged(f: impl FnOnce()) -> Vec<(tracing::Level, String)> {
+        use std::sync::Arc;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        struct Collect(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+        struct Message<'a>(&'a mut String);
+        impl tracing::field::Visit for Message<'_> {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    *self.0 = format!("{v:?}");
+                }
+            }
+        }
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Collect {
+            fn on_event(
+                &self,
+                e: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let mut m = String::new();
+                e.record(&mut Message(&mut m));
+                self.0.lock().push((*e.metadata().level(), m));
+            }
+        }
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Collect(lines.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // Other tests may have met these callsites with no subscriber and cached that.
+            tracing::callsite::rebuild_interest_cache();
+            f()
+        });
+        let out = lines.lock().clone();
+        out
+    }
+
+    #[test]
+    fn an_outage_logs_its_start_and_its_end_not_every_failure() {
+        let t = Instant::now();
+        let o = Outage::new(Duration::from_secs(300), t);
+        let lines = logged(|| {
+            for _ in 0..5000 {
+                o.read_failed(&err(), t);
+                o.served_stale();
+                o.refused();
+            }
+            o.read_ok();
+            o.read_ok();
+        });
+        let warn: Vec<_> = lines
+            .iter()
+            .filter(|(l, _)| *l == tracing::Level::WARN)
+            .collect();
+        let info: Vec<_> = lines
+            .iter()
+            .filter(|(l, _)| *l == tracing::Level::INFO)
+            .collect();
+        // The first error, then the outage's start; nothing more within the log interval.
+        assert!(warn.len() <= 2, "{warn:?}");
+        assert!(
+            warn.iter().any(|(_, m)| m.contains("unreachable")),
+            "{warn:?}"
+        );
+        assert_eq!(info.len(), 1, "{lines:?}");
+        assert!(info[0].1.contains("reachable again"));
+        assert_eq!(lines.len(), warn.len() + info.len());
     }
 
     #[test]

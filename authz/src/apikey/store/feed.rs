@@ -24,13 +24,12 @@ use super::redis_conn::Redis;
 use crate::apikey::KeyStoreError;
 use crate::apikey::cache::Caches;
 use crate::apikey::outage::Outage;
+use crate::metrics::KEY_FEED_UP as FEED_UP;
 
 pub(crate) const PING_EVERY: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Small, so that a Redis that is back is heard of well within a second.
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
-
-pub(crate) const FEED_UP: &str = "tollgate_authz_key_feed_up";
 
 /// What the feed task needs.
 pub(crate) struct Feed {
