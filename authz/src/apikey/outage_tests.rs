@@ -186,3 +186,40 @@ async fn a_revocation_made_while_a_replica_was_cut_off_applies_as_soon_as_its_fe
         back.elapsed()
     );
 }
+
+/// Cost of a Check while the store is down (a measurement, not an assertion): a known key
+/// served from memory, and a key refused at once instead of after the store's timeout.
+/// `cargo test --release -p tollgate-authz --lib outage_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run in release"]
+async fn outage_cost() {
+    let redis = RedisServer::start();
+    let keys = ApiKeys::open(&redis_config(&redis)).await.unwrap();
+    let (_, known) = keys.create(new_key("known")).await.unwrap();
+    let (_, unseen) = keys.create(new_key("unseen")).await.unwrap();
+    cache(&keys, &known).await;
+    redis.freeze();
+    let down = within(Duration::from_secs(10), || async {
+        keys.verify(known.expose()).await.is_ok()
+            && keys.stale_decisions() > 0
+            && keys.inner.outage.is_down()
+    })
+    .await;
+    assert!(down.is_some());
+    let n = 200_000u32;
+    let start = Instant::now();
+    for _ in 0..n {
+        keys.verify(known.expose()).await.unwrap();
+    }
+    let stale = start.elapsed() / n;
+    let start = Instant::now();
+    for _ in 0..n {
+        assert!(is_store_error(&keys.verify(unseen.expose()).await));
+    }
+    let fail_fast = start.elapsed() / n;
+    println!(
+        "store down: known key accepted from memory in {stale:?} per call; unknown key refused \
+         in {fail_fast:?} per call on average (its probes, one per 200 ms, included)"
+    );
+    redis.thaw();
+}
