@@ -263,8 +263,7 @@ mod tests {
             tracing::callsite::rebuild_interest_cache();
             f()
         });
-        let out = lines.lock().clone();
-        out
+        lines.lock().clone()
     }
 
     #[test]

@@ -353,7 +353,8 @@ async fn slow(State(s): State<Slow>, Query(q): Query<Hold>) -> &'static str {
 /// The chart's Envoy (its rendered config, arguments and drain hook) on loopback, with every
 /// upstream at `upstream`.
 struct Gateway {
-    envoy: Envoy,
+    /// Kept for its lifetime: Envoy stops when the gateway is dropped.
+    _envoy: Envoy,
     ports: EnvoyPorts,
     hook: Vec<String>,
 }
@@ -391,7 +392,11 @@ async fn gateway(r: &Rendered, upstream: u16) -> Gateway {
     .await
     .unwrap();
     let hook = strings(&c["lifecycle"]["preStop"]["exec"]["command"]);
-    Gateway { envoy, ports, hook }
+    Gateway {
+        _envoy: envoy,
+        ports,
+        hook,
+    }
 }
 
 impl Gateway {
