@@ -428,8 +428,8 @@ fn sanitize_id(v: &str) -> &str {
 fn api_key_rejection(e: &ApiKeyError) -> Rejection {
     match e {
         ApiKeyError::Store(_) => {
+            // Logged by the key store itself, at most once per interval.
             metrics::key_store_error();
-            tracing::warn!(error = %e, "API key store error; denying");
             Rejection::Unavailable("key_store_error")
         }
         other => Rejection::Invalid(other.reason()),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_histogram, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
 
 pub const CHECKS: &str = "tollgate_authz_checks_total";
 pub const CHECK_DURATION: &str = "tollgate_authz_check_duration_seconds";
@@ -12,6 +12,9 @@ pub const JWKS_REFETCH_SUPPRESSED: &str = "tollgate_authz_jwks_refetch_suppresse
 pub const CACHE_LOOKUPS: &str = "tollgate_authz_cache_lookups_total";
 pub const INTROSPECTIONS: &str = "tollgate_authz_introspection_requests_total";
 pub const KEY_STORE_ERRORS: &str = "tollgate_authz_key_store_errors_total";
+pub const KEY_STORE_UP: &str = "tollgate_authz_key_store_up";
+pub const KEY_FEED_UP: &str = "tollgate_authz_key_feed_up";
+pub const API_KEY_STALE_DECISIONS: &str = "tollgate_authz_api_key_stale_decisions_total";
 
 /// Registers descriptions (once at startup; harmless to repeat).
 pub fn describe() {
@@ -37,6 +40,18 @@ pub fn describe() {
     describe_counter!(
         KEY_STORE_ERRORS,
         "API key store errors seen while answering Check"
+    );
+    describe_gauge!(
+        KEY_STORE_UP,
+        "0 while the API key store counts as down for Checks (known keys served from memory), else 1"
+    );
+    describe_gauge!(
+        KEY_FEED_UP,
+        "1 while the Redis key invalidation feed is subscribed"
+    );
+    describe_counter!(
+        API_KEY_STALE_DECISIONS,
+        "Checks accepted from a key's last known record while the key store could not answer"
     );
     // Health series exist (at 0) from the start, so dashboards and alerts see a rate of zero
     // rather than no data.

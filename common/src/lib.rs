@@ -13,14 +13,16 @@
 //! - [`trace`]: OpenTelemetry spans over OTLP, joined to Envoy's trace (W3C, B3).
 //! - [`debug`]: the protected operator endpoints: runtime log level, CPU profiles.
 //! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
+//! - [`log_throttle`]: one log line per interval, with a count, for errors that repeat.
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
-//! - `testing` (feature `testing`): real Redis server and cluster processes for tests.
+//! - `testing` (feature `testing`): real Redis server, Cluster and Sentinel processes for tests.
 
 pub mod cli;
 pub mod config;
 pub mod conns;
 pub mod credential;
 pub mod debug;
+pub mod log_throttle;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -1,5 +1,6 @@
-//! Real Redis for tests: a standalone `redis-server` or a 3-node Redis Cluster on free
-//! loopback ports, each in its own temp dir, killed on drop.
+//! Real Redis for tests: a standalone `redis-server`, a 3-node Redis Cluster, or a Sentinel
+//! deployment (master, replica, three sentinels; [`RedisSentinel`]) on free loopback ports,
+//! each in its own temp dir, killed on drop.
 //!
 //! For every crate's tests, through this crate's `testing` feature. The binaries are Debian's
 //! `redis-server` / `redis-cli`, or `$TOLLGATE_REDIS_SERVER` (with `redis-cli` beside it).
@@ -8,6 +9,10 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod sentinel;
+
+pub use sentinel::RedisSentinel;
 
 /// How long a server or cluster may take to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -279,6 +284,26 @@ impl RedisServer {
             .unwrap_or(0)
     }
 
+    /// Stops the process with SIGSTOP: connections stay open and nothing answers, as with a
+    /// hung Redis. [`RedisServer::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {}", self.child.id());
+    }
+
     /// Kills the server now (to test outages).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -288,6 +313,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // SIGKILL ends a frozen server too.
         self.kill();
         if std::thread::panicking() {
             eprintln!(

@@ -102,7 +102,7 @@ impl Envoy {
 
     /// Starts Envoy on a complete config whose listener and admin ports are already chosen.
     pub async fn start_raw(config: &str, port: u16, admin_port: u16) -> anyhow::Result<Envoy> {
-        Self::start_raw_with_env(config, port, admin_port, &[]).await
+        Self::start_raw_full(config, port, admin_port, &[], &[]).await
     }
 
     /// As [`Envoy::start_raw`], with extra environment variables for Envoy (and its validation
@@ -112,6 +112,27 @@ impl Envoy {
         port: u16,
         admin_port: u16,
         env: &[(&str, &OsStr)],
+    ) -> anyhow::Result<Envoy> {
+        Self::start_raw_full(config, port, admin_port, env, &[]).await
+    }
+
+    /// [`Envoy::start_raw`] with extra command-line arguments (e.g. a Deployment's drain flags).
+    pub async fn start_raw_with(
+        config: &str,
+        port: u16,
+        admin_port: u16,
+        extra_args: &[String],
+    ) -> anyhow::Result<Envoy> {
+        Self::start_raw_full(config, port, admin_port, &[], extra_args).await
+    }
+
+    /// [`Envoy::start_raw`] with extra environment variables and command-line arguments.
+    pub async fn start_raw_full(
+        config: &str,
+        port: u16,
+        admin_port: u16,
+        env: &[(&str, &OsStr)],
+        extra_args: &[String],
     ) -> anyhow::Result<Envoy> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("envoy.yaml");
@@ -132,6 +153,7 @@ impl Envoy {
                 "--file-flush-interval-msec",
                 "100",
             ])
+            .args(extra_args)
             .arg("--log-path")
             .arg(dir.path().join("envoy.log"))
             .current_dir(dir.path());

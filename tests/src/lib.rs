@@ -9,7 +9,8 @@
 //!   with `envoy --mode validate` before it starts.
 //! - [`echo`]: the upstream that answers with what it received.
 //! - [`module`]: the Envoy dynamic module as Envoy loads it (search path = the cargo target).
-//! - [`redis`]: a standalone Redis or a 3-node Redis Cluster (the rate-limit store's helpers).
+//! - [`redis`]: a standalone Redis, a 3-node Redis Cluster or a Sentinel deployment (from
+//!   `tollgate-common`'s `testing` feature).
 //! - [`pki`]: a generated CA with server and client certificates for TLS tests.
 //! - [`stack`]: Envoy + both services (in-process, on the shipped example configs) + upstream.
 //! - [`oidc`]: the npm `oidc-provider` server (JWKS, client-credentials tokens, introspection).

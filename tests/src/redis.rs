@@ -1,5 +1,6 @@
 //! Real Redis (Debian `redis-server`) for end-to-end tests: the same process helpers the
-//! rate-limit store's conformance suite uses (a standalone server, with a password or TLS, or a
-//! 3-node Cluster), each on free loopback ports with its own temp dir, killed on drop.
+//! rate-limit store's conformance suite uses (a standalone server, with a password or TLS, a
+//! 3-node Cluster, or Sentinel with a master, a replica and three sentinels), each on free
+//! loopback ports with its own temp dir, killed on drop.
 
-pub use tollgate_common::testing::{RedisCluster, RedisServer};
+pub use tollgate_common::testing::{RedisCluster, RedisSentinel, RedisServer};

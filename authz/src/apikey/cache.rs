@@ -1,9 +1,17 @@
-//! The in-memory cache of looked-up keys, so that the common Check costs no store round trip.
+//! The in-memory cache of looked-up keys, so that the common Check costs no store round trip,
+//! and the last known state of each key for serving known keys while the store is down.
 //!
 //! Bounded (FIFO eviction) and aged, but correctness does not rest on the age: every change to a
 //! key invalidates it here, locally and (for Redis) on every replica through pub/sub. A global
 //! epoch, bumped under the same lock as every invalidation, stops a lookup that raced with a
 //! change from caching what it read before the change.
+//!
+//! # While the invalidation feed is down
+//! Nothing is served as a cache hit: every Check asks the store. What the replica knew stays,
+//! though, as the fallback for a store that cannot answer ([`Caches::last_known`]): a known
+//! key's record counts as current up to the moment the feed went down (every change until then
+//! would have invalidated it), or up to its own read if that came later. On resubscribing the
+//! whole cache is dropped, since changes made meanwhile were not heard.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -51,13 +59,19 @@ impl Bounded {
         }
     }
 
-    fn get(&self, id: &str) -> Option<Lookup> {
+    fn get(&self, id: &str, now: Instant) -> Option<Lookup> {
         let map = self.map.lock();
         let e = map.entries.get(id)?;
-        (e.at.elapsed() < self.ttl).then(|| e.value.clone())
+        (now.saturating_duration_since(e.at) < self.ttl).then(|| e.value.clone())
     }
 
-    fn insert(&self, id: &str, value: Lookup, epoch: u64) {
+    /// The entry whatever its age, with when it was read.
+    fn get_any(&self, id: &str) -> Option<(Lookup, Instant)> {
+        let map = self.map.lock();
+        map.entries.get(id).map(|e| (e.value.clone(), e.at))
+    }
+
+    fn insert(&self, id: &str, value: Lookup, epoch: u64, at: Instant) {
         let mut map = self.map.lock();
         if map.epoch != epoch {
             return;
@@ -72,14 +86,7 @@ impl Bounded {
                 map.entries.remove(&old);
             }
         }
-        map.entries.insert(
-            id.to_string(),
-            Entry {
-                value,
-                at: Instant::now(),
-                seq,
-            },
-        );
+        map.entries.insert(id.to_string(), Entry { value, at, seq });
         map.order.push_back((id.to_string(), seq));
         // Re-inserted and invalidated ids leave stale order entries; compact now and then.
         if map.order.len() > 2 * self.capacity {
@@ -116,9 +123,11 @@ impl Bounded {
 pub(crate) struct Caches {
     known: Bounded,
     unknown: Bounded,
-    /// False while the invalidation feed is down: then nothing is served from or put into the
-    /// cache, so a revocation made meanwhile cannot be missed.
+    /// Whether the invalidation feed is up: read on every Check, so an atomic.
     live: AtomicBool,
+    /// When the feed went down (or the cache was made without one yet); meaningful while not
+    /// `live`. Its lock also orders the feed's transitions.
+    down_since: Mutex<Instant>,
 }
 
 /// Epochs of both maps, taken before a store read.
@@ -136,6 +145,7 @@ impl Caches {
             known: Bounded::new(capacity, ttl),
             unknown: Bounded::new((capacity / 4).max(1), negative_ttl.min(ttl)),
             live: AtomicBool::new(live),
+            down_since: Mutex::new(Instant::now()),
         })
     }
 
@@ -143,36 +153,63 @@ impl Caches {
         self.live.load(Ordering::Acquire)
     }
 
-    /// Marks the invalidation feed up or down; either way everything cached so far is dropped,
-    /// since changes may have been missed while it was down.
-    pub(crate) fn set_live(&self, live: bool) {
-        if !live {
-            self.live.store(false, Ordering::Release);
-        }
+    /// The feed is (again) subscribed: everything cached before may predate a change that was
+    /// never heard of, so it is all dropped, and hits are served again from here on.
+    pub(crate) fn feed_up(&self) {
+        let _transition = self.down_since.lock();
         self.clear();
-        if live {
-            self.live.store(true, Ordering::Release);
-        }
+        self.live.store(true, Ordering::Release);
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<Lookup> {
+    /// The feed is lost: no more cache hits. Known keys stay as the outage fallback, current as
+    /// of `now`; unknown ids are forgotten (they are never served stale).
+    pub(crate) fn feed_down(&self, now: Instant) {
+        let mut since = self.down_since.lock();
+        if self.live.swap(false, Ordering::AcqRel) {
+            *since = now;
+        }
+        self.unknown.clear();
+    }
+
+    pub(crate) fn get(&self, id: &str, now: Instant) -> Option<Lookup> {
         if !self.is_live() {
             return None;
         }
-        self.known.get(id).or_else(|| self.unknown.get(id))
+        self.known
+            .get(id, now)
+            .or_else(|| self.unknown.get(id, now))
+    }
+
+    /// The last record read for a known key, if it was current at most `window` before `now`:
+    /// what a Check may fall back on when the store cannot answer.
+    pub(crate) fn last_known(
+        &self,
+        id: &str,
+        now: Instant,
+        window: Duration,
+    ) -> Option<Arc<KeyRecord>> {
+        let (value, read_at) = self.known.get_any(id)?;
+        let current_at = if self.is_live() {
+            // Nothing changed it since it was read, or the feed would have removed it.
+            now
+        } else {
+            read_at.max(*self.down_since.lock())
+        };
+        let record = value?;
+        (now.saturating_duration_since(current_at) <= window).then_some(record)
     }
 
     pub(crate) fn epoch(&self) -> Epoch {
         Epoch(self.known.epoch(), self.unknown.epoch())
     }
 
-    pub(crate) fn insert(&self, id: &str, value: Lookup, epoch: Epoch) {
-        if !self.is_live() {
-            return;
-        }
+    /// Records what a store read started at `at` returned. Known keys are kept even while the
+    /// feed is down (as the outage fallback, not as hits); unknown ids only while it is up.
+    pub(crate) fn insert(&self, id: &str, value: Lookup, epoch: Epoch, at: Instant) {
         match value {
-            Some(_) => self.known.insert(id, value, epoch.0),
-            None => self.unknown.insert(id, value, epoch.1),
+            Some(_) => self.known.insert(id, value, epoch.0, at),
+            None if self.is_live() => self.unknown.insert(id, value, epoch.1, at),
+            None => {}
         }
     }
 
@@ -215,15 +252,19 @@ mod tests {
         }))
     }
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     #[test]
     fn bounded_and_evicts_oldest_first() {
         let c = Caches::new(3, Duration::from_secs(60), Duration::from_secs(5), true);
         for id in ["a", "b", "c", "d"] {
-            c.insert(id, rec(id), c.epoch());
+            c.insert(id, rec(id), c.epoch(), now());
         }
         assert_eq!(c.len(), 3);
-        assert!(c.get("a").is_none());
-        assert!(c.get("d").is_some());
+        assert!(c.get("a", now()).is_none());
+        assert!(c.get("d", now()).is_some());
     }
 
     #[test]
@@ -231,31 +272,77 @@ mod tests {
         let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
         let before = c.epoch();
         c.invalidate("a");
-        c.insert("a", rec("a"), before);
-        assert!(c.get("a").is_none());
-        c.insert("a", rec("a"), c.epoch());
-        assert!(c.get("a").is_some());
+        c.insert("a", rec("a"), before, now());
+        assert!(c.get("a", now()).is_none());
+        c.insert("a", rec("a"), c.epoch(), now());
+        assert!(c.get("a", now()).is_some());
     }
 
     #[test]
-    fn not_live_means_not_cached() {
+    fn no_hits_while_the_feed_is_down_and_nothing_survives_its_return() {
         let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
-        c.insert("a", rec("a"), c.epoch());
-        c.set_live(false);
-        assert!(c.get("a").is_none());
-        c.insert("a", rec("a"), c.epoch());
-        c.set_live(true);
-        assert!(c.get("a").is_none());
+        c.insert("a", rec("a"), c.epoch(), now());
+        c.feed_down(now());
+        assert!(c.get("a", now()).is_none());
+        c.insert("b", rec("b"), c.epoch(), now());
+        assert!(c.get("b", now()).is_none());
+        c.feed_up();
+        assert!(c.get("a", now()).is_none());
+        assert!(c.get("b", now()).is_none());
+        let t = now();
+        assert!(c.last_known("a", t, Duration::from_secs(3600)).is_none());
+    }
+
+    #[test]
+    fn a_known_key_is_current_until_the_feed_went_down_or_its_last_read() {
+        let window = Duration::from_secs(300);
+        let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
+        let t0 = now();
+        c.insert("a", rec("a"), c.epoch(), t0);
+        // Feed up: current now, whatever its age (past the hit TTL too).
+        let later = t0 + Duration::from_secs(1000);
+        assert!(c.last_known("a", later, window).is_some());
+        // Feed down at t1: current as of t1, for the window after it.
+        let t1 = t0 + Duration::from_secs(10);
+        c.feed_down(t1);
+        assert!(c.last_known("a", t1 + window, window).is_some());
+        assert!(
+            c.last_known("a", t1 + window + Duration::from_millis(1), window)
+                .is_none()
+        );
+        // Read again at t2 while the feed is down: current as of t2.
+        let t2 = t1 + Duration::from_secs(100);
+        c.insert("a", rec("a"), c.epoch(), t2);
+        assert!(c.last_known("a", t2 + window, window).is_some());
+        // A second loss does not move the moment the feed went down.
+        c.feed_down(t2);
+        assert!(c.last_known("b", t2, window).is_none());
+        assert!(c.last_known("a", t2, Duration::ZERO).is_some());
+        assert!(
+            c.last_known("a", t2 + Duration::from_millis(1), Duration::ZERO)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn unknown_ids_are_never_a_fallback() {
+        let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
+        c.insert("u", None, c.epoch(), now());
+        assert!(matches!(c.get("u", now()), Some(None)));
+        assert!(c.last_known("u", now(), Duration::from_secs(60)).is_none());
+        c.feed_down(now());
+        c.insert("v", None, c.epoch(), now());
+        assert_eq!(c.len(), 0);
     }
 
     #[test]
     fn unknown_ids_do_not_evict_known_keys() {
         let c = Caches::new(4, Duration::from_secs(60), Duration::from_secs(5), true);
-        c.insert("k", rec("k"), c.epoch());
+        c.insert("k", rec("k"), c.epoch(), now());
         for i in 0..100 {
-            c.insert(&format!("u{i}"), None, c.epoch());
+            c.insert(&format!("u{i}"), None, c.epoch(), now());
         }
-        assert!(c.get("k").is_some());
-        assert!(matches!(c.get("u99"), Some(None)));
+        assert!(c.get("k", now()).is_some());
+        assert!(matches!(c.get("u99", now()), Some(None)));
     }
 }

@@ -7,221 +7,44 @@
 //! - `store`: the embedded redb store and the Redis store with its invalidation feed;
 //! - `cache`: the bounded cache that lets a Check skip the store.
 //!
+//! - `config`: the `api_keys:` section (stores and their topologies, cache, `serve_stale`);
+//! - `outage`: the store's health as Checks see it, and the serve-stale window.
+//!
 //! A Check parses the key (no store touched for malformed input), looks the id up in the cache
 //! (or the store on a miss), compares the SHA-256 of the presented key with the stored hashes in
 //! constant time, then checks revocation and expiry. Last-used times are collected in memory
 //! and written in batches, so a Check never writes to the store.
+//!
+//! When the store cannot answer, a key this replica verified before is still accepted from
+//! the record it last read, for `serve_stale` after it last knew that record current; anything
+//! else is refused as unavailable (503). See [`outage`] for when the store counts as down.
 
 pub mod format;
 pub mod record;
 
 mod cache;
+mod config;
+mod outage;
 mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tollgate_common::config::{Errors, Validate, join};
 use tollgate_common::secret::Secret;
 
 use crate::identity::{Identity, Method};
 use cache::Caches;
+pub use config::{
+    ApiKeysConfig, EmbeddedStoreConfig, KeyCacheConfig, KeyStoreConfig, RedisStoreConfig,
+};
+use outage::{Ask, Outage};
 use record::{KeyRecord, StoredSecret};
 use store::{Replaced, Store};
-
-/// The `api_keys:` config section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeysConfig {
-    /// Request header that carries the key.
-    #[serde(default = "default_header")]
-    pub header: String,
-    /// Query parameter that may carry the key instead (off unless set; query strings end up in
-    /// access logs, so prefer the header).
-    #[serde(default)]
-    pub query_param: Option<String>,
-    #[serde(default)]
-    pub store: KeyStoreConfig,
-    #[serde(default)]
-    pub cache: KeyCacheConfig,
-    /// How often last-used times are written to the store.
-    #[serde(default = "default_flush", with = "humantime_serde")]
-    pub last_used_flush: Duration,
-}
-
-impl Default for ApiKeysConfig {
-    fn default() -> Self {
-        Self {
-            header: default_header(),
-            query_param: None,
-            store: KeyStoreConfig::default(),
-            cache: KeyCacheConfig::default(),
-            last_used_flush: default_flush(),
-        }
-    }
-}
-
-fn default_header() -> String {
-    "x-api-key".into()
-}
-
-fn default_flush() -> Duration {
-    Duration::from_secs(10)
-}
-
-/// Where keys live.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum KeyStoreConfig {
-    /// A redb file on local disk (single node).
-    Embedded(EmbeddedStoreConfig),
-    /// Redis, shared by every replica.
-    Redis(RedisStoreConfig),
-}
-
-impl Default for KeyStoreConfig {
-    fn default() -> Self {
-        KeyStoreConfig::Embedded(EmbeddedStoreConfig::default())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmbeddedStoreConfig {
-    #[serde(default = "default_path")]
-    pub path: PathBuf,
-}
-
-impl Default for EmbeddedStoreConfig {
-    fn default() -> Self {
-        Self {
-            path: default_path(),
-        }
-    }
-}
-
-fn default_path() -> PathBuf {
-    PathBuf::from("tollgate-keys.redb")
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisStoreConfig {
-    /// `redis://[user:password@]host:port[/db]` (a Secret, since it may hold a password).
-    pub url: Secret,
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// Per-command timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-fn default_prefix() -> String {
-    "tollgate:apikeys:".into()
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_millis(500)
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyCacheConfig {
-    /// Most keys held; unknown ids get a quarter of that on top.
-    #[serde(default = "default_capacity")]
-    pub capacity: usize,
-    /// Backstop age of a cached key; changes invalidate entries long before.
-    #[serde(default = "default_ttl", with = "humantime_serde")]
-    pub ttl: Duration,
-    /// How long an unknown id is remembered.
-    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
-    pub negative_ttl: Duration,
-}
-
-impl Default for KeyCacheConfig {
-    fn default() -> Self {
-        Self {
-            capacity: default_capacity(),
-            ttl: default_ttl(),
-            negative_ttl: default_negative_ttl(),
-        }
-    }
-}
-
-fn default_capacity() -> usize {
-    100_000
-}
-
-fn default_ttl() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_negative_ttl() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Validate for ApiKeysConfig {
-    fn validate(&self, at: &str, errors: &mut Errors) {
-        if !is_header_name(&self.header) {
-            errors.push(join(at, "header"), "must be a lower-case HTTP header name");
-        }
-        if let Some(q) = &self.query_param
-            && (q.is_empty()
-                || !q
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)))
-        {
-            errors.push(
-                join(at, "query_param"),
-                "must be a non-empty name of [A-Za-z0-9-_.]",
-            );
-        }
-        if self.last_used_flush.is_zero() {
-            errors.push(join(at, "last_used_flush"), "must be greater than 0");
-        }
-        let store = join(at, "store");
-        match &self.store {
-            KeyStoreConfig::Embedded(e) => {
-                if e.path.as_os_str().is_empty() {
-                    errors.push(join(&store, "path"), "must not be empty");
-                }
-            }
-            KeyStoreConfig::Redis(r) => {
-                let url = r.url.expose();
-                if !["redis://", "rediss://", "unix://", "redis+unix://"]
-                    .iter()
-                    .any(|s| url.starts_with(s))
-                {
-                    errors.push(
-                        join(&store, "url"),
-                        "must start with redis://, rediss:// or unix://",
-                    );
-                }
-                if r.timeout.is_zero() {
-                    errors.push(join(&store, "timeout"), "must be greater than 0");
-                }
-            }
-        }
-        let cache = join(at, "cache");
-        if self.cache.capacity == 0 {
-            errors.push(join(&cache, "capacity"), "must be at least 1");
-        }
-        if self.cache.ttl.is_zero() {
-            errors.push(join(&cache, "ttl"), "must be greater than 0");
-        }
-    }
-}
-
-fn is_header_name(h: &str) -> bool {
-    !h.is_empty()
-        && h.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-_".contains(&c))
-}
 
 /// The time source; injected so that expiry and grace periods can be tested.
 pub trait Clock: Send + Sync + 'static {
@@ -269,6 +92,11 @@ pub enum KeyStoreError {
     Redis(#[from] redis::RedisError),
     #[error("key store timed out")]
     Timeout,
+    /// Not reachable now (reconnecting, or counted down and not probed on this call).
+    #[error("key store unavailable: {0}")]
+    Unavailable(String),
+    #[error("key store configuration: {0}")]
+    Config(String),
     #[error("stored key {id} is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
     #[error("key store task failed: {0}")]
@@ -420,6 +248,7 @@ impl std::fmt::Debug for ApiKeys {
 struct Inner {
     store: Store,
     caches: Arc<Caches>,
+    outage: Arc<Outage>,
     clock: Arc<dyn Clock>,
     /// Last-used times not yet written.
     pending: Mutex<HashMap<String, SystemTime>>,
@@ -443,6 +272,7 @@ impl ApiKeys {
     ) -> Result<ApiKeys, KeyStoreError> {
         let (stop_tx, stop_rx) = watch::channel(());
         let c = &cfg.cache;
+        let outage = Arc::new(Outage::new(cfg.serve_stale, Instant::now()));
         let (store, caches) = match &cfg.store {
             KeyStoreConfig::Embedded(e) => {
                 let store = store::embedded::EmbeddedStore::open(&e.path).await?;
@@ -453,19 +283,26 @@ impl ApiKeys {
                 )
             }
             KeyStoreConfig::Redis(r) => {
-                let store =
-                    store::redis::RedisStore::open(r.url.expose(), &r.prefix, r.timeout).await?;
+                let store = store::redis::RedisStore::open(r)?;
                 let caches = Caches::new(c.capacity, c.ttl, c.negative_ttl, false);
-                store
-                    .spawn_subscriber(caches.clone(), stop_rx.clone())
+                store.redis().spawn_watcher(stop_rx.clone());
+                let feed = store::feed::Feed {
+                    redis: store.redis().clone(),
+                    channel: store.channel(),
+                    caches: caches.clone(),
+                    outage: outage.clone(),
+                    connect_timeout: r.connect_timeout,
+                };
+                feed.spawn(stop_rx.clone())
                     .await
-                    .map_err(|_| KeyStoreError::Task("subscriber ended".into()))??;
-                (Store::Redis(Box::new(store)), caches)
+                    .map_err(|_| KeyStoreError::Task("invalidation feed ended".into()))??;
+                (Store::Redis(store), caches)
             }
         };
         let inner = Arc::new(Inner {
             store,
             caches,
+            outage,
             clock,
             pending: Mutex::new(HashMap::new()),
             _stop: stop_tx,
@@ -482,10 +319,19 @@ impl ApiKeys {
     /// Verifies a presented key and returns the identity it stands for.
     pub async fn verify(&self, presented: &str) -> Result<Identity, ApiKeyError> {
         let key = format::parse(presented).map_err(|_| ApiKeyError::Malformed)?;
-        let id = key.id();
-        let Some(rec) = self.lookup(id).await? else {
-            return Err(ApiKeyError::Unknown);
-        };
+        match self.lookup(key.id()).await {
+            Ok(Some(rec)) => self.decide(&key, &rec),
+            Ok(None) => Err(ApiKeyError::Unknown),
+            Err(e) => self.decide_from_last_known(&key, e),
+        }
+    }
+
+    /// The decision on a presented key given its record.
+    fn decide(
+        &self,
+        key: &format::ParsedKey<'_>,
+        rec: &KeyRecord,
+    ) -> Result<Identity, ApiKeyError> {
         let Some(secret) = rec.matching_secret(&key.hash()) else {
             return Err(ApiKeyError::Unknown);
         };
@@ -501,7 +347,7 @@ impl ApiKeys {
         if expires_at.is_some_and(|t| t <= now) {
             return Err(ApiKeyError::Expired);
         }
-        self.note_used(id, now);
+        self.note_used(key.id(), now);
         Ok(Identity {
             key_id: Some(rec.id.clone()),
             tenant: rec.tenant.clone(),
@@ -512,23 +358,60 @@ impl ApiKeys {
         })
     }
 
-    async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, ApiKeyError> {
+    /// The store could not answer: a key is still accepted on the record last read for it, if
+    /// that was current within `serve_stale`. Anything else, a refusal from that record
+    /// included (the key may have been rotated meanwhile), is the store's error.
+    fn decide_from_last_known(
+        &self,
+        key: &format::ParsedKey<'_>,
+        error: KeyStoreError,
+    ) -> Result<Identity, ApiKeyError> {
+        let outage = &self.inner.outage;
+        let window = outage.serve_stale();
+        let last = if window.is_zero() {
+            None
+        } else {
+            self.inner
+                .caches
+                .last_known(key.id(), Instant::now(), window)
+        };
+        if let Some(rec) = last
+            && let Ok(identity) = self.decide(key, &rec)
+        {
+            outage.served_stale();
+            return Ok(identity);
+        }
+        outage.refused();
+        Err(ApiKeyError::Store(error))
+    }
+
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, KeyStoreError> {
         let caches = &self.inner.caches;
-        if let Some(hit) = caches.get(id) {
+        let now = Instant::now();
+        if let Some(hit) = caches.get(id, now) {
             crate::metrics::cache("api_key", true);
             return Ok(hit);
         }
         crate::metrics::cache("api_key", false);
+        let outage = &self.inner.outage;
+        if outage.ask(now) == Ask::Skip {
+            return Err(KeyStoreError::Unavailable(
+                "down; asked again shortly".into(),
+            ));
+        }
         let epoch = caches.epoch();
-        let rec = self
-            .inner
-            .store
-            .get(id)
-            .await
-            .map_err(ApiKeyError::Store)?
-            .map(Arc::new);
-        caches.insert(id, rec.clone(), epoch);
-        Ok(rec)
+        match self.inner.store.get_record(id).await {
+            Ok(rec) => {
+                outage.read_ok();
+                let rec = rec.map(Arc::new);
+                caches.insert(id, rec.clone(), epoch, now);
+                Ok(rec)
+            }
+            Err(e) => {
+                outage.read_failed(&e, Instant::now());
+                Err(e)
+            }
+        }
     }
 
     fn note_used(&self, id: &str, now: SystemTime) {
@@ -743,6 +626,12 @@ impl ApiKeys {
     pub(crate) fn cached_entries(&self) -> usize {
         self.inner.caches.len()
     }
+
+    /// Checks accepted from a key's last known state, so far.
+    #[cfg(test)]
+    pub(crate) fn stale_decisions(&self) -> u64 {
+        self.inner.outage.stale_total()
+    }
 }
 
 async fn flush(
@@ -820,4 +709,8 @@ fn check_scopes(scopes: &[String]) -> Result<(), ManageError> {
 }
 
 #[cfg(test)]
+mod outage_tests;
+#[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod topology_tests;

@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant, SystemTime};
 
+use tollgate_common::config::{Errors, Validate};
 use tollgate_common::testing::RedisServer;
 
 use super::*;
@@ -17,7 +18,7 @@ fn embedded_config(dir: &std::path::Path) -> ApiKeysConfig {
     }
 }
 
-fn new_key(name: &str) -> NewKey {
+pub(crate) fn new_key(name: &str) -> NewKey {
     NewKey {
         name: name.into(),
         owner: "team-a".into(),
@@ -129,6 +130,10 @@ async fn one_process_owns_the_embedded_file() {
     let err = ApiKeys::open(&cfg).await.unwrap_err();
     assert!(matches!(err, KeyStoreError::Open { .. }), "{err}");
     assert!(err.to_string().contains("keys.redb"));
+    assert!(
+        err.to_string().contains("another process holds it"),
+        "{err}"
+    );
     drop(first);
     ApiKeys::open(&cfg)
         .await
@@ -330,6 +335,7 @@ fn config_defaults_and_validation() {
         serde_yaml::from_str("store: {type: redis, url: 'redis://127.0.0.1:1', prefix: 'p:'}")
             .unwrap();
     assert!(matches!(cfg.store, KeyStoreConfig::Redis(ref r) if r.prefix == "p:"));
+    assert_eq!(cfg.serve_stale, Duration::from_secs(300));
     assert!(serde_yaml::from_str::<ApiKeysConfig>("store: {type: embedded, pth: x}").is_err());
     assert!(serde_yaml::from_str::<ApiKeysConfig>("headr: x").is_err());
 
@@ -356,11 +362,16 @@ fn config_defaults_and_validation() {
 
 /// The key service's config for a test Redis.
 pub(crate) fn redis_config(server: &RedisServer) -> ApiKeysConfig {
+    with_store(RedisStoreConfig::standalone(server.url()))
+}
+
+/// The key service's config on a Redis store (test prefix, a test-friendly timeout).
+pub(crate) fn with_store(store: RedisStoreConfig) -> ApiKeysConfig {
     ApiKeysConfig {
         store: KeyStoreConfig::Redis(RedisStoreConfig {
-            url: Secret::new(server.url()),
             prefix: "test:keys:".into(),
             timeout: Duration::from_millis(300),
+            ..store
         }),
         ..ApiKeysConfig::default()
     }
@@ -454,10 +465,14 @@ async fn paging_and_last_use_on_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_fails_closed_and_a_restart_is_picked_up() {
+async fn without_serve_stale_redis_down_fails_closed_and_a_restart_is_picked_up() {
     let mut redis = RedisServer::start();
     let port = redis.port();
-    let a = ApiKeys::open(&redis_config(&redis)).await.unwrap();
+    let cfg = ApiKeysConfig {
+        serve_stale: Duration::ZERO,
+        ..redis_config(&redis)
+    };
+    let a = ApiKeys::open(&cfg).await.unwrap();
     let (_, secret) = a.create(new_key("k")).await.unwrap();
     assert!(a.verify(secret.expose()).await.is_ok());
 
@@ -471,6 +486,7 @@ async fn redis_down_fails_closed_and_a_restart_is_picked_up() {
         took.is_some(),
         "a cached key was still accepted with Redis down"
     );
+    assert_eq!(a.stale_decisions(), 0);
     // Malformed input is refused without asking the (dead) store.
     assert!(matches!(
         a.verify("tgk_garbage").await,
@@ -497,14 +513,9 @@ async fn open_fails_when_redis_is_unreachable() {
         .local_addr()
         .unwrap()
         .port();
-    let cfg = ApiKeysConfig {
-        store: KeyStoreConfig::Redis(RedisStoreConfig {
-            url: Secret::new(format!("redis://127.0.0.1:{port}")),
-            prefix: "x:".into(),
-            timeout: Duration::from_millis(200),
-        }),
-        ..ApiKeysConfig::default()
-    };
+    let cfg = with_store(RedisStoreConfig::standalone(format!(
+        "redis://127.0.0.1:{port}"
+    )));
     assert!(ApiKeys::open(&cfg).await.is_err());
 }
 

@@ -54,6 +54,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc" (include "tollgate.component" .) .root.Release.Namespace }}
 {{- end }}
 
+{{/* Whether authz keeps API keys in the embedded file (one pod, on a volume). */}}
+{{- define "tollgate.authz.embeddedKeys" -}}
+{{- if and .Values.authz.apiKeys.enabled (not (include "tollgate.redis.used" .)) }}true{{ end }}
+{{- end }}
+
+{{/* The claim holding the embedded key file, or nothing for an emptyDir. */}}
+{{- define "tollgate.authz.keysClaim" -}}
+{{- $e := .Values.authz.apiKeys.embedded }}
+{{- if $e.existingClaim }}
+{{- $e.existingClaim }}
+{{- else if $e.persistence.enabled }}
+{{- include "tollgate.component" (dict "root" . "component" "authz-keys") }}
+{{- end }}
+{{- end }}
+
 {{/* Whether the services use Redis at all. */}}
 {{- define "tollgate.redis.used" -}}
 {{- if ne .Values.redis.mode "none" }}true{{ end }}
@@ -75,12 +90,53 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The API key store's URL (a standalone Redis even when counters use a Cluster). */}}
-{{- define "tollgate.redis.keyStoreUrl" -}}
-{{- if eq .Values.redis.mode "cluster" }}
-{{- required "redis.mode is cluster: set redis.keyStoreUrl (a standalone Redis for API keys; the key store is not clustered)" .Values.redis.keyStoreUrl }}
+{{/* The API key store's Redis section (without the password): the standalone URL, the
+     Cluster's seed nodes, or with mode `cluster` a standalone `keyStoreUrl` when one is set. */}}
+{{- define "tollgate.redis.keyStore" -}}
+{{- if and (eq .Values.redis.mode "cluster") (not .Values.redis.keyStoreUrl) }}
+{{- if not .Values.redis.clusterNodes }}
+{{- fail "redis.mode is cluster: list the seed nodes in redis.clusterNodes" }}
+{{- end }}
+{{- toJson (dict "type" "redis" "cluster_nodes" .Values.redis.clusterNodes) }}
+{{- else if eq .Values.redis.mode "cluster" }}
+{{- toJson (dict "type" "redis" "url" .Values.redis.keyStoreUrl) }}
 {{- else }}
-{{- include "tollgate.redis.url" . }}
+{{- toJson (dict "type" "redis" "url" (include "tollgate.redis.url" .)) }}
+{{- end }}
+{{- end }}
+
+{{/* A duration value (`100ms`, `0.5s`, `2s`, `5m`) in whole milliseconds; `what` names the
+     value in the error. tollgate.ms (dict "value" v "what" "authz.apiKeys.storeTimeout") */}}
+{{- define "tollgate.ms" -}}
+{{- $d := toString .value }}
+{{- if regexMatch "^[0-9]+(\\.[0-9]+)?ms$" $d }}
+{{- trimSuffix "ms" $d | float64 | int }}
+{{- else if regexMatch "^[0-9]+(\\.[0-9]+)?s$" $d }}
+{{- mulf (trimSuffix "s" $d | float64) 1000 | int }}
+{{- else if regexMatch "^[0-9]+m$" $d }}
+{{- mul (trimSuffix "m" $d | int) 60000 }}
+{{- else }}
+{{- fail (printf "%s: %q is not a duration the chart reads (e.g. 100ms, 0.5s, 2s)" .what $d) }}
+{{- end }}
+{{- end }}
+
+{{/* Fails unless every deadline tollgate-authz keeps on a Check is below Envoy's ext_authz
+     timeout: otherwise a slow key store or introspection endpoint gets clients Envoy's bare
+     503 instead of tollgate's 503 with Retry-After. */}}
+{{- define "tollgate.checkCheckDeadlines" -}}
+{{- $envoy := include "tollgate.ms" (dict "value" .Values.envoy.extAuthz.timeout "what" "envoy.extAuthz.timeout") | int }}
+{{- $deadlines := list }}
+{{- if and .Values.authz.apiKeys.enabled (include "tollgate.redis.used" .) }}
+{{- $deadlines = append $deadlines (list "authz.apiKeys.storeTimeout" .Values.authz.apiKeys.storeTimeout) }}
+{{- end }}
+{{- with .Values.authz.introspection }}
+{{- $deadlines = append $deadlines (list "authz.introspection.timeout" (default "2s" .timeout)) }}
+{{- end }}
+{{- range $deadlines }}
+{{- $ms := include "tollgate.ms" (dict "value" (index . 1) "what" (index . 0)) | int }}
+{{- if ge $ms $envoy }}
+{{- fail (printf "%s (%s) must be below envoy.extAuthz.timeout (%s): tollgate-authz must answer before Envoy gives up" (index . 0) (toString (index . 1)) (toString $.Values.envoy.extAuthz.timeout)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -95,23 +151,6 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "tollgate.redis.passwordKey" -}}
 {{- if .Values.redis.existingSecret }}{{ .Values.redis.existingSecretPasswordKey }}{{ else }}password{{ end }}
-{{- end }}
-
-{{/* `REDIS_PASSWORD` from its Secret: the env entry both services need. Not a TOLLGATE_ name,
-     which the services would read as a config field. */}}
-{{- define "tollgate.redis.passwordEnv" -}}
-{{- if and (include "tollgate.redis.used" .) (include "tollgate.redis.passwordSecret" .) }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "tollgate.redis.passwordSecret" . }}
-      key: {{ include "tollgate.redis.passwordKey" . }}
-{{- end }}
-{{- end }}
-
-{{/* A URL with `:$(REDIS_PASSWORD)@` inserted after the scheme, for Kubernetes to expand. */}}
-{{- define "tollgate.redis.withPassword" -}}
-{{- regexReplaceAll "^(rediss?://)" . "${1}:$(REDIS_PASSWORD)@" }}
 {{- end }}
 
 {{/* The admin credential's Secret name and key. */}}
@@ -209,17 +248,22 @@ section is read at start and rolls the pods when it changes.
   "headers" $a.headers }}
 {{- with $a.jwt }}{{ $_ := set $c "jwt" . }}{{ end }}
 {{- with $a.introspection }}{{ $_ := set $c "introspection" . }}{{ end }}
+{{- include "tollgate.checkCheckDeadlines" . }}
 {{- if $a.apiKeys.enabled }}
 {{- $store := dict "type" "embedded" "path" "/var/lib/tollgate/keys.redb" }}
 {{- if include "tollgate.redis.used" . }}
-{{- $store = dict "type" "redis" "url" (include "tollgate.redis.keyStoreUrl" .) }}
+{{- $store = include "tollgate.redis.keyStore" . | fromJson }}
+{{- $_ := set $store "timeout" $a.apiKeys.storeTimeout }}
+{{- if .Values.redis.tls.caSecret }}
+{{- $_ := set $store "ca_file" "/etc/tollgate/redis-ca/ca.crt" }}
+{{- end }}
 {{- else if and (gt (int $a.replicas) 1) (not $a.autoscaling.enabled) }}
 {{- fail "redis.mode is none: API keys live in a file per pod, so authz.replicas must be 1 (or use Redis)" }}
 {{- end }}
 {{- if and $a.autoscaling.enabled (not (include "tollgate.redis.used" .)) }}
 {{- fail "redis.mode is none: API keys live in a file per pod, so authz.autoscaling cannot be enabled (use Redis)" }}
 {{- end }}
-{{- $_ := set $c "api_keys" (dict "header" $a.apiKeys.header "store" $store) }}
+{{- $_ := set $c "api_keys" (dict "header" $a.apiKeys.header "store" $store "serve_stale" $a.apiKeys.serveStale) }}
 {{- if $a.admin.enabled }}
 {{- $_ := set $c "admin" (dict "addr" (printf "0.0.0.0:%d" (int $a.ports.admin)) "token_file" "/etc/tollgate/admin/token") }}
 {{- end }}

@@ -71,7 +71,7 @@ fn value_args(files: &[&str], sets: &[&str]) -> Vec<String> {
 #[derive(Debug, Deserialize)]
 pub(crate) struct Workload {
     command: Vec<String>,
-    env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     mounts: Vec<Mount>,
     unresolved: Vec<String>,
 }
@@ -118,7 +118,13 @@ impl Workload {
             .position(|a| a == "--config")
             .expect("the container runs with --config");
         let path = PathBuf::from(self.localise(&self.command[at + 1]));
-        let mut text = self.localise(&std::fs::read_to_string(&path).unwrap());
+        // The rendered text is kept aside, so that spawning the workload again (a second pod)
+        // localises it once more from the original.
+        let rendered = path.with_extension("rendered");
+        if !rendered.exists() {
+            std::fs::copy(&path, &rendered).unwrap();
+        }
+        let mut text = self.localise(&std::fs::read_to_string(&rendered).unwrap());
         for (from, to) in hosts {
             text = text.replace(from, to);
         }
@@ -128,7 +134,12 @@ impl Workload {
 
     /// Starts the container's command with the workspace binary, its localised arguments and
     /// environment (with `hosts` rewritten) plus `extra` arguments.
-    fn spawn(&self, dir: &Path, hosts: &[(&str, String)], extra: &[String]) -> ChildProcess {
+    pub(crate) fn spawn(
+        &self,
+        dir: &Path,
+        hosts: &[(&str, String)],
+        extra: &[String],
+    ) -> ChildProcess {
         assert!(self.unresolved.is_empty(), "{:?}", self.unresolved);
         let bin = &self.command[0];
         let config = self.config_file(hosts);
@@ -182,7 +193,7 @@ impl Rendered {
     }
 
     /// `Kind/name` of every manifest.
-    fn resources(&self) -> Vec<String> {
+    pub(crate) fn resources(&self) -> Vec<String> {
         self.summary["resources"]
             .as_array()
             .unwrap()
@@ -499,7 +510,7 @@ fn config_changes_roll_the_pods_but_limit_and_policy_changes_are_hot_reloaded() 
     let base = render_production(&[]);
     let limits = render_with_reports_limit(10);
     let policy = render_production(&["authz.policy.no_match=authenticated"]);
-    let routes = render_production(&["envoy.extAuthz.timeout=0.5s"]);
+    let routes = render_production(&["envoy.extAuthz.timeout=0.75s"]);
     let (authz, ratelimit, envoy) = (
         "edge-tollgate-authz",
         "edge-tollgate-ratelimit",
@@ -638,7 +649,7 @@ static_resources:
 "#;
 
 /// Runs `<bin> check-config` on a rendered config, with its mounted paths made local.
-fn check_config(r: &Rendered, workload: &str) -> std::process::Output {
+pub(crate) fn check_config(r: &Rendered, workload: &str) -> std::process::Output {
     let w = r.workload(workload);
     let config = w.config_file(&[]);
     Command::new(workspace_bin(&w.command[0]))
@@ -1149,7 +1160,7 @@ fn swap_configmap_volume(w: &Workload, mount_path: &str, new_files: &Path) {
     std::fs::remove_dir_all(volume.join("..initial")).unwrap();
 }
 
-fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {
+pub(crate) fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {
     vec![
         "--grpc-addr".into(),
         grpc.to_string(),

@@ -4,6 +4,7 @@
 //! One test binary (modules below) so the workspace links it once.
 
 mod authz;
+mod authz_key_store;
 mod authz_plans;
 mod authz_reload;
 mod authz_replicas;
@@ -11,6 +12,7 @@ mod binaries;
 mod console;
 mod foundation;
 mod helm;
+mod helm_lifecycle;
 mod listeners;
 mod module;
 mod observability;

@@ -1,6 +1,9 @@
 //! The embedded key store: one redb file. redb is a pure-Rust, ACID, crash-safe B-tree store
 //! that takes an exclusive lock on its file, so exactly one process owns the keys: right for a
-//! single-node deployment, where no invalidation feed is needed beyond the process itself.
+//! single-node deployment, where no invalidation feed is needed beyond the process itself. A
+//! second process on the same file fails at once with [`IN_USE`] rather than waiting: waiting
+//! would only hide an upgrade strategy that runs two at once (the Helm chart's embedded store
+//! uses `Recreate` for this reason).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::{Replaced, from_unix_ms, unix_ms};
 use crate::apikey::KeyStoreError;
 use crate::apikey::record::KeyRecord;
+
+/// Why a second process cannot open the file, and what to do about it.
+const IN_USE: &str = "another process holds it (its lock is released when that process \
+    exits). One tollgate-authz owns an embedded key store: use a Redis store for several \
+    replicas, and an upgrade that stops the old process before starting the new one";
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
@@ -36,7 +44,10 @@ impl EmbeddedStore {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
             }
-            let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+            let db = Database::create(&path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => open_err(IN_USE.into()),
+                e => open_err(e.to_string()),
+            })?;
             // Create the tables up front so that readers never see them missing.
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(KEYS).map_err(err)?;

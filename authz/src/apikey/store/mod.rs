@@ -1,10 +1,18 @@
 //! Key stores: the embedded on-disk database (default, one node) and Redis (shared by
-//! replicas). Both keep records under a version number, so concurrent admin changes never
-//! overwrite each other silently, and keep last-used times apart so that those batched writes
-//! never conflict with a change.
+//! replicas: standalone, Sentinel or Cluster). Both keep records under a version number, so
+//! concurrent admin changes never overwrite each other silently, and keep last-used times apart
+//! so that those batched writes never conflict with a change.
+//!
+//! # Layout
+//! - `embedded`: the redb file;
+//! - `redis`: the Redis layout and its scripts;
+//! - `redis_conn`: connections per topology (reconnects, Sentinel failover, Cluster);
+//! - `feed`: the invalidation feed that keeps each replica's cache honest.
 
 pub(crate) mod embedded;
+pub(crate) mod feed;
 pub(crate) mod redis;
+mod redis_conn;
 
 use std::time::SystemTime;
 
@@ -23,8 +31,7 @@ pub(crate) enum Replaced {
 #[derive(Clone)]
 pub(crate) enum Store {
     Embedded(embedded::EmbeddedStore),
-    /// Boxed: a connection manager is large and a Check only clones the `Store`'s `Arc`s.
-    Redis(Box<redis::RedisStore>),
+    Redis(redis::RedisStore),
 }
 
 impl Store {
@@ -39,6 +46,15 @@ impl Store {
         let r = match self {
             Store::Embedded(s) => s.get(id).await,
             Store::Redis(s) => s.get(id).await,
+        };
+        self.count_error("get", r)
+    }
+
+    /// A record without its last-used time (the Check path: one round trip, one slot).
+    pub(crate) async fn get_record(&self, id: &str) -> Result<Option<KeyRecord>, KeyStoreError> {
+        let r = match self {
+            Store::Embedded(s) => s.get(id).await,
+            Store::Redis(s) => s.get_record(id).await,
         };
         self.count_error("get", r)
     }

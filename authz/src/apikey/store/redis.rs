@@ -1,24 +1,25 @@
-//! The Redis key store, shared by every replica, and the invalidation feed that keeps each
-//! replica's cache honest.
+//! The Redis key store, shared by every replica: standalone, Sentinel or Cluster (connections
+//! in [`super::redis_conn`], the invalidation feed in [`super::feed`]).
 //!
 //! Layout under a prefix `p`: `p key:<id>` (JSON record), `p ids` (sorted set of ids for paging),
-//! `p last_used` (hash id → unix ms). Every write goes through a Lua script that changes the
-//! record and PUBLISHes the id on `p changes` in one atomic step, so no replica can observe the
-//! change without the message having been sent. Each replica subscribes to that channel; while
-//! the subscription is down it serves nothing from its cache, and on (re)subscribing it drops the
-//! cache, so a message lost during a disconnect cannot leave a revoked key usable.
+//! `p last_used` (hash id → unix ms). Every change to a record goes through a Lua script that
+//! writes it and PUBLISHes the id on `p changes` in one atomic step, so no replica can observe
+//! the change without the message having been sent. Each script touches one key only, so the
+//! same commands work on a Cluster, where the three live in different slots: a new id is added
+//! to `p ids` before its record is written, and paging skips ids without a record (left by an
+//! insert that failed half way), so a listing never misses a key.
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
-use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{oneshot, watch};
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
+use redis::{RedisResult, Script};
 
+use super::redis_conn::{Conn, Redis};
 use super::{Replaced, from_unix_ms, unix_ms};
 use crate::apikey::KeyStoreError;
-use crate::apikey::cache::Caches;
+use crate::apikey::config::RedisStoreConfig;
 use crate::apikey::record::KeyRecord;
 
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
@@ -26,7 +27,6 @@ static INSERT: LazyLock<Script> = LazyLock::new(|| {
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 ",
@@ -62,40 +62,22 @@ end
 
 #[derive(Clone)]
 pub(crate) struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    redis: Redis,
     prefix: Arc<str>,
     timeout: Duration,
 }
 
-fn timed_out(_: tokio::time::error::Elapsed) -> KeyStoreError {
-    KeyStoreError::Timeout
-}
-
 impl RedisStore {
-    pub(crate) async fn open(
-        url: &str,
-        prefix: &str,
-        timeout: Duration,
-    ) -> Result<Self, KeyStoreError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            timeout * 4,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(timed_out)??;
+    pub(crate) fn open(cfg: &RedisStoreConfig) -> Result<Self, KeyStoreError> {
         Ok(Self {
-            client,
-            conn,
-            prefix: prefix.into(),
-            timeout,
+            redis: Redis::new(cfg)?,
+            prefix: cfg.prefix.as_str().into(),
+            timeout: cfg.timeout,
         })
+    }
+
+    pub(crate) fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     fn key(&self, id: &str) -> String {
@@ -114,12 +96,49 @@ impl RedisStore {
         format!("{}changes", self.prefix)
     }
 
+    /// Runs one store call within `timeout`, connection included, and tells the connection
+    /// how it went.
+    async fn call<T: Send>(
+        &self,
+        op: impl for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, RedisResult<T>>,
+    ) -> Result<T, KeyStoreError> {
+        let run = async {
+            let mut conn = self.redis.conn().await?;
+            let out = op(&mut conn).await;
+            self.redis.settle(&conn, &out);
+            out.map_err(KeyStoreError::Redis)
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(out) => out,
+            Err(_) => {
+                self.redis.timed_out();
+                Err(KeyStoreError::Timeout)
+            }
+        }
+    }
+
+    /// A record without its last-used time: what a Check needs, in one command.
+    pub(crate) async fn get_record(&self, id: &str) -> Result<Option<KeyRecord>, KeyStoreError> {
+        let get = redis::Cmd::get(self.key(id));
+        let bytes: Option<Vec<u8>> = self
+            .call(move |c| async move { c.query(&get).await }.boxed())
+            .await?;
+        bytes.map(|b| KeyRecord::from_json(id, &b)).transpose()
+    }
+
     pub(crate) async fn get(&self, id: &str) -> Result<Option<KeyRecord>, KeyStoreError> {
-        let mut conn = self.conn.clone();
-        let (bytes, used): (Option<Vec<u8>>, Option<u64>) = redis::pipe()
-            .get(self.key(id))
-            .hget(self.last_used(), id)
-            .query_async(&mut conn)
+        let get = redis::Cmd::get(self.key(id));
+        let used = redis::Cmd::hget(self.last_used(), id);
+        let (bytes, used): (Option<Vec<u8>>, Option<u64>) = self
+            .call(move |c| {
+                async move {
+                    // Sent together (one round trip on a node; two slots on a cluster).
+                    let mut other = c.fork();
+                    let (bytes, used) = futures::join!(c.query(&get), other.query(&used));
+                    Ok((bytes?, used?))
+                }
+                .boxed()
+            })
             .await?;
         let Some(bytes) = bytes else { return Ok(None) };
         let mut rec = KeyRecord::from_json(id, &bytes)?;
@@ -128,14 +147,20 @@ impl RedisStore {
     }
 
     pub(crate) async fn insert(&self, rec: &KeyRecord) -> Result<bool, KeyStoreError> {
-        let mut conn = self.conn.clone();
-        let done: i64 = INSERT
-            .key(self.key(&rec.id))
-            .key(self.ids())
-            .arg(rec.to_json())
-            .arg(&rec.id)
-            .arg(self.channel())
-            .invoke_async(&mut conn)
+        let (key, ids, channel) = (self.key(&rec.id), self.ids(), self.channel());
+        let (id, json) = (rec.id.clone(), rec.to_json());
+        let done: i64 = self
+            .call(move |c| {
+                async move {
+                    // Listed first: a record is never written without its id in `ids`.
+                    let zadd = redis::Cmd::zadd(&ids, &id, 0);
+                    c.query::<()>(&zadd).await?;
+                    let mut call = INSERT.key(&key);
+                    call.arg(&json).arg(&id).arg(&channel);
+                    c.invoke(&call).await
+                }
+                .boxed()
+            })
             .await?;
         Ok(done == 1)
     }
@@ -145,14 +170,17 @@ impl RedisStore {
         rec: &KeyRecord,
         expected: u64,
     ) -> Result<Replaced, KeyStoreError> {
-        let mut conn = self.conn.clone();
-        let done: i64 = REPLACE
-            .key(self.key(&rec.id))
-            .arg(expected)
-            .arg(rec.to_json())
-            .arg(self.channel())
-            .arg(&rec.id)
-            .invoke_async(&mut conn)
+        let (key, channel) = (self.key(&rec.id), self.channel());
+        let (id, json) = (rec.id.clone(), rec.to_json());
+        let done: i64 = self
+            .call(move |c| {
+                async move {
+                    let mut call = REPLACE.key(&key);
+                    call.arg(expected).arg(&json).arg(&channel).arg(&id);
+                    c.invoke(&call).await
+                }
+                .boxed()
+            })
             .await?;
         Ok(match done {
             1 => Replaced::Done,
@@ -161,33 +189,64 @@ impl RedisStore {
         })
     }
 
+    /// Keys in id order after `after`: pages of ids, then their records, until `limit` records
+    /// or the end (ids without a record are skipped).
     pub(crate) async fn list(
         &self,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<KeyRecord>, KeyStoreError> {
-        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut after = after.map(str::to_string);
+        while out.len() < limit {
+            let want = limit - out.len();
+            let ids = self.ids_after(after.as_deref(), want).await?;
+            out.extend(self.records(&ids).await?);
+            if ids.len() < want {
+                break;
+            }
+            after = ids.last().cloned();
+        }
+        Ok(out)
+    }
+
+    async fn ids_after(&self, after: Option<&str>, n: usize) -> Result<Vec<String>, KeyStoreError> {
         let min = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
-        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+        let mut range = redis::cmd("ZRANGEBYLEX");
+        range
             .arg(self.ids())
             .arg(min)
             .arg("+")
             .arg("LIMIT")
             .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
-            .await?;
+            .arg(n);
+        self.call(move |c| async move { c.query(&range).await }.boxed())
+            .await
+    }
+
+    /// The records of `ids` that exist, with their last-used times.
+    async fn records(&self, ids: &[String]) -> Result<Vec<KeyRecord>, KeyStoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
-        let (records, used): (Vec<Option<Vec<u8>>>, Vec<Option<u64>>) = redis::pipe()
-            .cmd("MGET")
-            .arg(&keys)
-            .cmd("HMGET")
-            .arg(self.last_used())
-            .arg(&ids)
-            .query_async(&mut conn)
+        let gets: Vec<redis::Cmd> = ids.iter().map(|id| redis::Cmd::get(self.key(id))).collect();
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(self.last_used()).arg(ids);
+        let (records, used): (Vec<Option<Vec<u8>>>, Vec<Option<u64>>) = self
+            .call(move |c| {
+                async move {
+                    // One GET per key (each key its own slot on a cluster), all in flight at once.
+                    let gets = join_all(gets.iter().map(|get| {
+                        let mut c = c.fork();
+                        async move { c.query::<Option<Vec<u8>>>(get).await }
+                    }));
+                    let mut other = c.fork();
+                    let (records, used) = futures::join!(gets, other.query(&hmget));
+                    let records = records.into_iter().collect::<RedisResult<Vec<_>>>()?;
+                    Ok((records, used?))
+                }
+                .boxed()
+            })
             .await?;
         let mut out = Vec::with_capacity(ids.len());
         for ((id, bytes), used) in ids.iter().zip(records).zip(used) {
@@ -200,112 +259,21 @@ impl RedisStore {
     }
 
     pub(crate) async fn touch(&self, used: &[(String, SystemTime)]) -> Result<(), KeyStoreError> {
-        let mut conn = self.conn.clone();
-        let mut call = TOUCH.key(self.last_used());
-        for (id, t) in used {
-            call.arg(id).arg(unix_ms(*t));
-        }
-        let _: () = call.invoke_async(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Starts the task that applies the invalidation feed to `caches` until `stop` closes.
-    /// Resolves the returned channel once the first subscription is up (or failed).
-    pub(crate) fn spawn_subscriber(
-        &self,
-        caches: Arc<Caches>,
-        mut stop: watch::Receiver<()>,
-    ) -> oneshot::Receiver<Result<(), KeyStoreError>> {
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let client = self.client.clone();
-        let channel = self.channel();
-        let timeout = self.timeout;
-        tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let subscribed = async {
-                    let mut pubsub = tokio::time::timeout(timeout * 4, client.get_async_pubsub())
-                        .await
-                        .map_err(timed_out)??;
-                    tokio::time::timeout(timeout * 4, pubsub.subscribe(&channel))
-                        .await
-                        .map_err(timed_out)??;
-                    Ok::<_, KeyStoreError>(pubsub)
-                };
-                let pubsub = tokio::select! {
-                    r = subscribed => r,
-                    _ = stop.changed() => return,
-                };
-                match pubsub {
-                    Ok(pubsub) => {
-                        // Anything cached before this point may predate a change we never heard of.
-                        caches.set_live(true);
-                        backoff = Duration::from_millis(50);
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                        tracing::debug!(channel, "key invalidation feed subscribed");
-                        let stopped = follow(pubsub, &caches, &mut stop, timeout).await;
-                        caches.set_live(false);
-                        if stopped {
-                            return;
-                        }
-                        metrics::counter!(super::STORE_OP_ERRORS, "store" => "redis", "op" => "subscribe")
-                            .increment(1);
-                        tracing::warn!(
-                            channel,
-                            "key invalidation feed lost; serving keys from the store until it is back"
-                        );
-                    }
-                    Err(e) => {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                        tracing::warn!(channel, error = %e, "cannot subscribe to the key invalidation feed");
-                    }
+        let last_used = self.last_used();
+        let args: Vec<(String, u64)> = used
+            .iter()
+            .map(|(id, t)| (id.clone(), unix_ms(*t)))
+            .collect();
+        self.call(move |c| {
+            async move {
+                let mut call = TOUCH.key(&last_used);
+                for (id, ms) in &args {
+                    call.arg(id).arg(*ms);
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                c.invoke::<()>(&call).await
             }
-        });
-        ready_rx
-    }
-}
-
-/// Applies invalidation messages until the connection fails (returns false) or `stop` closes
-/// (returns true). Pings regularly, because a silently dead TCP connection would otherwise look
-/// like a quiet channel.
-async fn follow(
-    pubsub: redis::aio::PubSub,
-    caches: &Caches,
-    stop: &mut watch::Receiver<()>,
-    timeout: Duration,
-) -> bool {
-    let (mut sink, mut stream) = pubsub.split();
-    let mut ping = tokio::time::interval(Duration::from_millis(500));
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            msg = stream.next() => {
-                let Some(msg) = msg else { return false };
-                match msg.get_payload::<String>() {
-                    Ok(id) => caches.invalidate(&id),
-                    // Unreadable message: be safe and forget everything.
-                    Err(_) => caches.clear(),
-                }
-            }
-            _ = ping.tick() => {
-                match tokio::time::timeout(timeout.max(Duration::from_millis(500)), sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
-                    _ => return false,
-                }
-            }
-            _ = stop.changed() => return true,
-        }
+            .boxed()
+        })
+        .await
     }
 }
