@@ -453,7 +453,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.contains("api_keys.store.url: not a usable Redis URL"),
+            e.contains("api_keys.store.url: not a valid Redis URL"),
             "{e}"
         );
         assert!(!e.contains("pw"), "{e}");
