@@ -402,3 +402,91 @@ async fn failure_modes() {
         .unwrap();
     assert!(!dec.degraded);
 }
+
+/// A store that answers "admitted" and records the counter keys it was sent.
+#[derive(Default)]
+struct Recording(parking_lot::Mutex<Vec<String>>);
+
+impl Store for Recording {
+    fn hit<'a>(
+        &'a self,
+        hits: &'a [Hit<'a>],
+        _: SystemTime,
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>> {
+        let mut keys = self.0.lock();
+        keys.extend(
+            hits.iter()
+                .map(|h| crate::store::redis::key_of("tollgate:", h)),
+        );
+        let out = hits
+            .iter()
+            .map(|h| Outcome {
+                admitted: true,
+                remaining: h.rule.limit,
+                reset_after: Duration::ZERO,
+                retry_after: None,
+                cached: false,
+            })
+            .collect();
+        Box::pin(async move { Ok(out) })
+    }
+}
+
+/// The Redis keys of counters are a stored format: replicas of different versions sharing one
+/// Redis (a rolling upgrade) must count on the same keys. These are the keys as released.
+#[tokio::test]
+async fn counter_keys_on_the_store_are_stable() {
+    let limits = "
+domain: web|1
+descriptors:
+  - key: client
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: two
+    rate_limit: {name: burst, unit: second, requests_per_unit: 2, algorithm: gcra, burst: 4}
+    rate_limits:
+      - {name: sustained, unit: hour, requests_per_unit: 3, algorithm: fixed_window}
+  - key: path
+    value: '/api/*'
+    share_threshold: true
+    descriptors:
+      - key: user
+        rate_limit: {unit: second, requests_per_unit: 7, algorithm: token_bucket}
+  - key: host
+    value: 'a*'
+    rate_limit: {window: 90s, requests_per_unit: 5}
+";
+    let store = Arc::new(Recording::default());
+    let engine = Engine::new(
+        Limits::parse(limits, Algorithm::SlidingWindow).unwrap(),
+        store.clone(),
+        Arc::new(ManualClock::new(t0())),
+        EngineOptions::default(),
+    );
+    let mut overridden = d(&[("anything", "x=y"), ("b", "{c}")]);
+    overridden.limit = Some(LimitOverride {
+        requests_per_unit: 9,
+        unit: Unit::Minute as i32,
+    });
+    let request = [
+        d(&[("client", "a|b=c#d\\e{f}")]),
+        d(&[("two", "t")]),
+        d(&[("path", "/api/v1"), ("user", "u1")]),
+        d(&[("host", "abc")]),
+        overridden,
+    ];
+    engine
+        .should_rate_limit("web|1", &request, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        *store.0.lock(),
+        [
+            "tollgate:{rl|web\\p1|client=a\\pb\\ec\\hd\\\\e\\of\\c}#0:060000000:2",
+            "tollgate:{rl|web\\p1|two=t}#0:31000000:2:4",
+            "tollgate:{rl|web\\p1|two=t}#1:13600000000:3",
+            "tollgate:{rl|web\\p1|path=#/api/*|user=u1}#0:21000000:7",
+            "tollgate:{rl|web\\p1|host=abc}#0:090000000:5",
+            "tollgate:{rl|web\\p1|anything=x\\ey|b=\\oc\\c}#o:060000000:9",
+        ]
+    );
+}
