@@ -26,8 +26,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tollgate_common::Shutdown;
 use tollgate_common::config::Sources;
-use tollgate_common::server::{self, ServeError, Services};
 use tollgate_proto::auth::AuthorizationServer;
+use tollgate_server::{ServeError, Services};
 
 pub mod admin;
 pub mod apikey;
@@ -170,14 +170,14 @@ async fn serve(
     shutdown: Shutdown,
     reloader: Option<Arc<reload::Reloader>>,
 ) -> Result<Running, Error> {
-    let _ = tollgate_common::telemetry::prometheus();
+    let _ = tollgate_server::telemetry::prometheus();
     metrics::describe();
     let Built {
         authorizer,
         api_keys,
     } = built;
 
-    let bound = server::bind(&config.server).await?;
+    let bound = tollgate_server::bind(&config.server).await?;
     let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
 
     let admin = match (&config.admin, &api_keys) {

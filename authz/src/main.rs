@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            tollgate_common::telemetry::init_logging(&config.log);
+            tollgate_server::telemetry::init_logging(&config.log);
             let shutdown = tollgate_common::shutdown_on_signals();
             match tollgate_authz::run(config, sources, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,

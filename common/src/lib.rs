@@ -4,12 +4,7 @@
 //! # Layout
 //! - [`config`]: YAML + env + flag loading, strict parsing, every error with file, line and field.
 //! - [`cli`]: the flags both binaries share.
-//! - [`server`]: the gRPC and HTTP side listeners, TLS/mTLS, readiness and graceful shutdown.
-//! - [`tls`]: rustls configs from PEM files, reloaded when the files change.
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
-//! - [`telemetry`]: JSON logs with a runtime-changeable level, the Prometheus recorder.
-//! - [`trace`]: OpenTelemetry spans over OTLP, joined to Envoy's trace (W3C, B3).
-//! - [`debug`]: the protected operator endpoints: runtime log level, CPU profiles.
 //! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
 //! - `testing` (feature `testing`): real Redis server and cluster processes for tests.
@@ -17,14 +12,9 @@
 pub mod cli;
 pub mod config;
 pub mod credential;
-pub mod debug;
 pub mod secret;
-pub mod server;
 pub mod shutdown;
-pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod tls;
-pub mod trace;
 
 pub use shutdown::{Shutdown, shutdown_on_signals};

@@ -15,8 +15,8 @@
 
 use serde::Deserialize;
 use tollgate_common::config::{Errors, Validate, join};
-use tollgate_common::server::ServerConfig;
-use tollgate_common::telemetry::LogConfig;
+use tollgate_server::ServerConfig;
+use tollgate_server::telemetry::LogConfig;
 
 use crate::algorithm::Algorithm;
 use crate::engine::{EngineOptions, FailureMode};

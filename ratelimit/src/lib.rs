@@ -30,8 +30,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tollgate_common::Shutdown;
-use tollgate_common::server::{ServeError, Services, bind};
 use tollgate_proto::ratelimit::RateLimitServiceServer;
+use tollgate_server::{ServeError, Services, bind};
 
 pub use config::Config;
 pub use engine::{Engine, SystemClock};
@@ -74,9 +74,9 @@ pub struct Running {
 /// Loads the limits (refusing to start on any bad file), connects the store, binds both
 /// listeners and serves in the background until `shutdown`.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error> {
-    tollgate_common::telemetry::init_logging(&config.log);
+    tollgate_server::telemetry::init_logging(&config.log);
     // Installed before the limits are compiled: their metric handles bind to it.
-    tollgate_common::telemetry::prometheus();
+    tollgate_server::telemetry::prometheus();
     let store = store::build(&config.store).await?;
     let engine = Arc::new(Engine::new(
         limits::Limits::empty(),

@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    tollgate_common::telemetry::init_logging(&config.log);
+    tollgate_server::telemetry::init_logging(&config.log);
     let shutdown = tollgate_common::shutdown_on_signals();
     match tollgate_ratelimit::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

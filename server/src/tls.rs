@@ -15,7 +15,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
-use crate::config::{Errors, Validate};
+use tollgate_common::config::{Errors, Validate};
 
 /// The `tls:` section of a listener.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

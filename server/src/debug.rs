@@ -18,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use serde::Deserialize;
 
-use crate::config::{Env, Errors, Validate};
-use crate::credential;
-use crate::secret::Secret;
 use crate::telemetry;
+use tollgate_common::config::{Env, Errors, Validate};
+use tollgate_common::credential;
+use tollgate_common::secret::Secret;
 
 /// The environment variable that may hold the debug credential.
 pub const TOKEN_ENV: &str = "TOLLGATE_DEBUG_TOKEN";

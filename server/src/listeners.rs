@@ -22,10 +22,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::{Errors, Validate, join};
-use crate::shutdown::Shutdown;
 use crate::telemetry;
 use crate::tls::{ReloadingAcceptor, TlsConfig, TlsError};
+use tollgate_common::Shutdown;
+use tollgate_common::config::{Errors, Validate, join};
 
 fn default_grpc() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8081))
@@ -188,7 +188,7 @@ pub async fn bind(cfg: &ServerConfig) -> Result<Bound, ServeError> {
     let debug = cfg
         .debug
         .as_ref()
-        .map(|d| crate::debug::router(d, &crate::config::process_env()))
+        .map(|d| crate::debug::router(d, &tollgate_common::config::process_env()))
         .transpose()?;
     let grpc_tls = cfg
         .tls

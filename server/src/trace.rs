@@ -24,7 +24,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::Env;
+use tollgate_common::config::Env;
 
 /// The `tracing` target of every span meant for export; the exporter's filter takes only these.
 pub const TARGET: &str = "tollgate::trace";
