@@ -18,11 +18,11 @@ use tollgate_common::config::{Errors, Validate, join};
 use tollgate_server::ServerConfig;
 use tollgate_server::telemetry::LogConfig;
 
-use crate::algorithm::Algorithm;
-use crate::engine::{EngineOptions, FailureMode};
-use crate::limits::LimitsSource;
 use crate::service::HeaderOptions;
-use crate::store::StoreConfig;
+use tollgate_limiter::algorithm::Algorithm;
+use tollgate_limiter::engine::{EngineOptions, FailureMode};
+use tollgate_limiter::limits::LimitsSource;
+use tollgate_limiter::store::StoreConfig;
 
 fn default_near_limit_ratio() -> f64 {
     0.8

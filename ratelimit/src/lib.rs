@@ -16,15 +16,9 @@
 //! - [`reload`]: hot reload on file change and SIGHUP; [`http`]: the `/config` route.
 //! - [`metrics`]: metric names and handles.
 
-pub mod algorithm;
 pub mod config;
-pub mod engine;
 pub mod http;
-pub mod limits;
-pub mod metrics;
-pub mod reload;
 pub mod service;
-pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,11 +28,12 @@ use tollgate_proto::ratelimit::RateLimitServiceServer;
 use tollgate_server::{ServeError, Services, bind};
 
 pub use config::Config;
-pub use engine::{Engine, SystemClock};
+pub use tollgate_limiter::engine::{Engine, SystemClock};
+use tollgate_limiter::{limits, reload, store};
 
-use crate::limits::FileError;
-use crate::reload::Reloader;
-use crate::store::StoreError;
+use tollgate_limiter::limits::FileError;
+use tollgate_limiter::reload::Reloader;
+use tollgate_limiter::store::StoreError;
 
 /// The gRPC health service name this service reports under.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -194,8 +189,14 @@ mod tests {
         assert!(config.contains("\"per-client\""), "{config}");
         assert!(config.contains("\"failure_mode\":\"error\""), "{config}");
         let metrics = http_get(running.http_addr, "/metrics").await;
-        assert!(metrics.contains(metrics::DECISIONS), "{metrics}");
-        assert!(metrics.contains(metrics::CONFIG_LOADS), "{metrics}");
+        assert!(
+            metrics.contains(tollgate_limiter::metrics::DECISIONS),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(tollgate_limiter::metrics::CONFIG_LOADS),
+            "{metrics}"
+        );
 
         // A bad edit: the limit in force stays, /config shows the error.
         std::fs::write(

@@ -11,11 +11,11 @@ use tollgate_proto::metadata;
 use tollgate_proto::pb::envoy::config::core::v3::HeaderValue;
 use tollgate_proto::pb::google::protobuf::{Duration as PbDuration, Struct};
 use tollgate_proto::ratelimit::{
-    Code as PbCode, DescriptorStatus, RateLimit, RateLimitDescriptor, RateLimitRequest,
-    RateLimitResponse, RateLimitService, header,
+    Code as PbCode, DescriptorStatus, RateLimit, RateLimitRequest, RateLimitResponse,
+    RateLimitService, header,
 };
 
-use crate::engine::{Code, Decision, DescriptorSource, Engine, EngineError, LimitOverride, Status};
+use tollgate_limiter::engine::{Code, Decision, Engine, EngineError, Status};
 
 /// Which rate-limit headers to ask Envoy to add to the client's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -61,29 +61,6 @@ pub struct RateLimitGrpc {
 impl RateLimitGrpc {
     pub fn new(engine: Arc<Engine>, headers: HeaderOptions) -> Self {
         Self { engine, headers }
-    }
-}
-
-impl DescriptorSource for RateLimitDescriptor {
-    fn entry_count(&self) -> usize {
-        self.entries.len()
-    }
-    fn entry(&self, i: usize) -> (&str, &str) {
-        let e = &self.entries[i];
-        (&e.key, &e.value)
-    }
-    fn limit_override(&self) -> Option<LimitOverride> {
-        self.limit.as_ref().map(|l| LimitOverride {
-            requests_per_unit: l.requests_per_unit,
-            unit: l.unit,
-        })
-    }
-    fn hits_addend(&self) -> Option<u64> {
-        // Negative hits (refunds) are not supported: such a descriptor is checked, not counted.
-        if self.is_negative_hits {
-            return Some(0);
-        }
-        self.hits_addend.as_ref().map(|v| v.value)
     }
 }
 
@@ -212,7 +189,7 @@ fn response_headers(decision: &Decision, opts: HeaderOptions) -> Vec<HeaderValue
     if opts.ietf {
         let (mut policy, mut state) = (String::new(), String::new());
         // One item per limit, even when several descriptors hit the same one.
-        let mut seen: Vec<&Arc<crate::limits::Limit>> = Vec::new();
+        let mut seen: Vec<&Arc<tollgate_limiter::limits::Limit>> = Vec::new();
         for s in &decision.statuses {
             let Some(l) = &s.limit else { continue };
             if seen.iter().any(|m| Arc::ptr_eq(m, l)) {
@@ -262,7 +239,7 @@ fn response_headers(decision: &Decision, opts: HeaderOptions) -> Vec<HeaderValue
 }
 
 /// The denying status if any, else the applied limit with the least remaining.
-fn tightest(decision: &Decision) -> Option<(&Status, &Arc<crate::limits::Limit>)> {
+fn tightest(decision: &Decision) -> Option<(&Status, &Arc<tollgate_limiter::limits::Limit>)> {
     let with_limit = || {
         decision
             .statuses
@@ -300,13 +277,13 @@ mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use tollgate_proto::pb::google::protobuf::UInt64Value;
-    use tollgate_proto::ratelimit::{Unit, descriptor};
+    use tollgate_proto::ratelimit::{RateLimitDescriptor, Unit, descriptor};
 
     use super::*;
-    use crate::algorithm::Algorithm;
-    use crate::engine::{EngineOptions, ManualClock};
-    use crate::limits::Limits;
-    use crate::store::{MemoryOptions, MemoryStore};
+    use tollgate_limiter::algorithm::Algorithm;
+    use tollgate_limiter::engine::{EngineOptions, ManualClock};
+    use tollgate_limiter::limits::Limits;
+    use tollgate_limiter::store::{MemoryOptions, MemoryStore};
 
     const LIMITS: &str = "
 domain: web
@@ -472,22 +449,26 @@ descriptors:
     #[tokio::test]
     async fn store_failure_is_unavailable() {
         struct Down;
-        impl crate::store::Store for Down {
+        impl tollgate_limiter::store::Store for Down {
             fn hit<'a>(
                 &'a self,
-                _: &'a [crate::store::Hit<'a>],
+                _: &'a [tollgate_limiter::store::Hit<'a>],
                 _: SystemTime,
             ) -> futures::future::BoxFuture<
                 'a,
-                Result<Vec<crate::store::Outcome>, crate::store::StoreError>,
+                Result<Vec<tollgate_limiter::store::Outcome>, tollgate_limiter::store::StoreError>,
             > {
-                Box::pin(async { Err(crate::store::StoreError::Unavailable("down".into())) })
+                Box::pin(async {
+                    Err(tollgate_limiter::store::StoreError::Unavailable(
+                        "down".into(),
+                    ))
+                })
             }
         }
         let engine = Engine::new(
             Limits::parse(LIMITS, Algorithm::FixedWindow).unwrap(),
             Arc::new(Down),
-            Arc::new(crate::engine::SystemClock),
+            Arc::new(tollgate_limiter::engine::SystemClock),
             EngineOptions::default(),
         );
         let svc = RateLimitGrpc::new(Arc::new(engine), HeaderOptions::default());

@@ -555,5 +555,28 @@ fn store_error_kind(e: &StoreError) -> &'static str {
     }
 }
 
+impl DescriptorSource for tollgate_proto::ratelimit::RateLimitDescriptor {
+    fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+    fn entry(&self, i: usize) -> (&str, &str) {
+        let e = &self.entries[i];
+        (&e.key, &e.value)
+    }
+    fn limit_override(&self) -> Option<LimitOverride> {
+        self.limit.as_ref().map(|l| LimitOverride {
+            requests_per_unit: l.requests_per_unit,
+            unit: l.unit,
+        })
+    }
+    fn hits_addend(&self) -> Option<u64> {
+        // Negative hits (refunds) are not supported: such a descriptor is checked, not counted.
+        if self.is_negative_hits {
+            return Some(0);
+        }
+        self.hits_addend.as_ref().map(|v| v.value)
+    }
+}
+
 #[cfg(test)]
 mod tests;
