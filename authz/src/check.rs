@@ -148,7 +148,7 @@ impl Authorizer {
         let start = Instant::now();
         let out = self.decide(req).await;
         metrics::check(out.decision, out.method, out.reason, start.elapsed());
-        tollgate_server::trace::record_outcome(out.decision, out.reason);
+        tollgate_common::trace::record_outcome(out.decision, out.reason);
         // One line per denial at info, per decision at debug; Envoy's x-request-id joins them
         // to its access log. Never the credential, subject or key id.
         if out.decision == "deny" {
@@ -643,7 +643,7 @@ impl Authorization for AuthzService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        if !tollgate_server::trace::enabled() {
+        if !tollgate_common::trace::enabled() {
             let req = request.into_inner();
             return Ok(tonic::Response::new(self.inner.check(&req).await));
         }

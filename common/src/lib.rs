@@ -7,6 +7,8 @@
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
 //! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
+//! - [`tls`]: PEM certificates and keys, the rustls client config (Redis over TLS).
+//! - [`trace`]: the switch and helpers for spans meant for export (the exporter is elsewhere).
 //! - `testing` (feature `testing`): real Redis server and cluster processes for tests.
 
 pub mod cli;
@@ -16,5 +18,7 @@ pub mod secret;
 pub mod shutdown;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
+pub mod trace;
 
 pub use shutdown::{Shutdown, shutdown_on_signals};

@@ -70,7 +70,7 @@ impl RateLimitService for RateLimitGrpc {
         &self,
         request: tonic::Request<RateLimitRequest>,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
-        if !tollgate_server::trace::enabled() {
+        if !tollgate_common::trace::enabled() {
             return self.answer(request.into_inner()).await;
         }
         // Envoy sends the trace context of its own span for this call in the gRPC metadata.
@@ -96,7 +96,7 @@ impl RateLimitGrpc {
             Ok(decision) => {
                 let over = decision.code == Code::OverLimit;
                 let label = if over { "over_limit" } else { "ok" };
-                tollgate_server::trace::record_outcome(label, label);
+                tollgate_common::trace::record_outcome(label, label);
                 // One line per denial at info, per decision at debug (domain and limit names
                 // come from the config; descriptor values may identify a caller and stay out).
                 if over {
@@ -117,7 +117,7 @@ impl RateLimitGrpc {
                 )))
             }
             Err(EngineError::Store(e)) => {
-                tollgate_server::trace::fail(&tracing::Span::current());
+                tollgate_common::trace::fail(&tracing::Span::current());
                 Err(tonic::Status::unavailable(format!("rate limit store: {e}")))
             }
         }

@@ -23,9 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::telemetry;
-use crate::tls::{ReloadingAcceptor, TlsConfig, TlsError};
+use crate::tls::{ReloadingAcceptor, TlsConfig};
 use tollgate_common::Shutdown;
 use tollgate_common::config::{Errors, Validate, join};
+use tollgate_common::tls::TlsError;
 
 fn default_grpc() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8081))

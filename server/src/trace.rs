@@ -1,8 +1,9 @@
 //! OpenTelemetry traces: off unless the standard `OTEL_*` environment variables ask for them,
 //! exported over OTLP, and joined to the trace Envoy started (W3C `traceparent`, B3).
 //!
-//! When tracing is off nothing here runs on the request path: services ask [`enabled`] (one
-//! relaxed atomic load) before reading any header or creating any span.
+//! The spans themselves are made with `tollgate_common::trace` (also by crates with no server
+//! in them); this module exports them and starts the server span of each gRPC call. When
+//! tracing is off nothing here runs on the request path.
 //!
 //! Switches (the OpenTelemetry SDK's own, so operators configure Tollgate like anything else):
 //! - on when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set or
@@ -12,7 +13,6 @@
 //!   `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*`: read by the SDK.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::{
@@ -25,18 +25,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
 
 use tollgate_common::config::Env;
+use tollgate_common::trace::{TARGET, enabled, span};
 
-/// The `tracing` target of every span meant for export; the exporter's filter takes only these.
-pub const TARGET: &str = "tollgate::trace";
-
-static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
-
-/// Whether spans are exported. Check it before doing any tracing work on a hot path.
-#[inline]
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
 
 /// How spans leave the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +126,7 @@ where
     // Only our own spans, and no events: a log line never becomes a span event (no second
     // path by which a value could leave the process).
     let filter = tracing_subscriber::filter::filter_fn(|m| m.is_span() && m.target() == TARGET);
-    ENABLED.store(true, Ordering::Relaxed);
+    tollgate_common::trace::set_exporting();
     Ok(Box::new(layer.with_filter(filter)))
 }
 
@@ -221,42 +212,6 @@ impl opentelemetry_http::HttpClient for OnRuntime {
 pub fn flush() {
     if let Some(p) = PROVIDER.get() {
         let _ = p.force_flush();
-    }
-}
-
-/// A span for export, or a disabled span when tracing is off. `name` becomes the span's name,
-/// `kind` its OpenTelemetry kind (`server`, `client`, `internal`).
-#[inline]
-pub fn span(name: &'static str, kind: &'static str) -> tracing::Span {
-    if !enabled() {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
-        target: TARGET,
-        "span",
-        otel.name = name,
-        otel.kind = kind,
-        otel.status_code = tracing::field::Empty,
-        tollgate.decision = tracing::field::Empty,
-        tollgate.reason = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    )
-}
-
-/// Records a decision and its reason on the current span (attributes `tollgate.decision`,
-/// `tollgate.reason`; bounded values only).
-pub fn record_outcome(decision: &'static str, reason: &'static str) {
-    if enabled() {
-        let span = tracing::Span::current();
-        span.record("tollgate.decision", decision);
-        span.record("tollgate.reason", reason);
-    }
-}
-
-/// Marks a span as failed (OpenTelemetry status `ERROR`).
-pub fn fail(span: &tracing::Span) {
-    if enabled() {
-        span.record("otel.status_code", "ERROR");
     }
 }
 
@@ -521,7 +476,6 @@ mod tests {
     #[test]
     fn disabled_spans_cost_nothing_and_read_nothing() {
         assert!(!enabled());
-        assert!(span("x", "internal").is_none());
         let md = tonic::metadata::MetadataMap::new();
         let read = std::cell::Cell::new(false);
         let s = server_span("Check", &md, |_| {

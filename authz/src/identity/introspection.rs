@@ -290,7 +290,7 @@ impl Introspector {
             .client
             .introspect(&access)
             .set_token_type_hint("access_token");
-        let span = tollgate_server::trace::span("introspection", "client");
+        let span = tollgate_common::trace::span("introspection", "client");
         let call = tokio::time::timeout(self.timeout, request.request_async(&self.http));
         let answer = match tracing::Instrument::instrument(call, span).await {
             Ok(Ok(a)) => a,

@@ -269,10 +269,10 @@ impl Jwks {
 
     async fn fetch_locked(&self) -> Result<(), JwksError> {
         self.times.lock().last_attempt = Some(Instant::now());
-        let span = tollgate_server::trace::span("jwks fetch", "client");
+        let span = tollgate_common::trace::span("jwks fetch", "client");
         let res = tracing::Instrument::instrument(self.fetch(), span.clone()).await;
         if res.is_err() {
-            tollgate_server::trace::fail(&span);
+            tollgate_common::trace::fail(&span);
         }
         metrics::jwks_fetch(res.is_ok());
         match res {

@@ -264,7 +264,7 @@ impl RedisStore {
 
     async fn run(&self, hits: &[Hit<'_>], now_us: u64) -> Result<Vec<Outcome>, StoreError> {
         let keys: Vec<String> = hits.iter().map(|h| key_of(&self.prefix, h)).collect();
-        let span = tollgate_server::trace::span("redis", "client");
+        let span = tollgate_common::trace::span("redis", "client");
         let calls = async {
             match &self.conn {
                 Conn::Standalone(p) => call_standalone(p, hits, &keys, now_us).await,
@@ -273,7 +273,7 @@ impl RedisStore {
         };
         let out = tracing::Instrument::instrument(calls, span.clone()).await;
         if out.is_err() {
-            tollgate_server::trace::fail(&span);
+            tollgate_common::trace::fail(&span);
         }
         out
     }

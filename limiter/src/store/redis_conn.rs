@@ -90,7 +90,7 @@ impl Target {
                 insecure,
                 ..
             } => {
-                let config = tollgate_server::tls::client_config(ca_file, !insecure)
+                let config = tollgate_common::tls::client_config(ca_file, !insecure)
                     .map_err(|e| StoreError::Config(format!("redis TLS: {e}")))?;
                 let name = ServerName::try_from(host.clone()).map_err(|e| {
                     StoreError::Config(format!("redis TLS: bad server name {host:?}: {e}"))
