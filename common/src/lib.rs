@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: YAML + env + flag loading, strict parsing, every error with file, line and field.
 //! - [`cli`]: the flags both binaries share.
+//! - [`clock`]: the injected wall clock ([`clock::Clock`]; system and manual).
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
 //! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
@@ -12,6 +13,7 @@
 //! - `testing` (feature `testing`): real Redis server and cluster processes for tests.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod secret;

@@ -6,52 +6,16 @@
 //! call, and turn the outcomes into one status per descriptor, in request order.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use tollgate_common::clock::Clock;
 
 use crate::algorithm::Algorithm;
 use crate::limits::{Limit, Limits, key_prefix};
 use crate::metrics;
 use crate::store::{Hit, Outcome, Store, StoreError};
-
-/// The source of `now`; injected so that tests control time.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's wall clock (counters shared across replicas need a shared notion of time).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Debug)]
-pub struct ManualClock(parking_lot::Mutex<SystemTime>);
-
-impl ManualClock {
-    pub fn new(start: SystemTime) -> Self {
-        Self(parking_lot::Mutex::new(start))
-    }
-    pub fn advance(&self, by: Duration) {
-        *self.0.lock() += by;
-    }
-    pub fn set(&self, to: SystemTime) {
-        *self.0.lock() = to;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock()
-    }
-}
 
 /// A request descriptor as the engine reads it, borrowed from whatever the caller holds (a
 /// protobuf message, a plain struct), so that no entry is copied.

@@ -211,9 +211,10 @@ mod tests {
 
     use super::*;
     use crate::algorithm::Algorithm;
-    use crate::engine::{EngineOptions, SystemClock};
+    use crate::engine::EngineOptions;
     use crate::limits::Limits;
     use crate::store::{MemoryOptions, MemoryStore};
+    use tollgate_common::clock::SystemClock;
 
     fn engine() -> Arc<Engine> {
         Arc::new(Engine::new(

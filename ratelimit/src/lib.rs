@@ -9,7 +9,7 @@
 //! - [`config`]: the service's config file.
 //! - [`limits`]: the limits files (envoyproxy/ratelimit YAML + extensions), compiled for lookup;
 //!   descriptor matching; loading a directory with per-file last-good.
-//! - [`engine`]: request → store hits → decision; the injected [`engine::Clock`].
+//! - [`engine`]: request → store hits → decision; the injected clock.
 //! - [`algorithm`]: sliding_window, fixed_window, token_bucket, gcra, as pure functions.
 //! - [`store`]: the counter stores (memory, Redis, Redis Cluster, local over-limit cache).
 //! - [`service`]: ShouldRateLimit, response headers, dynamic metadata.
@@ -28,7 +28,8 @@ use tollgate_proto::ratelimit::RateLimitServiceServer;
 use tollgate_server::{ServeError, Services, bind};
 
 pub use config::Config;
-pub use tollgate_limiter::engine::{Engine, SystemClock};
+use tollgate_common::clock::SystemClock;
+pub use tollgate_limiter::engine::Engine;
 use tollgate_limiter::{limits, reload, store};
 
 use tollgate_limiter::limits::FileError;

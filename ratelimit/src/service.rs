@@ -280,8 +280,9 @@ mod tests {
     use tollgate_proto::ratelimit::{RateLimitDescriptor, Unit, descriptor};
 
     use super::*;
+    use tollgate_common::clock::ManualClock;
     use tollgate_limiter::algorithm::Algorithm;
-    use tollgate_limiter::engine::{EngineOptions, ManualClock};
+    use tollgate_limiter::engine::EngineOptions;
     use tollgate_limiter::limits::Limits;
     use tollgate_limiter::store::{MemoryOptions, MemoryStore};
 
@@ -468,7 +469,7 @@ descriptors:
         let engine = Engine::new(
             Limits::parse(LIMITS, Algorithm::FixedWindow).unwrap(),
             Arc::new(Down),
-            Arc::new(tollgate_limiter::engine::SystemClock),
+            Arc::new(tollgate_common::clock::SystemClock),
             EngineOptions::default(),
         );
         let svc = RateLimitGrpc::new(Arc::new(engine), HeaderOptions::default());

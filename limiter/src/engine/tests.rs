@@ -9,6 +9,7 @@ use tollgate_proto::ratelimit::Unit;
 
 use super::*;
 use crate::store::{MemoryOptions, MemoryStore};
+use tollgate_common::clock::ManualClock;
 
 const LIMITS: &str = "
 domain: d
