@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 
+use crate::key::CounterKey;
+
 /// Per-request decisions per limit; `decision` is one of the [`Decision`] labels.
 pub const DECISIONS: &str = "tollgate_ratelimit_decisions_total";
 /// Hits asked for per limit (the sum of hits_addend, whether or not admitted).
@@ -78,7 +80,13 @@ impl LimitMetrics {
     }
 
     /// Records one hit. `detailed` is the counter key, for `detailed_metric` limits.
-    pub(crate) fn record(&self, d: Decision, cost: u64, cached: bool, detailed: Option<&str>) {
+    pub(crate) fn record(
+        &self,
+        d: Decision,
+        cost: u64,
+        cached: bool,
+        detailed: Option<&CounterKey>,
+    ) {
         match d {
             Decision::WithinLimit => &self.within,
             Decision::NearLimit => &self.near,
@@ -91,13 +99,9 @@ impl LimitMetrics {
             self.cached.increment(1);
         }
         if let Some(key) = detailed {
-            // The descriptor part of the key: after `{rl|domain|`, before `}#position`.
-            let descriptor = key.split_once('|').map_or(key, |(_, r)| r);
-            let descriptor = descriptor.split_once('|').map_or("", |(_, r)| r);
-            let descriptor = descriptor.rsplit_once("}#").map_or(descriptor, |(l, _)| l);
             counter!(DETAILED_DECISIONS,
                 "domain" => self.domain.to_string(), "limit" => self.name.to_string(),
-                "descriptor" => descriptor.to_string(), "decision" => d.label())
+                "descriptor" => key.descriptor().to_string(), "decision" => d.label())
             .increment(1);
         }
     }

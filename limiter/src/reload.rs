@@ -236,8 +236,8 @@ mod tests {
         let limits = engine.limits();
         let d = limits.domain(domain)?;
         let found = d.find(
-            &crate::engine::Descriptor::new([("k", "v")]),
-            &mut String::new(),
+            &crate::descriptor::Descriptor::new([("k", "v")]),
+            &mut crate::key::KeyBuilder::new(domain),
         );
         found.first().map(|l| l.requests_per_unit)
     }

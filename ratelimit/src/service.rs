@@ -11,11 +11,13 @@ use tollgate_proto::metadata;
 use tollgate_proto::pb::envoy::config::core::v3::HeaderValue;
 use tollgate_proto::pb::google::protobuf::{Duration as PbDuration, Struct};
 use tollgate_proto::ratelimit::{
-    Code as PbCode, DescriptorStatus, RateLimit, RateLimitRequest, RateLimitResponse,
-    RateLimitService, header,
+    Code as PbCode, DescriptorStatus, RateLimit, RateLimitDescriptor, RateLimitRequest,
+    RateLimitResponse, RateLimitService, Unit as PbUnit, header,
 };
 
+use tollgate_limiter::descriptor::{DescriptorSource, LimitOverride};
 use tollgate_limiter::engine::{Code, Decision, Engine, EngineError, Status};
+use tollgate_limiter::unit::Unit;
 
 /// Which rate-limit headers to ask Envoy to add to the client's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -64,6 +66,58 @@ impl RateLimitGrpc {
     }
 }
 
+/// A protobuf descriptor as the engine reads it (borrowed, nothing copied).
+struct Envoy<'a>(&'a RateLimitDescriptor);
+
+impl DescriptorSource for Envoy<'_> {
+    fn entry_count(&self) -> usize {
+        self.0.entries.len()
+    }
+    fn entry(&self, i: usize) -> (&str, &str) {
+        let e = &self.0.entries[i];
+        (&e.key, &e.value)
+    }
+    fn limit_override(&self) -> Option<LimitOverride> {
+        self.0.limit.as_ref().map(|l| LimitOverride {
+            requests_per_unit: l.requests_per_unit,
+            unit: PbUnit::try_from(l.unit).ok().and_then(unit_from_pb),
+        })
+    }
+    fn hits_addend(&self) -> Option<u64> {
+        // Negative hits (refunds) are not supported: such a descriptor is checked, not counted.
+        if self.0.is_negative_hits {
+            return Some(0);
+        }
+        self.0.hits_addend.as_ref().map(|v| v.value)
+    }
+}
+
+fn unit_from_pb(u: PbUnit) -> Option<Unit> {
+    Some(match u {
+        PbUnit::Unknown => return None,
+        PbUnit::Second => Unit::Second,
+        PbUnit::Minute => Unit::Minute,
+        PbUnit::Hour => Unit::Hour,
+        PbUnit::Day => Unit::Day,
+        PbUnit::Week => Unit::Week,
+        PbUnit::Month => Unit::Month,
+        PbUnit::Year => Unit::Year,
+    })
+}
+
+fn unit_to_pb(u: Option<Unit>) -> PbUnit {
+    match u {
+        None => PbUnit::Unknown,
+        Some(Unit::Second) => PbUnit::Second,
+        Some(Unit::Minute) => PbUnit::Minute,
+        Some(Unit::Hour) => PbUnit::Hour,
+        Some(Unit::Day) => PbUnit::Day,
+        Some(Unit::Week) => PbUnit::Week,
+        Some(Unit::Month) => PbUnit::Month,
+        Some(Unit::Year) => PbUnit::Year,
+    }
+}
+
 #[tonic::async_trait]
 impl RateLimitService for RateLimitGrpc {
     async fn should_rate_limit(
@@ -90,7 +144,11 @@ impl RateLimitGrpc {
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
         match self
             .engine
-            .should_rate_limit(&req.domain, &req.descriptors, u64::from(req.hits_addend))
+            .should_rate_limit(
+                &req.domain,
+                req.descriptors.iter().map(Envoy),
+                u64::from(req.hits_addend),
+            )
             .await
         {
             Ok(decision) => {
@@ -155,7 +213,7 @@ fn status(s: &Status) -> DescriptorStatus {
         current_limit: s.limit.as_ref().map(|l| RateLimit {
             name: l.name.to_string(),
             requests_per_unit: l.requests_per_unit,
-            unit: l.unit as i32,
+            unit: unit_to_pb(l.unit) as i32,
         }),
         limit_remaining: u32::try_from(s.remaining).unwrap_or(u32::MAX),
         duration_until_reset: s.limit.as_ref().map(|_| pb_duration(s.reset_after)),

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use tollgate_proto::ratelimit::Unit;
 
 use super::*;
+use crate::descriptor::{Descriptor, LimitOverride};
 use crate::store::{MemoryOptions, MemoryStore};
+use crate::unit::Unit;
 use tollgate_common::clock::ManualClock;
 
 const LIMITS: &str = "
@@ -98,7 +99,7 @@ async fn one_status_per_descriptor_in_request_order() {
         ]
     );
     assert!(
-        e.should_rate_limit::<Descriptor>("d", &[], 0)
+        e.should_rate_limit("d", &[] as &[Descriptor], 0)
             .await
             .unwrap()
             .statuses
@@ -180,27 +181,27 @@ async fn limit_override_is_used_whenever_the_domain_is_known() {
     let mut o = d(&[("anything", "x")]);
     o.limit = Some(LimitOverride {
         requests_per_unit: 1,
-        unit: Unit::Second as i32,
+        unit: Some(Unit::Second),
     });
     let dec = call(&e, &[o.clone()]).await;
     let l = dec.statuses[0].limit.as_ref().unwrap();
     assert_eq!(
         (l.requests_per_unit, l.unit, dec.code),
-        (1, Unit::Second, Code::Ok)
+        (1, Some(Unit::Second), Code::Ok)
     );
     assert_eq!(call(&e, &[o.clone()]).await.code, Code::OverLimit);
     // An override replaces the configured limit of a matching descriptor.
     let mut a = d(&[("a", "9")]);
     a.limit = Some(LimitOverride {
         requests_per_unit: 7,
-        unit: Unit::Hour as i32,
+        unit: Some(Unit::Hour),
     });
     assert_eq!(call(&e, &[a]).await.statuses[0].remaining, 6);
     // Window algorithms count any override exactly, however large.
     let mut huge = d(&[("x", "y")]);
     huge.limit = Some(LimitOverride {
         requests_per_unit: u32::MAX,
-        unit: Unit::Year as i32,
+        unit: Some(Unit::Year),
     });
     assert_eq!(
         summary(&call(&e, &[huge]).await),
@@ -466,7 +467,7 @@ descriptors:
     let mut overridden = d(&[("anything", "x=y"), ("b", "{c}")]);
     overridden.limit = Some(LimitOverride {
         requests_per_unit: 9,
-        unit: Unit::Minute as i32,
+        unit: Some(Unit::Minute),
     });
     let request = [
         d(&[("client", "a|b=c#d\\e{f}")]),
