@@ -8,5 +8,6 @@ pub mod key;
 pub mod limits;
 pub mod metrics;
 pub mod reload;
+pub mod response;
 pub mod store;
 pub mod unit;

@@ -18,10 +18,10 @@ use tollgate_common::config::{Errors, Validate, join};
 use tollgate_server::ServerConfig;
 use tollgate_server::telemetry::LogConfig;
 
-use crate::service::HeaderOptions;
 use tollgate_limiter::algorithm::Algorithm;
 use tollgate_limiter::engine::{EngineOptions, FailureMode};
 use tollgate_limiter::limits::LimitsSource;
+use tollgate_limiter::response::HeaderOptions;
 use tollgate_limiter::store::StoreConfig;
 
 fn default_near_limit_ratio() -> f64 {
