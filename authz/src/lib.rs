@@ -73,7 +73,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("cannot watch the config file: {0}")]
-    Watch(#[from] notify::Error),
+    Watch(#[from] tollgate_common::watch::WatchError),
 }
 
 /// A service started by [`start`].

@@ -10,6 +10,7 @@
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
 //! - [`tls`]: PEM certificates and keys, the rustls client config (Redis over TLS).
 //! - [`trace`]: the switch and helpers for spans meant for export (the exporter is elsewhere).
+//! - [`watch`]: the one file watcher (directory watches, ConfigMap-safe) with SIGHUP.
 //! - `testing` (feature `testing`): real Redis server and cluster processes for tests.
 
 pub mod cli;
@@ -22,5 +23,6 @@ pub mod shutdown;
 pub mod testing;
 pub mod tls;
 pub mod trace;
+pub mod watch;
 
 pub use shutdown::{Shutdown, shutdown_on_signals};

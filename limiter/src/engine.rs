@@ -462,7 +462,7 @@ impl Engine {
         pending: &[Pending],
         e: StoreError,
     ) -> Result<Decision, EngineError> {
-        metrics::store_error(store_error_kind(&e));
+        self.metrics.store_error(&e);
         tracing::warn!(error = %e, failure_mode = ?self.options.failure_mode, "counter store failed");
         let mut overall = Code::Ok;
         match self.options.failure_mode {
@@ -514,15 +514,6 @@ fn drop_replaced(pending: &mut Vec<Pending>) {
 fn near_limit(limit: u64, remaining: u64, ratio: f64) -> bool {
     let used = limit.saturating_sub(remaining);
     limit > 0 && used as f64 > ratio * limit as f64
-}
-
-fn store_error_kind(e: &StoreError) -> &'static str {
-    match e {
-        StoreError::Timeout => "timeout",
-        StoreError::Overloaded => "overloaded",
-        StoreError::Unavailable(_) => "unavailable",
-        StoreError::Config(_) => "config",
-    }
 }
 
 #[cfg(test)]

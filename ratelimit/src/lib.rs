@@ -1,40 +1,30 @@
-//! `tollgate-ratelimit`: Envoy's global rate-limit service (`ShouldRateLimit`) with exact, shared
-//! counters in memory or Redis and four algorithms, reading envoyproxy/ratelimit's YAML unchanged.
+//! `tollgate-ratelimit`: Envoy's global rate-limit service (`ShouldRateLimit`) over the
+//! rate-limit engine (`tollgate-limiter`), reading envoyproxy/ratelimit's YAML unchanged.
 //!
-//! The engine ([`engine::Engine`]) is a library with no gRPC in it: config + matching
-//! ([`limits`]), algorithms ([`algorithm`]) and stores ([`store`]) are driven by plain Rust
-//! requests, so other front ends can embed it; [`service`] is the gRPC adapter.
+//! Everything that is not Envoy's lives in the engine: limits, matching, algorithms, stores,
+//! reload, metrics, header values. This crate is the adapter: the config file, the gRPC
+//! service converting protobuf to and from the engine's plain types, and the `/config` route.
 //!
 //! # Layout
-//! - [`config`]: the service's config file.
-//! - [`limits`]: the limits files (envoyproxy/ratelimit YAML + extensions), compiled for lookup;
-//!   descriptor matching; loading a directory with per-file last-good.
-//! - [`engine`]: request → store hits → decision; the injected clock.
-//! - [`algorithm`]: sliding_window, fixed_window, token_bucket, gcra, as pure functions.
-//! - [`store`]: the counter stores (memory, Redis, Redis Cluster, local over-limit cache).
-//! - [`service`]: ShouldRateLimit, response headers, dynamic metadata.
-//! - [`reload`]: hot reload on file change and SIGHUP; [`http`]: the `/config` route.
-//! - [`metrics`]: metric names and handles.
+//! - [`config`]: the service's config file (its own `server` and `log`, the engine's keys).
+//! - [`service`]: ShouldRateLimit: descriptors in, statuses, headers and metadata out, a store
+//!   failure as `UNAVAILABLE`.
+//! - [`http`]: the `/config` route.
+//! - `start`, `run`, `check`: the service as a library, for the binary and tests.
 
 pub mod config;
 pub mod http;
 pub mod service;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tollgate_common::Shutdown;
+use tollgate_common::watch::WatchError;
+use tollgate_limiter::{BuildError, FileError, Limiter, StoreError};
 use tollgate_proto::ratelimit::RateLimitServiceServer;
 use tollgate_server::{ServeError, Services, bind};
 
 pub use config::Config;
-use tollgate_common::clock::SystemClock;
-pub use tollgate_limiter::engine::Engine;
-use tollgate_limiter::{limits, reload, store};
-
-use tollgate_limiter::limits::FileError;
-use tollgate_limiter::reload::Reloader;
-use tollgate_limiter::store::StoreError;
 
 /// The gRPC health service name this service reports under.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -47,11 +37,20 @@ pub enum Error {
     #[error("counter store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot watch the limits: {0}")]
-    Watch(#[from] notify::Error),
+    Watch(#[from] WatchError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl From<BuildError> for Error {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Limits(errors) => Error::Limits(errors),
+            BuildError::Store(e) => Error::Store(e),
+        }
+    }
 }
 
 /// A started service.
@@ -61,62 +60,33 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Resolves when the service has stopped (after `shutdown` and draining).
     pub handle: tokio::task::JoinHandle<Result<(), ServeError>>,
-    /// The engine behind the gRPC service (embedding, tests).
-    pub engine: Arc<Engine>,
-    /// Reload the limits on demand (what SIGHUP does) and read the `/config` view.
-    pub reloader: Arc<Reloader>,
+    /// The engine behind the gRPC service (embedding, tests): reload on demand (what SIGHUP
+    /// does) and the `/config` view through its reloader.
+    pub limiter: Limiter,
 }
 
-/// Loads the limits (refusing to start on any bad file), connects the store, binds both
-/// listeners and serves in the background until `shutdown`.
+/// Builds the limiter (refusing to start on any bad limits file), binds both listeners and
+/// serves in the background until `shutdown`.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error> {
     tollgate_server::telemetry::init_logging(&config.log);
-    // Installed before the limits are compiled: their metric handles bind to it.
+    // Installed before the limiter is built: its metric handles bind to it.
     tollgate_server::telemetry::prometheus();
-    let store = store::build(&config.store).await?;
-    let engine = Arc::new(Engine::new(
-        limits::Limits::empty(),
-        store,
-        Arc::new(SystemClock),
-        config.engine_options(),
-    ));
-    let settings = reload::Settings {
-        failure_mode: config.failure_mode,
-        default_algorithm: config.default_algorithm,
-        shadow_mode: config.shadow_mode,
-        store: match config.store {
-            store::StoreConfig::Memory(_) => "memory",
-            store::StoreConfig::Redis(_) => "redis",
-        },
-    };
-    let reloader = Arc::new(
-        Reloader::new(
-            config.limits.clone(),
-            engine.clone(),
-            config.default_algorithm,
-        )
-        .with_settings(settings),
-    );
-    let errors = reloader.reload();
-    if !errors.is_empty() {
-        return Err(Error::Limits(errors));
-    }
+    let limiter = tollgate_limiter::build(&config.limiter).await?;
     let bound = bind(&config.server).await?;
     let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
-    reload::spawn(reloader.clone(), shutdown.clone())?;
-    let svc = service::RateLimitGrpc::new(engine.clone(), config.headers);
+    limiter.watch(shutdown.clone())?;
+    let svc = service::RateLimitGrpc::new(limiter.clone());
     let services = Services {
         name: SERVICE_NAME,
         grpc: tonic::service::Routes::new(RateLimitServiceServer::new(svc)),
-        http: http::router(reloader.clone()),
+        http: http::router(limiter.reloader().clone()),
     };
     let handle = tokio::spawn(bound.serve(services, shutdown));
     Ok(Running {
         grpc_addr,
         http_addr,
         handle,
-        engine,
-        reloader,
+        limiter,
     })
 }
 
@@ -128,15 +98,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 
 /// Validates a config and its limits files without binding anything (`check-config`).
 pub fn check(config: &Config) -> Result<(), Error> {
-    let Some(source) = &config.limits else {
-        return Ok(());
-    };
-    let report = limits::Loader::new(source.clone(), config.default_algorithm).load();
-    if report.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Limits(report.errors))
-    }
+    Ok(tollgate_limiter::check(&config.limiter)?)
 }
 
 #[cfg(test)]
@@ -206,7 +168,7 @@ mod tests {
         )
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while running.reloader.view().errors.is_empty() {
+        while running.limiter.reloader().view().errors.is_empty() {
             assert!(Instant::now() < deadline, "reload not seen");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

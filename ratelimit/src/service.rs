@@ -2,32 +2,30 @@
 //! converting protobuf to and from the engine's plain types: descriptors in; statuses, the
 //! engine's response headers and metadata out; a store failure as `UNAVAILABLE`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_proto::metadata;
-use tollgate_proto::pb::envoy::config::core::v3::HeaderValue;
 use tollgate_proto::pb::google::protobuf::{Duration as PbDuration, Struct};
 use tollgate_proto::ratelimit::{
     Code as PbCode, DescriptorStatus, RateLimit, RateLimitDescriptor, RateLimitRequest,
     RateLimitResponse, RateLimitService, Unit as PbUnit, header,
 };
 
+use tollgate_limiter::Limiter;
 use tollgate_limiter::descriptor::{DescriptorSource, LimitOverride};
-use tollgate_limiter::engine::{Code, Decision, Engine, EngineError, Status};
-use tollgate_limiter::response::{self, HeaderOptions, metadata_keys};
+use tollgate_limiter::engine::{Code, Decision, EngineError, Status};
+use tollgate_limiter::response::{self, metadata_keys};
 use tollgate_limiter::unit::Unit;
 
 /// The ShouldRateLimit service.
 #[derive(Debug, Clone)]
 pub struct RateLimitGrpc {
-    engine: Arc<Engine>,
-    headers: HeaderOptions,
+    limiter: Limiter,
 }
 
 impl RateLimitGrpc {
-    pub fn new(engine: Arc<Engine>, headers: HeaderOptions) -> Self {
-        Self { engine, headers }
+    pub fn new(limiter: Limiter) -> Self {
+        Self { limiter }
     }
 }
 
@@ -108,7 +106,7 @@ impl RateLimitGrpc {
         req: RateLimitRequest,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
         match self
-            .engine
+            .limiter
             .should_rate_limit(
                 &req.domain,
                 req.descriptors.iter().map(Envoy),
@@ -136,7 +134,7 @@ impl RateLimitGrpc {
                 Ok(tonic::Response::new(response(
                     &req.domain,
                     &decision,
-                    self.headers,
+                    self.limiter.headers(&decision),
                 )))
             }
             Err(EngineError::Store(e)) => {
@@ -147,12 +145,19 @@ impl RateLimitGrpc {
     }
 }
 
-/// Builds the protobuf response for a decision.
-pub fn response(domain: &str, decision: &Decision, headers: HeaderOptions) -> RateLimitResponse {
+/// Builds the protobuf response for a decision and the response headers it comes with.
+fn response(
+    domain: &str,
+    decision: &Decision,
+    headers: Vec<(&'static str, String)>,
+) -> RateLimitResponse {
     RateLimitResponse {
         overall_code: code(decision.code) as i32,
         statuses: decision.statuses.iter().map(status).collect(),
-        response_headers_to_add: response_headers(decision, headers),
+        response_headers_to_add: headers
+            .into_iter()
+            .map(|(name, value)| header(name, value))
+            .collect(),
         dynamic_metadata: dynamic_metadata(domain, decision),
         ..Default::default()
     }
@@ -186,13 +191,6 @@ fn status(s: &Status) -> DescriptorStatus {
     }
 }
 
-fn response_headers(decision: &Decision, opts: HeaderOptions) -> Vec<HeaderValue> {
-    response::headers(decision, opts)
-        .into_iter()
-        .map(|(name, value)| header(name, value))
-        .collect()
-}
-
 fn dynamic_metadata(domain: &str, decision: &Decision) -> Option<Struct> {
     let md = response::metadata(domain, decision)?;
     let mut fields = vec![(metadata_keys::DOMAIN, metadata::string(md.domain))];
@@ -217,9 +215,12 @@ mod tests {
     use tollgate_proto::ratelimit::{RateLimitDescriptor, Unit, descriptor};
 
     use super::*;
+    use std::sync::Arc;
     use tollgate_common::clock::ManualClock;
+
+    use tollgate_limiter::HeaderOptions;
     use tollgate_limiter::algorithm::Algorithm;
-    use tollgate_limiter::engine::EngineOptions;
+    use tollgate_limiter::engine::{Engine, EngineOptions};
     use tollgate_limiter::limits::Limits;
     use tollgate_limiter::store::{MemoryOptions, MemoryStore};
 
@@ -245,7 +246,7 @@ descriptors:
             Arc::new(ManualClock::new(start)),
             EngineOptions::default(),
         );
-        RateLimitGrpc::new(Arc::new(engine), headers)
+        RateLimitGrpc::new(Limiter::from_engine(Arc::new(engine), headers))
     }
 
     async fn call(svc: &RateLimitGrpc, descriptors: Vec<RateLimitDescriptor>) -> RateLimitResponse {
@@ -409,7 +410,10 @@ descriptors:
             Arc::new(tollgate_common::clock::SystemClock),
             EngineOptions::default(),
         );
-        let svc = RateLimitGrpc::new(Arc::new(engine), HeaderOptions::default());
+        let svc = RateLimitGrpc::new(Limiter::from_engine(
+            Arc::new(engine),
+            HeaderOptions::default(),
+        ));
         let req = RateLimitRequest {
             domain: "web".into(),
             descriptors: vec![descriptor([("client", "c")])],

@@ -1,13 +1,13 @@
 //! TLS for the listeners: a rustls server config built from PEM files, with optional client
 //! certificate verification (mTLS), rebuilt when the files change.
 //!
-//! The files are watched through their parent directories, because Kubernetes updates mounted
-//! Secrets by swapping a `..data` symlink, which a watch on the file itself never sees. A reload
-//! that fails (half-written file, mismatched key) keeps the previous config and logs why.
+//! The files are watched through their parent directories (`tollgate_common::watch`), because
+//! Kubernetes updates mounted Secrets by swapping a `..data` symlink, which a watch on the file
+//! itself never sees; SIGHUP reloads them too. A reload that fails (half-written file,
+//! mismatched key) keeps the previous config and logs why.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig as RustlsConfig;
@@ -15,6 +15,7 @@ use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
 use tollgate_common::config::{Errors, Validate};
 use tollgate_common::tls::{TlsError, certs, crypto_provider, private_key};
+use tollgate_common::watch::Watcher;
 
 /// The `tls:` section of a listener.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -68,12 +69,13 @@ pub fn build(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<RustlsConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
-/// A TLS acceptor whose config is swapped in place when the certificate files change.
+/// A TLS acceptor whose config is swapped in place when the certificate files change (or on
+/// SIGHUP).
 #[derive(Clone)]
 pub struct ReloadingAcceptor {
     current: Arc<ArcSwap<RustlsConfig>>,
-    // Keeps the file watcher alive as long as the acceptor.
-    _watcher: Arc<Option<notify::RecommendedWatcher>>,
+    // Stops the reload task with the last clone of the acceptor.
+    _reload: Option<Arc<AbortOnDrop>>,
 }
 
 impl std::fmt::Debug for ReloadingAcceptor {
@@ -82,14 +84,23 @@ impl std::fmt::Debug for ReloadingAcceptor {
     }
 }
 
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ReloadingAcceptor {
     /// Builds the initial config (failing if it is invalid) and starts watching the files.
     pub fn new(cfg: &TlsConfig, alpn: &'static [&'static [u8]]) -> Result<Self, TlsError> {
         let current = Arc::new(ArcSwap::new(build(cfg, alpn)?));
-        let watcher = watch(cfg.clone(), alpn, current.clone());
+        let reload = watch(cfg.clone(), alpn, current.clone());
         Ok(Self {
             current,
-            _watcher: Arc::new(watcher),
+            _reload: reload.map(Arc::new),
         })
     }
 
@@ -99,58 +110,29 @@ impl ReloadingAcceptor {
     }
 }
 
+/// Rebuilds the config on every change to the files' directories and on SIGHUP.
 fn watch(
     cfg: TlsConfig,
     alpn: &'static [&'static [u8]],
     current: Arc<ArcSwap<RustlsConfig>>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = match notify::recommended_watcher(
-        move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.try_send(());
-            }
-        },
-    ) {
+) -> Option<AbortOnDrop> {
+    let files = [
+        Some(&cfg.cert_file),
+        Some(&cfg.key_file),
+        cfg.client_ca_file.as_ref(),
+    ];
+    let mut watcher = match Watcher::new(files.into_iter().flatten()) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch TLS files; certificates will not be reloaded");
             return None;
         }
     };
-    let mut dirs: Vec<PathBuf> = [
-        Some(&cfg.cert_file),
-        Some(&cfg.key_file),
-        cfg.client_ca_file.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|p| {
-        p.parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
-    })
-    .map(|p| {
-        if p.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            p
-        }
-    })
-    .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in &dirs {
-        if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %d.display(), error = %e, "cannot watch TLS directory");
-        }
-    }
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Writers often replace cert and key in two steps: let them finish.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
+    let task = tokio::spawn(async move {
+        loop {
+            // The watcher waits for the writes to settle: writers often replace cert and
+            // key in two steps.
+            watcher.changed().await;
             match build(&cfg, alpn) {
                 Ok(new) => {
                     current.store(new);
@@ -162,5 +144,5 @@ fn watch(
             }
         }
     });
-    Some(watcher)
+    Some(AbortOnDrop(task.abort_handle()))
 }
