@@ -799,3 +799,50 @@ fn glob_matching() {
     assert!(!m("ab*ba", "aba"), "prefix and suffix must not overlap");
     assert!(m("**", ""));
 }
+
+#[test]
+fn algorithm_errors_carry_their_line_in_block_and_flow_style() {
+    let unknown = "unknown variant `bogus`, expected one of `sliding_window`, `fixed_window`, \
+                   `token_bucket`, `gcra`";
+    let flow = errors(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n      - {unit: second, requests_per_unit: 1, algorithm: bogus}\n",
+    );
+    assert_eq!(
+        flow,
+        [(
+            "descriptors[0].rate_limits[0].algorithm".to_string(),
+            Some(5),
+            unknown.to_string()
+        )]
+    );
+    let block = errors(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n      requests_per_unit: 1\n      algorithm: bogus\n",
+    );
+    assert_eq!(block[0].1, Some(7));
+    // Bounds that depend on the algorithm: a burst on a window algorithm, and a meter whose
+    // limit × window cannot be counted exactly.
+    let e = errors(
+        "domain: d
+descriptors:
+  - key: a
+    rate_limit:
+      unit: second
+      requests_per_unit: 1
+      algorithm: fixed_window
+      burst: 3
+  - key: b
+    rate_limit:
+      unit: day
+      requests_per_unit: 1000000000
+      algorithm: gcra
+",
+    );
+    let got: Vec<_> = e.iter().map(|(f, l, _)| (f.as_str(), *l)).collect();
+    assert_eq!(
+        got,
+        [
+            ("descriptors[0].rate_limit.burst", Some(8)),
+            ("descriptors[1].rate_limit.requests_per_unit", Some(12)),
+        ]
+    );
+}
