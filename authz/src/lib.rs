@@ -91,6 +91,16 @@ pub struct Running {
     pub reloader: Option<Arc<reload::Reloader>>,
 }
 
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The decision maker and the API keys it uses, built from a config without binding anything.
 pub struct Built {
     pub authorizer: Arc<Authorizer>,

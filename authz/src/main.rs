@@ -1,5 +1,8 @@
 //! The `tollgate-authz` binary: `serve`, `check-config`, and `keys` (the admin API's client).
 
+// The binary shares its package's dependencies; the lint is for the library's.
+#![allow(unused_crate_dependencies)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

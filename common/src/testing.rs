@@ -47,6 +47,7 @@ pub fn poll(what: &str, deadline: Duration, mut probe: impl FnMut() -> bool) {
 }
 
 /// A `redis-server` child process.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Child,
     port: u16,
@@ -300,6 +301,7 @@ impl Drop for RedisServer {
 }
 
 /// A Redis Cluster of `redis-server --cluster-enabled yes` nodes, all masters.
+#[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }

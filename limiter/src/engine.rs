@@ -297,7 +297,7 @@ impl Engine {
         let limit = Arc::new(limit);
         Some(Pending {
             descriptor,
-            key: limit.into_counter_key(key),
+            key: limit.finish_key(key),
             limit,
             cost,
             shadow: self.options.shadow_mode,
@@ -334,7 +334,7 @@ impl Engine {
         for limit in found[..last].iter().filter(|l| !l.unlimited) {
             pend(limit, limit.counter_key(&key));
         }
-        pend(&found[last], found[last].into_counter_key(key));
+        pend(&found[last], found[last].finish_key(key));
         Matched::Limited
     }
 

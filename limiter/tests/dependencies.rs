@@ -2,6 +2,9 @@
 //! ext_authz in one call, an Envoy dynamic module) embeds it as it is. Checked on the resolved
 //! dependency graph, so a crate pulled in through another one is caught too.
 
+// The test binary shares its package's dependencies; the lint is for the library's.
+#![allow(unused_crate_dependencies)]
+
 use std::process::Command;
 
 /// Crates (and their `-` families: `tonic-prost`, `hyper-util`) the engine must not depend on.

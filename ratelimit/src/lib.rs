@@ -10,8 +10,10 @@
 //! - [`service`]: ShouldRateLimit: descriptors in, statuses, headers and metadata out, a store
 //!   failure as `UNAVAILABLE`.
 //! - [`http`]: the `/config` route.
+//! - [`cli`]: the command line (`serve`, `check-config`) the binary runs.
 //! - `start`, `run`, `check`: the service as a library, for the binary and tests.
 
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod service;

@@ -1,64 +1,9 @@
-//! The `tollgate-ratelimit` binary: `serve` and `check-config`.
+//! The `tollgate-ratelimit` binary: `serve` and `check-config` (see `tollgate_ratelimit::cli`).
 
-use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
-use tollgate_common::cli::ConfigArgs;
-use tollgate_common::config::load;
-use tollgate_ratelimit::Config;
-
-#[derive(Parser)]
-#[command(
-    name = "tollgate-ratelimit",
-    version,
-    about = "Envoy global rate limiting: exact shared counters, four algorithms"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the service.
-    Serve(ConfigArgs),
-    /// Validate the config and every limits file (each error with file, line and field) and exit.
-    CheckConfig(ConfigArgs),
-}
+// The binary shares its package's dependencies; the lint is for the library's.
+#![allow(unused_crate_dependencies)]
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let (check_only, args) = match Cli::parse().command {
-        Command::Serve(a) => (false, a),
-        Command::CheckConfig(a) => (true, a),
-    };
-    let config = match load::<Config>(&args.sources()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    if check_only {
-        return match tollgate_ratelimit::check(&config) {
-            Ok(()) => {
-                println!("config ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        };
-    }
-    tollgate_server::telemetry::init_logging(&config.log);
-    let shutdown = tollgate_common::shutdown_on_signals();
-    match tollgate_ratelimit::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "tollgate-ratelimit failed");
-            eprintln!("tollgate-ratelimit: {e}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    tollgate_ratelimit::cli::main().await
 }

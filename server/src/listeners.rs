@@ -144,6 +144,7 @@ pub enum ServeError {
 }
 
 /// What a service hands to [`Bound::serve`].
+#[derive(Debug)]
 pub struct Services {
     /// The gRPC health service name that reports this service's readiness, e.g.
     /// `envoy.service.ratelimit.v3.RateLimitService`.
@@ -168,6 +169,7 @@ impl Readiness {
 }
 
 /// Both listeners, bound and not yet serving.
+#[derive(Debug)]
 pub struct Bound {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -364,6 +366,7 @@ async fn metrics() -> impl IntoResponse {
 }
 
 /// A connection, plain or TLS.
+#[derive(Debug)]
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),

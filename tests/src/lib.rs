@@ -21,6 +21,13 @@ pub mod process;
 pub mod redis;
 pub mod stack;
 
+// The end-to-end tests' own dependencies, which the harness's unit tests see too.
+#[cfg(test)]
+use {
+    ::redis as _, opentelemetry_proto as _, prost as _, serde_yaml as _, tollgate_proto as _,
+    tonic as _,
+};
+
 /// Routes the in-process services' logs through the test harness's capture, so they show only
 /// for a failing test. `TOLLGATE_LOG` sets the filter (default `info`).
 pub fn init_test_logging() {

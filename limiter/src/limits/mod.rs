@@ -150,7 +150,7 @@ impl Limit {
     }
 
     /// As [`Self::counter_key`], reusing the builder's buffer (the descriptor's last limit).
-    pub(crate) fn into_counter_key(&self, key: KeyBuilder) -> CounterKey {
+    pub(crate) fn finish_key(&self, key: KeyBuilder) -> CounterKey {
         key.into_key(&self.position)
     }
 }

@@ -614,8 +614,8 @@ descriptors:
     assert_ne!(k0, k1);
     // One Redis Cluster hash tag for both: the descriptor.
     let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
-    assert_eq!(tag(&k0), "{rl|d|k=v}");
-    assert_eq!(tag(&k1), tag(&k0));
+    assert_eq!(tag(k0), "{rl|d|k=v}");
+    assert_eq!(tag(k1), tag(k0));
 }
 
 #[test]
