@@ -1,5 +1,6 @@
-//! Shared plumbing of the Tollgate services. Domain logic lives in `tollgate-authz` and
-//! `tollgate-ratelimit`; this crate only holds what both binaries need the same way.
+//! Shared plumbing of the Tollgate crates, with no RPC or HTTP server crate in it, so that the
+//! engines (`tollgate-limiter`, the authz decision) can use it wherever they are embedded.
+//! Domain logic lives in those crates; listeners and telemetry in `tollgate-server`.
 //!
 //! # Layout
 //! - [`config`]: YAML + env + flag loading, strict parsing, every error with file, line and field.

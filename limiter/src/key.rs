@@ -12,7 +12,7 @@
 
 /// One counter's key, and where its descriptor part lies (for `detailed_metric` series).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CounterKey {
+pub(crate) struct CounterKey {
     text: String,
     /// Byte range of the descriptor part (`<key>=<value>|…`) in `text`.
     descriptor: (usize, usize),
@@ -20,12 +20,12 @@ pub struct CounterKey {
 
 impl CounterKey {
     /// The key as stores count on it.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
     /// The descriptor part: the escaped `key=value` entries, `|`-separated.
-    pub fn descriptor(&self) -> &str {
+    pub(crate) fn descriptor(&self) -> &str {
         &self.text[self.descriptor.0..self.descriptor.1]
     }
 }

@@ -15,7 +15,7 @@
 //! - [`descriptor`]: request descriptors as the engine reads them.
 //! - [`limits`]: the limits files (envoyproxy/ratelimit YAML + extensions), compiled for
 //!   lookup; descriptor matching; loading a directory with per-file last-good.
-//! - [`key`]: the counter key, built once per matched descriptor.
+//! - `key`: the counter key, built once per matched descriptor.
 //! - [`engine`]: request → store hits → decision, with the injected clock.
 //! - [`algorithm`]: sliding_window, fixed_window, token_bucket, gcra, as pure functions.
 //! - [`unit`]: the units a limit is written in.
@@ -35,7 +35,7 @@ pub mod algorithm;
 pub mod config;
 pub mod descriptor;
 pub mod engine;
-pub mod key;
+mod key;
 pub mod limits;
 pub mod metrics;
 pub mod reload;

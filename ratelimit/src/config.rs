@@ -1,5 +1,6 @@
 //! The service's own config file (`tollgate-ratelimit.yaml`): listeners and logs (shared with
-//! authz), the counter store, where the limits live, the failure mode and response headers.
+//! authz), and at the top level beside them the engine's section (`tollgate_limiter::config`):
+//! the counter store, where the limits live, the failure mode and response headers.
 //!
 //! ```yaml
 //! server: {grpc_addr: 0.0.0.0:8081, http_addr: 0.0.0.0:8080}
