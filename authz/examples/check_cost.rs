@@ -3,6 +3,9 @@
 //!
 //! Complements the gRPC / Envoy benchmarks in `bench/`, which include transport costs.
 
+// The example shares its package's dependencies; the lint is for the library's.
+#![allow(unused_crate_dependencies)]
+
 use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

@@ -654,7 +654,7 @@ impl Authorization for AuthzService {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref())
             .map(|h| &h.headers);
-        let span = tollgate_common::trace::server_span(
+        let span = tollgate_server::trace::server_span(
             "envoy.service.auth.v3.Authorization/Check",
             request.metadata(),
             |k| headers.and_then(|h| h.get(k)).map(String::as_str),

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 use tollgate_common::config::{Defaults, Errors, Validate, join};
-use tollgate_common::server::ServerConfig;
-use tollgate_common::telemetry::LogConfig;
+use tollgate_server::ServerConfig;
+use tollgate_server::telemetry::LogConfig;
 
 use crate::admin::AdminConfig;
 use crate::apikey::{ApiKeysConfig, KeyStoreConfig};

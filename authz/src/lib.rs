@@ -26,8 +26,8 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tollgate_common::Shutdown;
 use tollgate_common::config::Sources;
-use tollgate_common::server::{self, ServeError, Services};
 use tollgate_proto::auth::AuthorizationServer;
+use tollgate_server::{ServeError, Services};
 
 pub mod admin;
 pub mod apikey;
@@ -73,7 +73,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("cannot watch the config file: {0}")]
-    Watch(#[from] notify::Error),
+    Watch(#[from] tollgate_common::watch::WatchError),
 }
 
 /// A service started by [`start`].
@@ -89,6 +89,16 @@ pub struct Running {
     /// Reloads the policy on demand (what SIGHUP does); present when started by
     /// [`start_with_reload`].
     pub reloader: Option<Arc<reload::Reloader>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The decision maker and the API keys it uses, built from a config without binding anything.
@@ -170,14 +180,14 @@ async fn serve(
     shutdown: Shutdown,
     reloader: Option<Arc<reload::Reloader>>,
 ) -> Result<Running, Error> {
-    let _ = tollgate_common::telemetry::prometheus();
+    let _ = tollgate_server::telemetry::prometheus();
     metrics::describe();
     let Built {
         authorizer,
         api_keys,
     } = built;
 
-    let bound = server::bind(&config.server).await?;
+    let bound = tollgate_server::bind(&config.server).await?;
     let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
 
     let admin = match (&config.admin, &api_keys) {

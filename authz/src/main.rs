@@ -1,5 +1,8 @@
 //! The `tollgate-authz` binary: `serve`, `check-config`, and `keys` (the admin API's client).
 
+// The binary shares its package's dependencies; the lint is for the library's.
+#![allow(unused_crate_dependencies)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -40,9 +43,9 @@ async fn main() -> ExitCode {
                 Ok(l) => (l.config, l.ignored),
                 Err(code) => return code,
             };
-            tollgate_common::telemetry::init_logging(&config.log);
+            tollgate_server::telemetry::init_logging(&config.log);
             warn_ignored(&ignored);
-            tollgate_common::conns::raise_fd_limit();
+            tollgate_server::conns::raise_fd_limit();
             let shutdown = tollgate_common::shutdown_on_signals();
             match tollgate_authz::run(config, sources, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,

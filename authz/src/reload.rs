@@ -5,15 +5,14 @@
 //! the last good policy. Only `policy` is applied: other sections that changed are reported as
 //! needing a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::{counter, describe_counter};
-use notify::{RecursiveMode, Watcher};
 use serde_yaml::{Mapping, Value};
 use tollgate_common::Shutdown;
 use tollgate_common::config::{ConfigErrors, Errors, FieldError, Sources, load};
+use tollgate_common::watch::{Change, WatchError, Watcher};
 
 use crate::check::Authorizer;
 use crate::config::Config;
@@ -24,10 +23,6 @@ use crate::policy::{Policy, check_methods_configured};
 pub const RELOADS: &str = "tollgate_authz_config_reloads_total";
 /// Reloads refused because the file could not be read, parsed, validated or compiled.
 pub const RELOAD_ERRORS: &str = "tollgate_authz_config_reload_errors_total";
-
-/// File events closer together than this are one change (a write in several chunks, an
-/// editor's write + rename, the several renames of a ConfigMap swap).
-const SETTLE: Duration = Duration::from_millis(200);
 
 /// The one section a reload applies.
 const RELOADED_SECTION: &str = "policy";
@@ -222,48 +217,17 @@ pub fn describe() {
 pub fn spawn(
     reloader: Arc<Reloader>,
     shutdown: Shutdown,
-) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watcher = match reloader.file() {
-        Some(path) => {
-            let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                if ev.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.send(());
-                }
-            })?;
-            w.watch(&directory_of(path), RecursiveMode::NonRecursive)?;
-            Some(w)
-        }
-        None => None,
-    };
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloads follow file changes only");
-            None
-        }
-    };
+) -> Result<tokio::task::JoinHandle<()>, WatchError> {
+    let mut watcher = Watcher::new(reloader.file())?;
     Ok(tokio::spawn(async move {
-        // Dropping the watcher stops it: it lives as long as this task.
-        let _watcher = watcher;
         loop {
-            let hup_recv = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             let forced = tokio::select! {
                 _ = shutdown.triggered() => return,
-                Some(()) = rx.recv() => {
-                    while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-                    false
-                }
-                _ = hup_recv => {
-                    tracing::info!("SIGHUP: reloading the policy");
-                    true
-                }
+                change = watcher.changed() => change == Change::Signal,
             };
+            if forced {
+                tracing::info!("SIGHUP: reloading the policy");
+            }
             let r = reloader.clone();
             // Other files in the directory (a key store, logs) change often; only a change to
             // the config itself is worth a reload and its log lines.
@@ -277,18 +241,10 @@ pub fn spawn(
     }))
 }
 
-/// The directory holding `path`: watching it rather than the file sees a rename onto the file
-/// and a ConfigMap's `..data` swap, which replace the inode a file watch would follow.
-fn directory_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
 
     use tollgate_proto::auth::attribute_context::{HttpRequest, Request};
     use tollgate_proto::auth::{AttributeContext, CheckRequest, HttpResponse};

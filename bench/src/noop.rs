@@ -4,6 +4,9 @@
 //! service can reach: whatever it costs Envoy and itself per call, a real service costs at least
 //! that much. The benchmark runs it beside Tollgate so the two can be compared call for call.
 
+// The three benchmark binaries share one package's dependencies.
+#![allow(unused_crate_dependencies)]
+
 use std::net::SocketAddr;
 
 use clap::Parser;

@@ -4,6 +4,9 @@
 //! It should cost as little as possible so that the Envoy variants differ only by their filters;
 //! by default it runs on one thread because Envoy, wrk and the gRPC services share the same cores.
 
+// The three benchmark binaries share one package's dependencies.
+#![allow(unused_crate_dependencies)]
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use axum::http::{HeaderMap, header};
+use http::{HeaderMap, header};
 
 use crate::config::{Env, Errors, join};
 use crate::secret::Secret;

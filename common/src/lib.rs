@@ -1,35 +1,31 @@
-//! Shared plumbing of the Tollgate services. Domain logic lives in `tollgate-authz` and
-//! `tollgate-ratelimit`; this crate only holds what both binaries need the same way.
+//! Shared plumbing of the Tollgate crates, with no RPC or HTTP server crate in it, so that the
+//! engines (`tollgate-limiter`, the authz decision) can use it wherever they are embedded.
+//! Domain logic lives in those crates; listeners and telemetry in `tollgate-server`.
 //!
 //! # Layout
 //! - [`config`]: YAML + env + flag loading, strict parsing, every error with file, line and field.
 //! - [`cli`]: the flags both binaries share.
-//! - [`server`]: the gRPC and HTTP side listeners, TLS/mTLS, readiness and graceful shutdown.
-//! - [`conns`]: connection caps, header deadlines and accept back-off for the HTTP listeners;
-//!   the open-file limit.
-//! - [`tls`]: rustls configs from PEM files, reloaded when the files change.
+//! - [`clock`]: the injected wall clock ([`clock::Clock`]; system and manual).
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
-//! - [`telemetry`]: JSON logs with a runtime-changeable level, the Prometheus recorder.
-//! - [`trace`]: OpenTelemetry spans over OTLP, joined to Envoy's trace (W3C, B3).
-//! - [`debug`]: the protected operator endpoints: runtime log level, CPU profiles.
 //! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
 //! - [`log_throttle`]: one log line per interval, with a count, for errors that repeat.
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
+//! - [`tls`]: PEM certificates and keys, the rustls client config (Redis over TLS).
+//! - [`trace`]: the switch and helpers for spans meant for export (the exporter is elsewhere).
+//! - [`watch`]: the one file watcher (directory watches, ConfigMap-safe) with SIGHUP.
 //! - `testing` (feature `testing`): real Redis server, Cluster and Sentinel processes for tests.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
-pub mod conns;
 pub mod credential;
-pub mod debug;
 pub mod log_throttle;
 pub mod secret;
-pub mod server;
 pub mod shutdown;
-pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 pub mod trace;
+pub mod watch;
 
 pub use shutdown::{Shutdown, shutdown_on_signals};

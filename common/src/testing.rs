@@ -52,6 +52,7 @@ pub fn poll(what: &str, deadline: Duration, mut probe: impl FnMut() -> bool) {
 }
 
 /// A `redis-server` child process.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Child,
     port: u16,
@@ -326,6 +327,7 @@ impl Drop for RedisServer {
 }
 
 /// A Redis Cluster of `redis-server --cluster-enabled yes` nodes, all masters.
+#[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }

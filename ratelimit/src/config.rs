@@ -1,5 +1,6 @@
 //! The service's own config file (`tollgate-ratelimit.yaml`): listeners and logs (shared with
-//! authz), the counter store, where the limits live, the failure mode and response headers.
+//! authz), and at the top level beside them the engine's section (`tollgate_limiter::config`):
+//! the counter store, where the limits live, the failure mode and response headers.
 //!
 //! ```yaml
 //! server: {grpc_addr: 0.0.0.0:8081, http_addr: 0.0.0.0:8080}
@@ -13,16 +14,19 @@
 //! headers: {ietf: true, x_ratelimit: false, retry_after: true}
 //! ```
 
-use serde::Deserialize;
-use tollgate_common::config::{Defaults, Errors, Validate, join};
-use tollgate_common::server::ServerConfig;
-use tollgate_common::telemetry::LogConfig;
+use std::fmt;
 
-use crate::algorithm::Algorithm;
-use crate::engine::{EngineOptions, FailureMode};
-use crate::limits::LimitsSource;
-use crate::service::HeaderOptions;
-use crate::store::StoreConfig;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use tollgate_common::config::{Defaults, Errors, Validate, join};
+use tollgate_limiter::LimiterConfig;
+use tollgate_limiter::config::{FIELDS, Key, LimiterFields};
+use tollgate_limiter::limits::LimitsSource;
+use tollgate_server::ServerConfig;
+use tollgate_server::telemetry::LogConfig;
+
+/// The service's own top-level keys; the rest are the limiter's ([`FIELDS`]).
+const OWN: &[&str] = &["server", "log"];
 
 /// Default gRPC port (Envoy's rate-limit cluster points here).
 pub const DEFAULT_GRPC_PORT: u16 = 8081;
@@ -33,36 +37,13 @@ fn default_server() -> ServerConfig {
     ServerConfig::with_ports(DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT)
 }
 
-fn default_near_limit_ratio() -> f64 {
-    0.8
-}
-
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Config {
-    #[serde(default = "default_server")]
     pub server: ServerConfig,
-    #[serde(default)]
     pub log: LogConfig,
-    #[serde(default)]
-    pub store: StoreConfig,
-    /// The limits; none configured means every request is allowed.
-    #[serde(default)]
-    pub limits: Option<LimitsSource>,
-    #[serde(default)]
-    pub failure_mode: FailureMode,
-    /// The algorithm of limits that do not name one, and of limits sent by Envoy.
-    #[serde(default)]
-    pub default_algorithm: Algorithm,
-    /// Global shadow mode: every limit counts, none denies.
-    #[serde(default)]
-    pub shadow_mode: bool,
-    /// A within-limit hit that uses more than this share of its limit counts as near the limit.
-    #[serde(default = "default_near_limit_ratio")]
-    pub near_limit_ratio: f64,
-    #[serde(default)]
-    pub headers: HeaderOptions,
+    /// The engine's settings, written as top-level keys of this file.
+    pub limiter: LimiterConfig,
 }
 
 impl Default for Config {
@@ -70,13 +51,7 @@ impl Default for Config {
         Self {
             server: default_server(),
             log: LogConfig::default(),
-            store: StoreConfig::default(),
-            limits: None,
-            failure_mode: FailureMode::default(),
-            default_algorithm: Algorithm::default(),
-            shadow_mode: false,
-            near_limit_ratio: default_near_limit_ratio(),
-            headers: HeaderOptions::default(),
+            limiter: LimiterConfig::default(),
         }
     }
 }
@@ -84,22 +59,43 @@ impl Default for Config {
 impl Config {
     /// A config for in-process tests: loopback port 0, memory store, limits from `path`.
     pub fn for_tests(limits: impl Into<std::path::PathBuf>) -> Self {
-        Self {
+        let mut config = Self {
             server: ServerConfig::ephemeral(),
-            limits: Some(LimitsSource {
-                path: limits.into(),
-            }),
             ..Self::default()
-        }
+        };
+        config.limiter.limits = Some(LimitsSource {
+            path: limits.into(),
+        });
+        config
     }
+}
 
-    pub fn engine_options(&self) -> EngineOptions {
-        EngineOptions {
-            failure_mode: self.failure_mode,
-            override_algorithm: self.default_algorithm,
-            shadow_mode: self.shadow_mode,
-            near_limit_ratio: self.near_limit_ratio,
+impl<'de> Deserialize<'de> for Config {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct File;
+        impl<'de> Visitor<'de> for File {
+            type Value = Config;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the tollgate-ratelimit config")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Config, A::Error> {
+                let (mut server, mut log) = (None, None);
+                let mut limiter = LimiterFields::default();
+                while let Some(key) = map.next_key_seed(Key(&[OWN, FIELDS]))? {
+                    match key {
+                        "server" => server = Some(map.next_value()?),
+                        "log" => log = Some(map.next_value()?),
+                        other => limiter.read(other, &mut map)?,
+                    }
+                }
+                Ok(Config {
+                    server: server.unwrap_or_else(default_server),
+                    log: log.unwrap_or_default(),
+                    limiter: limiter.finish(),
+                })
+            }
         }
+        d.deserialize_map(File)
     }
 }
 
@@ -114,15 +110,7 @@ impl Validate for Config {
     fn validate(&self, at: &str, errors: &mut Errors) {
         self.server.validate(&join(at, "server"), errors);
         self.log.validate(&join(at, "log"), errors);
-        self.store.validate(&join(at, "store"), errors);
-        if !(self.near_limit_ratio > 0.0 && self.near_limit_ratio <= 1.0) {
-            errors.push(join(at, "near_limit_ratio"), "must be in (0, 1]");
-        }
-        if let Some(l) = &self.limits
-            && l.path.as_os_str().is_empty()
-        {
-            errors.push(join(&join(at, "limits"), "path"), "must not be empty");
-        }
+        self.limiter.validate(at, errors);
     }
 }
 
@@ -130,6 +118,9 @@ impl Validate for Config {
 mod tests {
     use super::*;
     use tollgate_common::config::{Sources, load};
+    use tollgate_limiter::FailureMode;
+    use tollgate_limiter::HeaderOptions;
+    use tollgate_limiter::algorithm::Algorithm;
 
     fn load_text(text: &str) -> Result<Config, tollgate_common::config::ConfigErrors> {
         let f = tempfile::NamedTempFile::new().unwrap();
@@ -155,8 +146,12 @@ headers: {ietf: false, x_ratelimit: true}
 ",
         )
         .unwrap();
+        assert_eq!(c.server.grpc_addr.port(), 9081);
+        let c = c.limiter;
         assert_eq!(c.failure_mode, FailureMode::Deny);
         assert_eq!(c.default_algorithm, Algorithm::Gcra);
+        assert!(c.shadow_mode);
+        assert_eq!(c.near_limit_ratio, 0.9);
         assert_eq!(
             c.headers,
             HeaderOptions {
@@ -170,7 +165,7 @@ headers: {ietf: false, x_ratelimit: true}
 
     #[test]
     fn empty_config_is_all_defaults() {
-        let c = load_text("").unwrap();
+        let c = load_text("").unwrap().limiter;
         assert_eq!(c.failure_mode, FailureMode::Error);
         assert!(c.limits.is_none());
         assert_eq!(c.headers, HeaderOptions::default());
@@ -195,5 +190,23 @@ headers: {ietf: false, x_ratelimit: true}
         assert_eq!(e.0[0].field, "failure_mode");
         let e = load_text("headers: {ietf: true, xratelimit: true}\n").unwrap_err();
         assert!(e.0[0].reason.contains("unknown field"), "{}", e.0[0].reason);
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_is_named_with_its_line() {
+        let e = load_text("log: {format: text}\nlimts: {path: /etc/limits}\n").unwrap_err();
+        assert_eq!((e.0[0].field.as_str(), e.0[0].line), ("limts", Some(2)));
+        assert!(
+            e.0[0]
+                .reason
+                .starts_with("unknown field `limts`, expected one of `server`, `log`, `store`"),
+            "{}",
+            e.0[0].reason
+        );
+        let e = load_text("store:\n  type: redis\n  url: redis://r\n  timeout: 0s\n").unwrap_err();
+        assert_eq!(
+            (e.0[0].field.as_str(), e.0[0].line),
+            ("store.timeout", Some(4))
+        );
     }
 }

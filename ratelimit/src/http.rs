@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 
-use crate::reload::Reloader;
+use tollgate_limiter::reload::Reloader;
 
 /// The `/config` route: JSON with the limits in force, every file's state and every error's
 /// file, line and reason (an empty `errors` list means the files on disk are all in force).

@@ -1,44 +1,32 @@
-//! `tollgate-ratelimit`: Envoy's global rate-limit service (`ShouldRateLimit`) with exact, shared
-//! counters in memory or Redis and four algorithms, reading envoyproxy/ratelimit's YAML unchanged.
+//! `tollgate-ratelimit`: Envoy's global rate-limit service (`ShouldRateLimit`) over the
+//! rate-limit engine (`tollgate-limiter`), reading envoyproxy/ratelimit's YAML unchanged.
 //!
-//! The engine ([`engine::Engine`]) is a library with no gRPC in it: config + matching
-//! ([`limits`]), algorithms ([`algorithm`]) and stores ([`store`]) are driven by plain Rust
-//! requests, so other front ends can embed it; [`service`] is the gRPC adapter.
+//! Everything that is not Envoy's lives in the engine: limits, matching, algorithms, stores,
+//! reload, metrics, header values. This crate is the adapter: the config file, the gRPC
+//! service converting protobuf to and from the engine's plain types, and the `/config` route.
 //!
 //! # Layout
-//! - [`config`]: the service's config file.
-//! - [`limits`]: the limits files (envoyproxy/ratelimit YAML + extensions), compiled for lookup;
-//!   descriptor matching; loading a directory with per-file last-good.
-//! - [`engine`]: request → store hits → decision; the injected [`engine::Clock`].
-//! - [`algorithm`]: sliding_window, fixed_window, token_bucket, gcra, as pure functions.
-//! - [`store`]: the counter stores (memory, Redis, Redis Cluster, local over-limit cache).
-//! - [`service`]: ShouldRateLimit, response headers, dynamic metadata.
-//! - [`reload`]: hot reload on file change and SIGHUP; [`http`]: the `/config` route.
-//! - [`metrics`]: metric names and handles.
+//! - [`config`]: the service's config file (its own `server` and `log`, the engine's keys).
+//! - [`service`]: ShouldRateLimit: descriptors in, statuses, headers and metadata out, a store
+//!   failure as `UNAVAILABLE`.
+//! - [`http`]: the `/config` route.
+//! - [`cli`]: the command line (`serve`, `check-config`) the binary runs.
+//! - `start`, `run`, `check`: the service as a library, for the binary and tests.
 
-pub mod algorithm;
+pub mod cli;
 pub mod config;
-pub mod engine;
 pub mod http;
-pub mod limits;
-pub mod metrics;
-pub mod reload;
 pub mod service;
-pub mod store;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use tollgate_common::Shutdown;
-use tollgate_common::server::{ServeError, Services, bind};
+use tollgate_common::watch::WatchError;
+use tollgate_limiter::{BuildError, FileError, Limiter, StoreError};
 use tollgate_proto::ratelimit::RateLimitServiceServer;
+use tollgate_server::{ServeError, Services, bind};
 
 pub use config::Config;
-pub use engine::{Engine, SystemClock};
-
-use crate::limits::FileError;
-use crate::reload::Reloader;
-use crate::store::StoreError;
 
 /// The gRPC health service name this service reports under.
 pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -51,11 +39,20 @@ pub enum Error {
     #[error("counter store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot watch the limits: {0}")]
-    Watch(#[from] notify::Error),
+    Watch(#[from] WatchError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl From<BuildError> for Error {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Limits(errors) => Error::Limits(errors),
+            BuildError::Store(e) => Error::Store(e),
+        }
+    }
 }
 
 /// A started service.
@@ -65,62 +62,33 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Resolves when the service has stopped (after `shutdown` and draining).
     pub handle: tokio::task::JoinHandle<Result<(), ServeError>>,
-    /// The engine behind the gRPC service (embedding, tests).
-    pub engine: Arc<Engine>,
-    /// Reload the limits on demand (what SIGHUP does) and read the `/config` view.
-    pub reloader: Arc<Reloader>,
+    /// The engine behind the gRPC service (embedding, tests): reload on demand (what SIGHUP
+    /// does) and the `/config` view through its reloader.
+    pub limiter: Limiter,
 }
 
-/// Loads the limits (refusing to start on any bad file), connects the store, binds both
-/// listeners and serves in the background until `shutdown`.
+/// Builds the limiter (refusing to start on any bad limits file), binds both listeners and
+/// serves in the background until `shutdown`.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error> {
-    tollgate_common::telemetry::init_logging(&config.log);
-    // Installed before the limits are compiled: their metric handles bind to it.
-    tollgate_common::telemetry::prometheus();
-    let store = store::build(&config.store).await?;
-    let engine = Arc::new(Engine::new(
-        limits::Limits::empty(),
-        store,
-        Arc::new(SystemClock),
-        config.engine_options(),
-    ));
-    let settings = reload::Settings {
-        failure_mode: config.failure_mode,
-        default_algorithm: config.default_algorithm,
-        shadow_mode: config.shadow_mode,
-        store: match config.store {
-            store::StoreConfig::Memory(_) => "memory",
-            store::StoreConfig::Redis(_) => "redis",
-        },
-    };
-    let reloader = Arc::new(
-        Reloader::new(
-            config.limits.clone(),
-            engine.clone(),
-            config.default_algorithm,
-        )
-        .with_settings(settings),
-    );
-    let errors = reloader.reload();
-    if !errors.is_empty() {
-        return Err(Error::Limits(errors));
-    }
+    tollgate_server::telemetry::init_logging(&config.log);
+    // Installed before the limiter is built: its metric handles bind to it.
+    tollgate_server::telemetry::prometheus();
+    let limiter = tollgate_limiter::build(&config.limiter).await?;
     let bound = bind(&config.server).await?;
     let (grpc_addr, http_addr) = (bound.grpc_addr, bound.http_addr);
-    reload::spawn(reloader.clone(), shutdown.clone())?;
-    let svc = service::RateLimitGrpc::new(engine.clone(), config.headers);
+    limiter.watch(shutdown.clone())?;
+    let svc = service::RateLimitGrpc::new(limiter.clone());
     let services = Services {
         name: SERVICE_NAME,
         grpc: tonic::service::Routes::new(RateLimitServiceServer::new(svc)),
-        http: http::router(reloader.clone()),
+        http: http::router(limiter.reloader().clone()),
     };
     let handle = tokio::spawn(bound.serve(services, shutdown));
     Ok(Running {
         grpc_addr,
         http_addr,
         handle,
-        engine,
-        reloader,
+        limiter,
     })
 }
 
@@ -132,15 +100,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 
 /// Validates a config and its limits files without binding anything (`check-config`).
 pub fn check(config: &Config) -> Result<(), Error> {
-    let Some(source) = &config.limits else {
-        return Ok(());
-    };
-    let report = limits::Loader::new(source.clone(), config.default_algorithm).load();
-    if report.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Limits(report.errors))
-    }
+    Ok(tollgate_limiter::check(&config.limiter)?)
 }
 
 #[cfg(test)]
@@ -194,8 +154,14 @@ mod tests {
         assert!(config.contains("\"per-client\""), "{config}");
         assert!(config.contains("\"failure_mode\":\"error\""), "{config}");
         let metrics = http_get(running.http_addr, "/metrics").await;
-        assert!(metrics.contains(metrics::DECISIONS), "{metrics}");
-        assert!(metrics.contains(metrics::CONFIG_LOADS), "{metrics}");
+        assert!(
+            metrics.contains(tollgate_limiter::metrics::DECISIONS),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(tollgate_limiter::metrics::CONFIG_LOADS),
+            "{metrics}"
+        );
 
         // A bad edit: the limit in force stays, /config shows the error.
         std::fs::write(
@@ -204,7 +170,7 @@ mod tests {
         )
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while running.reloader.view().errors.is_empty() {
+        while running.limiter.reloader().view().errors.is_empty() {
             assert!(Instant::now() < deadline, "reload not seen");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

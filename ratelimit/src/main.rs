@@ -1,57 +1,9 @@
-//! The `tollgate-ratelimit` binary: `serve` and `check-config`.
+//! The `tollgate-ratelimit` binary: `serve` and `check-config` (see `tollgate_ratelimit::cli`).
 
-use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
-use tollgate_common::cli::{CheckArgs, ConfigArgs, check_config, load_for_serve, warn_ignored};
-use tollgate_ratelimit::Config;
-
-#[derive(Parser)]
-#[command(
-    name = "tollgate-ratelimit",
-    version,
-    about = "Envoy global rate limiting: exact shared counters, four algorithms"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the service.
-    Serve(ConfigArgs),
-    /// Validate the config and every limits file as `serve` would (each error with file, line
-    /// and field) and exit.
-    CheckConfig(CheckArgs),
-}
+// The binary shares its package's dependencies; the lint is for the library's.
+#![allow(unused_crate_dependencies)]
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let args = match Cli::parse().command {
-        Command::Serve(a) => a,
-        Command::CheckConfig(a) => {
-            // The limits are files too: without file checks they are not read.
-            return check_config::<Config, _>(&a, |config, files| match files {
-                true => tollgate_ratelimit::check(config),
-                false => Ok(()),
-            });
-        }
-    };
-    let (config, ignored) = match load_for_serve::<Config>(&args.sources()) {
-        Ok(l) => (l.config, l.ignored),
-        Err(code) => return code,
-    };
-    tollgate_common::telemetry::init_logging(&config.log);
-    warn_ignored(&ignored);
-    tollgate_common::conns::raise_fd_limit();
-    let shutdown = tollgate_common::shutdown_on_signals();
-    match tollgate_ratelimit::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "tollgate-ratelimit failed");
-            eprintln!("tollgate-ratelimit: {e}");
-            ExitCode::FAILURE
-        }
-    }
+async fn main() -> std::process::ExitCode {
+    tollgate_ratelimit::cli::main().await
 }

@@ -1,89 +1,83 @@
 //! The gRPC front end: Envoy's `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`,
-//! converting protobuf to and from the engine's plain types, and adding response headers and
-//! dynamic metadata.
+//! converting protobuf to and from the engine's plain types: descriptors in; statuses, the
+//! engine's response headers and metadata out; a store failure as `UNAVAILABLE`.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tollgate_proto::metadata;
-use tollgate_proto::pb::envoy::config::core::v3::HeaderValue;
 use tollgate_proto::pb::google::protobuf::{Duration as PbDuration, Struct};
 use tollgate_proto::ratelimit::{
     Code as PbCode, DescriptorStatus, RateLimit, RateLimitDescriptor, RateLimitRequest,
-    RateLimitResponse, RateLimitService, header,
+    RateLimitResponse, RateLimitService, Unit as PbUnit, header,
 };
 
-use crate::engine::{Code, Decision, DescriptorSource, Engine, EngineError, LimitOverride, Status};
-
-/// Which rate-limit headers to ask Envoy to add to the client's response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeaderOptions {
-    /// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
-    pub ietf: bool,
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` for the tightest limit.
-    pub x_ratelimit: bool,
-    /// `Retry-After` (seconds) on over-limit responses.
-    pub retry_after: bool,
-}
-
-impl Default for HeaderOptions {
-    fn default() -> Self {
-        Self {
-            ietf: true,
-            x_ratelimit: false,
-            retry_after: true,
-        }
-    }
-}
-
-/// The `dynamic_metadata` fields set when a limit fired (Envoy files them under the
-/// `envoy.filters.http.ratelimit` namespace).
-pub mod metadata_keys {
-    /// Name of the limit that denied the request.
-    pub const LIMIT: &str = "limit";
-    pub const DOMAIN: &str = "domain";
-    /// Index of the denied descriptor in the request.
-    pub const DESCRIPTOR: &str = "descriptor_index";
-    /// Names of shadow-mode limits that would have denied.
-    pub const SHADOW_LIMITS: &str = "shadow_limits";
-}
+use tollgate_limiter::Limiter;
+use tollgate_limiter::descriptor::{DescriptorSource, LimitOverride};
+use tollgate_limiter::engine::{Code, Decision, EngineError, Status};
+use tollgate_limiter::response::{self, metadata_keys};
+use tollgate_limiter::unit::Unit;
 
 /// The ShouldRateLimit service.
 #[derive(Debug, Clone)]
 pub struct RateLimitGrpc {
-    engine: Arc<Engine>,
-    headers: HeaderOptions,
+    limiter: Limiter,
 }
 
 impl RateLimitGrpc {
-    pub fn new(engine: Arc<Engine>, headers: HeaderOptions) -> Self {
-        Self { engine, headers }
+    pub fn new(limiter: Limiter) -> Self {
+        Self { limiter }
     }
 }
 
-impl DescriptorSource for RateLimitDescriptor {
+/// A protobuf descriptor as the engine reads it (borrowed, nothing copied).
+struct Envoy<'a>(&'a RateLimitDescriptor);
+
+impl DescriptorSource for Envoy<'_> {
     fn entry_count(&self) -> usize {
-        self.entries.len()
+        self.0.entries.len()
     }
     fn entry(&self, i: usize) -> (&str, &str) {
-        let e = &self.entries[i];
+        let e = &self.0.entries[i];
         (&e.key, &e.value)
     }
     fn limit_override(&self) -> Option<LimitOverride> {
-        self.limit.as_ref().map(|l| LimitOverride {
+        self.0.limit.as_ref().map(|l| LimitOverride {
             requests_per_unit: l.requests_per_unit,
-            unit: l.unit,
+            unit: PbUnit::try_from(l.unit).ok().and_then(unit_from_pb),
         })
     }
     fn hits_addend(&self) -> Option<u64> {
         // Negative hits (refunds) are not supported: such a descriptor is checked, not counted.
-        if self.is_negative_hits {
+        if self.0.is_negative_hits {
             return Some(0);
         }
-        self.hits_addend.as_ref().map(|v| v.value)
+        self.0.hits_addend.as_ref().map(|v| v.value)
+    }
+}
+
+fn unit_from_pb(u: PbUnit) -> Option<Unit> {
+    Some(match u {
+        PbUnit::Unknown => return None,
+        PbUnit::Second => Unit::Second,
+        PbUnit::Minute => Unit::Minute,
+        PbUnit::Hour => Unit::Hour,
+        PbUnit::Day => Unit::Day,
+        PbUnit::Week => Unit::Week,
+        PbUnit::Month => Unit::Month,
+        PbUnit::Year => Unit::Year,
+    })
+}
+
+fn unit_to_pb(u: Option<Unit>) -> PbUnit {
+    match u {
+        None => PbUnit::Unknown,
+        Some(Unit::Second) => PbUnit::Second,
+        Some(Unit::Minute) => PbUnit::Minute,
+        Some(Unit::Hour) => PbUnit::Hour,
+        Some(Unit::Day) => PbUnit::Day,
+        Some(Unit::Week) => PbUnit::Week,
+        Some(Unit::Month) => PbUnit::Month,
+        Some(Unit::Year) => PbUnit::Year,
     }
 }
 
@@ -97,7 +91,7 @@ impl RateLimitService for RateLimitGrpc {
             return self.answer(request.into_inner()).await;
         }
         // Envoy sends the trace context of its own span for this call in the gRPC metadata.
-        let span = tollgate_common::trace::server_span(
+        let span = tollgate_server::trace::server_span(
             "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
             request.metadata(),
             |_| None,
@@ -112,8 +106,12 @@ impl RateLimitGrpc {
         req: RateLimitRequest,
     ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
         match self
-            .engine
-            .should_rate_limit(&req.domain, &req.descriptors, u64::from(req.hits_addend))
+            .limiter
+            .should_rate_limit(
+                &req.domain,
+                req.descriptors.iter().map(Envoy),
+                u64::from(req.hits_addend),
+            )
             .await
         {
             Ok(decision) => {
@@ -136,7 +134,7 @@ impl RateLimitGrpc {
                 Ok(tonic::Response::new(response(
                     &req.domain,
                     &decision,
-                    self.headers,
+                    self.limiter.headers(&decision),
                 )))
             }
             Err(EngineError::Store(e)) => {
@@ -147,12 +145,19 @@ impl RateLimitGrpc {
     }
 }
 
-/// Builds the protobuf response for a decision.
-pub fn response(domain: &str, decision: &Decision, headers: HeaderOptions) -> RateLimitResponse {
+/// Builds the protobuf response for a decision and the response headers it comes with.
+fn response(
+    domain: &str,
+    decision: &Decision,
+    headers: Vec<(&'static str, String)>,
+) -> RateLimitResponse {
     RateLimitResponse {
         overall_code: code(decision.code) as i32,
         statuses: decision.statuses.iter().map(status).collect(),
-        response_headers_to_add: response_headers(decision, headers),
+        response_headers_to_add: headers
+            .into_iter()
+            .map(|(name, value)| header(name, value))
+            .collect(),
         dynamic_metadata: dynamic_metadata(domain, decision),
         ..Default::default()
     }
@@ -178,7 +183,7 @@ fn status(s: &Status) -> DescriptorStatus {
         current_limit: s.limit.as_ref().map(|l| RateLimit {
             name: l.name.to_string(),
             requests_per_unit: l.requests_per_unit,
-            unit: l.unit as i32,
+            unit: unit_to_pb(l.unit) as i32,
         }),
         limit_remaining: u32::try_from(s.remaining).unwrap_or(u32::MAX),
         duration_until_reset: s.limit.as_ref().map(|_| pb_duration(s.reset_after)),
@@ -186,111 +191,18 @@ fn status(s: &Status) -> DescriptorStatus {
     }
 }
 
-/// Whole seconds, rounded up (a client waiting the rounded-down value would be denied again).
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-/// An RFC 8941 sf-string: quoted, with `"` and `\` escaped and non-printable ASCII replaced.
-fn sf_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('_'),
-        }
-    }
-    out.push('"');
-}
-
-fn response_headers(decision: &Decision, opts: HeaderOptions) -> Vec<HeaderValue> {
-    let mut out = Vec::new();
-    if opts.ietf {
-        let (mut policy, mut state) = (String::new(), String::new());
-        // One item per limit, even when several descriptors hit the same one.
-        let mut seen: Vec<&Arc<crate::limits::Limit>> = Vec::new();
-        for s in &decision.statuses {
-            let Some(l) = &s.limit else { continue };
-            if seen.iter().any(|m| Arc::ptr_eq(m, l)) {
-                continue;
-            }
-            seen.push(l);
-            if !policy.is_empty() {
-                policy.push_str(", ");
-                state.push_str(", ");
-            }
-            sf_string(&mut policy, &l.name);
-            let _ = write!(
-                policy,
-                ";q={};w={}",
-                l.rule.limit,
-                ceil_secs(l.rule.window).max(1)
-            );
-            sf_string(&mut state, &l.name);
-            let _ = write!(state, ";r={};t={}", s.remaining, ceil_secs(s.reset_after));
-        }
-        if !policy.is_empty() {
-            out.push(header("RateLimit-Policy", policy));
-            out.push(header("RateLimit", state));
-        }
-    }
-    if opts.x_ratelimit
-        && let Some((s, l)) = tightest(decision)
-    {
-        let window = ceil_secs(l.rule.window).max(1);
-        out.push(header(
-            "X-RateLimit-Limit",
-            format!("{}, {};w={window}", l.rule.limit, l.rule.limit),
-        ));
-        out.push(header("X-RateLimit-Remaining", s.remaining.to_string()));
-        out.push(header(
-            "X-RateLimit-Reset",
-            ceil_secs(s.reset_after).to_string(),
-        ));
-    }
-    if opts.retry_after
-        && decision.code == Code::OverLimit
-        && let Some(wait) = decision.retry_after()
-    {
-        out.push(header("Retry-After", ceil_secs(wait).max(1).to_string()));
-    }
-    out
-}
-
-/// The denying status if any, else the applied limit with the least remaining.
-fn tightest(decision: &Decision) -> Option<(&Status, &Arc<crate::limits::Limit>)> {
-    let with_limit = || {
-        decision
-            .statuses
-            .iter()
-            .filter_map(|s| s.limit.as_ref().map(|l| (s, l)))
-    };
-    with_limit()
-        .find(|(s, _)| s.code == Code::OverLimit)
-        .or_else(|| with_limit().min_by_key(|(s, _)| s.remaining))
-}
-
 fn dynamic_metadata(domain: &str, decision: &Decision) -> Option<Struct> {
-    let fired = decision.fired();
-    let shadow: Vec<&str> = decision
-        .statuses
-        .iter()
-        .filter_map(|s| s.shadow_fired.as_deref().map(|l| &*l.name))
-        .collect();
-    if fired.is_none() && shadow.is_empty() {
-        return None;
+    let md = response::metadata(domain, decision)?;
+    let mut fields = vec![(metadata_keys::DOMAIN, metadata::string(md.domain))];
+    if let Some((limit, index)) = md.fired {
+        fields.push((metadata_keys::LIMIT, metadata::string(limit)));
+        fields.push((metadata_keys::DESCRIPTOR, metadata::number(index as f64)));
     }
-    let mut fields = vec![(metadata_keys::DOMAIN, metadata::string(domain))];
-    if let Some((i, l)) = fired {
-        fields.push((metadata_keys::LIMIT, metadata::string(&*l.name)));
-        fields.push((metadata_keys::DESCRIPTOR, metadata::number(i as f64)));
-    }
-    if !shadow.is_empty() {
-        fields.push((metadata_keys::SHADOW_LIMITS, metadata::string_list(shadow)));
+    if !md.shadow_limits.is_empty() {
+        fields.push((
+            metadata_keys::SHADOW_LIMITS,
+            metadata::string_list(md.shadow_limits),
+        ));
     }
     Some(metadata::structure(fields))
 }
@@ -300,13 +212,17 @@ mod tests {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use tollgate_proto::pb::google::protobuf::UInt64Value;
-    use tollgate_proto::ratelimit::{Unit, descriptor};
+    use tollgate_proto::ratelimit::{RateLimitDescriptor, Unit, descriptor};
 
     use super::*;
-    use crate::algorithm::Algorithm;
-    use crate::engine::{EngineOptions, ManualClock};
-    use crate::limits::Limits;
-    use crate::store::{MemoryOptions, MemoryStore};
+    use std::sync::Arc;
+    use tollgate_common::clock::ManualClock;
+
+    use tollgate_limiter::HeaderOptions;
+    use tollgate_limiter::algorithm::Algorithm;
+    use tollgate_limiter::engine::{Engine, EngineOptions};
+    use tollgate_limiter::limits::Limits;
+    use tollgate_limiter::store::{MemoryOptions, MemoryStore};
 
     const LIMITS: &str = "
 domain: web
@@ -330,7 +246,7 @@ descriptors:
             Arc::new(ManualClock::new(start)),
             EngineOptions::default(),
         );
-        RateLimitGrpc::new(Arc::new(engine), headers)
+        RateLimitGrpc::new(Limiter::from_engine(Arc::new(engine), headers))
     }
 
     async fn call(svc: &RateLimitGrpc, descriptors: Vec<RateLimitDescriptor>) -> RateLimitResponse {
@@ -472,25 +388,32 @@ descriptors:
     #[tokio::test]
     async fn store_failure_is_unavailable() {
         struct Down;
-        impl crate::store::Store for Down {
+        impl tollgate_limiter::store::Store for Down {
             fn hit<'a>(
                 &'a self,
-                _: &'a [crate::store::Hit<'a>],
+                _: &'a [tollgate_limiter::store::Hit<'a>],
                 _: SystemTime,
             ) -> futures::future::BoxFuture<
                 'a,
-                Result<Vec<crate::store::Outcome>, crate::store::StoreError>,
+                Result<Vec<tollgate_limiter::store::Outcome>, tollgate_limiter::store::StoreError>,
             > {
-                Box::pin(async { Err(crate::store::StoreError::Unavailable("down".into())) })
+                Box::pin(async {
+                    Err(tollgate_limiter::store::StoreError::Unavailable(
+                        "down".into(),
+                    ))
+                })
             }
         }
         let engine = Engine::new(
             Limits::parse(LIMITS, Algorithm::FixedWindow).unwrap(),
             Arc::new(Down),
-            Arc::new(crate::engine::SystemClock),
+            Arc::new(tollgate_common::clock::SystemClock),
             EngineOptions::default(),
         );
-        let svc = RateLimitGrpc::new(Arc::new(engine), HeaderOptions::default());
+        let svc = RateLimitGrpc::new(Limiter::from_engine(
+            Arc::new(engine),
+            HeaderOptions::default(),
+        ));
         let req = RateLimitRequest {
             domain: "web".into(),
             descriptors: vec![descriptor([("client", "c")])],
@@ -501,12 +424,5 @@ descriptors:
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
-    }
-
-    #[test]
-    fn sf_strings_are_escaped() {
-        let mut s = String::new();
-        sf_string(&mut s, "a\"b\\c\u{e9}");
-        assert_eq!(s, "\"a\\\"b\\\\c_\"");
     }
 }

@@ -36,6 +36,7 @@ pub fn screenshot_dir(test: &str) -> PathBuf {
 }
 
 /// A running driver with one browser page.
+#[derive(Debug)]
 pub struct Browser {
     child: Child,
     stdin: ChildStdin,

@@ -17,6 +17,9 @@
 //! - [`browser`]: the web console in Debian's headless chromium, driven step by step.
 //! - [`issuer`]: a JWT issuer the test controls (its own keys and JWKS, tokens with any claims).
 
+// The dev-dependencies serve the e2e test binary; this crate's own unit tests need few of them.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+
 pub mod browser;
 pub mod echo;
 pub mod envoy;
@@ -28,6 +31,13 @@ pub mod pki;
 pub mod process;
 pub mod redis;
 pub mod stack;
+
+// The end-to-end tests' own dependencies, which the harness's unit tests see too.
+#[cfg(test)]
+use {
+    ::redis as _, opentelemetry_proto as _, prost as _, serde_yaml as _, tollgate_proto as _,
+    tonic as _,
+};
 
 /// Routes the in-process services' logs through the test harness's capture, so they show only
 /// for a failing test. `TOLLGATE_LOG` sets the filter (default `info`).

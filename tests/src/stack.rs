@@ -43,6 +43,7 @@ pub fn example(name: &str) -> PathBuf {
 }
 
 /// A running ratelimit service.
+#[derive(Debug)]
 pub struct Ratelimit {
     pub running: tollgate_ratelimit::Running,
     pub shutdown: Shutdown,
@@ -79,6 +80,7 @@ impl Drop for Ratelimit {
 }
 
 /// A running authz service.
+#[derive(Debug)]
 pub struct Authz {
     pub running: tollgate_authz::Running,
     pub shutdown: Shutdown,
@@ -160,6 +162,7 @@ pub async fn wait_ready(http: std::net::SocketAddr) {
 }
 
 /// Everything a request through the gateway touches.
+#[derive(Debug)]
 pub struct Stack {
     pub envoy: Envoy,
     pub authz: Option<Authz>,

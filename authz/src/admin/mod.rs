@@ -102,8 +102,8 @@ fn default_header_timeout() -> std::time::Duration {
 
 impl AdminConfig {
     /// The listener's connection bounds.
-    pub fn limits(&self) -> tollgate_common::conns::HttpLimits {
-        tollgate_common::conns::HttpLimits {
+    pub fn limits(&self) -> tollgate_server::conns::HttpLimits {
+        tollgate_server::conns::HttpLimits {
             listener: "admin",
             max_connections: self.max_connections,
             header_timeout: self.header_timeout,
@@ -123,10 +123,7 @@ impl Validate for AdminConfig {
         if let Some(url) = &self.ratelimit_metrics_url
             && let Err(reason) = metrics_url(url)
         {
-            errors.push(
-                join(at, "ratelimit_metrics_url"),
-                reason,
-            );
+            errors.push(join(at, "ratelimit_metrics_url"), reason);
         }
     }
 }
@@ -245,7 +242,7 @@ pub fn serve(
     cfg: &AdminConfig,
     shutdown: tollgate_common::Shutdown,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    tollgate_common::conns::serve_plain(listener, router, cfg.limits(), shutdown)
+    tollgate_server::conns::serve_plain(listener, router, cfg.limits(), shutdown)
 }
 
 #[derive(Clone)]

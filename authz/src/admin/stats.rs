@@ -40,7 +40,7 @@ impl Stats {
     /// counts when `ratelimit_metrics_url` is given.
     pub(super) fn new(ratelimit_metrics_url: Option<&reqwest::Url>) -> Self {
         Self::with_source(
-            Box::new(|| tollgate_common::telemetry::prometheus().render()),
+            Box::new(|| tollgate_server::telemetry::prometheus().render()),
             ratelimit_metrics_url,
         )
     }

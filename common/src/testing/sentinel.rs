@@ -15,6 +15,7 @@ use super::{READY_DEADLINE, RedisServer, free_port, poll, redis_cli_bin, redis_s
 const MASTER_NAME: &str = "tollgate-test";
 
 /// Master, replica and three sentinels; everything is killed on drop.
+#[derive(Debug)]
 pub struct RedisSentinel {
     /// The two data nodes; which one is the master changes with each failover.
     nodes: Vec<RedisServer>,
@@ -143,6 +144,7 @@ fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// One `redis-server --sentinel` process.
+#[derive(Debug)]
 struct SentinelNode {
     child: Child,
     port: u16,

@@ -1,6 +1,9 @@
 //! The demo upstream: answers every request with JSON describing what it received, so the
 //! identity headers tollgate-authz adds are visible. `echo-upstream [ADDR]` (default 127.0.0.1:8000).
 
+// The binary shares its package's dependencies; the lint is for the library's.
+#![allow(unused_crate_dependencies)]
+
 use std::net::SocketAddr;
 
 #[tokio::main(flavor = "current_thread")]

@@ -157,7 +157,7 @@ fn limits_dir() -> tempfile::TempDir {
 async fn gateway(x_ratelimit: bool) -> Gateway {
     let limits = limits_dir();
     let mut config = tollgate_ratelimit::Config::for_tests(limits.path());
-    config.headers.x_ratelimit = x_ratelimit;
+    config.limiter.headers.x_ratelimit = x_ratelimit;
     let ratelimit = Ratelimit::start(config).await.unwrap();
     let upstream = EchoUpstream::start().await;
     let envoy = Envoy::start_with(
@@ -409,9 +409,9 @@ fn redis_config(
     failure_mode: &str,
 ) -> tollgate_ratelimit::Config {
     let mut config = tollgate_ratelimit::Config::for_tests(limits);
-    config.store =
+    config.limiter.store =
         serde_yaml::from_str(&format!("type: redis\nurl: {url}\ntimeout: 200ms")).unwrap();
-    config.failure_mode = serde_yaml::from_str(failure_mode).unwrap();
+    config.limiter.failure_mode = serde_yaml::from_str(failure_mode).unwrap();
     config
 }
 

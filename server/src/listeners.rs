@@ -22,10 +22,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::{Errors, Validate, join};
-use crate::shutdown::Shutdown;
 use crate::telemetry;
-use crate::tls::{ReloadingAcceptor, TlsConfig, TlsError};
+use crate::tls::{ReloadingAcceptor, TlsConfig};
+use tollgate_common::Shutdown;
+use tollgate_common::config::{Errors, Validate, join};
+use tollgate_common::tls::TlsError;
 
 // Loopback by default: the gRPC APIs have no authentication of their own (anyone who reaches
 // ShouldRateLimit can spend another caller's quota), so reaching them from elsewhere is an
@@ -179,6 +180,7 @@ pub enum ServeError {
 }
 
 /// What a service hands to [`Bound::serve`].
+#[derive(Debug)]
 pub struct Services {
     /// The gRPC health service name that reports this service's readiness, e.g.
     /// `envoy.service.ratelimit.v3.RateLimitService`.
@@ -203,6 +205,7 @@ impl Readiness {
 }
 
 /// Both listeners, bound and not yet serving.
+#[derive(Debug)]
 pub struct Bound {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
@@ -224,7 +227,7 @@ pub async fn bind(cfg: &ServerConfig) -> Result<Bound, ServeError> {
     let debug = cfg
         .debug
         .as_ref()
-        .map(|d| crate::debug::router(d, &crate::config::process_env()))
+        .map(|d| crate::debug::router(d, &tollgate_common::config::process_env()))
         .transpose()?;
     let grpc_tls = cfg
         .tls
@@ -405,6 +408,7 @@ async fn metrics() -> impl IntoResponse {
 }
 
 /// A connection, plain or TLS.
+#[derive(Debug)]
 pub enum Conn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),

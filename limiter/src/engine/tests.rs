@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use tollgate_proto::ratelimit::Unit;
 
 use super::*;
+use crate::descriptor::{Descriptor, LimitOverride};
 use crate::store::{MemoryOptions, MemoryStore};
+use crate::unit::Unit;
+use tollgate_common::clock::ManualClock;
 
 const LIMITS: &str = "
 domain: d
@@ -97,7 +99,7 @@ async fn one_status_per_descriptor_in_request_order() {
         ]
     );
     assert!(
-        e.should_rate_limit::<Descriptor>("d", &[], 0)
+        e.should_rate_limit("d", &[] as &[Descriptor], 0)
             .await
             .unwrap()
             .statuses
@@ -179,27 +181,27 @@ async fn limit_override_is_used_whenever_the_domain_is_known() {
     let mut o = d(&[("anything", "x")]);
     o.limit = Some(LimitOverride {
         requests_per_unit: 1,
-        unit: Unit::Second as i32,
+        unit: Some(Unit::Second),
     });
     let dec = call(&e, &[o.clone()]).await;
     let l = dec.statuses[0].limit.as_ref().unwrap();
     assert_eq!(
         (l.requests_per_unit, l.unit, dec.code),
-        (1, Unit::Second, Code::Ok)
+        (1, Some(Unit::Second), Code::Ok)
     );
     assert_eq!(call(&e, &[o.clone()]).await.code, Code::OverLimit);
     // An override replaces the configured limit of a matching descriptor.
     let mut a = d(&[("a", "9")]);
     a.limit = Some(LimitOverride {
         requests_per_unit: 7,
-        unit: Unit::Hour as i32,
+        unit: Some(Unit::Hour),
     });
     assert_eq!(call(&e, &[a]).await.statuses[0].remaining, 6);
     // Window algorithms count any override exactly, however large.
     let mut huge = d(&[("x", "y")]);
     huge.limit = Some(LimitOverride {
         requests_per_unit: u32::MAX,
-        unit: Unit::Year as i32,
+        unit: Some(Unit::Year),
     });
     assert_eq!(
         summary(&call(&e, &[huge]).await),
@@ -401,4 +403,92 @@ async fn failure_modes() {
         .await
         .unwrap();
     assert!(!dec.degraded);
+}
+
+/// A store that answers "admitted" and records the counter keys it was sent.
+#[derive(Default)]
+struct Recording(parking_lot::Mutex<Vec<String>>);
+
+impl Store for Recording {
+    fn hit<'a>(
+        &'a self,
+        hits: &'a [Hit<'a>],
+        _: SystemTime,
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, StoreError>> {
+        let mut keys = self.0.lock();
+        keys.extend(
+            hits.iter()
+                .map(|h| crate::store::redis::key_of("tollgate:", h)),
+        );
+        let out = hits
+            .iter()
+            .map(|h| Outcome {
+                admitted: true,
+                remaining: h.rule.limit,
+                reset_after: Duration::ZERO,
+                retry_after: None,
+                cached: false,
+            })
+            .collect();
+        Box::pin(async move { Ok(out) })
+    }
+}
+
+/// The Redis keys of counters are a stored format: replicas of different versions sharing one
+/// Redis (a rolling upgrade) must count on the same keys. These are the keys as released.
+#[tokio::test]
+async fn counter_keys_on_the_store_are_stable() {
+    let limits = "
+domain: web|1
+descriptors:
+  - key: client
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: two
+    rate_limit: {name: burst, unit: second, requests_per_unit: 2, algorithm: gcra, burst: 4}
+    rate_limits:
+      - {name: sustained, unit: hour, requests_per_unit: 3, algorithm: fixed_window}
+  - key: path
+    value: '/api/*'
+    share_threshold: true
+    descriptors:
+      - key: user
+        rate_limit: {unit: second, requests_per_unit: 7, algorithm: token_bucket}
+  - key: host
+    value: 'a*'
+    rate_limit: {window: 90s, requests_per_unit: 5}
+";
+    let store = Arc::new(Recording::default());
+    let engine = Engine::new(
+        Limits::parse(limits, Algorithm::SlidingWindow).unwrap(),
+        store.clone(),
+        Arc::new(ManualClock::new(t0())),
+        EngineOptions::default(),
+    );
+    let mut overridden = d(&[("anything", "x=y"), ("b", "{c}")]);
+    overridden.limit = Some(LimitOverride {
+        requests_per_unit: 9,
+        unit: Some(Unit::Minute),
+    });
+    let request = [
+        d(&[("client", "a|b=c#d\\e{f}")]),
+        d(&[("two", "t")]),
+        d(&[("path", "/api/v1"), ("user", "u1")]),
+        d(&[("host", "abc")]),
+        overridden,
+    ];
+    engine
+        .should_rate_limit("web|1", &request, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        *store.0.lock(),
+        [
+            "tollgate:{rl|web\\p1|client=a\\pb\\ec\\hd\\\\e\\of\\c}#0:060000000:2",
+            "tollgate:{rl|web\\p1|two=t}#0:31000000:2:4",
+            "tollgate:{rl|web\\p1|two=t}#1:13600000000:3",
+            "tollgate:{rl|web\\p1|path=#/api/*|user=u1}#0:21000000:7",
+            "tollgate:{rl|web\\p1|host=abc}#0:090000000:5",
+            "tollgate:{rl|web\\p1|anything=x\\ey|b=\\oc\\c}#o:060000000:9",
+        ]
+    );
 }

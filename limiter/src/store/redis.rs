@@ -204,6 +204,20 @@ pub struct RedisStore {
     permits: Semaphore,
 }
 
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.conn {
+            Conn::Standalone(_) => "standalone",
+            Conn::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("kind", &kind)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RedisStore {
     /// Prepares the connection; nothing is sent until the first call, so a Redis that is
     /// down at start-up only makes calls fail until it is back.

@@ -6,114 +6,18 @@
 //! call, and turn the outcomes into one status per descriptor, in request order.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use tollgate_common::clock::Clock;
 
 use crate::algorithm::Algorithm;
-use crate::limits::{Limit, Limits, key_prefix};
+use crate::descriptor::{DescriptorSource, LimitOverride};
+use crate::key::{CounterKey, KeyBuilder};
+use crate::limits::{Domain, Limit, Limits};
 use crate::metrics;
 use crate::store::{Hit, Outcome, Store, StoreError};
-
-/// The source of `now`; injected so that tests control time.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's wall clock (counters shared across replicas need a shared notion of time).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Debug)]
-pub struct ManualClock(parking_lot::Mutex<SystemTime>);
-
-impl ManualClock {
-    pub fn new(start: SystemTime) -> Self {
-        Self(parking_lot::Mutex::new(start))
-    }
-    pub fn advance(&self, by: Duration) {
-        *self.0.lock() += by;
-    }
-    pub fn set(&self, to: SystemTime) {
-        *self.0.lock() = to;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock()
-    }
-}
-
-/// A request descriptor as the engine reads it, borrowed from whatever the caller holds (a
-/// protobuf message, a plain struct), so that no entry is copied.
-pub trait DescriptorSource {
-    fn entry_count(&self) -> usize;
-    /// `(key, value)` of entry `i < entry_count()`.
-    fn entry(&self, i: usize) -> (&str, &str);
-    /// A limit sent with the request, used instead of the configured ones.
-    fn limit_override(&self) -> Option<LimitOverride> {
-        None
-    }
-    /// This descriptor's own hits_addend; `Some(0)` checks without counting.
-    fn hits_addend(&self) -> Option<u64> {
-        None
-    }
-}
-
-/// A limit sent by the caller (Envoy's `limit` descriptor field).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitOverride {
-    pub requests_per_unit: u32,
-    /// `envoy.type.v3.RateLimitUnit` value.
-    pub unit: i32,
-}
-
-/// A plain owned descriptor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Descriptor {
-    pub entries: Vec<(String, String)>,
-    pub limit: Option<LimitOverride>,
-    pub hits_addend: Option<u64>,
-}
-
-impl Descriptor {
-    pub fn new<K: Into<String>, V: Into<String>>(
-        entries: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        Self {
-            entries: entries
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-            ..Default::default()
-        }
-    }
-}
-
-impl DescriptorSource for Descriptor {
-    fn entry_count(&self) -> usize {
-        self.entries.len()
-    }
-    fn entry(&self, i: usize) -> (&str, &str) {
-        let (k, v) = &self.entries[i];
-        (k, v)
-    }
-    fn limit_override(&self) -> Option<LimitOverride> {
-        self.limit
-    }
-    fn hits_addend(&self) -> Option<u64> {
-        self.hits_addend
-    }
-}
 
 /// What to answer when the store cannot be reached in time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -201,6 +105,15 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Every descriptor allowed as `statuses` say, nothing counted.
+    fn allowed(statuses: Vec<Status>) -> Self {
+        Self {
+            code: Code::Ok,
+            statuses,
+            degraded: false,
+        }
+    }
+
     /// The first descriptor that was denied, with the limit that denied it.
     pub fn fired(&self) -> Option<(usize, &Arc<Limit>)> {
         self.statuses.iter().enumerate().find_map(|(i, s)| {
@@ -248,9 +161,28 @@ impl std::fmt::Debug for Engine {
 struct Pending {
     descriptor: usize,
     limit: Arc<Limit>,
-    key: String,
+    key: CounterKey,
     cost: u64,
     shadow: bool,
+}
+
+/// A request after matching.
+enum Plan {
+    /// Nothing to count: every status is final.
+    Done(Vec<Status>),
+    Count {
+        statuses: Vec<Status>,
+        pending: Vec<Pending>,
+    },
+}
+
+/// What a descriptor's configured limits came to.
+#[derive(PartialEq, Eq)]
+enum Matched {
+    Nothing,
+    /// Only `unlimited` limits.
+    Unlimited,
+    Limited,
 }
 
 impl Engine {
@@ -285,98 +217,133 @@ impl Engine {
 
     /// Decides one request. `hits_addend` is the request-level addend (0 means 1); a
     /// descriptor's own addend wins over it.
-    pub async fn should_rate_limit<D: DescriptorSource>(
+    ///
+    /// The descriptors are read before this returns (matching is synchronous); the future
+    /// holds only the store call, so it borrows nothing from them.
+    pub fn should_rate_limit<D, I>(
         &self,
         domain: &str,
-        descriptors: &[D],
+        descriptors: I,
         hits_addend: u64,
-    ) -> Result<Decision, EngineError> {
+    ) -> impl Future<Output = Result<Decision, EngineError>> + Send + '_
+    where
+        D: DescriptorSource,
+        I: IntoIterator<Item = D>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let plan = self.plan(domain, descriptors.into_iter(), hits_addend);
+        async move {
+            match plan {
+                Plan::Done(statuses) => Ok(Decision::allowed(statuses)),
+                Plan::Count { statuses, pending } => self.count(statuses, pending).await,
+            }
+        }
+    }
+
+    /// Matches every descriptor: the hits to count, or the answer when there are none.
+    fn plan<D: DescriptorSource>(
+        &self,
+        domain: &str,
+        descriptors: impl ExactSizeIterator<Item = D>,
+        hits_addend: u64,
+    ) -> Plan {
         let snapshot = self.limits.load_full();
         let mut statuses: Vec<Status> = (0..descriptors.len()).map(|_| Status::none()).collect();
         let Some(dom) = snapshot.domain(domain) else {
             self.metrics.unknown_domain.increment(1);
-            return Ok(Decision {
-                code: Code::Ok,
-                statuses,
-                degraded: false,
-            });
+            return Plan::Done(statuses);
         };
         let request_cost = if hits_addend == 0 { 1 } else { hits_addend };
         let mut pending: Vec<Pending> = Vec::new();
-        let mut replaced = false;
-        for (i, d) in descriptors.iter().enumerate() {
+        for (i, d) in descriptors.enumerate() {
             let cost = d.hits_addend().unwrap_or(request_cost);
-            let mut key = String::with_capacity(64);
-            key_prefix(&mut key, &dom.name);
             if let Some(o) = d.limit_override() {
-                // As envoyproxy/ratelimit: an override applies whenever the domain is known,
-                // whatever the configured descriptors, never in shadow mode.
-                if let Some(limit) = Limit::from_override(
-                    dom,
-                    o.requests_per_unit,
-                    o.unit,
-                    self.options.override_algorithm,
-                ) {
-                    for j in 0..d.entry_count() {
-                        let (k, v) = d.entry(j);
-                        key.push('|');
-                        crate::limits::escape_into(&mut key, k);
-                        key.push('=');
-                        crate::limits::escape_into(&mut key, v);
-                    }
-                    let limit = Arc::new(limit);
-                    let key = limit.finish_key(key);
-                    pending.push(Pending {
-                        descriptor: i,
-                        limit,
-                        key,
-                        cost,
-                        shadow: self.options.shadow_mode,
-                    });
-                }
-                continue;
-            }
-            let found = dom.find(d, &mut key);
-            if found.is_empty() {
-                continue;
-            }
-            let mut any_enforced = false;
-            let last = found.len() - 1;
-            let mut key = Some(key);
-            for (j, limit) in found.iter().enumerate() {
-                if limit.unlimited {
-                    continue;
-                }
-                any_enforced = true;
-                replaced |= !limit.replaces.is_empty();
-                let part = if j == last { key.take() } else { None };
-                let key = match part {
-                    Some(part) => limit.finish_key(part),
-                    None => limit.counter_key(key.as_deref().unwrap_or_default()),
-                };
-                pending.push(Pending {
-                    descriptor: i,
-                    key,
-                    limit: limit.clone(),
-                    cost,
-                    shadow: limit.shadow || self.options.shadow_mode,
-                });
-            }
-            if !any_enforced {
+                pending.extend(self.overridden(dom, &d, o, i, cost));
+            } else if self.configured(dom, &d, i, cost, &mut pending) == Matched::Unlimited {
                 statuses[i].unlimited = true;
                 statuses[i].remaining = u64::from(u32::MAX);
             }
         }
-        if replaced {
-            drop_replaced(&mut pending);
-        }
+        drop_replaced(&mut pending);
         if pending.is_empty() {
-            return Ok(Decision {
-                code: Code::Ok,
-                statuses,
-                degraded: false,
-            });
+            Plan::Done(statuses)
+        } else {
+            Plan::Count { statuses, pending }
         }
+    }
+
+    /// The hit of a limit sent with the descriptor. As envoyproxy/ratelimit: an override
+    /// applies whenever the domain is known, whatever the configured descriptors, never in
+    /// shadow mode; one with an unknown unit applies nothing.
+    fn overridden<D: DescriptorSource>(
+        &self,
+        dom: &Domain,
+        d: &D,
+        o: LimitOverride,
+        descriptor: usize,
+        cost: u64,
+    ) -> Option<Pending> {
+        let limit = Limit::from_override(
+            dom,
+            o.requests_per_unit,
+            o.unit,
+            self.options.override_algorithm,
+        )?;
+        let mut key = KeyBuilder::new(&dom.name);
+        for j in 0..d.entry_count() {
+            let (k, v) = d.entry(j);
+            key.entry(k, v);
+        }
+        let limit = Arc::new(limit);
+        Some(Pending {
+            descriptor,
+            key: limit.finish_key(key),
+            limit,
+            cost,
+            shadow: self.options.shadow_mode,
+        })
+    }
+
+    /// The hits of the configured limits a descriptor selects, added to `pending`.
+    fn configured<D: DescriptorSource>(
+        &self,
+        dom: &Domain,
+        d: &D,
+        descriptor: usize,
+        cost: u64,
+        pending: &mut Vec<Pending>,
+    ) -> Matched {
+        let mut key = KeyBuilder::new(&dom.name);
+        let found = dom.find(d, &mut key);
+        let Some(last) = found.iter().rposition(|l| !l.unlimited) else {
+            return if found.is_empty() {
+                Matched::Nothing
+            } else {
+                Matched::Unlimited
+            };
+        };
+        let mut pend = |limit: &Arc<Limit>, key: CounterKey| {
+            pending.push(Pending {
+                descriptor,
+                key,
+                limit: limit.clone(),
+                cost,
+                shadow: limit.shadow || self.options.shadow_mode,
+            })
+        };
+        for limit in found[..last].iter().filter(|l| !l.unlimited) {
+            pend(limit, limit.counter_key(&key));
+        }
+        pend(&found[last], found[last].finish_key(key));
+        Matched::Limited
+    }
+
+    /// Counts the pending hits in the store, in one call, and decides.
+    async fn count(
+        &self,
+        statuses: Vec<Status>,
+        pending: Vec<Pending>,
+    ) -> Result<Decision, EngineError> {
         // A zero limit is a block list: denied here, without the store. The request is then
         // rejected, so the other limits are only checked, never counted.
         let blocked = pending.iter().any(|p| p.limit.rule.limit == 0 && !p.shadow);
@@ -384,7 +351,7 @@ impl Engine {
             .iter()
             .filter(|p| p.limit.rule.limit > 0)
             .map(|p| Hit {
-                key: &p.key,
+                key: p.key.as_str(),
                 rule: p.limit.rule,
                 cost: if blocked { 0 } else { p.cost },
                 shadow: p.shadow,
@@ -459,7 +426,7 @@ impl Engine {
                 decision,
                 p.cost,
                 o.cached,
-                p.limit.detailed_metric.then_some(p.key.as_str()),
+                p.limit.detailed_metric.then_some(&p.key),
             );
             if s.code == Code::OverLimit {
                 continue;
@@ -495,7 +462,7 @@ impl Engine {
         pending: &[Pending],
         e: StoreError,
     ) -> Result<Decision, EngineError> {
-        metrics::store_error(store_error_kind(&e));
+        self.metrics.store_error(&e);
         tracing::warn!(error = %e, failure_mode = ?self.options.failure_mode, "counter store failed");
         let mut overall = Code::Ok;
         match self.options.failure_mode {
@@ -534,6 +501,9 @@ impl Engine {
 /// envoyproxy/ratelimit's rule: a limit named in another matched limit's `replaces` is not
 /// checked at all (its counter is left untouched).
 fn drop_replaced(pending: &mut Vec<Pending>) {
+    if pending.iter().all(|p| p.limit.replaces.is_empty()) {
+        return;
+    }
     let names: Vec<Box<str>> = pending
         .iter()
         .flat_map(|p| p.limit.replaces.iter().cloned())
@@ -544,15 +514,6 @@ fn drop_replaced(pending: &mut Vec<Pending>) {
 fn near_limit(limit: u64, remaining: u64, ratio: f64) -> bool {
     let used = limit.saturating_sub(remaining);
     limit > 0 && used as f64 > ratio * limit as f64
-}
-
-fn store_error_kind(e: &StoreError) -> &'static str {
-    match e {
-        StoreError::Timeout => "timeout",
-        StoreError::Overloaded => "overloaded",
-        StoreError::Unavailable(_) => "unavailable",
-        StoreError::Config(_) => "config",
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{Errors, Validate, join};
+use tollgate_common::config::{Errors, Validate, join};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub fn init_logging(cfg: &LogConfig) {
     let level = std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| cfg.level.clone());
     let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let env = crate::config::process_env();
+    let env = tollgate_common::config::process_env();
     // A bad OTEL_* setting turns tracing off, reported once logging works; it never stops
     // the service.
     let (settings, mut trace_error) = match crate::trace::TraceSettings::from_env(&env) {

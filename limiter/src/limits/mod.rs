@@ -34,13 +34,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tollgate_common::config::{ConfigErrors, Errors, FieldError, line_of};
-use tollgate_proto::ratelimit::Unit;
 
 pub use load::{FileError, FileStatus, LimitsSource, LoadReport, Loader};
 
 use crate::algorithm::{Algorithm, Rule, RuleError};
-use crate::engine::DescriptorSource;
+use crate::descriptor::DescriptorSource;
+use crate::key::{CounterKey, KeyBuilder};
 use crate::metrics::LimitMetrics;
+use crate::unit::Unit;
 use raw::{RawDescriptor, RawDomain, RawRateLimit};
 
 /// Every domain currently configured. Immutable; replaced as a whole on reload.
@@ -96,14 +97,14 @@ pub struct Limit {
     pub rule: Rule,
     /// As reported to Envoy in `current_limit`.
     pub requests_per_unit: u32,
-    /// As reported to Envoy; `Unknown` when the window is not exactly one unit.
-    pub unit: Unit,
+    /// As reported to the caller; `None` when the window is not exactly one unit.
+    pub unit: Option<Unit>,
     pub shadow: bool,
     pub detailed_metric: bool,
     pub domain: Arc<str>,
-    /// Appended to the descriptor part of the counter key: the limit's position on its
-    /// descriptor (the store itself appends the rule, so a changed rule starts afresh).
-    key_suffix: Box<str>,
+    /// The end of its counter keys: the limit's position on its descriptor (`#0`, `#1`; `#o`
+    /// for a limit sent by the caller). The store appends the rule.
+    position: Box<str>,
     pub(crate) metrics: LimitMetrics,
 }
 
@@ -113,11 +114,10 @@ impl Limit {
     pub(crate) fn from_override(
         domain: &Domain,
         requests_per_unit: u32,
-        unit: i32,
+        unit: Option<Unit>,
         algorithm: Algorithm,
     ) -> Option<Self> {
-        let unit = Unit::try_from(unit).ok()?;
-        let window = unit_duration(unit)?;
+        let window = unit?.window();
         let rule = Rule {
             algorithm,
             limit: u64::from(requests_per_unit),
@@ -138,32 +138,21 @@ impl Limit {
             shadow: false,
             detailed_metric: false,
             domain: domain.name.clone(),
-            key_suffix: position_suffix("o").into(),
+            position: "#o".into(),
             metrics: domain.override_metrics.clone(),
         })
     }
 
-    /// This limit's counter key, from the descriptor part `find` wrote after `key_prefix`.
-    /// The descriptor part is the Redis Cluster hash tag, so every limit on one descriptor
-    /// value (burst + sustained) lives in one slot.
-    pub(crate) fn counter_key(&self, descriptor_part: &str) -> String {
-        let mut k = String::with_capacity(descriptor_part.len() + 1 + self.key_suffix.len());
-        k.push_str(descriptor_part);
-        k.push('}');
-        k.push_str(&self.key_suffix);
-        k
+    /// This limit's counter key on the descriptor `key` was built for, keeping the builder
+    /// for the descriptor's other limits.
+    pub(crate) fn counter_key(&self, key: &KeyBuilder) -> CounterKey {
+        key.key(&self.position)
     }
 
-    /// As [`Self::counter_key`], reusing the descriptor part's buffer (the usual single limit).
-    pub(crate) fn finish_key(&self, mut descriptor_part: String) -> String {
-        descriptor_part.push('}');
-        descriptor_part.push_str(&self.key_suffix);
-        descriptor_part
+    /// As [`Self::counter_key`], reusing the builder's buffer (the descriptor's last limit).
+    pub(crate) fn finish_key(&self, key: KeyBuilder) -> CounterKey {
+        key.into_key(&self.position)
     }
-}
-
-fn position_suffix(position: &str) -> String {
-    format!("#{position}")
 }
 
 /// What `/config` shows for one limit.
@@ -218,59 +207,6 @@ impl Glob {
         }
         true
     }
-}
-
-/// The window length of one proto unit. envoyproxy/ratelimit counts a month as 30 days and a
-/// year as 365.
-pub(crate) fn unit_duration(unit: Unit) -> Option<Duration> {
-    const DAY: u64 = 86_400;
-    Some(Duration::from_secs(match unit {
-        Unit::Unknown => return None,
-        Unit::Second => 1,
-        Unit::Minute => 60,
-        Unit::Hour => 3600,
-        Unit::Day => DAY,
-        Unit::Week => 7 * DAY,
-        Unit::Month => 30 * DAY,
-        Unit::Year => 365 * DAY,
-    }))
-}
-
-fn parse_unit(s: &str) -> Option<Unit> {
-    match Unit::from_str_name(&s.to_ascii_uppercase()) {
-        Some(Unit::Unknown) | None => None,
-        u => u,
-    }
-}
-
-/// Appends `s` to `out` so that the separators of a counter key (`|`, `=`, `#`) and Redis hash
-/// tag braces never appear unescaped: every `\` starts a two-character escape, so the mapping
-/// is injective and two different descriptors never share a key.
-pub(crate) fn escape_into(out: &mut String, s: &str) {
-    if !s
-        .bytes()
-        .any(|b| matches!(b, b'\\' | b'|' | b'=' | b'#' | b'{' | b'}'))
-    {
-        out.push_str(s);
-        return;
-    }
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '|' => out.push_str("\\p"),
-            '=' => out.push_str("\\e"),
-            '#' => out.push_str("\\h"),
-            '{' => out.push_str("\\o"),
-            '}' => out.push_str("\\c"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// The start of every counter key of `domain` (opening the hash tag `counter_key` closes).
-pub(crate) fn key_prefix(out: &mut String, domain: &str) {
-    out.push_str("{rl|");
-    escape_into(out, domain);
 }
 
 impl Limits {
@@ -355,13 +291,12 @@ impl Domain {
         &self.summary
     }
 
-    /// Finds the node a request descriptor selects and writes the descriptor part of its
-    /// counter key (after `key_prefix`) into `key`. Returns the node's limits; an empty slice
-    /// when the descriptor matches no limit.
+    /// Finds the node a request descriptor selects and adds each entry to its counter key.
+    /// Returns the node's limits; an empty slice when the descriptor matches no limit.
     pub(crate) fn find<'a, D: DescriptorSource + ?Sized>(
         &'a self,
         d: &D,
-        key: &mut String,
+        key: &mut KeyBuilder,
     ) -> &'a [Arc<Limit>] {
         let n = d.entry_count();
         let mut level = &self.root;
@@ -379,16 +314,10 @@ impl Domain {
             } else {
                 return &[];
             };
-            key.push('|');
-            escape_into(key, k);
-            key.push('=');
             match shared {
                 // A shared pattern must not collide with a literal value equal to it.
-                Some(p) => {
-                    key.push('#');
-                    escape_into(key, p);
-                }
-                None => escape_into(key, v),
+                Some(p) => key.shared_entry(k, p),
+                None => key.entry(k, v),
             }
             if i + 1 == n {
                 return &node.limits;
@@ -536,7 +465,7 @@ impl Compiler<'_> {
         position: usize,
     ) -> Option<Limit> {
         let errors_before = self.error_count;
-        let unit = (!r.unit.is_empty()).then(|| parse_unit(&r.unit));
+        let unit = (!r.unit.is_empty()).then(|| Unit::parse(&r.unit));
         for (i, rep) in r.replaces.iter().enumerate() {
             if rep.name.is_empty() {
                 self.err(
@@ -554,14 +483,14 @@ impl Compiler<'_> {
         if requests > u64::from(u32::MAX) {
             self.err(format!("{at}.requests_per_unit"), "must fit in 32 bits");
         }
-        let (window, proto_unit) = if r.unlimited {
+        let (window, exact_unit) = if r.unlimited {
             if matches!(unit, Some(Some(_))) || r.window.is_some() {
                 self.err(
                     format!("{at}.unit"),
                     "should not specify rate limit unit when unlimited",
                 );
             }
-            (Duration::ZERO, Unit::Unknown)
+            (Duration::ZERO, None)
         } else {
             match (unit, r.window) {
                 (Some(_), Some(_)) => {
@@ -569,7 +498,7 @@ impl Compiler<'_> {
                         format!("{at}.window"),
                         "give either `unit` or `window`, not both",
                     );
-                    (Duration::ZERO, Unit::Unknown)
+                    (Duration::ZERO, None)
                 }
                 (None, Some(w)) => {
                     if w.is_zero() {
@@ -578,21 +507,21 @@ impl Compiler<'_> {
                     if r.unit_multiplier.is_some() {
                         self.err(format!("{at}.unit_multiplier"), "applies only with `unit`");
                     }
-                    (w, Unit::Unknown)
+                    (w, None)
                 }
                 (Some(Some(u)), None) => {
-                    let base = unit_duration(u).unwrap_or_default();
+                    let base = u.window();
                     match r.unit_multiplier {
-                        None | Some(1) => (base, u),
+                        None | Some(1) => (base, Some(u)),
                         Some(0) => {
                             self.err(format!("{at}.unit_multiplier"), "must be at least 1");
-                            (base, u)
+                            (base, Some(u))
                         }
                         Some(m) => match u32::try_from(m).ok().and_then(|m| base.checked_mul(m)) {
-                            Some(w) => (w, Unit::Unknown),
+                            Some(w) => (w, None),
                             None => {
                                 self.err(format!("{at}.unit_multiplier"), "window too long");
-                                (base, u)
+                                (base, Some(u))
                             }
                         },
                     }
@@ -602,7 +531,7 @@ impl Compiler<'_> {
                         format!("{at}.unit"),
                         format!("invalid rate limit unit '{}'", r.unit),
                     );
-                    (Duration::ZERO, Unit::Unknown)
+                    (Duration::ZERO, None)
                 }
             }
         };
@@ -674,11 +603,11 @@ impl Compiler<'_> {
             unlimited: r.unlimited,
             rule,
             requests_per_unit: requests.min(u64::from(u32::MAX)) as u32,
-            unit: proto_unit,
+            unit: exact_unit,
             shadow: d.shadow_mode,
             detailed_metric: d.detailed_metric || d.value_to_metric,
             domain: self.domain.clone(),
-            key_suffix: position_suffix(&position.to_string()).into(),
+            position: format!("#{position}").into(),
         })
     }
 }

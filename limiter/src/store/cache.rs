@@ -39,6 +39,14 @@ pub struct OverLimitCache<S> {
     per_shard: usize,
 }
 
+impl<S> std::fmt::Debug for OverLimitCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverLimitCache")
+            .field("per_shard", &self.per_shard)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S: Store> OverLimitCache<S> {
     pub fn new(inner: S, max_keys: usize) -> Self {
         Self {

@@ -24,8 +24,8 @@ use tokio::sync::Notify;
 use tokio_stream::{Stream, StreamExt};
 use tower::ServiceExt;
 
-use crate::server::Conn;
-use crate::shutdown::Shutdown;
+use crate::listeners::Conn;
+use tollgate_common::Shutdown;
 
 /// Connections shed by an HTTP listener, by listener and reason (`evicted`, `refused`,
 /// `header_timeout`).
@@ -276,7 +276,7 @@ pub fn serve_plain(
     limits: HttpLimits,
     stop: Shutdown,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let conns = crate::server::incoming(listener, None, stop, limits.listener);
+    let conns = crate::listeners::incoming(listener, None, stop, limits.listener);
     serve_http(conns, router, limits)
 }
 

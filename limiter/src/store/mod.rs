@@ -97,6 +97,16 @@ pub enum StoreConfig {
     Redis(RedisConfig),
 }
 
+impl StoreConfig {
+    /// `memory` or `redis` (standalone and Cluster alike), as `/config` shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::Memory(_) => "memory",
+            StoreConfig::Redis(_) => "redis",
+        }
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig::Memory(MemoryOptions::default())

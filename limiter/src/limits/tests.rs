@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::engine::Descriptor;
+use crate::descriptor::Descriptor;
+use crate::key::KeyBuilder;
 
 fn cfg(yaml: &str) -> Limits {
     match Limits::parse(yaml, Algorithm::SlidingWindow) {
@@ -25,9 +26,13 @@ fn errors(yaml: &str) -> Vec<(String, Option<usize>, String)> {
 /// The limits a descriptor selects, by name, and the descriptor part of its counter key.
 fn lookup(l: &Limits, domain: &str, entries: &[(&str, &str)]) -> (Vec<String>, String) {
     let d = l.domain(domain).expect("domain");
-    let mut key = String::new();
+    let mut key = KeyBuilder::new(domain);
     let found = d.find(&Descriptor::new(entries.iter().copied()), &mut key);
-    (found.iter().map(|l| l.name.to_string()).collect(), key)
+    let part = found
+        .first()
+        .map(|l| l.counter_key(&key).descriptor().to_string())
+        .unwrap_or_default();
+    (found.iter().map(|l| l.name.to_string()).collect(), part)
 }
 
 fn matched(l: &Limits, domain: &str, entries: &[(&str, &str)]) -> Option<String> {
@@ -38,7 +43,7 @@ fn matched(l: &Limits, domain: &str, entries: &[(&str, &str)]) -> Option<String>
 
 fn limit<'a>(l: &'a Limits, domain: &str, entries: &[(&str, &str)]) -> &'a Limit {
     let d = l.domain(domain).expect("domain");
-    let mut key = String::new();
+    let mut key = KeyBuilder::new(domain);
     let found = d.find(&Descriptor::new(entries.iter().copied()), &mut key);
     assert_eq!(found.len(), 1, "expected one limit for {entries:?}");
     &found[0]
@@ -79,7 +84,7 @@ descriptors:
     let r = limit(&l, "mongo_cps", &[("database", "users")]);
     assert_eq!(
         (r.requests_per_unit, r.unit, r.rule.window),
-        (500, Unit::Second, Duration::from_secs(1))
+        (500, Some(Unit::Second), Duration::from_secs(1))
     );
     assert!(l.domain("other").is_none());
 }
@@ -581,9 +586,12 @@ descriptors:
         !k3.contains('{') && !k3.contains('}'),
         "no accidental Redis hash tag: {k3}"
     );
-    let limit = limit(&l, "d", &[("a", "x"), ("b", "z")]);
-    let full = limit.counter_key(&k1);
-    assert!(full.starts_with(&k1) && full.len() > k1.len());
+    let d = l.domain("d").unwrap();
+    let mut key = KeyBuilder::new("d");
+    let found = d.find(&Descriptor::new([("a", "x|b=y"), ("b", "z")]), &mut key);
+    let full = found[0].counter_key(&key);
+    assert_eq!(full.descriptor(), k1);
+    assert!(full.as_str().contains(&k1) && full.as_str().len() > k1.len());
 }
 
 #[test]
@@ -599,15 +607,15 @@ descriptors:
     let (names, _) = lookup(&l, "d", &[("k", "v")]);
     assert_eq!(names, ["k", "k#1"]);
     let d = l.domain("d").unwrap();
-    let mut prefix = String::new();
-    key_prefix(&mut prefix, "d");
-    let found = d.find(&Descriptor::new([("k", "v")]), &mut prefix);
-    let (k0, k1) = (found[0].counter_key(&prefix), found[1].counter_key(&prefix));
+    let mut key = KeyBuilder::new("d");
+    let found = d.find(&Descriptor::new([("k", "v")]), &mut key);
+    let (k0, k1) = (found[0].counter_key(&key), found[1].counter_key(&key));
+    let (k0, k1) = (k0.as_str(), k1.as_str());
     assert_ne!(k0, k1);
     // One Redis Cluster hash tag for both: the descriptor.
     let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
-    assert_eq!(tag(&k0), "{rl|d|k=v}");
-    assert_eq!(tag(&k1), tag(&k0));
+    assert_eq!(tag(k0), "{rl|d|k=v}");
+    assert_eq!(tag(k1), tag(k0));
 }
 
 #[test]
@@ -639,7 +647,7 @@ fn units_are_case_insensitive_and_cover_week_month_year() {
         let r = limit(&l, "d", &[("k", "v")]);
         assert_eq!(
             (r.rule.window, r.unit),
-            (Duration::from_secs(secs), proto),
+            (Duration::from_secs(secs), Some(proto)),
             "{unit}"
         );
     }
@@ -681,11 +689,7 @@ descriptors:
     let a = limit(&l, "d", &[("a", "x")]);
     assert_eq!(
         (a.rule.window, a.unit, a.rule.algorithm),
-        (
-            Duration::from_secs(30),
-            Unit::Unknown,
-            Algorithm::SlidingWindow
-        )
+        (Duration::from_secs(30), None, Algorithm::SlidingWindow)
     );
     let b = limit(&l, "d", &[("b", "x")]);
     assert_eq!(
@@ -794,4 +798,51 @@ fn glob_matching() {
     assert!(!m("a*b*c", "aXcYb"));
     assert!(!m("ab*ba", "aba"), "prefix and suffix must not overlap");
     assert!(m("**", ""));
+}
+
+#[test]
+fn algorithm_errors_carry_their_line_in_block_and_flow_style() {
+    let unknown = "unknown variant `bogus`, expected one of `sliding_window`, `fixed_window`, \
+                   `token_bucket`, `gcra`";
+    let flow = errors(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limits:\n      - {unit: second, requests_per_unit: 1, algorithm: bogus}\n",
+    );
+    assert_eq!(
+        flow,
+        [(
+            "descriptors[0].rate_limits[0].algorithm".to_string(),
+            Some(5),
+            unknown.to_string()
+        )]
+    );
+    let block = errors(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n      requests_per_unit: 1\n      algorithm: bogus\n",
+    );
+    assert_eq!(block[0].1, Some(7));
+    // Bounds that depend on the algorithm: a burst on a window algorithm, and a meter whose
+    // limit × window cannot be counted exactly.
+    let e = errors(
+        "domain: d
+descriptors:
+  - key: a
+    rate_limit:
+      unit: second
+      requests_per_unit: 1
+      algorithm: fixed_window
+      burst: 3
+  - key: b
+    rate_limit:
+      unit: day
+      requests_per_unit: 1000000000
+      algorithm: gcra
+",
+    );
+    let got: Vec<_> = e.iter().map(|(f, l, _)| (f.as_str(), *l)).collect();
+    assert_eq!(
+        got,
+        [
+            ("descriptors[0].rate_limit.burst", Some(8)),
+            ("descriptors[1].rate_limit.requests_per_unit", Some(12)),
+        ]
+    );
 }

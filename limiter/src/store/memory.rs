@@ -78,6 +78,15 @@ pub struct MemoryStore {
     shift: u32,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("per_shard", &self.per_shard)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Per-hit working data of one call.
 struct Work {
     hash: u64,

@@ -2,12 +2,17 @@
 //! limit name come from the configuration, never from a request (a descriptor's values appear only
 //! in the separate `..._detailed_...` series, for limits marked `detailed_metric: true`).
 //!
-//! Handles are created once (per limit when the limits are compiled, per engine for the rest) so
-//! that a call records without a registry lookup.
+//! Handles are created once — per limit when the limits are compiled, per engine and per
+//! reloader for the rest — from whatever recorder is installed then, so that a call records
+//! without a registry lookup. Only the `detailed_metric` series, whose labels come from the
+//! request, are looked up per call.
 
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+use crate::key::CounterKey;
+use crate::store::StoreError;
 
 /// Per-request decisions per limit; `decision` is one of the [`Decision`] labels.
 pub const DECISIONS: &str = "tollgate_ratelimit_decisions_total";
@@ -78,7 +83,13 @@ impl LimitMetrics {
     }
 
     /// Records one hit. `detailed` is the counter key, for `detailed_metric` limits.
-    pub(crate) fn record(&self, d: Decision, cost: u64, cached: bool, detailed: Option<&str>) {
+    pub(crate) fn record(
+        &self,
+        d: Decision,
+        cost: u64,
+        cached: bool,
+        detailed: Option<&CounterKey>,
+    ) {
         match d {
             Decision::WithinLimit => &self.within,
             Decision::NearLimit => &self.near,
@@ -91,13 +102,9 @@ impl LimitMetrics {
             self.cached.increment(1);
         }
         if let Some(key) = detailed {
-            // The descriptor part of the key: after `{rl|domain|`, before `}#position`.
-            let descriptor = key.split_once('|').map_or(key, |(_, r)| r);
-            let descriptor = descriptor.split_once('|').map_or("", |(_, r)| r);
-            let descriptor = descriptor.rsplit_once("}#").map_or(descriptor, |(l, _)| l);
             counter!(DETAILED_DECISIONS,
                 "domain" => self.domain.to_string(), "limit" => self.name.to_string(),
-                "descriptor" => descriptor.to_string(), "decision" => d.label())
+                "descriptor" => key.descriptor().to_string(), "decision" => d.label())
             .increment(1);
         }
     }
@@ -107,36 +114,71 @@ impl LimitMetrics {
 #[derive(Debug, Clone)]
 pub(crate) struct EngineMetrics {
     pub(crate) unknown_domain: Counter,
-    pub(crate) store_duration: Histogram,
+    store_duration: Histogram,
+    /// By kind, in [`STORE_ERROR_KINDS`] order.
+    store_errors: [Counter; 4],
 }
+
+/// The `kind` label values of [`STORE_ERRORS`].
+pub const STORE_ERROR_KINDS: [&str; 4] = ["timeout", "overloaded", "unavailable", "config"];
 
 impl EngineMetrics {
     pub(crate) fn new() -> Self {
+        let store_errors = STORE_ERROR_KINDS.map(|kind| counter!(STORE_ERRORS, "kind" => kind));
         // Error series exist (at 0) from the start, so dashboards and alerts see a rate of
         // zero rather than no data.
-        for kind in ["timeout", "overloaded", "unavailable", "config"] {
-            counter!(STORE_ERRORS, "kind" => kind).increment(0);
+        for c in &store_errors {
+            c.increment(0);
         }
         Self {
             unknown_domain: counter!(UNKNOWN_DOMAIN),
             store_duration: histogram!(STORE_DURATION),
+            store_errors,
         }
     }
 
     pub(crate) fn store_latency(&self, d: Duration) {
         self.store_duration.record(d.as_secs_f64());
     }
+
+    /// Counts a store failure by kind.
+    pub(crate) fn store_error(&self, e: &StoreError) {
+        let i = match e {
+            StoreError::Timeout => 0,
+            StoreError::Overloaded => 1,
+            StoreError::Unavailable(_) => 2,
+            StoreError::Config(_) => 3,
+        };
+        self.store_errors[i].increment(1);
+    }
 }
 
-/// Counts a store failure by kind.
-pub(crate) fn store_error(kind: &'static str) {
-    counter!(STORE_ERRORS, "kind" => kind).increment(1);
+/// The handles of limits loads.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadMetrics {
+    ok: Counter,
+    failed: Counter,
+    errors: Counter,
+    errors_active: Gauge,
+    domains: Gauge,
 }
 
-/// Records a limits load.
-pub(crate) fn config_loaded(errors: usize, domains: usize) {
-    counter!(CONFIG_LOADS, "result" => if errors == 0 { "ok" } else { "error" }).increment(1);
-    counter!(CONFIG_ERRORS).increment(errors as u64);
-    gauge!(CONFIG_ERRORS_ACTIVE).set(errors as f64);
-    gauge!(CONFIG_DOMAINS).set(domains as f64);
+impl LoadMetrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            ok: counter!(CONFIG_LOADS, "result" => "ok"),
+            failed: counter!(CONFIG_LOADS, "result" => "error"),
+            errors: counter!(CONFIG_ERRORS),
+            errors_active: gauge!(CONFIG_ERRORS_ACTIVE),
+            domains: gauge!(CONFIG_DOMAINS),
+        }
+    }
+
+    /// Records a limits load.
+    pub(crate) fn loaded(&self, errors: usize, domains: usize) {
+        if errors == 0 { &self.ok } else { &self.failed }.increment(1);
+        self.errors.increment(errors as u64);
+        self.errors_active.set(errors as f64);
+        self.domains.set(domains as f64);
+    }
 }

@@ -1,23 +1,21 @@
 //! Hot reload of the limits: on any change in the limits directory (including a Kubernetes
-//! ConfigMap's `..data` symlink swap) and on SIGHUP, every file is read again; good files replace
-//! the engine's limits in one swap, bad files keep their last good version and are reported.
+//! ConfigMap's `..data` symlink swap) and on SIGHUP, seen through `tollgate_common::watch`,
+//! every file is read again; good files replace the engine's limits in one swap, bad files keep
+//! their last good version and are reported. The `/config` view is plain data ([`ConfigView`])
+//! for the host to serve.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 use tollgate_common::Shutdown;
+use tollgate_common::watch::{Change, WatchError, Watcher};
 
 use crate::engine::Engine;
 use crate::limits::{FileError, FileStatus, LimitSummary, LimitsSource, Loader};
 use crate::metrics;
-
-/// Events closer together than this are one change (an editor's write + rename, a ConfigMap
-/// swap's several renames).
-const SETTLE: Duration = Duration::from_millis(100);
 
 /// What `/config` shows: the limits in force and the state of every file.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +56,7 @@ pub struct Reloader {
     loader: parking_lot::Mutex<Option<Loader>>,
     engine: Arc<Engine>,
     view: ArcSwap<ConfigView>,
+    metrics: metrics::LoadMetrics,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -88,6 +87,7 @@ impl Reloader {
             loader: parking_lot::Mutex::new(source.map(|s| Loader::new(s, loader_algorithm))),
             engine,
             view: ArcSwap::from_pointee(view),
+            metrics: metrics::LoadMetrics::new(),
         }
     }
 
@@ -116,7 +116,7 @@ impl Reloader {
             })
             .collect();
         domains.sort_by(|a, b| a.domain.cmp(&b.domain));
-        metrics::config_loaded(report.errors.len(), domains.len());
+        self.metrics.loaded(report.errors.len(), domains.len());
         for e in &report.errors {
             tracing::error!(file = %e.file.display(), line = e.line, field = %e.field, reason = %e.reason, "bad limits file; keeping its last good version");
         }
@@ -153,39 +153,15 @@ impl Reloader {
 pub fn spawn(
     reloader: Arc<Reloader>,
     shutdown: Shutdown,
-) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watcher = match reloader.watched_path() {
-        Some(path) => {
-            let tx = tx.clone();
-            let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                if ev.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.send(());
-                }
-            })?;
-            w.watch(&watch_target(&path), RecursiveMode::NonRecursive)?;
-            Some(w)
-        }
-        None => None,
-    };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+) -> Result<tokio::task::JoinHandle<()>, WatchError> {
+    let mut watcher = Watcher::new(reloader.watched_path())?;
     Ok(tokio::spawn(async move {
-        // Dropping the watcher stops it; keep it alive for the task's life.
-        let _watcher = watcher;
         loop {
-            let hup_recv = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = shutdown.triggered() => return,
-                Some(()) = rx.recv() => {
-                    // Wait for the burst of events to settle, then load once.
-                    while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
-                }
-                _ = hup_recv => tracing::info!("SIGHUP: reloading limits"),
+                change = watcher.changed() => if change == Change::Signal {
+                    tracing::info!("SIGHUP: reloading limits");
+                },
             }
             let r = reloader.clone();
             let _ = tokio::task::spawn_blocking(move || r.reload()).await;
@@ -193,27 +169,16 @@ pub fn spawn(
     }))
 }
 
-/// A directory is watched itself (ConfigMap swaps and file edits show as events in it); a single
-/// file through its directory, so that an editor's replace-by-rename is seen too.
-fn watch_target(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        return path.to_path_buf();
-    }
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::algorithm::Algorithm;
-    use crate::engine::{EngineOptions, SystemClock};
+    use crate::engine::EngineOptions;
     use crate::limits::Limits;
     use crate::store::{MemoryOptions, MemoryStore};
+    use tollgate_common::clock::SystemClock;
 
     fn engine() -> Arc<Engine> {
         Arc::new(Engine::new(
@@ -235,8 +200,8 @@ mod tests {
         let limits = engine.limits();
         let d = limits.domain(domain)?;
         let found = d.find(
-            &crate::engine::Descriptor::new([("k", "v")]),
-            &mut String::new(),
+            &crate::descriptor::Descriptor::new([("k", "v")]),
+            &mut crate::key::KeyBuilder::new(domain),
         );
         found.first().map(|l| l.requests_per_unit)
     }
