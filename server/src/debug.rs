@@ -408,20 +408,60 @@ mod tests {
     }
 
     /// Something to sample: a thread spinning for 1.5 s.
-    fn busy_thread() -> std::thread::JoinHandle<u64> {
-        std::thread::spawn(|| {
-            let end = std::time::Instant::now() + Duration::from_millis(1500);
-            let mut x = 0u64;
-            // The clock is read seldom: a sample taken inside the vDSO's clock_gettime is
-            // dropped by the profiler's blocklist, and a loop that mostly reads the clock
-            // would leave nothing to report.
-            while std::time::Instant::now() < end {
-                for _ in 0..100_000 {
-                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    /// A thread that keeps one core busy until dropped, so a profile has something to sample.
+    struct Busy {
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<u64>>,
+    }
+
+    impl Busy {
+        fn start() -> Busy {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let mut x = 0u64;
+                // The flag is read seldom: the loop is almost all arithmetic, so samples land
+                // in this thread's own frames rather than in an atomic load.
+                while !flag.load(Ordering::Relaxed) {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
                 }
+                x
+            });
+            Busy {
+                stop,
+                thread: Some(thread),
             }
-            x
-        })
+        }
+    }
+
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Profiles for one second at a time until `sampled` accepts the body: on a loaded
+    /// machine the process may get no CPU time at all in one second, and an empty profile
+    /// says nothing about the profiler.
+    async fn profile_until(app: &Router, path: &str, sampled: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let _busy = Busy::start();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let resp = app.clone().oneshot(authed_get(path)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec();
+            if sampled(&body) || std::time::Instant::now() > deadline {
+                return body;
+            }
+        }
     }
 
     /// `GET path` with the credential.
@@ -485,17 +525,11 @@ mod tests {
         let _turn = PROFILER.lock().await;
         use prost::Message;
         let app = pprof_router();
-        let busy = busy_thread();
-        let resp = app
-            .oneshot(authed_get("/debug/pprof/profile?seconds=1"))
-            .await
-            .unwrap();
-        busy.join().unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let p = pprof_format::Profile::decode(body).unwrap();
+        let body = profile_until(&app, "/debug/pprof/profile?seconds=1", |b| {
+            pprof_format::Profile::decode(b).is_ok_and(|p| !p.sample.is_empty())
+        })
+        .await;
+        let p = pprof_format::Profile::decode(body.as_slice()).unwrap();
         assert_eq!(p.string_table[0], "");
         let s = |i: i64| p.string_table[i as usize].as_str();
         let types: Vec<(&str, &str)> = p
@@ -523,19 +557,11 @@ mod tests {
     async fn profiles_the_cpu_as_collapsed_stacks() {
         let _turn = PROFILER.lock().await;
         let app = pprof_router();
-        // Something to sample.
-        let busy = busy_thread();
-        let resp = app
-            .clone()
-            .oneshot(authed_get("/debug/pprof/folded?seconds=1"))
-            .await
-            .unwrap();
-        busy.join().unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let text = String::from_utf8(body.to_vec()).unwrap();
+        let body = profile_until(&app, "/debug/pprof/folded?seconds=1", |b| {
+            b.iter().any(|c| !c.is_ascii_whitespace())
+        })
+        .await;
+        let text = String::from_utf8(body).unwrap();
         let first = text.lines().next().expect("at least one sample");
         let (_, count) = first.rsplit_once(' ').unwrap_or_else(|| panic!("{text:?}"));
         assert!(count.parse::<u64>().unwrap() > 0, "{first}");
