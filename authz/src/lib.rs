@@ -221,8 +221,8 @@ async fn serve(
 
     let admin = match (&config.admin, &api_keys) {
         (Some(admin_cfg), Some(keys)) => {
-            let router =
-                admin::router(keys.clone(), admin_cfg).map_err(|e| Error::Admin(e.to_string()))?;
+            let router = admin::router(keys.clone(), admin_cfg, authorizer.rate_limit().is_some())
+                .map_err(|e| Error::Admin(e.to_string()))?;
             let listener = tokio::net::TcpListener::bind(admin_cfg.addr)
                 .await
                 .map_err(|source| Error::AdminBind {
