@@ -2,8 +2,18 @@
 # Runs the gateway on this machine: Envoy (deploy/envoy/envoy.yaml) in front of a demo echo
 # upstream, with tollgate-authz and tollgate-ratelimit wired in, on the embedded defaults
 # (counters in memory, API keys in an on-disk store under .tollgate/; no Redis needed).
+# `scripts/demo.sh single-call` runs the single-call shape instead: Envoy on
+# deploy/envoy/single-call.yaml and tollgate-authz alone, counting the limits itself.
 # Installs what is missing first. Ctrl-C stops everything.
 set -euo pipefail
+shape=${1:-pair}
+case $shape in
+  pair | single-call) ;;
+  *)
+    echo "usage: scripts/demo.sh [pair|single-call]" >&2
+    exit 2
+    ;;
+esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 
@@ -53,22 +63,30 @@ wait_http() { # name, url
 
 bin="$root/target/debug"
 start echo-upstream "$bin/echo-upstream" 127.0.0.1:8000
-start ratelimit "$bin/tollgate-ratelimit" serve --config deploy/config/ratelimit.yaml
-start authz "$bin/tollgate-authz" serve --config deploy/config/authz.yaml \
-  --set "admin.token_file=$state/admin-token" --set "api_keys.store.path=$state/keys.redb" \
-  --set "admin.ratelimit_metrics_url=http://127.0.0.1:8082/metrics"
-wait_http ratelimit http://127.0.0.1:8082/readyz
+authz_sets=(--set "admin.token_file=$state/admin-token" --set "api_keys.store.path=$state/keys.redb")
+if [[ $shape == pair ]]; then
+  start ratelimit "$bin/tollgate-ratelimit" serve --config deploy/config/ratelimit.yaml
+  start authz "$bin/tollgate-authz" serve --config deploy/config/authz.yaml "${authz_sets[@]}" \
+    --set "admin.ratelimit_metrics_url=http://127.0.0.1:8082/metrics"
+  wait_http ratelimit http://127.0.0.1:8082/readyz
+  envoy_config=deploy/envoy/envoy.yaml
+  limiter="tollgate-ratelimit     gRPC 127.0.0.1:8081   metrics http://127.0.0.1:8082/metrics   limits http://127.0.0.1:8082/config"
+else
+  start authz "$bin/tollgate-authz" serve --config deploy/config/authz-single-call.yaml "${authz_sets[@]}"
+  envoy_config=deploy/envoy/single-call.yaml
+  limiter="rate limits            counted by tollgate-authz (single-call mode, deploy/config/limits/)"
+fi
 wait_http authz http://127.0.0.1:9002/readyz
-start envoy .venv/bin/envoy -c deploy/envoy/envoy.yaml --concurrency 1 --disable-hot-restart --log-level warn
+start envoy .venv/bin/envoy -c "$envoy_config" --concurrency 1 --disable-hot-restart --log-level warn
 wait_http envoy http://127.0.0.1:9901/ready
 
 cat <<MSG
 
-Tollgate is running.
+Tollgate is running ($shape: $envoy_config).
   gateway (Envoy)        http://127.0.0.1:10000
   Envoy admin            http://127.0.0.1:9901
   tollgate-authz         gRPC 127.0.0.1:9001   metrics http://127.0.0.1:9002/metrics
-  tollgate-ratelimit     gRPC 127.0.0.1:8081   metrics http://127.0.0.1:8082/metrics   limits http://127.0.0.1:8082/config
+  $limiter
   web console            http://127.0.0.1:9092/console/   (log in with the credential in $state/admin-token)
   logs                   $logs/
 

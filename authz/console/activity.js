@@ -19,12 +19,13 @@ export async function activityView(main, signal) {
   const graph = h('div', { class: 'card' });
   const reasons = h('section', { class: 'card' });
   const limits = h('section', { class: 'card' });
+  const note = h('p', { class: 'muted note' });
   fill(
     main,
     h('div', { class: 'heading' }, h('h1', { text: 'Activity' }), h('span', { class: 'muted', text: 'Check decisions of this tollgate-authz process, every 2 s' })),
     msg.el,
     cards,
-    h('p', { class: 'muted note', text: 'tollgate-authz allows a call before the rate limit counts it, so a call over a limit is in Allowed too.' }),
+    note,
     graph,
     reasons,
     limits,
@@ -37,6 +38,9 @@ export async function activityView(main, signal) {
       msg.clear();
       const r = prev ? rates(prev, cur) : null;
       if (r) history = remember(history, r, HISTORY);
+      note.textContent = cur.singleCall
+        ? 'Single-call mode: tollgate-authz counts the limits itself, so a call over a limit is in Over limit only.'
+        : 'tollgate-authz allows a call before the rate limit counts it, so a call over a limit is in Allowed too.';
       draw({ cards, graph, reasons, limits }, cur, r, history);
       prev = cur;
     } catch (e) {
@@ -78,8 +82,9 @@ function limitsPart(cur, r) {
   if (cur.rateLimited === null) {
     return [h('p', { class: 'muted', text: '429s are decided by tollgate-ratelimit. Set admin.ratelimit_metrics_url to its /metrics to see them here.' })];
   }
+  const source = cur.singleCall ? 'From the rate limits of this tollgate-authz' : 'From tollgate-ratelimit';
   return [
-    h('p', { class: 'muted', text: 'From tollgate-ratelimit: over-limit answers per limit (a request over two limits counts in both).' }),
+    h('p', { class: 'muted', text: `${source}: over-limit answers per limit (a request over two limits counts in both).` }),
     table(['Limit', 'Per second', 'Since start'], Object.entries(cur.byLimit).sort((a, b) => b[1] - a[1]).map(([name, total]) => [name, r ? perSecondText(r.byLimit[name] ?? 0) : '…', total]), 'Nothing over a limit yet.'),
   ];
 }

@@ -11,10 +11,16 @@ export function totals(stats) {
     rateLimited: null,
     byLimit: {},
     rateLimitError: null,
+    singleCall: stats.mode === 'single_call',
   };
+  // In single-call mode tollgate-authz answers the 429s itself: Checks denied with reason
+  // `rate_limited`, counted as over limit (once per request), not among the denials.
+  let own429 = 0;
   for (const c of stats.checks ?? []) {
     if (c.decision === 'allow') {
       out.allow += c.count;
+    } else if (c.decision === 'deny' && c.reason === 'rate_limited') {
+      own429 += c.count;
     } else if (c.decision === 'deny') {
       out.deny += c.count;
       out.denyByReason[c.reason] = (out.denyByReason[c.reason] ?? 0) + c.count;
@@ -31,6 +37,7 @@ export function totals(stats) {
       }
     }
   }
+  if (out.singleCall) out.rateLimited = own429;
   return out;
 }
 

@@ -13,6 +13,7 @@ use crate::apikey::{ApiKeysConfig, KeyStoreConfig};
 use crate::identity::Method;
 use crate::identity::introspection::IntrospectionConfig;
 use crate::identity::jwt::JwtConfig;
+use crate::limit::RateLimitSection;
 use crate::policy::{PolicyConfig, check_methods_configured};
 
 /// Default gRPC port (Envoy's ext_authz cluster points here).
@@ -48,6 +49,10 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub headers: HeadersConfig,
+    /// Single-call mode: the rate-limit engine in the Check; absent, Envoy's ratelimit filter
+    /// (and tollgate-ratelimit) does the limiting.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSection>,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             api_keys: None,
             admin: None,
             headers: HeadersConfig::default(),
+            rate_limit: None,
         }
     }
 }
@@ -128,6 +134,18 @@ impl Validate for Config {
             }
         }
         self.headers.validate(&join(at, "headers"), errors);
+        match &self.rate_limit {
+            Some(r) => r.validate(&join(at, "rate_limit"), errors),
+            None => {
+                let p = &self.policy;
+                if !p.rate_limits.is_empty() || p.rules.iter().any(|r| r.rate_limits.is_some()) {
+                    errors.push(
+                        join(at, "policy"),
+                        "`rate_limits` need the `rate_limit` section (single-call mode)",
+                    );
+                }
+            }
+        }
         if let Some(k) = &self.api_keys
             && self
                 .headers
@@ -347,6 +365,44 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_limit_section_is_the_limiters_with_a_domain() {
+        let c = load_str(
+            "rate_limit:\n  domain: edge\n  store: {type: memory}\n  failure_mode: allow\npolicy:\n  rate_limits:\n    - actions: [{remote_address: {}}]\n",
+        )
+        .unwrap();
+        let r = c.rate_limit.unwrap();
+        assert_eq!(r.domain, "edge");
+        assert_eq!(r.limiter.failure_mode, tollgate_limiter::FailureMode::Allow);
+
+        let e = load_str("rate_limit:\n  domain: edge\n  limts: {path: /x}\n").unwrap_err();
+        assert!(
+            e.contains("authz.yaml:3: rate_limit.limts: unknown field"),
+            "{e}"
+        );
+        let e = load_str("rate_limit:\n  store: {type: memory}\n").unwrap_err();
+        assert!(e.contains("domain"), "{e}");
+        let e = load_str("rate_limit:\n  domain: ''\n  near_limit_ratio: 2\n").unwrap_err();
+        assert!(
+            e.contains("rate_limit.domain") && e.contains("rate_limit.near_limit_ratio"),
+            "{e}"
+        );
+        // Descriptors without the engine would be silently ignored: refused instead.
+        let e = load_str(
+            "policy:\n  rules:\n    - name: r\n      public: true\n      rate_limits: [{actions: [{remote_address: {}}]}]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("need the `rate_limit` section"), "{e}");
+        let e = load_str(
+            "rate_limit: {domain: d}\npolicy:\n  rules:\n    - name: r\n      public: true\n      rate_limits:\n        - actions: [{request_headers: {header_name: x}}]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("policy.rules[0].rate_limits[0].actions[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let e = load_str(
             "policy:\n  rules:\n    - name: r\n      identity: [introspection]\njwt:\n  issuers:\n    - issuer: https://i\n      audiences: []\n      algorithms: [HS256]\nheaders:\n  subject: \"bad name\"\n",
@@ -525,6 +581,16 @@ mod tests {
         load_str(&policy).unwrap_or_else(|e| panic!("{e}"));
         let headers = doc_example("## `headers`");
         load_str(&headers).unwrap_or_else(|e| panic!("{e}"));
+        // Single-call mode: the section alone, then the descriptors with it.
+        let section = doc_example("## Single-call mode");
+        let c = load_str(&section).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.rate_limit.unwrap().domain, "gateway");
+        let descriptors = format!(
+            "{section}{}jwt: {{issuers: [{{issuer: https://i, discovery: true, audiences: [a]}}]}}\n",
+            doc_example("**Descriptors** come from")
+        );
+        let c = load_str(&descriptors).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.policy.rate_limits.len(), 2);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod identity;
+pub mod limit;
 pub mod metrics;
 pub mod policy;
 pub mod reason;
@@ -81,6 +82,10 @@ pub enum Error {
     },
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] tollgate_common::watch::WatchError),
+    #[error("rate_limit: {0}")]
+    RateLimit(#[from] tollgate_limiter::BuildError),
+    #[error("rate_limit: cannot watch the limits: {0}")]
+    LimitsWatch(#[source] tollgate_common::watch::WatchError),
 }
 
 /// A service started by [`start`].
@@ -156,13 +161,13 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
         )),
         _ => None,
     };
-    let authorizer = Arc::new(Authorizer::new(
-        policy,
-        jwt,
-        introspection,
-        keys_for_check,
-        &config.headers,
-    ));
+    let mut authorizer =
+        Authorizer::new(policy, jwt, introspection, keys_for_check, &config.headers);
+    if let Some(section) = &config.rate_limit {
+        let limiter = tollgate_limiter::build_with_clock(&section.limiter, clock.clone()).await?;
+        authorizer = authorizer.with_rate_limit(limit::Embedded::new(limiter, &section.domain));
+    }
+    let authorizer = Arc::new(authorizer);
     Ok(Built {
         authorizer,
         api_keys,
@@ -216,8 +221,8 @@ async fn serve(
 
     let admin = match (&config.admin, &api_keys) {
         (Some(admin_cfg), Some(keys)) => {
-            let router =
-                admin::router(keys.clone(), admin_cfg).map_err(|e| Error::Admin(e.to_string()))?;
+            let router = admin::router(keys.clone(), admin_cfg, authorizer.rate_limit().is_some())
+                .map_err(|e| Error::Admin(e.to_string()))?;
             let listener = tokio::net::TcpListener::bind(admin_cfg.addr)
                 .await
                 .map_err(|source| Error::AdminBind {
@@ -241,6 +246,11 @@ async fn serve(
             tracing::warn!(%issuer, error = %e, "no keys for this issuer yet; its tokens are denied until a fetch succeeds");
         }
         jwt.spawn_refresh(shutdown.clone());
+    }
+    if let Some(rl) = authorizer.rate_limit() {
+        rl.limiter()
+            .watch(shutdown.clone())
+            .map_err(Error::LimitsWatch)?;
     }
     if let Some(r) = &reloader {
         reload::describe();

@@ -35,7 +35,13 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig(args) => check_config::<Config, String>(&args, |_, _| Ok(())),
+        // In single-call mode the limits are files too: without file checks they are not read.
+        Command::CheckConfig(args) => {
+            check_config::<Config, _>(&args, |config, files| match (&config.rate_limit, files) {
+                (Some(r), true) => tollgate_limiter::check(&r.limiter),
+                _ => Ok(()),
+            })
+        }
         Command::Serve(args) => {
             // Kept for reloads: the same environment and --set overrides apply again.
             let sources = args.sources();

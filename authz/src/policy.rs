@@ -14,6 +14,7 @@ use serde_json::Value;
 use tollgate_common::config::{Errors, Validate, join};
 
 use crate::identity::{Identity, Method};
+use crate::limit::{Descriptors, RateLimitConfig, actions};
 
 /// The `policy:` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +29,9 @@ pub struct PolicyConfig {
     /// Evaluated in order; the first rule that matches decides.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Single-call mode: the descriptors of rules that list no `rate_limits` of their own.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -36,6 +40,7 @@ impl Default for PolicyConfig {
             no_match: NoMatch::Deny,
             identity_order: default_identity_order(),
             rules: Vec::new(),
+            rate_limits: Vec::new(),
         }
     }
 }
@@ -82,6 +87,10 @@ pub struct RuleConfig {
     /// All must hold for the request to be allowed.
     #[serde(default)]
     pub conditions: Vec<ConditionConfig>,
+    /// Single-call mode: the descriptors this rule's requests are limited by, as Envoy's route
+    /// `rate_limits` (an empty list: not limited); default `policy.rate_limits`.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<RateLimitConfig>>,
 }
 
 /// How a rule matches the path: exactly one of `exact`, `prefix` or `regex`.
@@ -129,9 +138,13 @@ impl Validate for PolicyConfig {
                 "`anonymous` is not a credential; use `public: true`",
             );
         }
+        actions::validate(&self.rate_limits, &join(at, "rate_limits"), errors);
         let mut names = HashMap::new();
         for (i, r) in self.rules.iter().enumerate() {
             let at = format!("{}[{i}]", join(at, "rules"));
+            if let Some(list) = &r.rate_limits {
+                actions::validate(list, &join(&at, "rate_limits"), errors);
+            }
             if r.name.is_empty() {
                 errors.push(join(&at, "name"), "must not be empty");
             } else if let Some(prev) = names.insert(r.name.as_str(), i) {
@@ -280,6 +293,8 @@ pub struct Policy {
     rules: Vec<Rule>,
     by_name: HashMap<String, usize>,
     no_match: Option<Rule>,
+    /// The descriptors of rules without their own.
+    rate_limits: Descriptors,
 }
 
 /// A compiled rule.
@@ -295,6 +310,8 @@ pub struct Rule {
     /// Identity methods accepted, in the order they are tried (only configured ones).
     pub identity: Vec<Method>,
     pub conditions: Vec<Condition>,
+    /// Its own descriptors (single-call mode); `None`: the policy's.
+    rate_limits: Option<Descriptors>,
 }
 
 #[derive(Debug)]
@@ -383,6 +400,7 @@ impl Policy {
                 public: r.public,
                 identity,
                 conditions: r.conditions.iter().map(compile_condition).collect(),
+                rate_limits: r.rate_limits.as_deref().map(Descriptors::compile),
             });
             by_name.insert(r.name.clone(), i);
         }
@@ -400,13 +418,29 @@ impl Policy {
                     order
                 },
                 conditions: Vec::new(),
+                rate_limits: None,
             }),
         };
         Ok(Policy {
             rules,
             by_name,
             no_match,
+            rate_limits: Descriptors::compile(&cfg.rate_limits),
         })
+    }
+
+    /// The descriptors `rule`'s requests are limited by.
+    pub fn rate_limits<'a>(&'a self, rule: &'a Rule) -> &'a Descriptors {
+        rule.rate_limits.as_ref().unwrap_or(&self.rate_limits)
+    }
+
+    /// Whether any rule (or the default) builds descriptors.
+    pub fn has_rate_limits(&self) -> bool {
+        !self.rate_limits.is_empty()
+            || self
+                .rules
+                .iter()
+                .any(|r| r.rate_limits.as_ref().is_some_and(|d| !d.is_empty()))
     }
 
     /// The first rule matching the request, or the no-match rule (`None` means deny).

@@ -24,8 +24,13 @@ pub mod example_ports {
 
 /// The example config shipped in `deploy/envoy/envoy.yaml`.
 pub fn example_config() -> String {
-    std::fs::read_to_string(project_root().join("deploy/envoy/envoy.yaml"))
-        .expect("deploy/envoy/envoy.yaml is readable")
+    example_file("envoy.yaml")
+}
+
+/// `deploy/envoy/<name>`.
+pub fn example_file(name: &str) -> String {
+    std::fs::read_to_string(project_root().join("deploy/envoy").join(name))
+        .unwrap_or_else(|e| panic!("deploy/envoy/{name}: {e}"))
 }
 
 /// Rewrites every `port_value: FROM` in `config` to `port_value: TO` for each pair.

@@ -1,6 +1,7 @@
 //! The whole gateway for one test: the echo upstream, tollgate-ratelimit and tollgate-authz
 //! in-process (loaded from the shipped example configs in `deploy/config/` unless a test
-//! passes its own), and real Envoy on the shipped `deploy/envoy/envoy.yaml`.
+//! passes its own), and real Envoy on the shipped `deploy/envoy/envoy.yaml` — or, in the
+//! single-call [`Shape`], tollgate-authz alone on `deploy/envoy/single-call.yaml`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,6 +109,21 @@ impl Authz {
     /// Starts the shipped example (`deploy/config/authz.yaml`) with extra overrides; its key
     /// store and admin credential live in a fresh temp dir, its admin API on a free port.
     pub async fn example(sets: &[String]) -> anyhow::Result<Authz> {
+        Self::example_file("authz.yaml", sets).await
+    }
+
+    /// The shipped single-call example (`deploy/config/authz-single-call.yaml`): authz with
+    /// the rate-limit engine inside, on the example limits.
+    pub async fn example_single_call(sets: &[String]) -> anyhow::Result<Authz> {
+        let mut all = vec![format!(
+            "rate_limit.limits.path={}",
+            example("limits").display()
+        )];
+        all.extend(sets.iter().cloned());
+        Self::example_file("authz-single-call.yaml", &all).await
+    }
+
+    async fn example_file(file: &str, sets: &[String]) -> anyhow::Result<Authz> {
         let state = tempfile::tempdir()?;
         let token = format!("test-admin-credential-{}", std::process::id());
         let token_file = state.path().join("admin-token");
@@ -121,7 +137,7 @@ impl Authz {
             "admin.addr=127.0.0.1:0".to_string(),
         ];
         all.extend(sets.iter().cloned());
-        let mut authz = Self::start(load_config(&example("authz.yaml"), &all)?).await?;
+        let mut authz = Self::start(load_config(&example(file), &all)?).await?;
         authz.admin_token = token;
         authz._state = Some(state);
         Ok(authz)
@@ -170,22 +186,74 @@ pub struct Stack {
     pub upstream: EchoUpstream,
 }
 
+/// How Envoy consults Tollgate: the shipped examples of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// ext_authz to tollgate-authz, then the ratelimit filter to tollgate-ratelimit
+    /// (`deploy/envoy/envoy.yaml`).
+    Pair,
+    /// One ext_authz call: tollgate-authz authenticates and rate-limits
+    /// (`deploy/envoy/single-call.yaml`, `deploy/config/authz-single-call.yaml`).
+    SingleCall,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 2] = [Shape::Pair, Shape::SingleCall];
+
+    /// The shipped Envoy config of this shape.
+    pub fn envoy_config(self) -> String {
+        match self {
+            Shape::Pair => crate::envoy::example_config(),
+            Shape::SingleCall => crate::envoy::example_file("single-call.yaml"),
+        }
+    }
+
+    /// The shipped authz example of this shape, with extra overrides.
+    pub async fn authz(self, sets: &[String]) -> anyhow::Result<Authz> {
+        match self {
+            Shape::Pair => Authz::example(sets).await,
+            Shape::SingleCall => Authz::example_single_call(sets).await,
+        }
+    }
+
+    /// The Envoy counter that goes up by one for each 429 a limit answered.
+    pub fn over_limit_stat(self) -> &'static str {
+        match self {
+            Shape::Pair => "cluster.upstream.ratelimit.over_limit",
+            Shape::SingleCall => "http.gateway.ext_authz.denied",
+        }
+    }
+}
+
 impl Stack {
     /// The shipped example end to end: Envoy + both services + the echo upstream.
     pub async fn example() -> anyhow::Result<Stack> {
+        Self::example_shaped(Shape::Pair).await
+    }
+
+    /// The shipped example of `shape` end to end (no tollgate-ratelimit in single-call).
+    pub async fn example_shaped(shape: Shape) -> anyhow::Result<Stack> {
         let upstream = EchoUpstream::start().await;
-        let ratelimit = Ratelimit::example(&[]).await?;
-        let authz = Authz::example(&[]).await?;
-        let envoy = Envoy::start_example(Backends {
-            upstream: upstream.port(),
-            authz: authz.grpc_port(),
-            ratelimit: ratelimit.grpc_port(),
-        })
+        let ratelimit = match shape {
+            Shape::Pair => Some(Ratelimit::example(&[]).await?),
+            Shape::SingleCall => None,
+        };
+        let authz = shape.authz(&[]).await?;
+        let envoy = Envoy::start_with(
+            &shape.envoy_config(),
+            Backends {
+                upstream: upstream.port(),
+                authz: authz.grpc_port(),
+                ratelimit: ratelimit
+                    .as_ref()
+                    .map_or_else(free_port, Ratelimit::grpc_port),
+            },
+        )
         .await?;
         Ok(Stack {
             envoy,
             authz: Some(authz),
-            ratelimit: Some(ratelimit),
+            ratelimit,
             upstream,
         })
     }

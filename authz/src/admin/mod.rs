@@ -167,14 +167,14 @@ pub fn load_token(cfg: &AdminConfig, env: &Env) -> Result<Secret, AdminError> {
 
 /// The admin router, with its credential from the config or the process environment.
 /// Refuses (Err) when there is no credential.
-pub fn router(keys: ApiKeys, cfg: &AdminConfig) -> Result<Router, AdminError> {
+pub fn router(keys: ApiKeys, cfg: &AdminConfig, single_call: bool) -> Result<Router, AdminError> {
     let token = load_token(cfg, &process_env())?;
     // Validation has refused a bad URL before anything starts.
     let ratelimit = cfg
         .ratelimit_metrics_url
         .as_deref()
         .and_then(|u| metrics_url(u).ok());
-    let stats = stats::Stats::new(ratelimit.as_ref());
+    let stats = stats::Stats::new(ratelimit.as_ref()).single_call(single_call);
     Ok(build(keys, token, stats, cfg.console)?.0)
 }
 

@@ -204,11 +204,12 @@ pub fn document() -> Value {
                 "Stats": {
                     "type": "object",
                     "additionalProperties": false,
-                    "required": ["at", "checks", "rate_limit"],
+                    "required": ["at", "mode", "checks", "rate_limit"],
                     "properties": {
                         "at": {"type": "string", "format": "date-time", "description": "When the counts were read"},
+                        "mode": {"type": "string", "enum": ["pair", "single_call"], "description": "`single_call`: this process decides the 429s itself (Checks denied with reason `rate_limited`; `rate_limit` holds its embedded engine's counts)"},
                         "checks": {"type": "array", "description": "Check calls answered, per decision, identity method and reason (the `tollgate_authz_checks_total` series)", "items": {"$ref": "#/components/schemas/CheckCount"}},
-                        "rate_limit": {"allOf": [{"$ref": "#/components/schemas/RateLimitCounts"}], "nullable": true, "description": "tollgate-ratelimit's over-limit counts; null unless `admin.ratelimit_metrics_url` is set"}
+                        "rate_limit": {"allOf": [{"$ref": "#/components/schemas/RateLimitCounts"}], "nullable": true, "description": "Over-limit counts per limit: tollgate-ratelimit's (null unless `admin.ratelimit_metrics_url` is set), or in single-call mode this process's own"}
                     }
                 },
                 "CheckCount": {

@@ -33,6 +33,9 @@ pub(super) struct Stats {
     /// This process's metrics in Prometheus text format.
     own: Box<dyn Fn() -> String + Send + Sync>,
     ratelimit: Option<Scraper>,
+    /// Single-call mode: the rate limits are this process's own (its embedded engine's
+    /// counters, and its own 429s among the Checks).
+    single_call: bool,
 }
 
 impl Stats {
@@ -43,6 +46,13 @@ impl Stats {
             Box::new(|| tollgate_server::telemetry::prometheus().render()),
             ratelimit_metrics_url,
         )
+    }
+
+    /// In single-call mode the over-limit counts are read from this process's own metrics
+    /// (a tollgate-ratelimit URL is then not needed).
+    pub(super) fn single_call(mut self, on: bool) -> Self {
+        self.single_call = on;
+        self
     }
 
     /// Counters from `own` (Prometheus text), for tests.
@@ -61,6 +71,7 @@ impl Stats {
                     .expect("a plain HTTP client builds"),
                 last: tokio::sync::Mutex::new(None),
             }),
+            single_call: false,
         }
     }
 }
@@ -70,6 +81,9 @@ impl Stats {
 #[derive(Debug, Serialize)]
 pub(super) struct StatsBody {
     at: String,
+    /// `pair` (429s are tollgate-ratelimit's) or `single_call` (this process decides them:
+    /// they are the Checks denied with reason `rate_limited`).
+    mode: &'static str,
     checks: Vec<CheckCount>,
     /// Absent unless `admin.ratelimit_metrics_url` is set.
     rate_limit: Option<RateLimitCounts>,
@@ -101,13 +115,23 @@ pub(super) struct LimitCount {
 }
 
 pub(super) async fn serve(State(st): State<AppState>) -> Response {
-    let checks = check_counts(&(st.stats.own)());
+    let own = (st.stats.own)();
+    let checks = check_counts(&own);
     let rate_limit = match &st.stats.ratelimit {
+        _ if st.stats.single_call => Some(RateLimitCounts {
+            over_limit: over_limit_counts(&own),
+            error: None,
+        }),
         Some(s) => Some(s.counts().await),
         None => None,
     };
     let body = StatsBody {
         at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        mode: if st.stats.single_call {
+            "single_call"
+        } else {
+            "pair"
+        },
         checks,
         rate_limit,
     };

@@ -6,7 +6,8 @@
 //! credentials the rule's identity methods understand (two different ones is a 400, see
 //! `credential`) → the first method in the rule's order that finds its credential verifies it
 //! → check the rule's conditions → allow with identity headers and dynamic metadata, or deny
-//! with an RFC 6750 answer. The reason of a denial goes to metrics and logs, never to the client
+//! with an RFC 6750 answer → in single-call mode, an allowed request is rate limited by its
+//! rule's descriptors (`crate::limit`): 429 over the limit. The reason of a denial goes to metrics and logs, never to the client
 //! beyond the RFC's error codes.
 //!
 //! The policy matches the path an upstream acts on (`path`); the upstream is told exactly the
@@ -39,6 +40,7 @@ use crate::config::HeadersConfig;
 use crate::identity::introspection::Introspector;
 use crate::identity::jwt::JwtVerifier;
 use crate::identity::{Identity, Method, Rejection};
+use crate::limit::Embedded;
 use crate::metrics::{self, CheckMetrics};
 use crate::policy::{Policy, Rule, Unmet};
 use crate::reason::Reason;
@@ -63,6 +65,8 @@ pub struct Authorizer {
     headers: HeaderPlan,
     /// The caller of public and disabled routes.
     anonymous: Arc<Identity>,
+    /// Single-call mode: the rate-limit engine every allowed request is checked against.
+    rate_limit: Option<Embedded>,
     metrics: CheckMetrics,
 }
 
@@ -106,8 +110,20 @@ impl Authorizer {
             sources,
             headers: HeaderPlan::new(headers),
             anonymous: Arc::new(Identity::new(Method::Anonymous, "")),
+            rate_limit: None,
             metrics: CheckMetrics::new(),
         }
+    }
+
+    /// Rate-limits every allowed request too (single-call mode).
+    pub fn with_rate_limit(mut self, rate_limit: Embedded) -> Self {
+        self.rate_limit = Some(rate_limit);
+        self
+    }
+
+    /// The embedded rate limiter, in single-call mode.
+    pub fn rate_limit(&self) -> Option<&Embedded> {
+        self.rate_limit.as_ref()
     }
 
     /// Installs `policy` for every Check that starts from now on; those in flight finish on
@@ -178,10 +194,17 @@ impl Authorizer {
             Ok(rule) => rule,
             Err(reason) => return deny(Denial::Forbidden, None, reason),
         };
-        if rule.public {
-            return self.allow_anonymous(rule.name.clone(), Reason::Public);
+        let decision = if rule.public {
+            self.allow_anonymous(rule.name.clone(), Reason::Public)
+        } else {
+            self.authenticate(req, &route, rule).await
+        };
+        match (&self.rate_limit, decision) {
+            (Some(limiter), Decision::Allow(allow)) => {
+                limiter.apply(allow, policy.rate_limits(rule), req).await
+            }
+            (_, decision) => decision,
         }
-        self.authenticate(req, &route, rule).await
     }
 
     /// The decision on a rule that needs a credential.

@@ -26,7 +26,7 @@
     status_on_error: { code: ServiceUnavailable }
     include_peer_certificate: false
 {{- end }}
-{{- if $.Values.ratelimit.enabled }}
+{{- if include "tollgate.on" (dict "root" $ "component" "ratelimit") }}
 - name: envoy.filters.http.ratelimit
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
@@ -49,7 +49,7 @@
 {{- $e := .Values.envoy }}
 {{- range $component := list "authz" "ratelimit" }}
 {{- $v := index $.Values $component }}
-{{- if $v.enabled }}
+{{- if include "tollgate.on" (dict "root" $ "component" $component) }}
 - name: {{ printf "tollgate_%s" $component }}
   type: STRICT_DNS
   dns_lookup_family: V4_PREFERRED

@@ -241,11 +241,26 @@ section is read at start and rolls the pods when it changes.
 */}}
 {{- define "tollgate.authzConfig" -}}
 {{- $a := .Values.authz }}
+{{- $policy := deepCopy $a.policy }}
+{{- if include "tollgate.singleCall" . }}
+{{- if not (hasKey $policy "rate_limits") }}
+{{- /* The descriptors Envoy's routes would have built, now built by the Check. */}}
+{{- $_ := set $policy "rate_limits" .Values.envoy.defaultRateLimits }}
+{{- end }}
+{{- range .Values.envoy.routes }}
+{{- if .rateLimits }}
+{{- fail (printf "mode singleCall: route %s sets rateLimits, which only Envoy's ratelimit filter reads; put them on its policy rule (authz.policy.rules[].rate_limits)" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $c := dict
   "server" (include "tollgate.serverConfig" (dict "root" . "values" $a) | fromJson)
   "log" $a.log
-  "policy" $a.policy
+  "policy" $policy
   "headers" $a.headers }}
+{{- if include "tollgate.singleCall" . }}
+{{- $_ := set $c "rate_limit" (include "tollgate.authzRateLimit" . | fromJson) }}
+{{- end }}
 {{- with $a.jwt }}{{ $_ := set $c "jwt" . }}{{ end }}
 {{- with $a.introspection }}{{ $_ := set $c "introspection" . }}{{ end }}
 {{- include "tollgate.checkCheckDeadlines" . }}
@@ -301,4 +316,58 @@ section is read at start and rolls the pods when it changes.
 {{- define "tollgate.mtlsSecret" -}}
 {{- $key := printf "%sSecret" .component }}
 {{- required (printf "mtls.enabled: set mtls.%s (a Secret with tls.crt, tls.key and ca.crt)" $key) (index .root.Values.mtls $key) }}
+{{- end }}
+
+{{/* "true" in single-call mode (`mode: singleCall`): tollgate-authz counts the rate limits
+     itself, so there is no tollgate-ratelimit and no ratelimit filter. */}}
+{{- define "tollgate.singleCall" -}}
+{{- if eq (default "pair" .Values.mode) "singleCall" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when a component (authz, ratelimit, envoy) is rendered: enabled, and for
+     ratelimit not replaced by single-call mode. */}}
+{{- define "tollgate.on" -}}
+{{- $v := index .root.Values .component }}
+{{- if and $v.enabled (not (and (eq .component "ratelimit") (include "tollgate.singleCall" .root))) }}true{{ end }}
+{{- end }}
+
+{{/* The counter store (the limiter's `store:`) for the pods that count: tollgate-ratelimit's,
+     or tollgate-authz's in single-call mode; `replicas`/`autoscaling` are theirs. */}}
+{{- define "tollgate.counterStore" -}}
+{{- $root := .root }}
+{{- $store := dict "type" "memory" }}
+{{- if eq $root.Values.redis.mode "standalone" }}
+{{- $store = dict "type" "redis" "url" (include "tollgate.redis.url" $root) }}
+{{- else if eq $root.Values.redis.mode "cluster" }}
+{{- if not $root.Values.redis.clusterNodes }}
+{{- fail "redis.mode is cluster: list the seed nodes in redis.clusterNodes" }}
+{{- end }}
+{{- $store = dict "type" "redis" "cluster_nodes" $root.Values.redis.clusterNodes }}
+{{- else if or (gt (int .values.replicas) 1) .values.autoscaling.enabled }}
+{{- fail (printf "redis.mode is none: counters live in each pod's memory, so %s.replicas must be 1 without autoscaling (or use Redis)" .component) }}
+{{- end }}
+{{- if and $root.Values.redis.tls.caSecret (include "tollgate.redis.used" $root) }}
+{{- $_ := set $store "ca_file" "/etc/tollgate/redis-ca/ca.crt" }}
+{{- end }}
+{{- toJson $store }}
+{{- end }}
+
+{{/* The `rate_limit:` section of tollgate-authz in single-call mode: the settings
+     tollgate-ratelimit would have (ratelimit.*), the limits ConfigMap, and the domain Envoy's
+     ratelimit filter would have sent (envoy.rateLimit.domain). */}}
+{{- define "tollgate.authzRateLimit" -}}
+{{- $r := .Values.ratelimit }}
+{{- /* `error` hands the choice to Envoy in the pair; in one call, make Envoy's choice here. */}}
+{{- $failure := $r.failureMode }}
+{{- if eq $failure "error" }}
+{{- $failure = ternary "deny" "allow" .Values.envoy.rateLimit.failureModeDeny }}
+{{- end }}
+{{- toJson (dict
+  "domain" .Values.envoy.rateLimit.domain
+  "store" (include "tollgate.counterStore" (dict "root" . "values" .Values.authz "component" "authz") | fromJson)
+  "limits" (dict "path" "/etc/tollgate/limits")
+  "failure_mode" $failure
+  "default_algorithm" $r.defaultAlgorithm
+  "shadow_mode" $r.shadowMode
+  "headers" $r.headers) }}
 {{- end }}

@@ -29,6 +29,22 @@ test('totals add up decisions, denials per reason and over-limit answers per lim
   assert.equal(broken.rateLimitError, 'unreachable');
 });
 
+test('in single-call mode the 429s are the Checks denied for a rate limit, not denials', () => {
+  const a = answer('2025-03-01T00:00:00.000Z', 10, 3, 4, { mode: 'single_call' });
+  a.checks.push({ decision: 'deny', method: 'jwt', reason: 'rate_limited', count: 3 });
+  const t = totals(a);
+  assert.equal(t.singleCall, true);
+  assert.equal(t.deny, 5, 'rate_limited is not among the denials');
+  assert.equal(t.denyByReason.rate_limited, undefined);
+  assert.equal(t.rateLimited, 3, 'one per request, from the Checks');
+  assert.deepEqual(t.byLimit, { 'gateway/plan-silver': 4 });
+  const b = answer('2025-03-01T00:00:01.000Z', 10, 3, 4, { mode: 'single_call' });
+  b.checks.push({ decision: 'deny', method: 'jwt', reason: 'rate_limited', count: 5 });
+  assert.equal(rates(t, totals(b)).rateLimited, 2);
+  // The pair: what tollgate-ratelimit reports.
+  assert.equal(totals(answer('2025-03-01T00:00:00Z', 1, 1, 7)).rateLimited, 7);
+});
+
 test('rates are growth over the time between the answers', () => {
   const a = totals(answer('2025-03-01T00:00:00.000Z', 10, 3, 4));
   const b = totals(answer('2025-03-01T00:00:02.000Z', 30, 7, 10));

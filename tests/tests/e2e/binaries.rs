@@ -18,6 +18,8 @@ fn check_config_accepts_the_shipped_examples() {
     for (bin, config) in [
         ("tollgate-ratelimit", "ratelimit.yaml"),
         ("tollgate-authz", "authz.yaml"),
+        // Single-call mode: its limits files (deploy/config/limits) are checked too.
+        ("tollgate-authz", "authz-single-call.yaml"),
     ] {
         let out = Command::new(workspace_bin(bin))
             .args(["check-config", "--config"])

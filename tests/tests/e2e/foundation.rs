@@ -1,13 +1,31 @@
 //! The gateway wiring itself: an allowed request reaches the upstream, a denial and a 429 reach
-//! the client, each service's outage gives the failure mode `deploy/envoy/envoy.yaml` chooses,
-//! TLS/mTLS between Envoy and the services, and graceful shutdown.
+//! the client — in both shapes (`Shape`: the ext_authz + ratelimit pair, and single-call) —,
+//! each service's outage gives the failure mode the shipped Envoy configs choose, TLS/mTLS
+//! between Envoy and the services, and graceful shutdown.
 
 use std::time::Duration;
 
 use tollgate_tests::echo::Echo;
 use tollgate_tests::envoy::{Backends, Envoy, example_config};
+use tollgate_tests::process::free_port;
 use tollgate_tests::process::wait_for;
-use tollgate_tests::stack::{Authz, Ratelimit, Stack};
+use tollgate_tests::stack::{Authz, Ratelimit, Shape, Stack};
+
+/// One test per [`Shape`] of the async fn `$name(shape)`: `$name::pair`, `$name::single_call`.
+macro_rules! each_shape {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn pair() {
+                super::$name(super::Shape::Pair).await
+            }
+            #[tokio::test]
+            async fn single_call() {
+                super::$name(super::Shape::SingleCall).await
+            }
+        }
+    };
+}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -16,9 +34,9 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-#[tokio::test]
-async fn allowed_request_reaches_the_upstream_without_spoofed_identity_headers() {
-    let stack = Stack::example().await.unwrap();
+each_shape!(allowed_request_reaches_the_upstream_without_spoofed_identity_headers);
+async fn allowed_request_reaches_the_upstream_without_spoofed_identity_headers(shape: Shape) {
+    let stack = Stack::example_shaped(shape).await.unwrap();
     let resp = client()
         .get(stack.url("/hello?x=1"))
         .header("x-tollgate-subject", "admin")
@@ -42,9 +60,9 @@ async fn allowed_request_reaches_the_upstream_without_spoofed_identity_headers()
     );
 }
 
-#[tokio::test]
-async fn authz_denial_gives_the_client_its_status_and_body() {
-    let stack = Stack::example().await.unwrap();
+each_shape!(authz_denial_gives_the_client_its_status_and_body);
+async fn authz_denial_gives_the_client_its_status_and_body(shape: Shape) {
+    let stack = Stack::example_shaped(shape).await.unwrap();
     let resp = client().get(stack.url("/api/orders")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     let challenge = resp
@@ -65,14 +83,20 @@ async fn authz_denial_gives_the_client_its_status_and_body() {
     );
 }
 
-#[tokio::test]
-async fn over_the_limit_gives_429_with_rate_limit_headers() {
-    let stack = Stack::example().await.unwrap();
+each_shape!(over_the_limit_gives_429_with_rate_limit_headers);
+async fn over_the_limit_gives_429_with_rate_limit_headers(shape: Shape) {
+    let stack = Stack::example_shaped(shape).await.unwrap();
     let c = client();
     // deploy/config/limits/gateway.yaml: /limited allows 5 a minute.
     for i in 0..5 {
         let r = c.get(stack.url("/limited")).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i}");
+        if shape == Shape::SingleCall {
+            // Within the limit, the client is told how much is left.
+            let state = r.headers().get("ratelimit").map(|v| v.to_str().unwrap());
+            let want = format!("\"demo-limited\";r={};", 4 - i);
+            assert!(state.is_some_and(|s| s.starts_with(&want)), "{state:?}");
+        }
     }
     let r = c.get(stack.url("/limited")).send().await.unwrap();
     assert_eq!(r.status(), 429);
@@ -88,12 +112,11 @@ async fn over_the_limit_gives_429_with_rate_limit_headers() {
     assert!((1..=120).contains(&retry_after), "{retry_after}");
     assert!(h.get("ratelimit-policy").is_some(), "{h:?}");
     assert!(h.get("ratelimit").is_some(), "{h:?}");
+    assert_eq!(stack.envoy.stat(shape.over_limit_stat()).await, 1);
     assert_eq!(
-        stack
-            .envoy
-            .stat("cluster.upstream.ratelimit.over_limit")
-            .await,
-        1
+        stack.envoy.stat("cluster.upstream.upstream_rq_total").await,
+        5,
+        "the denied request never reached the upstream"
     );
 }
 
@@ -105,6 +128,27 @@ async fn authz_down_denies_with_503() {
     assert_eq!(
         stack.envoy.stat("cluster.upstream.upstream_rq_total").await,
         0
+    );
+}
+
+#[tokio::test]
+async fn single_call_authz_down_denies_with_503() {
+    let upstream = tollgate_tests::echo::EchoUpstream::start().await;
+    let envoy = Envoy::start_with(
+        &Shape::SingleCall.envoy_config(),
+        Backends {
+            upstream: upstream.port(),
+            authz: free_port(),
+            ratelimit: free_port(),
+        },
+    )
+    .await
+    .unwrap();
+    let r = client().get(envoy.url("/limited")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "the limits are counted by authz: fail closed"
     );
 }
 

@@ -1238,3 +1238,78 @@ fn rendered_configs_pass_check_config_without_the_clusters_files() {
         }
     }
 }
+
+/// `mode: singleCall`: no tollgate-ratelimit and no ratelimit filter; tollgate-authz gets the
+/// limits ConfigMap, the counter store, the domain and the default descriptors the routes
+/// would have sent, and its config passes check-config (limits files included).
+#[test]
+fn single_call_mode_moves_the_limits_into_authz_and_drops_the_ratelimit_filter() {
+    {
+        let r = render(&[], &["mode=singleCall"], &[]).unwrap_or_else(|e| panic!("{e}"));
+        let resources = r.resources();
+        assert!(
+            !resources.iter().any(|x| x.contains("ratelimit")),
+            "{resources:?}"
+        );
+        assert!(resources.contains(&"ConfigMap/edge-tollgate-limits".to_string()));
+        let envoy = std::fs::read_to_string(r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
+        for gone in [
+            "envoy.filters.http.ratelimit",
+            "rate_limits:",
+            "cluster_name: tollgate_ratelimit",
+        ] {
+            assert!(!envoy.contains(gone), "{gone} in\n{envoy}");
+        }
+        assert!(envoy.contains("envoy.filters.http.ext_authz"));
+        validate(&r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap_or_else(|e| panic!("{e:#}"));
+
+        let authz: Yaml = serde_yaml::from_str(
+            &std::fs::read_to_string(r.file("edge-tollgate-authz", "authz.yaml")).unwrap(),
+        )
+        .unwrap();
+        let rl = &authz["rate_limit"];
+        assert_eq!(rl["domain"], "gateway");
+        assert_eq!(rl["limits"]["path"], "/etc/tollgate/limits");
+        assert_eq!(rl["store"]["type"], "redis");
+        // The pair's default (`error`, Envoy lets traffic through) made here.
+        assert_eq!(rl["failure_mode"], "allow");
+        assert_eq!(
+            authz["policy"]["rate_limits"][0]["actions"][0]["remote_address"],
+            Yaml::Mapping(Default::default())
+        );
+        let out = check_config(&r, "edge-tollgate-authz/authz");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The (in-chart) Redis password reaches the counter store too.
+        let w = r.workload("edge-tollgate-authz/authz");
+        assert!(
+            w.env.contains_key("TOLLGATE_RATE_LIMIT__STORE__PASSWORD"),
+            "{:?}",
+            w.env
+        );
+    }
+    // A route's own rateLimits are Envoy's; in one call they belong to a policy rule.
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "mode: singleCall\nenvoy:\n  routes:\n    - name: search\n      pathPrefix: /\n      upstream: { address: backend, port: 8080 }\n      rateLimits: [{actions: [{remote_address: {}}]}]\n",
+    )
+    .unwrap();
+    let e = render(&[routes.to_str().unwrap()], &[], &[]).err().unwrap();
+    assert!(
+        e.contains("route search sets rateLimits")
+            && e.contains("authz.policy.rules[].rate_limits"),
+        "{e}"
+    );
+    // The pair is untouched by the value's default.
+    let pair = render_default();
+    assert!(
+        pair.resources()
+            .contains(&"Deployment/edge-tollgate-ratelimit".to_string())
+    );
+}

@@ -23,4 +23,5 @@ mod observability_logs;
 mod observability_prometheus;
 mod observability_tracing;
 mod ratelimit;
+mod single_call;
 mod trust;

@@ -387,6 +387,33 @@ async fn fake_ratelimit_metrics() -> std::net::SocketAddr {
     addr
 }
 
+/// Single-call mode: the over-limit counts are this process's own engine's, no URL needed.
+#[tokio::test]
+async fn in_single_call_mode_stats_carry_the_embedded_limits_counts() {
+    let a = admin().await;
+    let router = build(
+        a.keys.clone(),
+        Secret::new(TOKEN),
+        stats::Stats::with_source(Box::new(|| METRICS.to_string()), None).single_call(true),
+        true,
+    )
+    .unwrap()
+    .0;
+    let r = stats_of(&router, Some(TOKEN)).await;
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["mode"], "single_call");
+    assert_eq!(
+        body["rate_limit"]["over_limit"],
+        json!([{"domain": "gateway", "limit": "plan-silver", "count": 4}])
+    );
+    let pair = stats_of(&stats_router(&a.keys, None), Some(TOKEN)).await;
+    let body: Value = serde_json::from_str(&pair.body).unwrap();
+    assert_eq!(
+        (&body["mode"], &body["rate_limit"]),
+        (&json!("pair"), &Value::Null)
+    );
+}
+
 #[tokio::test]
 async fn stats_carry_tollgate_ratelimits_over_limit_counts_when_configured() {
     let a = admin().await;
