@@ -483,12 +483,12 @@ descriptors:
     assert_eq!(
         *store.0.lock(),
         [
-            "tollgate:{rl|web\\p1|client=a\\pb\\ec\\hd\\\\e\\of\\c}#0:060000000:2",
-            "tollgate:{rl|web\\p1|two=t}#0:31000000:2:4",
-            "tollgate:{rl|web\\p1|two=t}#1:13600000000:3",
-            "tollgate:{rl|web\\p1|path=#/api/*|user=u1}#0:21000000:7",
-            "tollgate:{rl|web\\p1|host=abc}#0:090000000:5",
-            "tollgate:{rl|web\\p1|anything=x\\ey|b=\\oc\\c}#o:060000000:9",
+            "tollgate:{rl|web\\p1|client=a\\pb\\ec\\hd\\\\e\\of\\c}#0:v2:0:60000000:2",
+            "tollgate:{rl|web\\p1|two=t}#0:v2:3:1000000:2:4",
+            "tollgate:{rl|web\\p1|two=t}#1:v2:1:3600000000:3",
+            "tollgate:{rl|web\\p1|path=#/api/*|user=u1}#0:v2:2:1000000:7",
+            "tollgate:{rl|web\\p1|host=abc}#0:v2:0:90000000:5",
+            "tollgate:{rl|web\\p1|anything=x\\ey|b=\\oc\\c}#o:v2:0:60000000:9",
         ]
     );
 }

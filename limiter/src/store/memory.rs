@@ -34,6 +34,8 @@ pub struct MemoryOptions {
     pub max_keys: usize,
     /// Number of shards (rounded up to a power of two).
     pub shards: usize,
+    /// Longest counter key accepted (see [`super::DEFAULT_MAX_KEY_BYTES`]).
+    pub max_key_bytes: usize,
 }
 
 impl Default for MemoryOptions {
@@ -41,6 +43,7 @@ impl Default for MemoryOptions {
         Self {
             max_keys: 1_000_000,
             shards: 64,
+            max_key_bytes: super::DEFAULT_MAX_KEY_BYTES,
         }
     }
 }
@@ -49,6 +52,7 @@ impl Validate for MemoryOptions {
     fn validate(&self, at: &str, errors: &mut Errors) {
         validate_positive(at, "max_keys", self.max_keys, errors);
         validate_positive(at, "shards", self.shards, errors);
+        validate_positive(at, "max_key_bytes", self.max_key_bytes, errors);
     }
 }
 
@@ -290,6 +294,7 @@ mod tests {
         let store = MemoryStore::new(&MemoryOptions {
             max_keys: 4,
             shards: 1,
+            ..MemoryOptions::default()
         });
         let short = Rule::new(Algorithm::FixedWindow, 5, Duration::from_secs(1));
         let long = Rule::new(Algorithm::FixedWindow, 5, Duration::from_secs(3600));

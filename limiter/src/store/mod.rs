@@ -5,10 +5,11 @@
 //! no quota of any other limit. The arithmetic is [`crate::algorithm`]'s in every store.
 //!
 //! # Layout
-//! - [`memory`]: the embedded default; sharded, bounded, expiring.
-//! - [`redis`]: Redis standalone (one `EVALSHA` per call) and Redis Cluster.
+//! - [`memory`]: the embedded default; sharded, bounded in bytes, expiring.
+//! - [`redis`]: Redis standalone and Sentinel (one `EVALSHA` per call on one pipelined
+//!   connection) and Redis Cluster; the script (`redis/script.lua`, a mirror of
+//!   `algorithm.rs`), deadlines and circuit breakers.
 //! - [`cache`]: the local cache of counters already over their limit, in front of Redis.
-//! - `script.lua`: the Redis script, a mirror of `algorithm.rs`.
 //! - `conformance`: the one suite every store passes.
 
 use std::sync::Arc;
@@ -23,10 +24,11 @@ use crate::algorithm::Rule;
 pub mod cache;
 pub mod memory;
 pub mod redis;
-mod redis_conn;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod outage_tests;
 
 pub use self::memory::{MemoryOptions, MemoryStore};
 pub use self::redis::{RedisConfig, RedisStore};
@@ -73,6 +75,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("too many store calls in flight")]
     Overloaded,
+    /// The store stopped answering; calls fail fast until a probe is answered.
+    #[error("store circuit open: failing fast until Redis answers a probe")]
+    CircuitOpen,
     #[error("store configuration: {0}")]
     Config(String),
 }
@@ -92,17 +97,34 @@ pub trait Store: Send + Sync + 'static {
 /// The `store:` config section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Built once per load and never moved in a hot path: boxing would only change the public API.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreConfig {
     Memory(MemoryOptions),
     Redis(RedisConfig),
 }
 
+/// The default of `store.max_key_bytes`: longer counter keys are refused.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+
+pub(crate) fn default_max_key_bytes() -> usize {
+    DEFAULT_MAX_KEY_BYTES
+}
+
 impl StoreConfig {
-    /// `memory` or `redis` (standalone and Cluster alike), as `/config` shows it.
+    /// `memory` or `redis` (standalone, Sentinel and Cluster alike), as `/config` shows it.
     pub fn kind(&self) -> &'static str {
         match self {
             StoreConfig::Memory(_) => "memory",
             StoreConfig::Redis(_) => "redis",
+        }
+    }
+
+    /// The longest counter key this store accepts (`max_key_bytes`).
+    pub fn max_key_bytes(&self) -> usize {
+        match self {
+            StoreConfig::Memory(m) => m.max_key_bytes,
+            StoreConfig::Redis(r) => r.max_key_bytes,
         }
     }
 }
