@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tollgate_common::clock::Clock;
+use tollgate_common::log_throttle::LogThrottle;
 
 use crate::algorithm::Algorithm;
 use crate::descriptor::{DescriptorSource, LimitOverride};
@@ -147,7 +148,13 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     options: EngineOptions,
     metrics: metrics::EngineMetrics,
+    /// During an outage every call fails the same way: one log line per interval, with a
+    /// count, instead of one per call.
+    store_failures: LogThrottle,
 }
+
+/// At most one "counter store failed" line per this interval.
+const STORE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +205,7 @@ impl Engine {
             clock,
             options,
             metrics: metrics::EngineMetrics::new(),
+            store_failures: LogThrottle::new(STORE_FAILURE_LOG_EVERY),
         }
     }
 
@@ -463,7 +471,9 @@ impl Engine {
         e: StoreError,
     ) -> Result<Decision, EngineError> {
         self.metrics.store_error(&e);
-        tracing::warn!(error = %e, failure_mode = ?self.options.failure_mode, "counter store failed");
+        if let Some(times) = self.store_failures.allow() {
+            tracing::warn!(error = %e, failure_mode = ?self.options.failure_mode, times, "counter store failed");
+        }
         let mut overall = Code::Ok;
         match self.options.failure_mode {
             FailureMode::Error => return Err(EngineError::Store(e)),

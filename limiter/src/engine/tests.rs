@@ -11,6 +11,7 @@ use crate::descriptor::{Descriptor, LimitOverride};
 use crate::store::{MemoryOptions, MemoryStore};
 use crate::unit::Unit;
 use tollgate_common::clock::ManualClock;
+use tollgate_common::log_throttle::LogThrottle;
 
 const LIMITS: &str = "
 domain: d
@@ -367,6 +368,79 @@ fn failing(mode: FailureMode) -> Engine {
         Arc::new(ManualClock::new(t0())),
         options,
     )
+}
+
+/// A `MakeWriter` into a shared buffer, to read log lines back.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn an_outage_logs_one_line_per_interval_with_a_count() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(captured.clone())
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let req = [d(&[("a", "1")])];
+    // Callsites first met by a test running in parallel without a subscriber may keep a stale
+    // interest: register them, rebuild the cache, then count.
+    let _ = failing(FailureMode::Allow)
+        .should_rate_limit("d", &req, 0)
+        .await;
+    tracing::callsite::rebuild_interest_cache();
+    captured.0.lock().clear();
+
+    let mut engine = failing(FailureMode::Allow);
+    engine.store_failures = LogThrottle::new(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    for _ in 0..1000 {
+        engine.should_rate_limit("d", &req, 0).await.unwrap();
+    }
+    let lines = |c: &Captured| -> Vec<serde_json::Value> {
+        String::from_utf8(c.0.lock().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["fields"]["message"] == "counter store failed")
+            .collect()
+    };
+    if started.elapsed() < Duration::from_millis(200) {
+        let first = lines(&captured);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0]["fields"]["times"], 1);
+    }
+    // After the interval, the next failure's line stands for every call held back.
+    let ended = std::time::Instant::now();
+    while ended.elapsed() < Duration::from_millis(250) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.should_rate_limit("d", &req, 0).await.unwrap();
+    let all = lines(&captured);
+    let total: u64 = all
+        .iter()
+        .map(|l| l["fields"]["times"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1001, "every failure is counted once: {all:?}");
+    assert!(all.len() <= 3, "{} lines for 1001 failures", all.len());
 }
 
 #[tokio::test]

@@ -356,6 +356,41 @@ mod tests {
     }
 
     #[test]
+    fn the_state_gauge_follows_every_change() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let b = metrics::with_local_recorder(&recorder, || breaker(1, 30));
+        let gauge = |state: &str| -> String {
+            let text = handle.render();
+            let prefix = format!("{BREAKERS}{{state=\"{state}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+                .unwrap_or_default()
+        };
+        assert_eq!((gauge("closed"), gauge("open")), ("1".into(), "0".into()));
+        b.admit().unwrap().settle(Outcome::Failed);
+        assert_eq!((gauge("closed"), gauge("open")), ("0".into(), "1".into()));
+        std::thread::sleep(Duration::from_millis(40));
+        let probe = b.admit().unwrap();
+        assert_eq!(
+            (gauge("open"), gauge("half_open")),
+            ("0".into(), "1".into())
+        );
+        probe.settle(Outcome::Answered);
+        assert_eq!(
+            (gauge("closed"), gauge("open"), gauge("half_open")),
+            ("1".into(), "0".into(), "0".into())
+        );
+        assert!(handle.render().contains(&format!("{BREAKER_TRIPS} 1")));
+        drop(b);
+        assert_eq!(
+            gauge("closed"),
+            "0",
+            "a dropped store leaves no node behind"
+        );
+    }
+
+    #[test]
     fn zero_failures_turns_it_off() {
         let b = breaker(0, 10);
         for _ in 0..10 {
