@@ -25,6 +25,8 @@ pub const LOCAL_CACHE_HITS: &str = "tollgate_ratelimit_local_cache_hits_total";
 pub const UNKNOWN_DOMAIN: &str = "tollgate_ratelimit_unknown_domain_total";
 pub const STORE_DURATION: &str = "tollgate_ratelimit_store_duration_seconds";
 pub const STORE_ERRORS: &str = "tollgate_ratelimit_store_errors_total";
+/// Hits refused because their counter key is longer than `store.max_key_bytes`.
+pub const OVERSIZED_KEYS: &str = "tollgate_ratelimit_oversized_keys_total";
 /// Redis nodes whose circuit breaker is in each `state` (one of [`BREAKER_STATES`]).
 pub const BREAKERS: &str = "tollgate_ratelimit_store_breakers";
 /// Times a Redis node's circuit breaker opened.
@@ -120,6 +122,7 @@ impl LimitMetrics {
 #[derive(Debug, Clone)]
 pub(crate) struct EngineMetrics {
     pub(crate) unknown_domain: Counter,
+    pub(crate) oversized_keys: Counter,
     store_duration: Histogram,
     /// By kind, in [`STORE_ERROR_KINDS`] order.
     store_errors: [Counter; 5],
@@ -144,6 +147,7 @@ impl EngineMetrics {
         }
         Self {
             unknown_domain: counter!(UNKNOWN_DOMAIN),
+            oversized_keys: counter!(OVERSIZED_KEYS),
             store_duration: histogram!(STORE_DURATION),
             store_errors,
         }

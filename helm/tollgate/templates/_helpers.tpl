@@ -302,3 +302,25 @@ section is read at start and rolls the pods when it changes.
 {{- $key := printf "%sSecret" .component }}
 {{- required (printf "mtls.enabled: set mtls.%s (a Secret with tls.crt, tls.key and ca.crt)" $key) (index .root.Values.mtls $key) }}
 {{- end }}
+
+{{/* Half of a Kubernetes memory quantity, in bytes: the memory counter store's default
+     `max_bytes`, so a flood of distinct keys is evicted from the store before the pod reaches
+     its memory limit (the other half is the process itself, the allocator's slack and the
+     over-limit cache). Integer quantities with a binary (Ki, Mi, Gi, Ti) or decimal (k, M, G,
+     T) suffix, or plain bytes. tollgate.halfMemory (dict "value" "256Mi" "what" "...") */}}
+{{- define "tollgate.halfMemory" -}}
+{{- $q := toString .value -}}
+{{- $units := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $digits := $q -}}
+{{- $mult := 1 -}}
+{{- range $suffix, $m := $units }}
+{{- if hasSuffix $suffix $q }}
+{{- $digits = trimSuffix $suffix $q }}
+{{- $mult = $m }}
+{{- end }}
+{{- end }}
+{{- if not (regexMatch "^[0-9]+$" $digits) }}
+{{- fail (printf "%s: %q is not a whole memory quantity such as 256Mi; set ratelimit.memoryStore.maxBytes instead" .what $q) }}
+{{- end }}
+{{- div (mul (int64 $digits) $mult) 2 }}
+{{- end }}

@@ -370,6 +370,37 @@ fn failing(mode: FailureMode) -> Engine {
     )
 }
 
+#[tokio::test]
+async fn a_key_longer_than_max_key_bytes_is_refused_and_counts_nothing() {
+    let (e, _) = engine_with(
+        LIMITS,
+        EngineOptions {
+            max_key_bytes: 64,
+            ..EngineOptions::default()
+        },
+    );
+    let long = "x".repeat(1 << 20);
+    let dec = call(&e, &[d(&[("a", "1")]), d(&[("b", &long)])]).await;
+    assert_eq!(dec.code, Code::OverLimit);
+    assert_eq!(
+        summary(&dec),
+        [
+            (Code::Ok, Some("a".into()), 2),
+            (Code::OverLimit, Some("b".into()), 0)
+        ],
+        "the refused request counted nothing"
+    );
+    // Within the bound, it counts as usual.
+    let dec = call(&e, &[d(&[("a", "1")]), d(&[("b", &long[..32])])]).await;
+    assert_eq!(
+        summary(&dec),
+        [
+            (Code::Ok, Some("a".into()), 1),
+            (Code::Ok, Some("b".into()), 2)
+        ]
+    );
+}
+
 /// A `MakeWriter` into a shared buffer, to read log lines back.
 #[derive(Clone, Default)]
 struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);

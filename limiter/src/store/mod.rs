@@ -224,5 +224,31 @@ mod tests {
             "unknown fields are errors"
         );
         assert!(serde_yaml::from_str::<StoreConfig>("type: memcached").is_err());
+        assert_eq!(
+            errors_of("type: memory\nmax_bytes: 1000\nmax_key_bytes: 0\nsweep_interval: 0s"),
+            [
+                "store.max_key_bytes: must be at least 1",
+                "store.max_bytes: must be at least 1048576 (1 MiB)",
+                "store.sweep_interval: must be positive"
+            ]
+        );
+        assert!(
+            errors_of("type: redis\nsentinel_master: m\nsentinel_nodes: [redis://s:26379]")
+                .is_empty()
+        );
+        assert_eq!(
+            errors_of("type: redis\nsentinel_nodes: [redis://s:26379]"),
+            ["store.sentinel_master: required with sentinel_nodes: the name the sentinels monitor"]
+        );
+        assert_eq!(
+            errors_of("type: redis\nurl: redis://a\nsentinel_master: m"),
+            ["store.sentinel_nodes: required with sentinel_master: at least one sentinel"]
+        );
+        assert_eq!(
+            errors_of(
+                "type: redis\nurl: redis://a\nbreaker: {after_failures: 3, probe_interval: 0s}"
+            ),
+            ["store.breaker.probe_interval: must be positive"]
+        );
     }
 }

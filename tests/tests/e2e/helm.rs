@@ -823,6 +823,45 @@ fn every_switch_renders_valid_manifests_envoy_and_service_configs() {
 }
 
 #[test]
+fn the_memory_store_is_bounded_by_half_the_pods_memory_limit() {
+    let memory = [
+        "redis.mode=none",
+        "authz.replicas=1",
+        "ratelimit.replicas=1",
+        "authz.apiKeys.embedded.existingClaim=keys",
+    ];
+    let rendered = |extra: &[&str]| {
+        let sets: Vec<&str> = memory.iter().chain(extra).copied().collect();
+        render(&[], &sets, &[])
+    };
+    let max_bytes = |extra: &[&str]| -> Option<u64> {
+        let r = rendered(extra).unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        let file = r.file("edge-tollgate-ratelimit", "ratelimit.yaml");
+        let cfg: Yaml = serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert_eq!(cfg["store"]["type"], "memory");
+        cfg["store"]["max_bytes"].as_u64()
+    };
+    // The default pod limit is 256Mi.
+    assert_eq!(max_bytes(&[]), Some(128 << 20));
+    assert_eq!(
+        max_bytes(&["ratelimit.resources.limits.memory=1Gi"]),
+        Some(512 << 20)
+    );
+    assert_eq!(
+        max_bytes(&["ratelimit.resources.limits.memory=300M"]),
+        Some(150_000_000)
+    );
+    assert_eq!(
+        max_bytes(&["ratelimit.memoryStore.maxBytes=10485760"]),
+        Some(10 << 20)
+    );
+    let Err(e) = rendered(&["ratelimit.resources.limits.memory=1.5Gi"]) else {
+        panic!("a fractional quantity must be refused");
+    };
+    assert!(e.contains("not a whole memory quantity"), "{e}");
+}
+
+#[test]
 fn schema_rejects_bad_values_with_a_clear_message() {
     for (set, want) in [
         (
