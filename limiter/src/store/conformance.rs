@@ -531,6 +531,21 @@ async fn redis_standalone_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_conforms() {
+    let topology = tollgate_common::testing::RedisSentinel::start();
+    let cfg = test_config(RedisConfig::sentinel(
+        topology.master_name(),
+        topology.sentinel_urls(),
+    ));
+    let single = RedisStore::connect(&cfg).await.unwrap();
+    whole_suite(&single, &replicas_of(&cfg).await, "sentinel").await;
+    assert!(
+        topology.master().command_calls("evalsha") > 0,
+        "the scripts ran on the master the sentinels name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_conforms() {
     let cluster = RedisCluster::start(3);
     let cfg = test_config(RedisConfig::cluster(cluster.urls()));

@@ -2,10 +2,12 @@
 //! (`CLIENT PAUSE`) never counts a call whose caller gave up, and a circuit breaker makes a
 //! hung Redis cost a call nothing.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
-use tollgate_common::testing::{RedisCluster, RedisServer};
+use tollgate_common::testing::{RedisCluster, RedisSentinel, RedisServer};
 
 use super::redis::{RedisConfig, RedisStore};
 use super::{Hit, Store, StoreError};
@@ -220,4 +222,130 @@ async fn cluster_breaker_opens_for_the_frozen_master_only() {
         assert_eq!(o[0].remaining, want, "{k}");
     }
     assert_eq!(store.breaker_states(), ["closed"; 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_follows_a_failover_under_load() {
+    let topology = RedisSentinel::start();
+    let mut cfg = RedisConfig::sentinel(topology.master_name(), topology.sentinel_urls());
+    cfg.timeout = Duration::from_millis(500);
+    let store = Arc::new(RedisStore::connect(&cfg).await.unwrap());
+    let key = format!("failover-{}", std::process::id());
+    let limit = 1_000_000;
+    let rule = Rule::new(Algorithm::FixedWindow, limit, Duration::from_secs(3600));
+    let old_master = topology.master().port();
+    until_answered(
+        &*store,
+        &[Hit {
+            key: &key,
+            rule,
+            cost: 0,
+            shadow: false,
+        }],
+    )
+    .await;
+
+    // Load: four callers, one hit each at a time, until the failover is over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // The first and the last failure.
+    let failures = Arc::new(parking_lot::Mutex::new(None::<(Instant, Instant)>));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, key, stop) = (store.clone(), key.clone(), stop.clone());
+            let (ok, failed, failures) = (ok.clone(), failed.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut last = u64::MAX;
+                while !stop.load(Ordering::Relaxed) {
+                    let hits = [Hit {
+                        key: &key,
+                        rule,
+                        cost: 1,
+                        shadow: false,
+                    }];
+                    match store.hit(&hits, at(T0)).await {
+                        Ok(o) => {
+                            assert!(o[0].admitted, "{o:?}");
+                            last = last.min(o[0].remaining);
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let now = Instant::now();
+                            {
+                                let mut f = failures.lock();
+                                *f = Some(f.map_or((now, now), |(first, _)| (first, now)));
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+                last
+            })
+        })
+        .collect();
+    // Some load before, then the failover (a blocking helper), then some load after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::Relaxed) < 200 {
+        assert!(Instant::now() < deadline, "no load");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failover_started = Instant::now();
+    let new_master = {
+        let topology = &topology;
+        tokio::task::block_in_place(|| topology.failover())
+    };
+    let failover_done = Instant::now();
+    assert_ne!(new_master, old_master);
+    let after = ok.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::Relaxed) < after + 200 {
+        assert!(Instant::now() < deadline, "no load after the failover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+
+    // Bounded failures: only while the master moved (the store is back on the new master
+    // within a sentinel poll and a reconnect backoff of the announcement).
+    if let Some((first, last)) = *failures.lock() {
+        assert!(
+            first >= failover_started,
+            "a call failed before the failover"
+        );
+        assert!(
+            last <= failover_done + Duration::from_secs(2),
+            "calls still failed {:?} after the failover",
+            last - failover_done
+        );
+    }
+    // No wrong answer: every answered hit was counted once, on the master that answered it,
+    // and nothing else was (no call failed by the store counted, no write went to a master
+    // being replaced).
+    let check = [Hit {
+        key: &key,
+        rule,
+        cost: 0,
+        shadow: false,
+    }];
+    let remaining = until_answered(&*store, &check).await[0].remaining;
+    eprintln!("failover under load: {ok} answered, {failed} failed, {remaining} left");
+    assert_eq!(remaining, limit - ok, "after {ok} answered hits");
+    // Counting is exact on the new master.
+    let hits = [Hit {
+        key: &key,
+        rule,
+        cost: 10,
+        shadow: false,
+    }];
+    let o = until_answered(&*store, &hits).await;
+    assert_eq!(o[0].remaining, remaining - 10);
+    assert!(
+        topology.master().command_calls("evalsha") > 0,
+        "the new master runs the scripts"
+    );
+    assert_eq!(topology.master().port(), new_master);
 }

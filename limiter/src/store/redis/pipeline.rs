@@ -20,8 +20,9 @@
 //! # Failure and reconnecting
 //! - I/O errors, a reply that is not RESP, a reply nobody asked for, or `READONLY` (a demoted
 //!   master) close the connection: every waiting caller gets the reason at once, their
-//!   permits are freed, and the driver reconnects immediately. So does a Sentinel watcher that
-//!   sees the master move.
+//!   permits are freed, and the driver reconnects immediately. A Sentinel watcher that sees
+//!   the master move closes it too, but only once the commands already written are answered
+//!   (a call failed while Redis still counts it would count a hit nobody was told about).
 //! - A connection whose oldest waiting command has had no reply for `stall` (Redis hung,
 //!   a network path gone silent) is treated the same way.
 //! - A failed connect makes calls fail at once, with its reason, for a backoff (25 ms,
@@ -368,6 +369,10 @@ async fn serve(shared: &Shared, mut conn: Conn, stall: Duration) -> String {
     let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut check = tokio::time::interval(stall / 2);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when the connection is to be closed on purpose (the master moved): nothing more is
+    // written, and the replies of what was are read first. Dropping a written command's reply
+    // would fail a call that Redis may still count.
+    let mut closing: Option<String> = None;
     loop {
         {
             let mut st = shared.state.lock();
@@ -375,9 +380,15 @@ async fn serve(shared: &Shared, mut conn: Conn, stall: Duration) -> String {
                 return "redis: closed".into();
             }
             if let Some(why) = st.drop_reason.take() {
-                return why;
+                closing = Some(why);
             }
-            take_output(&mut st, &mut wbuf);
+            if let Some(why) = &closing {
+                if st.waiting.is_empty() {
+                    return why.clone();
+                }
+            } else {
+                take_output(&mut st, &mut wbuf);
+            }
         }
         if !wbuf.is_empty() {
             // A peer that stops reading must not hold the driver (and every caller) forever.
