@@ -198,6 +198,27 @@ mod tests {
             .map_or_else(Vec::new, |e| e.0.iter().map(ToString::to_string).collect())
     }
 
+    /// The `store:` examples of docs/ratelimit.md load and validate.
+    #[test]
+    fn the_documented_store_examples_are_valid() {
+        let doc = include_str!("../../../docs/ratelimit.md");
+        let mut seen = 0;
+        for block in doc.split("```yaml\n").skip(1) {
+            let block = &block[..block.find("```").expect("closed block")];
+            if !block.starts_with("store:") {
+                continue;
+            }
+            seen += 1;
+            let v: serde_yaml::Value = serde_yaml::from_str(block).expect("a YAML example");
+            let cfg: StoreConfig = serde_yaml::from_value(v["store"].clone())
+                .unwrap_or_else(|e| panic!("{e}:\n{block}"));
+            let mut e = Errors::for_file(None, None);
+            cfg.validate("store", &mut e);
+            assert!(e.finish(()).is_ok(), "{block}");
+        }
+        assert!(seen > 0, "no store example found");
+    }
+
     #[test]
     fn config_is_strict_and_fully_validated() {
         assert!(errors_of("type: memory").is_empty());
