@@ -90,6 +90,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* A store section for redis.mode sentinel (both services read the same shape). */}}
+{{- define "tollgate.redis.sentinel" -}}
+{{- $s := .Values.redis.sentinel }}
+{{- if or (not $s.master) (not $s.nodes) }}
+{{- fail "redis.mode is sentinel: set redis.sentinel.master and list the sentinels in redis.sentinel.nodes" }}
+{{- end }}
+{{- toJson (dict "type" "redis" "sentinel_master" $s.master "sentinel_nodes" $s.nodes) }}
+{{- end }}
+
 {{/* The API key store's Redis section (without the password): the standalone URL, the
      Cluster's seed nodes, or with mode `cluster` a standalone `keyStoreUrl` when one is set. */}}
 {{- define "tollgate.redis.keyStore" -}}
@@ -100,6 +109,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- toJson (dict "type" "redis" "cluster_nodes" .Values.redis.clusterNodes) }}
 {{- else if eq .Values.redis.mode "cluster" }}
 {{- toJson (dict "type" "redis" "url" .Values.redis.keyStoreUrl) }}
+{{- else if eq .Values.redis.mode "sentinel" }}
+{{- include "tollgate.redis.sentinel" . }}
 {{- else }}
 {{- toJson (dict "type" "redis" "url" (include "tollgate.redis.url" .)) }}
 {{- end }}

@@ -673,11 +673,18 @@ fn rendered_service_configs_pass_check_config() {
         "authz.replicas=1",
         "ratelimit.replicas=1",
     ];
+    let sentinel = [
+        "redis.mode=sentinel",
+        "redis.sentinel.master=tollgate",
+        "redis.sentinel.nodes={redis://sentinel-0.redis:26379,redis://sentinel-1.redis:26379}",
+        "redis.password=s3cret",
+    ];
     let renders = [
         ("default", render_default()),
         ("production", render_production(&[])),
         ("cluster", render(&[], &cluster, &[]).unwrap()),
         ("no redis", render(&[], &none, &[]).unwrap()),
+        ("sentinel", render(&[], &sentinel, &[]).unwrap()),
     ];
     for (what, r) in &renders {
         for workload in [
@@ -703,6 +710,32 @@ fn rendered_service_configs_pass_check_config() {
         cluster_config.contains("cluster_nodes:"),
         "{cluster_config}"
     );
+    // Sentinel: both stores name the master and the sentinels, nothing else.
+    for (configmap, file, at) in [
+        ("edge-tollgate-ratelimit", "ratelimit.yaml", &["store"][..]),
+        (
+            "edge-tollgate-authz",
+            "authz.yaml",
+            &["api_keys", "store"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(renders[4].1.file(configmap, file)).unwrap();
+        let cfg: Yaml = serde_yaml::from_str(&text).unwrap();
+        let store = at.iter().fold(&cfg, |v, k| &v[*k]);
+        assert_eq!(store["sentinel_master"], "tollgate", "{text}");
+        assert_eq!(
+            store["sentinel_nodes"][1], "redis://sentinel-1.redis:26379",
+            "{text}"
+        );
+        assert!(
+            store["url"].is_null() && store["cluster_nodes"].is_null(),
+            "{text}"
+        );
+    }
+    let Err(e) = render(&[], &["redis.mode=sentinel"], &[]) else {
+        panic!("sentinel mode without sentinels must be refused");
+    };
+    assert!(e.contains("sentinel"), "{e}");
 
     // The check has teeth: a limit with an unknown unit in the values is named by file and field.
     let dir = tempfile::tempdir().unwrap();
