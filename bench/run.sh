@@ -699,16 +699,29 @@ run_direct_mode() {
   declare -A PROC=([noop-check]=noop [noop-ratelimit]=noop [tollgate-check]=authz [tollgate-ratelimit]=ratelimit)
 
   load() { # load KEY SECS OUT
-    local api=${1#*-}
+    local api=${1#*-} generic=bench
+    if [[ $api == ratelimit-* ]]; then # tollgate-ratelimit-<algorithm>: that algorithm's limit
+      generic=bench-${api#ratelimit-}
+      api=ratelimit
+    fi
     "$REL/grpc-load" --target "127.0.0.1:${PORT[$1]}" --api "$api" --concurrency "$CONCURRENCY" \
       --connections "$GRPC_CONNECTIONS" --duration "${2}s" \
       "${header_args[@]}" --header "x-forwarded-for=10.1.2.3" \
-      --domain bench --descriptor generic_key=bench --descriptor remote_address=127.0.0.1 >"$3" 2>&1 ||
+      --domain bench --descriptor "generic_key=$generic" --descriptor remote_address=127.0.0.1 >"$3" 2>&1 ||
       { cat "$3" >&2; die "grpc-load against $1 failed"; }
   }
   field() { grep '^RESULT' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
 
   local keys=(noop-check tollgate-check noop-ratelimit tollgate-ratelimit)
+  # With Redis, the other algorithms too (the first, sliding_window, is the default limit's).
+  local alg
+  if [[ $REDIS == 1 && $STAND_IN == 0 ]]; then
+    for alg in fixed_window token_bucket gcra; do
+      keys+=("tollgate-ratelimit-$alg")
+      PORT[tollgate-ratelimit-$alg]=$RL_PORT
+      PROC[tollgate-ratelimit-$alg]=ratelimit
+    done
+  fi
   echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
     "$(nproc) cores; CLK_TCK=$HZ; identity $IDENTITY"
   [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: the tollgate-* targets are two noop-grpc processes, not Tollgate's services"
@@ -725,7 +738,7 @@ run_direct_mode() {
   for ((r = 1; r <= ROUNDS; r++)); do
     for k in "${keys[@]}"; do
       redis_note=""
-      if [[ $REDIS == 1 && $k == tollgate-ratelimit ]]; then
+      if [[ $REDIS == 1 && $k == tollgate-ratelimit* ]]; then
         rt0=$(cpu_ticks "${PID[redis]}")
         rc0=$(redis_calls)
       fi
@@ -747,7 +760,7 @@ run_direct_mode() {
       fi
       limited=$(field "$WORK/load-$k-$r.txt" limited)
       # Tollgate must match its configured limit on every call, or it would be allowing for free.
-      if [[ $k == tollgate-ratelimit && $STAND_IN == 0 && $limited != "$calls" ]]; then
+      if [[ $k == tollgate-ratelimit* && $STAND_IN == 0 && $limited != "$calls" ]]; then
         cat "$WORK/load-$k-$r.txt" >&2
         die "$k: a limit matched on only $limited of $calls calls (check bench/config/limits)"
       fi
@@ -756,11 +769,11 @@ run_direct_mode() {
         auth_note=$(check_auth_proof "$a0" "$a1" "$calls" "$k") || { KEEP=1; exit 1; }
         auth_note="  [allowed $IDENTITY ${auth_note}/call]"
       fi
-      if [[ $REDIS == 1 && $k == tollgate-ratelimit ]]; then
+      if [[ $REDIS == 1 && $k == tollgate-ratelimit* ]]; then
         rt1=$(cpu_ticks "${PID[redis]}")
         rc1=$(redis_calls)
         redis_note="  redis cpu $(per_req $((rt1 - rt0)) "$calls") us/call, $(awk -v a=$((rc1 - rc0)) -v c="$calls" 'BEGIN { printf "%.3f", a / c }') script calls/call"
-        printf '%s\t%s\t%s\t%s\n' "$r" "$(per_req $((rt1 - rt0)) "$calls")" "$((rc1 - rc0))" "$calls" >>"$WORK/redis.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$k" "$r" "$(per_req $((rt1 - rt0)) "$calls")" "$((rc1 - rc0))" "$calls" >>"$WORK/redis.tsv"
       fi
       printf 'round %d/%d  %-20s %9.0f calls/s  p50 %s  p99 %s  service cpu %6s us/call%s%s\n' \
         "$r" "$ROUNDS" "$k" "$rps" "$(fmt_ms "$p50")" "$(fmt_ms "$p99")" "$cpu" \
@@ -772,9 +785,9 @@ run_direct_mode() {
 
   echo
   echo "Medians over $ROUNDS rounds (service CPU: all threads of the service process, per call)"
-  printf '%-20s %10s %9s %9s %14s\n' target calls/s p50 p99 "cpu us/call"
+  printf '%-31s %10s %9s %9s %14s\n' target calls/s p50 p99 "cpu us/call"
   for k in "${keys[@]}"; do
-    printf '%-20s %10.0f %9s %9s %14s\n' "$k" "$(col "$k" 3)" "$(fmt_ms "$(col "$k" 4)")" \
+    printf '%-31s %10.0f %9s %9s %14s\n' "$k" "$(col "$k" 3)" "$(fmt_ms "$(col "$k" 4)")" \
       "$(fmt_ms "$(col "$k" 5)")" "$(num1 "$(col "$k" 6)")"
   done
   echo
@@ -785,9 +798,16 @@ run_direct_mode() {
   done
   if [[ $REDIS == 1 ]]; then
     local redis_cpu cmds
-    redis_cpu=$(cut -f2 "$WORK/redis.tsv" | median)
-    cmds=$(awk -F'\t' '{ a += $3; c += $4 } END { printf "%.3f", a / c }' "$WORK/redis.tsv")
+    redis_cpu=$(awk -F'\t' '$1 == "tollgate-ratelimit" { print $3 }' "$WORK/redis.tsv" | median)
+    cmds=$(awk -F'\t' '$1 == "tollgate-ratelimit" { a += $4; c += $5 } END { printf "%.3f", a / c }' "$WORK/redis.tsv")
     echo "Redis store: Redis' own CPU $(num1 "$redis_cpu") us/call (median), $cmds script calls per ShouldRateLimit call;"
+    echo "  Redis' CPU per call by the matched limit's algorithm (medians; two descriptors, one matching):"
+    for k in "${keys[@]}"; do
+      [[ $k == tollgate-ratelimit* ]] || continue
+      alg=${k#tollgate-ratelimit-}
+      [[ $k != tollgate-ratelimit ]] || alg=sliding_window
+      printf '    %-15s %6s us/call\n' "$alg" "$(num1 "$(awk -F'\t' -v k="$k" '$1 == k { print $3 }' "$WORK/redis.tsv" | median)")"
+    done
     echo "  tollgate-ratelimit CPU / no-op CPU: $(ratio "$(col tollgate-ratelimit 6)" "$(col noop-ratelimit 6)") (Redis' CPU not included)"
   fi
   if [[ $IDENTITY == jwt && $STAND_IN == 0 ]]; then

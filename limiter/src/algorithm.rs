@@ -1,7 +1,7 @@
 //! The four counting algorithms as pure functions of (rule, stored state, time, cost).
 //!
 //! Every store evaluates hits with exactly this arithmetic: the memory store calls
-//! [`evaluate`] directly and the Redis script (`store/script.lua`) is a line-by-line mirror of
+//! [`evaluate`] directly and the Redis script (`store/redis/script.lua`) is a line-by-line mirror of
 //! it. All time is integer microseconds since the Unix epoch, passed in by the caller (an
 //! injected clock), so tests control time and replicas sharing Redis agree within their clock
 //! skew. The guarantees each algorithm gives are in `docs/algorithms.md`.

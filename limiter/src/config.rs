@@ -75,6 +75,7 @@ impl LimiterConfig {
             override_algorithm: self.default_algorithm,
             shadow_mode: self.shadow_mode,
             near_limit_ratio: self.near_limit_ratio,
+            max_key_bytes: self.store.max_key_bytes(),
         }
     }
 }

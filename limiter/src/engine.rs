@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tollgate_common::clock::Clock;
+use tollgate_common::log_throttle::LogThrottle;
 
 use crate::algorithm::Algorithm;
 use crate::descriptor::{DescriptorSource, LimitOverride};
@@ -43,6 +44,9 @@ pub struct EngineOptions {
     pub shadow_mode: bool,
     /// A within-limit hit that leaves at most this share of the limit counts as near the limit.
     pub near_limit_ratio: f64,
+    /// A counter key longer than this is refused: its descriptor is answered over the limit
+    /// and the request counts nothing (the store's `max_key_bytes`).
+    pub max_key_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +56,7 @@ impl Default for EngineOptions {
             override_algorithm: Algorithm::SlidingWindow,
             shadow_mode: false,
             near_limit_ratio: 0.8,
+            max_key_bytes: crate::store::DEFAULT_MAX_KEY_BYTES,
         }
     }
 }
@@ -147,7 +152,13 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     options: EngineOptions,
     metrics: metrics::EngineMetrics,
+    /// During an outage every call fails the same way: one log line per interval, with a
+    /// count, instead of one per call.
+    store_failures: LogThrottle,
 }
+
+/// At most one "counter store failed" line per this interval.
+const STORE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +209,7 @@ impl Engine {
             clock,
             options,
             metrics: metrics::EngineMetrics::new(),
+            store_failures: LogThrottle::new(STORE_FAILURE_LOG_EVERY),
         }
     }
 
@@ -344,12 +356,18 @@ impl Engine {
         statuses: Vec<Status>,
         pending: Vec<Pending>,
     ) -> Result<Decision, EngineError> {
-        // A zero limit is a block list: denied here, without the store. The request is then
-        // rejected, so the other limits are only checked, never counted.
-        let blocked = pending.iter().any(|p| p.limit.rule.limit == 0 && !p.shadow);
+        // A zero limit is a block list, and a key beyond `max_key_bytes` is refused (a client
+        // must not grow the store's memory, nor dodge its limit through the failure mode):
+        // both are denied here, without the store. The request is then rejected, so the other
+        // limits are only checked, never counted.
+        let refused = |p: &Pending| p.limit.rule.limit == 0 || self.oversized(p);
+        let blocked = pending.iter().any(|p| refused(p) && !p.shadow);
+        for _ in pending.iter().filter(|p| self.oversized(p)) {
+            self.metrics.oversized_keys.increment(1);
+        }
         let hits: Vec<Hit<'_>> = pending
             .iter()
-            .filter(|p| p.limit.rule.limit > 0)
+            .filter(|p| !refused(p))
             .map(|p| Hit {
                 key: p.key.as_str(),
                 rule: p.limit.rule,
@@ -381,7 +399,7 @@ impl Engine {
         let outcomes: Vec<Outcome> = pending
             .iter()
             .map(|p| {
-                if p.limit.rule.limit == 0 {
+                if refused(p) {
                     let w = p.limit.rule.window;
                     Outcome {
                         admitted: false,
@@ -396,6 +414,11 @@ impl Engine {
             })
             .collect();
         Ok(self.decide(statuses, &pending, &outcomes))
+    }
+
+    /// Whether the hit's counter key is too long to be stored (counted once per hit).
+    fn oversized(&self, p: &Pending) -> bool {
+        p.key.as_str().len() > self.options.max_key_bytes
     }
 
     fn decide(
@@ -463,7 +486,9 @@ impl Engine {
         e: StoreError,
     ) -> Result<Decision, EngineError> {
         self.metrics.store_error(&e);
-        tracing::warn!(error = %e, failure_mode = ?self.options.failure_mode, "counter store failed");
+        if let Some(times) = self.store_failures.allow() {
+            tracing::warn!(error = %e, failure_mode = ?self.options.failure_mode, times, "counter store failed");
+        }
         let mut overall = Code::Ok;
         match self.options.failure_mode {
             FailureMode::Error => return Err(EngineError::Store(e)),

@@ -25,6 +25,14 @@ pub const LOCAL_CACHE_HITS: &str = "tollgate_ratelimit_local_cache_hits_total";
 pub const UNKNOWN_DOMAIN: &str = "tollgate_ratelimit_unknown_domain_total";
 pub const STORE_DURATION: &str = "tollgate_ratelimit_store_duration_seconds";
 pub const STORE_ERRORS: &str = "tollgate_ratelimit_store_errors_total";
+/// Hits refused because their counter key is longer than `store.max_key_bytes`.
+pub const OVERSIZED_KEYS: &str = "tollgate_ratelimit_oversized_keys_total";
+/// Redis nodes whose circuit breaker is in each `state` (one of [`BREAKER_STATES`]).
+pub const BREAKERS: &str = "tollgate_ratelimit_store_breakers";
+/// Times a Redis node's circuit breaker opened.
+pub const BREAKER_TRIPS: &str = "tollgate_ratelimit_store_breaker_trips_total";
+/// The `state` label values of [`BREAKERS`], indexed by the breaker's state.
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 /// Config loads by `result` (`ok` | `error`).
 pub const CONFIG_LOADS: &str = "tollgate_ratelimit_config_loads_total";
 /// Errors found across all loads (each bad file/field once per load).
@@ -114,13 +122,20 @@ impl LimitMetrics {
 #[derive(Debug, Clone)]
 pub(crate) struct EngineMetrics {
     pub(crate) unknown_domain: Counter,
+    pub(crate) oversized_keys: Counter,
     store_duration: Histogram,
     /// By kind, in [`STORE_ERROR_KINDS`] order.
-    store_errors: [Counter; 4],
+    store_errors: [Counter; 5],
 }
 
 /// The `kind` label values of [`STORE_ERRORS`].
-pub const STORE_ERROR_KINDS: [&str; 4] = ["timeout", "overloaded", "unavailable", "config"];
+pub const STORE_ERROR_KINDS: [&str; 5] = [
+    "timeout",
+    "overloaded",
+    "unavailable",
+    "config",
+    "circuit_open",
+];
 
 impl EngineMetrics {
     pub(crate) fn new() -> Self {
@@ -132,6 +147,7 @@ impl EngineMetrics {
         }
         Self {
             unknown_domain: counter!(UNKNOWN_DOMAIN),
+            oversized_keys: counter!(OVERSIZED_KEYS),
             store_duration: histogram!(STORE_DURATION),
             store_errors,
         }
@@ -148,6 +164,7 @@ impl EngineMetrics {
             StoreError::Overloaded => 1,
             StoreError::Unavailable(_) => 2,
             StoreError::Config(_) => 3,
+            StoreError::CircuitOpen => 4,
         };
         self.store_errors[i].increment(1);
     }

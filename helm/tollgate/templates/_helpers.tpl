@@ -90,6 +90,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* A store section for redis.mode sentinel (both services read the same shape). */}}
+{{- define "tollgate.redis.sentinel" -}}
+{{- $s := .Values.redis.sentinel }}
+{{- if or (not $s.master) (not $s.nodes) }}
+{{- fail "redis.mode is sentinel: set redis.sentinel.master and list the sentinels in redis.sentinel.nodes" }}
+{{- end }}
+{{- toJson (dict "type" "redis" "sentinel_master" $s.master "sentinel_nodes" $s.nodes) }}
+{{- end }}
+
 {{/* The API key store's Redis section (without the password): the standalone URL, the
      Cluster's seed nodes, or with mode `cluster` a standalone `keyStoreUrl` when one is set. */}}
 {{- define "tollgate.redis.keyStore" -}}
@@ -100,6 +109,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- toJson (dict "type" "redis" "cluster_nodes" .Values.redis.clusterNodes) }}
 {{- else if eq .Values.redis.mode "cluster" }}
 {{- toJson (dict "type" "redis" "url" .Values.redis.keyStoreUrl) }}
+{{- else if eq .Values.redis.mode "sentinel" }}
+{{- include "tollgate.redis.sentinel" . }}
 {{- else }}
 {{- toJson (dict "type" "redis" "url" (include "tollgate.redis.url" .)) }}
 {{- end }}
@@ -336,8 +347,16 @@ section is read at start and rolls the pods when it changes.
 {{- define "tollgate.counterStore" -}}
 {{- $root := .root }}
 {{- $store := dict "type" "memory" }}
+{{- $mem := $root.Values.ratelimit.memoryStore }}
+{{- if and $mem $mem.maxBytes }}
+{{- $_ := set $store "max_bytes" (int64 $mem.maxBytes) }}
+{{- else if and .values.resources .values.resources.limits .values.resources.limits.memory }}
+{{- $_ := set $store "max_bytes" (include "tollgate.halfMemory" (dict "value" .values.resources.limits.memory "what" (printf "%s.resources.limits.memory" .component)) | int64) }}
+{{- end }}
 {{- if eq $root.Values.redis.mode "standalone" }}
 {{- $store = dict "type" "redis" "url" (include "tollgate.redis.url" $root) }}
+{{- else if eq $root.Values.redis.mode "sentinel" }}
+{{- $store = include "tollgate.redis.sentinel" $root | fromJson }}
 {{- else if eq $root.Values.redis.mode "cluster" }}
 {{- if not $root.Values.redis.clusterNodes }}
 {{- fail "redis.mode is cluster: list the seed nodes in redis.clusterNodes" }}
@@ -370,4 +389,26 @@ section is read at start and rolls the pods when it changes.
   "default_algorithm" $r.defaultAlgorithm
   "shadow_mode" $r.shadowMode
   "headers" $r.headers) }}
+{{- end }}
+
+{{/* Half of a Kubernetes memory quantity, in bytes: the memory counter store's default
+     `max_bytes`, so a flood of distinct keys is evicted from the store before the pod reaches
+     its memory limit (the other half is the process itself, the allocator's slack and the
+     over-limit cache). Integer quantities with a binary (Ki, Mi, Gi, Ti) or decimal (k, M, G,
+     T) suffix, or plain bytes. tollgate.halfMemory (dict "value" "256Mi" "what" "...") */}}
+{{- define "tollgate.halfMemory" -}}
+{{- $q := toString .value -}}
+{{- $units := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $digits := $q -}}
+{{- $mult := 1 -}}
+{{- range $suffix, $m := $units }}
+{{- if hasSuffix $suffix $q }}
+{{- $digits = trimSuffix $suffix $q }}
+{{- $mult = $m }}
+{{- end }}
+{{- end }}
+{{- if not (regexMatch "^[0-9]+$" $digits) }}
+{{- fail (printf "%s: %q is not a whole memory quantity such as 256Mi; set ratelimit.memoryStore.maxBytes instead" .what $q) }}
+{{- end }}
+{{- div (mul (int64 $digits) $mult) 2 }}
 {{- end }}

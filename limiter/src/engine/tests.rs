@@ -11,6 +11,7 @@ use crate::descriptor::{Descriptor, LimitOverride};
 use crate::store::{MemoryOptions, MemoryStore};
 use crate::unit::Unit;
 use tollgate_common::clock::ManualClock;
+use tollgate_common::log_throttle::LogThrottle;
 
 const LIMITS: &str = "
 domain: d
@@ -370,6 +371,110 @@ fn failing(mode: FailureMode) -> Engine {
 }
 
 #[tokio::test]
+async fn a_key_longer_than_max_key_bytes_is_refused_and_counts_nothing() {
+    let (e, _) = engine_with(
+        LIMITS,
+        EngineOptions {
+            max_key_bytes: 64,
+            ..EngineOptions::default()
+        },
+    );
+    let long = "x".repeat(1 << 20);
+    let dec = call(&e, &[d(&[("a", "1")]), d(&[("b", &long)])]).await;
+    assert_eq!(dec.code, Code::OverLimit);
+    assert_eq!(
+        summary(&dec),
+        [
+            (Code::Ok, Some("a".into()), 2),
+            (Code::OverLimit, Some("b".into()), 0)
+        ],
+        "the refused request counted nothing"
+    );
+    // Within the bound, it counts as usual.
+    let dec = call(&e, &[d(&[("a", "1")]), d(&[("b", &long[..32])])]).await;
+    assert_eq!(
+        summary(&dec),
+        [
+            (Code::Ok, Some("a".into()), 1),
+            (Code::Ok, Some("b".into()), 2)
+        ]
+    );
+}
+
+/// A `MakeWriter` into a shared buffer, to read log lines back.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn an_outage_logs_one_line_per_interval_with_a_count() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(captured.clone())
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let req = [d(&[("a", "1")])];
+    // Callsites first met by a test running in parallel without a subscriber may keep a stale
+    // interest: register them, rebuild the cache, then count.
+    let _ = failing(FailureMode::Allow)
+        .should_rate_limit("d", &req, 0)
+        .await;
+    tracing::callsite::rebuild_interest_cache();
+    captured.0.lock().clear();
+
+    let mut engine = failing(FailureMode::Allow);
+    engine.store_failures = LogThrottle::new(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    for _ in 0..1000 {
+        engine.should_rate_limit("d", &req, 0).await.unwrap();
+    }
+    let lines = |c: &Captured| -> Vec<serde_json::Value> {
+        String::from_utf8(c.0.lock().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["fields"]["message"] == "counter store failed")
+            .collect()
+    };
+    if started.elapsed() < Duration::from_millis(200) {
+        let first = lines(&captured);
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0]["fields"]["times"], 1);
+    }
+    // After the interval, the next failure's line stands for every call held back.
+    let ended = std::time::Instant::now();
+    while ended.elapsed() < Duration::from_millis(250) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.should_rate_limit("d", &req, 0).await.unwrap();
+    let all = lines(&captured);
+    let total: u64 = all
+        .iter()
+        .map(|l| l["fields"]["times"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 1001, "every failure is counted once: {all:?}");
+    assert!(all.len() <= 3, "{} lines for 1001 failures", all.len());
+}
+
+#[tokio::test]
 async fn failure_modes() {
     let req = [
         d(&[("a", "1")]),
@@ -483,12 +588,12 @@ descriptors:
     assert_eq!(
         *store.0.lock(),
         [
-            "tollgate:{rl|web\\p1|client=a\\pb\\ec\\hd\\\\e\\of\\c}#0:060000000:2",
-            "tollgate:{rl|web\\p1|two=t}#0:31000000:2:4",
-            "tollgate:{rl|web\\p1|two=t}#1:13600000000:3",
-            "tollgate:{rl|web\\p1|path=#/api/*|user=u1}#0:21000000:7",
-            "tollgate:{rl|web\\p1|host=abc}#0:090000000:5",
-            "tollgate:{rl|web\\p1|anything=x\\ey|b=\\oc\\c}#o:060000000:9",
+            "tollgate:{rl|web\\p1|client=a\\pb\\ec\\hd\\\\e\\of\\c}#0:v2:0:60000000:2",
+            "tollgate:{rl|web\\p1|two=t}#0:v2:3:1000000:2:4",
+            "tollgate:{rl|web\\p1|two=t}#1:v2:1:3600000000:3",
+            "tollgate:{rl|web\\p1|path=#/api/*|user=u1}#0:v2:2:1000000:7",
+            "tollgate:{rl|web\\p1|host=abc}#0:v2:0:90000000:5",
+            "tollgate:{rl|web\\p1|anything=x\\ey|b=\\oc\\c}#o:v2:0:60000000:9",
         ]
     );
 }

@@ -531,6 +531,21 @@ async fn redis_standalone_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_conforms() {
+    let topology = tollgate_common::testing::RedisSentinel::start();
+    let cfg = test_config(RedisConfig::sentinel(
+        topology.master_name(),
+        topology.sentinel_urls(),
+    ));
+    let single = RedisStore::connect(&cfg).await.unwrap();
+    whole_suite(&single, &replicas_of(&cfg).await, "sentinel").await;
+    assert!(
+        topology.master().command_calls("evalsha") > 0,
+        "the scripts ran on the master the sentinels name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_conforms() {
     let cluster = RedisCluster::start(3);
     let cfg = test_config(RedisConfig::cluster(cluster.urls()));
@@ -584,7 +599,10 @@ async fn redis_one_command_per_call_and_noscript_reload() {
     assert_eq!(server.command_calls("eval"), 1);
     // Keys expire once they can no longer matter.
     let ttl: i64 = server
-        .cli(&["PTTL", &format!("tollgate:{{{}}}:160000000:100", keys[1])])
+        .cli(&[
+            "PTTL",
+            &format!("tollgate:{{{}}}:v2:1:60000000:100", keys[1]),
+        ])
         .unwrap()
         .trim()
         .parse()
@@ -641,7 +659,7 @@ fn store_connections(server: &RedisServer) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_late_replies_never_reach_the_next_caller() {
+async fn redis_late_replies_never_reach_the_next_caller_and_never_count() {
     let server = RedisServer::start();
     let mut cfg = RedisConfig::standalone(server.url());
     cfg.timeout = Duration::from_millis(100);
@@ -650,7 +668,17 @@ async fn redis_late_replies_never_reach_the_next_caller() {
     let (k1, k2) = (format!("{ns}:1"), format!("{ns}:2"));
     let small = rule(Algorithm::FixedWindow, 10, Duration::from_secs(60));
     let large = rule(Algorithm::FixedWindow, 100, Duration::from_secs(60));
-    assert_eq!(one(&store, &k2, large, 1, T0).await.remaining, 99);
+    let first = [Hit {
+        key: &k2,
+        rule: large,
+        cost: 1,
+        shadow: false,
+    }];
+    assert_eq!(
+        super::outage_tests::until_answered(&store, &first).await[0].remaining,
+        99
+    );
+    let scripts_before = server.command_calls("evalsha");
     // Writes (scripts included) wait while reads such as INFO still answer. The pause is
     // shorter than the stall limit (1 s here), so the connection is kept.
     server.cli(&["CLIENT", "PAUSE", "600", "WRITE"]).unwrap();
@@ -667,17 +695,27 @@ async fn redis_late_replies_never_reach_the_next_caller() {
         assert!(matches!(e, StoreError::Timeout), "{e:?}");
     }
     // Once Redis answers again, both late replies are read and dropped, and a check (cost 0)
-    // gets its own answer: k2 counted once before and once by the timed-out call. Were it
-    // handed k1's late reply, it would read 9.
+    // gets its own answer. Both late scripts ran after their callers had given up, so they
+    // counted nothing: k2 reads 99 (98 had the timed-out call counted; 9 or 10 were it
+    // handed k1's late reply).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let o = loop {
         match store.hit(&hit(&k2, large, 0), at(T0)).await {
             Ok(o) => break o,
-            Err(StoreError::Timeout) if std::time::Instant::now() < deadline => {}
+            Err(StoreError::Timeout | StoreError::CircuitOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             Err(e) => panic!("{e:?}"),
         }
     };
-    assert_eq!(o[0].remaining, 98);
+    assert_eq!(o[0].remaining, 99);
+    assert_eq!(one(&store, &k1, small, 0, T0).await.remaining, 10);
+    assert!(
+        server.command_calls("evalsha") >= scripts_before + 2,
+        "the late scripts did run, after the pause"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,60 +759,45 @@ async fn redis_hung_connection_is_replaced() {
 async fn redis_in_flight_bound_fails_fast() {
     let server = RedisServer::start();
     let mut cfg = RedisConfig::standalone(server.url());
-    cfg.timeout = Duration::from_secs(10);
+    cfg.timeout = Duration::from_millis(100);
     cfg.max_in_flight = 1;
-    let store = Arc::new(RedisStore::connect(&cfg).await.unwrap());
+    let store = RedisStore::connect(&cfg).await.unwrap();
+    let key = ns("in-flight");
     let r = rule(Algorithm::FixedWindow, 10, Duration::from_secs(60));
-    store
-        .hit(
-            &[Hit {
-                key: "k",
-                rule: r,
-                cost: 1,
-                shadow: false,
-            }],
-            at(T0),
-        )
-        .await
-        .unwrap();
-    server.cli(&["CLIENT", "PAUSE", "3000", "ALL"]).unwrap();
-    // This call takes the only permit and waits for the paused server. It may lose a race for
-    // the permit with the probe below (which gives it up after 10 ms): then it tries again.
-    let blocked = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let hits = [Hit {
-                key: "k",
-                rule: r,
-                cost: 1,
-                shadow: false,
-            }];
-            loop {
-                match store.hit(&hits, at(T0)).await {
-                    Err(StoreError::Overloaded) => tokio::task::yield_now().await,
-                    other => return other,
-                }
-            }
-        })
-    };
     let hits = [Hit {
-        key: "k",
+        key: &key,
         rule: r,
         cost: 1,
         shadow: false,
     }];
-    let mut overloaded = false;
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while !overloaded {
-        assert!(std::time::Instant::now() < deadline, "never overloaded");
-        // Until the spawned call holds the only permit, ours may take it: give up quickly.
-        let r = tokio::time::timeout(Duration::from_millis(10), store.hit(&hits, at(T0))).await;
-        if let Ok(Err(StoreError::Overloaded)) = r {
-            overloaded = true;
+    // The first call connects and loads the script: on a busy machine that may take longer
+    // than this test's short timeout.
+    super::outage_tests::until_answered(&store, &hits).await;
+    server.freeze();
+    // The first call is written, then given up: its command stays in flight (Redis has not
+    // answered it), and so does its permit. The next call fails fast instead of queueing
+    // behind it.
+    let e = store.hit(&hits, at(T0)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Timeout), "{e:?}");
+    let e = store.hit(&hits, at(T0)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Overloaded), "{e:?}");
+    server.thaw();
+    // The late reply frees the permit; the late command counted nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let o = loop {
+        match store.hit(&hits, at(T0)).await {
+            Ok(o) => break o,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(
+                    matches!(e, StoreError::Overloaded | StoreError::Timeout),
+                    "{e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e:?}"),
         }
-    }
-    server.cli(&["CLIENT", "UNPAUSE"]).unwrap();
-    assert!(blocked.await.unwrap().is_ok());
+    };
+    assert_eq!(o[0].remaining, 8, "only the two answered calls counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

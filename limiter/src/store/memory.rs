@@ -1,4 +1,4 @@
-//! The in-memory store: sharded hash tables of counters, bounded and expiring.
+//! The in-memory store: sharded hash tables of counters, bounded in bytes and expiring.
 //!
 //! Each counter (key + rule) lives in one of a power-of-two number of shards, each behind its
 //! own mutex held only for the few hundred nanoseconds of arithmetic (never across an await),
@@ -6,22 +6,31 @@
 //! ascending order (no deadlock) and applies all hits before releasing any, which gives the
 //! same all-or-nothing semantics as the Redis script.
 //!
-//! Bounded: a shard holds at most `max_keys / shards` counters. When full it first drops
-//! expired counters (a full sweep at most once per second of clock time, so a flood of new
-//! keys cannot make every insert scan the shard), then evicts the soonest-expiring of a few
-//! sampled counters; a live eviction forgets usage, so it is counted in
-//! `tollgate_ratelimit_memory_evictions_total` and `max_keys` should be sized above the
-//! number of keys active within the longest window.
+//! # Bounded in bytes
+//! A shard holds at most `max_bytes / shards` bytes, counted as the allocator sees them: the
+//! hash table's whole allocation (every slot of its capacity, used or not; a table that would
+//! have to double for a new counter counts as doubled) plus each key's heap allocation. A new counter that does not fit
+//! first makes the shard drop its expired counters (a full pass at most once per second of
+//! clock time, so a flood of new keys cannot make every insert scan the shard), then evicts
+//! the soonest-expiring of a few sampled counters, until it fits without growing the table.
+//! A live eviction forgets usage, so it is counted in `tollgate_ratelimit_memory_evictions_total`;
+//! `max_bytes` should hold the keys active within the longest window (about 250 bytes per
+//! counter plus its key; see docs/ratelimit.md). `max_keys` bounds the count as well.
+//!
+//! # Swept in the background
+//! Expired counters are also dropped every `sweep_interval` by a background task (one shard at
+//! a time), so memory follows the traffic down after a burst. Stores never read the system
+//! clock: the sweep goes by the latest time any call brought. The task ends with the store.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 use serde::Deserialize;
-use tollgate_common::config::{Errors, Validate};
+use tollgate_common::config::{Errors, Validate, join};
 
 use super::{Hit, Outcome, Store, StoreError, micros, outcome, validate_positive};
 use crate::algorithm::{Evaluation, Rule, State, evaluate};
@@ -30,17 +39,31 @@ use crate::algorithm::{Evaluation, Rule, State, evaluate};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemoryOptions {
-    /// Most counters held; beyond it expired counters go first, then the soonest to expire.
+    /// Most memory the counters take, in bytes (see the module docs for what is counted).
+    pub max_bytes: usize,
+    /// Most counters held; beyond either bound expired counters go first, then the soonest to
+    /// expire.
     pub max_keys: usize,
     /// Number of shards (rounded up to a power of two).
     pub shards: usize,
+    /// Longest counter key accepted (see [`super::DEFAULT_MAX_KEY_BYTES`]).
+    pub max_key_bytes: usize,
+    /// How often expired counters are swept in the background.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
+
+/// The default of `max_bytes`: 128 MiB, half the Helm chart's default memory limit.
+pub const DEFAULT_MAX_BYTES: usize = 128 << 20;
 
 impl Default for MemoryOptions {
     fn default() -> Self {
         Self {
+            max_bytes: DEFAULT_MAX_BYTES,
             max_keys: 1_000_000,
             shards: 64,
+            max_key_bytes: super::DEFAULT_MAX_KEY_BYTES,
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -49,8 +72,21 @@ impl Validate for MemoryOptions {
     fn validate(&self, at: &str, errors: &mut Errors) {
         validate_positive(at, "max_keys", self.max_keys, errors);
         validate_positive(at, "shards", self.shards, errors);
+        validate_positive(at, "max_key_bytes", self.max_key_bytes, errors);
+        if self.max_bytes < MIN_BYTES {
+            errors.push(
+                join(at, "max_bytes"),
+                format!("must be at least {MIN_BYTES} (1 MiB)"),
+            );
+        }
+        if self.sweep_interval.is_zero() {
+            errors.push(join(at, "sweep_interval"), "must be positive");
+        }
     }
 }
+
+/// The least `max_bytes` accepted.
+const MIN_BYTES: usize = 1 << 20;
 
 /// How many counters are sampled to pick an eviction victim when a shard is full of live ones.
 const EVICTION_SAMPLE: usize = 8;
@@ -64,17 +100,83 @@ struct Counter {
     expires_us: u64,
 }
 
+/// What one slot of a shard's table costs: the counter and hashbrown's control byte.
+const SLOT_BYTES: usize = std::mem::size_of::<Counter>() + 1;
+
+/// The heap a key of `len` bytes takes: what a general-purpose allocator hands out for it
+/// (a 16-byte granule with 8 bytes of header, 32 bytes at least).
+fn key_alloc(len: usize) -> usize {
+    (len + 8).div_ceil(16).max(2) * 16
+}
+
+/// The allocation of a table of `buckets` (a slot and a control byte per bucket, plus one
+/// group of control bytes).
+fn table_alloc(buckets: usize) -> usize {
+    if buckets == 0 {
+        0
+    } else {
+        buckets * SLOT_BYTES + 16
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     table: HashTable<Counter>,
+    /// The heap of the keys in `table`, by [`key_alloc`].
+    key_bytes: usize,
     next_sweep_us: u64,
+    /// The latest `now` a call brought: the background sweep's clock.
+    latest_us: u64,
+}
+
+impl Shard {
+    fn bytes(&self) -> usize {
+        self.table.allocation_size() + self.key_bytes
+    }
+
+    /// The table's allocation once it has taken one more counter: the same when there is
+    /// room or when hashbrown can rehash in place (its tombstones free half the table),
+    /// otherwise the doubled table (`None` when `grow` forbids it).
+    fn alloc_after_insert(&self, grow: bool) -> Option<usize> {
+        let (len, alloc) = (self.table.len(), self.table.allocation_size());
+        if len < self.table.capacity() {
+            return Some(alloc);
+        }
+        let buckets = alloc.saturating_sub(16) / SLOT_BYTES;
+        let full = if buckets < 8 {
+            buckets.saturating_sub(1)
+        } else {
+            buckets / 8 * 7
+        };
+        if buckets > 0 && len < full / 2 {
+            Some(alloc)
+        } else if grow {
+            Some(table_alloc((buckets * 2).max(4)))
+        } else {
+            None
+        }
+    }
+
+    /// Drops the counters expired at `now_us`.
+    fn sweep(&mut self, now_us: u64) {
+        let mut freed = 0;
+        self.table.retain(|c| {
+            let keep = c.expires_us > now_us;
+            if !keep {
+                freed += key_alloc(c.key.len());
+            }
+            keep
+        });
+        self.key_bytes -= freed;
+    }
 }
 
 /// Counters in process memory. Clones of the `Arc` share the counters (one "replica").
 pub struct MemoryStore {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Arc<[Mutex<Shard>]>,
     hasher: DefaultHashBuilder,
     per_shard: usize,
+    per_shard_bytes: usize,
     shift: u32,
 }
 
@@ -83,6 +185,7 @@ impl std::fmt::Debug for MemoryStore {
         f.debug_struct("MemoryStore")
             .field("shards", &self.shards.len())
             .field("per_shard", &self.per_shard)
+            .field("per_shard_bytes", &self.per_shard_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -96,15 +199,26 @@ struct Work {
 }
 
 impl MemoryStore {
+    /// Within a Tokio runtime this also starts the background sweep (see the module docs).
     pub fn new(opts: &MemoryOptions) -> Self {
         let n = opts.shards.max(1).next_power_of_two();
+        let shards: Arc<[Mutex<Shard>]> = (0..n).map(|_| Mutex::new(Shard::default())).collect();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep_every(Arc::downgrade(&shards), opts.sweep_interval));
+        }
         Self {
-            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            shards,
             hasher: DefaultHashBuilder::default(),
             per_shard: opts.max_keys.div_ceil(n).max(1),
+            per_shard_bytes: opts.max_bytes / n,
             // The top bits pick the shard; hashbrown uses the low ones inside it.
             shift: 64 - n.trailing_zeros(),
         }
+    }
+
+    /// The memory the counters take, as the bound counts it.
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().bytes()).sum()
     }
 
     /// Shared handle, convenient for tests that treat clones as replicas of one store.
@@ -153,6 +267,9 @@ impl MemoryStore {
         let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
             order.iter().map(|&s| (s, self.shards[s].lock())).collect();
         let guard_of = |shard: usize| order.binary_search(&shard).expect("locked above");
+        for (_, g) in &mut guards {
+            g.latest_us = g.latest_us.max(now_us);
+        }
 
         let mut rejected = false;
         for i in 0..hits.len() {
@@ -212,8 +329,9 @@ impl MemoryStore {
             c.expires_us = ev.expires_at_us;
             return;
         }
-        if shard.table.len() >= self.per_shard {
-            self.make_room(shard, now_us);
+        let need = key_alloc(h.key.len());
+        if !self.fits(shard, need, true) {
+            self.make_room(shard, need, now_us);
         }
         let counter = Counter {
             key: h.key.into(),
@@ -221,17 +339,30 @@ impl MemoryStore {
             state: ev.next,
             expires_us: ev.expires_at_us,
         };
+        shard.key_bytes += need;
         shard
             .table
             .insert_unique(hash, counter, |c| self.hasher.hash_one((&*c.key, c.rule)));
     }
 
-    fn make_room(&self, shard: &mut Shard, now_us: u64) {
+    /// Whether a new counter whose key takes `need` bytes fits in the shard; with `grow`, the
+    /// table may double for it.
+    fn fits(&self, shard: &Shard, need: usize, grow: bool) -> bool {
+        shard.table.len() < self.per_shard
+            && shard
+                .alloc_after_insert(grow)
+                .is_some_and(|alloc| alloc + shard.key_bytes + need <= self.per_shard_bytes)
+    }
+
+    fn make_room(&self, shard: &mut Shard, need: usize, now_us: u64) {
         if now_us >= shard.next_sweep_us {
-            shard.table.retain(|c| c.expires_us > now_us);
+            shard.sweep(now_us);
             shard.next_sweep_us = now_us + SWEEP_EVERY_US;
+            if self.fits(shard, need, true) {
+                return;
+            }
         }
-        while shard.table.len() >= self.per_shard {
+        while !self.fits(shard, need, false) {
             let victim = shard
                 .table
                 .iter()
@@ -254,11 +385,38 @@ impl MemoryStore {
                 .find_entry(hash, |c| c.rule == rule && c.key == key)
             {
                 e.remove();
+                shard.key_bytes -= key_alloc(key.len());
             }
             if live {
                 metrics::counter!("tollgate_ratelimit_memory_evictions_total").increment(1);
             }
         }
+    }
+}
+
+/// Sweeps expired counters every `interval`, one shard at a time, until the store is gone;
+/// publishes the store's size in `tollgate_ratelimit_memory_bytes`.
+async fn sweep_every(shards: Weak<[Mutex<Shard>]>, interval: Duration) {
+    let gauge = metrics::gauge!("tollgate_ratelimit_memory_bytes");
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shards) = shards.upgrade() else {
+            return;
+        };
+        // The latest time any call brought, so a shard gone quiet is swept too.
+        let now = shards.iter().map(|s| s.lock().latest_us).max().unwrap_or(0);
+        let mut bytes = 0;
+        for shard in shards.iter() {
+            {
+                let mut s = shard.lock();
+                s.sweep(now);
+                bytes += s.bytes();
+            }
+            tokio::task::yield_now().await;
+        }
+        gauge.set(bytes as f64);
     }
 }
 
@@ -290,6 +448,7 @@ mod tests {
         let store = MemoryStore::new(&MemoryOptions {
             max_keys: 4,
             shards: 1,
+            ..MemoryOptions::default()
         });
         let short = Rule::new(Algorithm::FixedWindow, 5, Duration::from_secs(1));
         let long = Rule::new(Algorithm::FixedWindow, 5, Duration::from_secs(3600));
@@ -351,6 +510,83 @@ mod tests {
             later,
         );
         assert_eq!(store.len(), 4);
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::algorithm::Algorithm;
+
+    const T: u64 = 1_800_000_000 * 1_000_000;
+
+    fn hit(store: &MemoryStore, key: &str, rule: Rule, now_us: u64) {
+        store.hit_now(
+            &[Hit {
+                key,
+                rule,
+                cost: 1,
+                shadow: false,
+            }],
+            now_us,
+        );
+    }
+
+    #[test]
+    fn a_flood_of_distinct_keys_stays_within_max_bytes() {
+        let max_bytes = 1 << 20;
+        let store = MemoryStore::new(&MemoryOptions {
+            max_bytes,
+            shards: 4,
+            ..MemoryOptions::default()
+        });
+        let rule = Rule::new(Algorithm::SlidingWindow, 10, Duration::from_secs(3600));
+        for i in 0..100_000 {
+            let key = format!(
+                "flood|remote_address=10.{}.{}.{}|path=/api",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            );
+            hit(&store, &key, rule, T + i);
+            if i % 10_000 == 0 {
+                assert!(store.bytes() <= max_bytes, "{} at {i}", store.bytes());
+            }
+        }
+        assert!(store.bytes() <= max_bytes, "{}", store.bytes());
+        // The bound is used, not wasted: thousands of counters fit in 1 MiB.
+        assert!(store.len() > 2_000, "{} counters", store.len());
+        let per_counter = max_bytes / store.len();
+        assert!(per_counter > SLOT_BYTES, "{per_counter} bytes per counter");
+    }
+
+    #[tokio::test]
+    async fn expired_counters_are_swept_in_the_background() {
+        let store = MemoryStore::new(&MemoryOptions {
+            sweep_interval: Duration::from_millis(10),
+            ..MemoryOptions::default()
+        });
+        let short = Rule::new(Algorithm::FixedWindow, 10, Duration::from_secs(1));
+        let long = Rule::new(Algorithm::FixedWindow, 10, Duration::from_secs(3600));
+        for i in 0..1000 {
+            hit(&store, &format!("k{i}"), short, T);
+        }
+        hit(&store, "stays", long, T);
+        let full = store.bytes();
+        // One call two seconds later, on one key: every shard is swept by that time.
+        hit(&store, "later", long, T + 2_000_000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.len() != 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} counters left",
+                store.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.bytes() < full);
     }
 }
 

@@ -5,10 +5,11 @@
 //! no quota of any other limit. The arithmetic is [`crate::algorithm`]'s in every store.
 //!
 //! # Layout
-//! - [`memory`]: the embedded default; sharded, bounded, expiring.
-//! - [`redis`]: Redis standalone (one `EVALSHA` per call) and Redis Cluster.
+//! - [`memory`]: the embedded default; sharded, bounded in bytes, expiring.
+//! - [`redis`]: Redis standalone and Sentinel (one `EVALSHA` per call on one pipelined
+//!   connection) and Redis Cluster; the script (`redis/script.lua`, a mirror of
+//!   `algorithm.rs`), deadlines and circuit breakers.
 //! - [`cache`]: the local cache of counters already over their limit, in front of Redis.
-//! - `script.lua`: the Redis script, a mirror of `algorithm.rs`.
 //! - `conformance`: the one suite every store passes.
 
 use std::sync::Arc;
@@ -23,10 +24,11 @@ use crate::algorithm::Rule;
 pub mod cache;
 pub mod memory;
 pub mod redis;
-mod redis_conn;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod outage_tests;
 
 pub use self::memory::{MemoryOptions, MemoryStore};
 pub use self::redis::{RedisConfig, RedisStore};
@@ -73,6 +75,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("too many store calls in flight")]
     Overloaded,
+    /// The store stopped answering; calls fail fast until a probe is answered.
+    #[error("store circuit open: failing fast until Redis answers a probe")]
+    CircuitOpen,
     #[error("store configuration: {0}")]
     Config(String),
 }
@@ -92,17 +97,34 @@ pub trait Store: Send + Sync + 'static {
 /// The `store:` config section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Built once per load and never moved in a hot path: boxing would only change the public API.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreConfig {
     Memory(MemoryOptions),
     Redis(RedisConfig),
 }
 
+/// The default of `store.max_key_bytes`: longer counter keys are refused.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+
+pub(crate) fn default_max_key_bytes() -> usize {
+    DEFAULT_MAX_KEY_BYTES
+}
+
 impl StoreConfig {
-    /// `memory` or `redis` (standalone and Cluster alike), as `/config` shows it.
+    /// `memory` or `redis` (standalone, Sentinel and Cluster alike), as `/config` shows it.
     pub fn kind(&self) -> &'static str {
         match self {
             StoreConfig::Memory(_) => "memory",
             StoreConfig::Redis(_) => "redis",
+        }
+    }
+
+    /// The longest counter key this store accepts (`max_key_bytes`).
+    pub fn max_key_bytes(&self) -> usize {
+        match self {
+            StoreConfig::Memory(m) => m.max_key_bytes,
+            StoreConfig::Redis(r) => r.max_key_bytes,
         }
     }
 }
@@ -176,6 +198,27 @@ mod tests {
             .map_or_else(Vec::new, |e| e.0.iter().map(ToString::to_string).collect())
     }
 
+    /// The `store:` examples of docs/ratelimit.md load and validate.
+    #[test]
+    fn the_documented_store_examples_are_valid() {
+        let doc = include_str!("../../../docs/ratelimit.md");
+        let mut seen = 0;
+        for block in doc.split("```yaml\n").skip(1) {
+            let block = &block[..block.find("```").expect("closed block")];
+            if !block.starts_with("store:") {
+                continue;
+            }
+            seen += 1;
+            let v: serde_yaml::Value = serde_yaml::from_str(block).expect("a YAML example");
+            let cfg: StoreConfig = serde_yaml::from_value(v["store"].clone())
+                .unwrap_or_else(|e| panic!("{e}:\n{block}"));
+            let mut e = Errors::for_file(None, None);
+            cfg.validate("store", &mut e);
+            assert!(e.finish(()).is_ok(), "{block}");
+        }
+        assert!(seen > 0, "no store example found");
+    }
+
     #[test]
     fn config_is_strict_and_fully_validated() {
         assert!(errors_of("type: memory").is_empty());
@@ -202,5 +245,31 @@ mod tests {
             "unknown fields are errors"
         );
         assert!(serde_yaml::from_str::<StoreConfig>("type: memcached").is_err());
+        assert_eq!(
+            errors_of("type: memory\nmax_bytes: 1000\nmax_key_bytes: 0\nsweep_interval: 0s"),
+            [
+                "store.max_key_bytes: must be at least 1",
+                "store.max_bytes: must be at least 1048576 (1 MiB)",
+                "store.sweep_interval: must be positive"
+            ]
+        );
+        assert!(
+            errors_of("type: redis\nsentinel_master: m\nsentinel_nodes: [redis://s:26379]")
+                .is_empty()
+        );
+        assert_eq!(
+            errors_of("type: redis\nsentinel_nodes: [redis://s:26379]"),
+            ["store.sentinel_master: required with sentinel_nodes: the name the sentinels monitor"]
+        );
+        assert_eq!(
+            errors_of("type: redis\nurl: redis://a\nsentinel_master: m"),
+            ["store.sentinel_nodes: required with sentinel_master: at least one sentinel"]
+        );
+        assert_eq!(
+            errors_of(
+                "type: redis\nurl: redis://a\nbreaker: {after_failures: 3, probe_interval: 0s}"
+            ),
+            ["store.breaker.probe_interval: must be positive"]
+        );
     }
 }

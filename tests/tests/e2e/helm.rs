@@ -673,11 +673,18 @@ fn rendered_service_configs_pass_check_config() {
         "authz.replicas=1",
         "ratelimit.replicas=1",
     ];
+    let sentinel = [
+        "redis.mode=sentinel",
+        "redis.sentinel.master=tollgate",
+        "redis.sentinel.nodes={redis://sentinel-0.redis:26379,redis://sentinel-1.redis:26379}",
+        "redis.password=s3cret",
+    ];
     let renders = [
         ("default", render_default()),
         ("production", render_production(&[])),
         ("cluster", render(&[], &cluster, &[]).unwrap()),
         ("no redis", render(&[], &none, &[]).unwrap()),
+        ("sentinel", render(&[], &sentinel, &[]).unwrap()),
     ];
     for (what, r) in &renders {
         for workload in [
@@ -703,6 +710,32 @@ fn rendered_service_configs_pass_check_config() {
         cluster_config.contains("cluster_nodes:"),
         "{cluster_config}"
     );
+    // Sentinel: both stores name the master and the sentinels, nothing else.
+    for (configmap, file, at) in [
+        ("edge-tollgate-ratelimit", "ratelimit.yaml", &["store"][..]),
+        (
+            "edge-tollgate-authz",
+            "authz.yaml",
+            &["api_keys", "store"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(renders[4].1.file(configmap, file)).unwrap();
+        let cfg: Yaml = serde_yaml::from_str(&text).unwrap();
+        let store = at.iter().fold(&cfg, |v, k| &v[*k]);
+        assert_eq!(store["sentinel_master"], "tollgate", "{text}");
+        assert_eq!(
+            store["sentinel_nodes"][1], "redis://sentinel-1.redis:26379",
+            "{text}"
+        );
+        assert!(
+            store["url"].is_null() && store["cluster_nodes"].is_null(),
+            "{text}"
+        );
+    }
+    let Err(e) = render(&[], &["redis.mode=sentinel"], &[]) else {
+        panic!("sentinel mode without sentinels must be refused");
+    };
+    assert!(e.contains("sentinel"), "{e}");
 
     // The check has teeth: a limit with an unknown unit in the values is named by file and field.
     let dir = tempfile::tempdir().unwrap();
@@ -820,6 +853,45 @@ fn every_switch_renders_valid_manifests_envoy_and_service_configs() {
         err.contains("policy.identity_order: none of these identity methods is configured"),
         "{err}"
     );
+}
+
+#[test]
+fn the_memory_store_is_bounded_by_half_the_pods_memory_limit() {
+    let memory = [
+        "redis.mode=none",
+        "authz.replicas=1",
+        "ratelimit.replicas=1",
+        "authz.apiKeys.embedded.existingClaim=keys",
+    ];
+    let rendered = |extra: &[&str]| {
+        let sets: Vec<&str> = memory.iter().chain(extra).copied().collect();
+        render(&[], &sets, &[])
+    };
+    let max_bytes = |extra: &[&str]| -> Option<u64> {
+        let r = rendered(extra).unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        let file = r.file("edge-tollgate-ratelimit", "ratelimit.yaml");
+        let cfg: Yaml = serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert_eq!(cfg["store"]["type"], "memory");
+        cfg["store"]["max_bytes"].as_u64()
+    };
+    // The default pod limit is 256Mi.
+    assert_eq!(max_bytes(&[]), Some(128 << 20));
+    assert_eq!(
+        max_bytes(&["ratelimit.resources.limits.memory=1Gi"]),
+        Some(512 << 20)
+    );
+    assert_eq!(
+        max_bytes(&["ratelimit.resources.limits.memory=300M"]),
+        Some(150_000_000)
+    );
+    assert_eq!(
+        max_bytes(&["ratelimit.memoryStore.maxBytes=10485760"]),
+        Some(10 << 20)
+    );
+    let Err(e) = rendered(&["ratelimit.resources.limits.memory=1.5Gi"]) else {
+        panic!("a fractional quantity must be refused");
+    };
+    assert!(e.contains("not a whole memory quantity"), "{e}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! request_headers, remote_address, metadata from ext_authz) produces the descriptors the
 //! limits config limits, and the client sees 429 with the rate-limit headers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate_tests::echo::EchoUpstream;
 use tollgate_tests::envoy::{Backends, Envoy};
@@ -496,4 +496,59 @@ async fn replicas_sharing_redis_admit_exactly_the_limit_and_apply_the_failure_mo
             .await
             >= 1
     );
+}
+
+/// A frozen Redis costs nothing once the store's circuit breaker is open: with
+/// `failure_mode: deny` every call is answered 429 by the failure mode without waiting for
+/// Redis; once Redis thaws, counting resumes exactly where it stood (the calls answered
+/// meanwhile counted nothing, although Redis ran the ones it had been sent).
+#[tokio::test]
+async fn a_frozen_redis_trips_the_breaker_and_counting_resumes_exactly() {
+    let redis = RedisServer::start();
+    let limits = limits_dir();
+    let mut config = tollgate_ratelimit::Config::for_tests(limits.path());
+    config.limiter.store = serde_yaml::from_str(&format!(
+        "type: redis\nurl: {}\ntimeout: 200ms\nbreaker: {{after_failures: 3, probe_interval: 100ms}}",
+        redis.url()
+    ))
+    .unwrap();
+    config.limiter.failure_mode = serde_yaml::from_str("deny").unwrap();
+    let ratelimit = Ratelimit::start(config).await.unwrap();
+    let upstream = EchoUpstream::start().await;
+    let envoy = Envoy::start_with(
+        ENVOY,
+        Backends {
+            upstream: upstream.port(),
+            authz: free_port(),
+            ratelimit: ratelimit.grpc_port(),
+        },
+    )
+    .await
+    .unwrap();
+    let url = envoy.url("/generic");
+    // The first of 2 a minute (a call that failed while connecting counted nothing).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&url, None).await.status() != 200 {
+        assert!(Instant::now() < deadline, "Redis never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    redis.freeze();
+    let started = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(get(&url, None).await.status(), 429, "the failure mode");
+    }
+    // Waiting out the store's timeout on every call would take 10 s; with the breaker only
+    // the first three calls and the probes (one per interval) wait.
+    let frozen = started.elapsed();
+    assert!(frozen < Duration::from_secs(5), "50 calls took {frozen:?}");
+    redis.thaw();
+
+    // Back: the second of 2 is admitted, then the limit holds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&url, None).await.status() != 200 {
+        assert!(Instant::now() < deadline, "counting never resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&url, None).await.status(), 429, "exactly 2 a minute");
 }

@@ -1,0 +1,471 @@
+//! One pipelined connection to a standalone Redis (or the master Sentinel names), driven by its
+//! own task.
+//!
+//! Callers encode their command straight into the connection's output buffer (under a short
+//! lock) and wait for their reply; the driver task writes everything queued since its last
+//! write in one syscall, reads every reply that has arrived in one syscall, and hands them
+//! out in order. Under load, one write and one read carry many calls, on both sides of the
+//! socket: this is what keeps a call's CPU cost close to the in-memory store's.
+//!
+//! # Order, cancellation and the in-flight bound
+//! Replies come back in the order commands were written; each waiting caller holds a place in
+//! that queue, together with its in-flight permit. A caller that gives up before its command
+//! was written loses its place: the command is dropped from the output and its permit freed.
+//! A caller that gives up after its command was written leaves its place (and its permit)
+//! behind until the reply comes and is dropped: a late reply never reaches the wrong caller,
+//! and commands Redis has not answered count against `max_in_flight` until it does, so a hung
+//! Redis cannot pile them up without bound. (Such a late command changes nothing when Redis
+//! finally runs it: see [`super::deadline`].)
+//!
+//! # Failure and reconnecting
+//! - I/O errors, a reply that is not RESP, a reply nobody asked for, or `READONLY` (a demoted
+//!   master) close the connection: every waiting caller gets the reason at once, their
+//!   permits are freed, and the driver reconnects immediately. A Sentinel watcher that sees
+//!   the master move closes it too, but only once the commands already written are answered
+//!   (a call failed while Redis still counts it would count a hit nobody was told about).
+//! - A connection whose oldest waiting command has had no reply for `stall` (Redis hung,
+//!   a network path gone silent) is treated the same way.
+//! - A failed connect makes calls fail at once, with its reason, for a backoff (25 ms,
+//!   doubling up to 1 s) after which the driver tries again by itself. Calls made while a
+//!   connect is in progress wait for it (within their own timeout).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures::task::AtomicWaker;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
+use tollgate_common::log_throttle::LogThrottle;
+
+use super::super::StoreError;
+use super::deadline::RedisClock;
+use super::node::{Conn, Target};
+use super::resp::{Value, parse};
+
+type Reply = Result<Value, String>;
+
+/// Where the connection is.
+enum Phase {
+    /// Opening (or about to): calls queue and are sent once it is up.
+    Connecting,
+    /// Connected to this node.
+    Up(String),
+    /// The last connect failed: calls fail at once with the reason until the next attempt.
+    Down { reason: String },
+    /// The pipeline was dropped; the driver stops.
+    Closed,
+}
+
+/// A caller's place in the queue.
+struct Place {
+    since: Instant,
+    reply: oneshot::Sender<Reply>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+struct State {
+    phase: Phase,
+    /// Commands queued and not yet written, and where each one ends in `out`.
+    out: Vec<u8>,
+    unsent: VecDeque<(usize, Place)>,
+    /// Commands written and not yet answered, in wire order.
+    waiting: VecDeque<Place>,
+    /// Set to close the connection at the driver's next turn, with this reason.
+    drop_reason: Option<String>,
+}
+
+pub(super) struct Shared {
+    state: Mutex<State>,
+    /// Set (and the driver woken) when output is queued or the pipeline closes.
+    woken: AtomicBool,
+    driver: AtomicWaker,
+    clock: RedisClock,
+    /// Signalled when a connection came up (with a sample of Redis' clock) or failed to.
+    sampled: Notify,
+}
+
+impl Shared {
+    fn wake_driver(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.driver.wake();
+    }
+
+    /// Resolves once [`Shared::wake_driver`] was called since the last time it resolved.
+    async fn woken(&self) {
+        std::future::poll_fn(|cx| {
+            if self.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.driver.register(cx.waker());
+            if self.woken.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Fails every waiting caller with `reason`; `then` is the new phase (unless closed).
+    fn fail_all(&self, reason: &str, then: Phase) {
+        let (unsent, waiting) = {
+            let mut st = self.state.lock();
+            st.out.clear();
+            st.drop_reason = None;
+            if !matches!(st.phase, Phase::Closed) {
+                st.phase = then;
+            }
+            (
+                std::mem::take(&mut st.unsent),
+                std::mem::take(&mut st.waiting),
+            )
+        };
+        for p in unsent.into_iter().map(|(_, p)| p).chain(waiting) {
+            let _ = p.reply.send(Err(reason.to_owned()));
+        }
+    }
+
+    fn closed(&self) -> bool {
+        matches!(self.state.lock().phase, Phase::Closed)
+    }
+
+    /// The node the connection is up to.
+    pub(super) fn connected_to(&self) -> Option<String> {
+        match &self.state.lock().phase {
+            Phase::Up(node) => Some(node.clone()),
+            _ => None,
+        }
+    }
+
+    /// Closes the connection to `node` (if it is still the one in use) and reconnects.
+    pub(super) fn reconnect(&self, node: &str, reason: String) {
+        let mut st = self.state.lock();
+        if matches!(&st.phase, Phase::Up(n) if n == node) {
+            st.drop_reason = Some(reason);
+            drop(st);
+            self.wake_driver();
+        }
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Repeated connection losses log one line per interval, with a count.
+const LOST_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A pipelined connection to one standalone Redis; dropping it stops its driver task.
+pub(super) struct Pipeline {
+    shared: Arc<Shared>,
+}
+
+impl Pipeline {
+    /// Starts the driver task, which connects at once (and again whenever needed), and for
+    /// Sentinel the watcher. Must be called within a Tokio runtime. `stall`: see the module
+    /// docs.
+    pub(super) fn start(
+        target: Target,
+        name: &'static str,
+        connect_timeout: Duration,
+        stall: Duration,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                phase: Phase::Connecting,
+                out: Vec::with_capacity(16 * 1024),
+                unsent: VecDeque::new(),
+                waiting: VecDeque::new(),
+                drop_reason: None,
+            }),
+            woken: AtomicBool::new(false),
+            driver: AtomicWaker::new(),
+            clock: RedisClock::default(),
+            sampled: Notify::new(),
+        });
+        let target = Arc::new(target);
+        if matches!(*target, Target::Sentinel(_)) {
+            tokio::spawn(super::sentinel::watch(
+                Arc::downgrade(&shared),
+                target.clone(),
+            ));
+        }
+        tokio::spawn(drive(shared.clone(), target, name, connect_timeout, stall));
+        Self { shared }
+    }
+
+    /// The estimate of this connection's Redis clock.
+    pub(super) fn clock(&self) -> &RedisClock {
+        &self.shared.clock
+    }
+
+    /// Waits until there is a sample of Redis' clock (a connection was up), or fails with the
+    /// reason the connection could not be opened.
+    pub(super) async fn ready(&self) -> Result<(), StoreError> {
+        loop {
+            let notified = self.shared.sampled.notified();
+            if self.shared.clock.has_sample() {
+                return Ok(());
+            }
+            match &self.shared.state.lock().phase {
+                Phase::Down { reason } => return Err(StoreError::Unavailable(reason.clone())),
+                Phase::Closed => return Err(StoreError::Unavailable("redis: closed".into())),
+                Phase::Connecting | Phase::Up(_) => {}
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends one command (what `encode` writes: one RESP array) and returns its reply. An
+    /// error reply is a reply (`Ok(Value::Error)`); `Err` means no usable reply. `permit` is
+    /// held until the command is answered or dropped unsent.
+    pub(super) async fn request(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Value, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let wake = {
+            let mut st = self.shared.state.lock();
+            match &st.phase {
+                Phase::Down { reason } => return Err(StoreError::Unavailable(reason.clone())),
+                Phase::Closed => return Err(StoreError::Unavailable("redis: closed".into())),
+                Phase::Connecting | Phase::Up(_) => {}
+            }
+            let was_empty = st.out.is_empty();
+            encode(&mut st.out);
+            let end = st.out.len();
+            st.unsent.push_back((
+                end,
+                Place {
+                    since: Instant::now(),
+                    reply: tx,
+                    _permit: permit,
+                },
+            ));
+            was_empty
+        };
+        if wake {
+            self.shared.wake_driver();
+        }
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(reason)) => Err(StoreError::Unavailable(reason)),
+            Err(_) => Err(StoreError::Unavailable("redis: connection lost".into())),
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shared.state.lock().phase = Phase::Closed;
+        self.shared.wake_driver();
+    }
+}
+
+/// The driver: connect, serve until the connection breaks, fail the waiting, repeat.
+async fn drive(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    name: &'static str,
+    connect_timeout: Duration,
+    stall: Duration,
+) {
+    let lost = LogThrottle::new(LOST_LOG_EVERY);
+    let mut delay = FIRST_BACKOFF;
+    let mut last_node: Option<String> = None;
+    loop {
+        if shared.closed() {
+            shared.fail_all("redis: closed", Phase::Closed);
+            return;
+        }
+        let attempt = tokio::time::timeout(connect_timeout, target.open(name)).await;
+        let reason = match attempt {
+            Ok(Ok(opened)) => {
+                delay = FIRST_BACKOFF;
+                if last_node.as_deref() != Some(opened.node.as_str()) {
+                    // Another node, another clock.
+                    shared.clock.reset();
+                }
+                shared.clock.observe(opened.clock.0, opened.clock.1);
+                shared.sampled.notify_waiters();
+                {
+                    let mut st = shared.state.lock();
+                    if matches!(st.phase, Phase::Closed) {
+                        continue;
+                    }
+                    st.phase = Phase::Up(opened.node.clone());
+                }
+                last_node = Some(opened.node.clone());
+                let why = serve(&shared, opened.conn, stall).await;
+                if !shared.closed()
+                    && let Some(times) = lost.allow()
+                {
+                    tracing::warn!(redis = %opened.node, reason = %why, times, "redis connection lost; reconnecting");
+                }
+                // Reconnect at once; calls in the meantime wait for it.
+                shared.fail_all(&why, Phase::Connecting);
+                continue;
+            }
+            Ok(Err(reason)) => reason,
+            Err(_) => format!(
+                "connecting to {} timed out after {connect_timeout:?}",
+                target.describe()
+            ),
+        };
+        tracing::debug!(redis = %target.describe(), %reason, retry_in = ?delay, "redis connect failed");
+        shared.fail_all(
+            &reason,
+            Phase::Down {
+                reason: reason.clone(),
+            },
+        );
+        shared.sampled.notify_waiters();
+        // Calls fail fast meanwhile; dropping the pipeline ends the wait early.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.woken() => {}
+        }
+        delay = (delay * 2).min(MAX_BACKOFF);
+        let mut st = shared.state.lock();
+        if matches!(st.phase, Phase::Down { .. }) {
+            st.phase = Phase::Connecting;
+        }
+    }
+}
+
+/// Moves the queued commands into `wbuf` and their places into the waiting queue, leaving
+/// out those whose caller has gone (so they are never written).
+fn take_output(st: &mut State, wbuf: &mut Vec<u8>) {
+    if st.unsent.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    if st.unsent.iter().all(|(_, p)| !p.reply.is_closed()) {
+        std::mem::swap(&mut st.out, wbuf);
+        for (_, mut p) in st.unsent.drain(..) {
+            p.since = now;
+            st.waiting.push_back(p);
+        }
+        return;
+    }
+    let mut start = 0;
+    for (end, mut p) in std::mem::take(&mut st.unsent) {
+        if !p.reply.is_closed() {
+            wbuf.extend_from_slice(&st.out[start..end]);
+            p.since = now;
+            st.waiting.push_back(p);
+        }
+        start = end;
+    }
+    st.out.clear();
+}
+
+/// Writes what callers queue and hands out replies, until the connection fails or the
+/// pipeline closes; returns why.
+async fn serve(shared: &Shared, mut conn: Conn, stall: Duration) -> String {
+    let mut wbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut check = tokio::time::interval(stall / 2);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when the connection is to be closed on purpose (the master moved): nothing more is
+    // written, and the replies of what was are read first. Dropping a written command's reply
+    // would fail a call that Redis may still count.
+    let mut closing: Option<String> = None;
+    loop {
+        {
+            let mut st = shared.state.lock();
+            if matches!(st.phase, Phase::Closed) {
+                return "redis: closed".into();
+            }
+            if let Some(why) = st.drop_reason.take() {
+                closing = Some(why);
+            }
+            if let Some(why) = &closing {
+                if st.waiting.is_empty() {
+                    return why.clone();
+                }
+            } else {
+                take_output(&mut st, &mut wbuf);
+            }
+        }
+        if !wbuf.is_empty() {
+            // A peer that stops reading must not hold the driver (and every caller) forever.
+            match tokio::time::timeout(stall, conn.io.write_all(&wbuf)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return format!("redis: writing: {e}"),
+                Err(_) => return format!("redis: could not write for {stall:?}"),
+            }
+            wbuf.clear();
+            if wbuf.capacity() > 1 << 20 {
+                wbuf.shrink_to(16 * 1024);
+            }
+        }
+        if conn.rbuf.capacity() - conn.rbuf.len() < 1024 {
+            conn.rbuf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            biased;
+            read = conn.io.read_buf(&mut conn.rbuf) => match read {
+                Ok(0) => return "redis closed the connection".into(),
+                Ok(_) => {
+                    if let Err(why) = deliver(shared, &mut conn.rbuf) {
+                        return why;
+                    }
+                }
+                Err(e) => return format!("redis: reading: {e}"),
+            },
+            _ = shared.woken() => {
+                // Let every other task that is ready now queue its command first, so one
+                // write carries them all (a woken task would otherwise run right away).
+                tokio::task::yield_now().await;
+            }
+            _ = check.tick() => {
+                let st = shared.state.lock();
+                if let Some(p) = st.waiting.front()
+                    && p.since.elapsed() > stall
+                {
+                    return format!("redis: no reply for {stall:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Hands every complete reply in `rbuf` to its caller, in order, and drops those bytes.
+fn deliver(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<(), String> {
+    let mut used = 0;
+    let mut replies = Vec::new();
+    loop {
+        match parse(&rbuf[used..]) {
+            Ok(Some((v, n))) => {
+                replies.push(v);
+                used += n;
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("bad reply from redis: {e}")),
+        }
+    }
+    rbuf.drain(..used);
+    if replies.is_empty() {
+        return Ok(());
+    }
+    let demoted = replies
+        .iter()
+        .any(|v| matches!(v, Value::Error(e) if e.starts_with("READONLY")));
+    let takers: Vec<Place> = {
+        let mut st = shared.state.lock();
+        if replies.len() > st.waiting.len() {
+            return Err("redis sent a reply nobody asked for".into());
+        }
+        st.waiting.drain(..replies.len()).collect()
+    };
+    for (p, v) in takers.into_iter().zip(replies) {
+        let _ = p.reply.send(Ok(v));
+    }
+    if demoted {
+        return Err("redis: the node is read-only (a demoted master)".into());
+    }
+    Ok(())
+}

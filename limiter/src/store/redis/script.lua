@@ -1,0 +1,276 @@
+-- Tollgate rate-limit script, counter layout 2: evaluates every hit of one request atomically,
+-- in one round trip. A line-by-line mirror of limiter/src/algorithm.rs (keep them in step).
+-- Time is the caller's clock in microseconds, so every replica's script agrees within their
+-- clock skew; Redis' own clock is read only to refuse a call whose caller has given up.
+--
+-- KEYS: one per hit (duplicates allowed: a later hit sees the earlier one's count).
+-- ARGV: mode (0 = hit, 1 = refund hits counted at the same now), now_us, deadline_us (Redis'
+--       clock; 0 = none), then per key: algorithm (0 sliding, 1 fixed, 2/3 meter), limit,
+--       window_us, capacity, cost, shadow.
+-- Reply: Redis' clock (µs) first; then, mode 0, per key: admitted (0/1), remaining,
+--        reset_after_us, retry_after_us (-1 = none). A call that runs after its deadline
+--        changes nothing and replies with the clock alone.
+--
+-- Values: one string per counter, a format byte then little-endian doubles (exact below 2^53;
+-- every quantity stays below 2^52, see Rule::check):
+--   'F' window, count                      fixed_window
+--   'S' newest, count[1..13]               sliding_window; ring slot of sub-window i: i % 13 + 1
+--   'M' tat_us, frac                       meters; TAT = tat_us + frac/limit µs
+-- A reader meeting another format byte treats the counter as empty; a later layout adds its own
+-- byte and reads these. Every key expires (PX) when it can no longer matter.
+--
+-- No function is defined here: the body runs once per call, and closures would be allocated on
+-- every call.
+local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
+local RING = K + D + 1
+local FIXED, SLIDING, METER = 70, 83, 77
+local SFMT = '<Bd' .. string.rep('d', RING)
+local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
+local pack, unpack_, byte = struct.pack, struct.unpack, string.byte
+
+local mode, now, deadline = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.replicate_commands then
+  redis.replicate_commands() -- Redis 5/6: writes after TIME are replicated as effects
+end
+local clock = redis.call('TIME')
+local rnow = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+if deadline > 0 and rnow > deadline then
+  return { rnow }
+end
+local n = #KEYS
+
+if mode == 1 then
+  -- Undo hits counted by an earlier call with the same now (Redis Cluster: another slot of the
+  -- same request rejected it). Never below empty; the key keeps its expiry.
+  for i = 1, n do
+    local a = 4 + (i - 1) * 6
+    local key, alg = KEYS[i], tonumber(ARGV[a])
+    local L, W, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
+    local v = redis.call('GET', key)
+    if cost > 0 and v then
+      local f = byte(v, 1)
+      if alg == 0 and f == SLIDING then
+        local c = { unpack_(SFMT, v) }
+        local top, cur = c[2], floor(now / floor((W + K - 1) / K))
+        if cur <= top and top - cur < RING then
+          local s = cur % RING + 3
+          c[s] = max(c[s] - cost, 0)
+          redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'KEEPTTL')
+        end
+      elseif alg == 1 and f == FIXED then
+        local _, w, c = unpack_('<Bdd', v)
+        if w == floor(now / W) then
+          redis.call('SET', key, pack('<Bdd', FIXED, w, max(c - cost, 0)), 'KEEPTTL')
+        end
+      elseif alg >= 2 and f == METER then
+        local _, t, fr = unpack_('<Bdd', v)
+        local d = (t - now) * L + fr - cost * W
+        if d <= 0 then
+          redis.call('DEL', key)
+        else
+          local q = floor(d / L)
+          redis.call('SET', key, pack('<Bdd', METER, now + q, d - q * L), 'KEEPTTL')
+        end
+      end
+    end
+  end
+  return { rnow }
+end
+
+-- Per hit: the stored state of its key (a = window / newest / tat, b = count / frac, r =
+-- sliding ring; absent when empty), kept at the key's first hit; the state after the hit
+-- (na, nb, nr) and its expiry, when counted.
+local sa, sb, sr, na, nb, nr, exp, first = {}, {}, {}, {}, {}, {}, {}, {}
+local res = { rnow }
+local rejected = false
+for pass = 1, 2 do
+  for i = 1, n do
+    local a = 4 + (i - 1) * 6
+    local key, alg = KEYS[i], tonumber(ARGV[a])
+    -- Pass 2 (the request was rejected): counted hits report their counter as stored.
+    if pass == 1 or na[i] then
+      local L, W, C = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+      local cost, shadow = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
+      local A, B, R
+      if pass == 1 then
+        -- A key hit again in one request starts from its latest counted hit.
+        local f0, latest = i, nil
+        for j = i - 1, 1, -1 do
+          if KEYS[j] == key then
+            f0 = j
+            if latest == nil and na[j] then latest = j end
+          end
+        end
+        first[i] = f0
+        if f0 == i then
+          local v = redis.call('GET', key)
+          local f = v and byte(v, 1)
+          if alg == 0 and f == SLIDING then
+            local c = { unpack_(SFMT, v) }
+            sa[i], sr[i] = c[2], { unpack(c, 3, RING + 2) }
+          elseif (alg == 1 and f == FIXED) or (alg >= 2 and f == METER) then
+            local _, x, y = unpack_('<Bdd', v)
+            sa[i], sb[i] = x, y
+          end
+        end
+        if latest then
+          A, B, R = na[latest], nb[latest], nr[latest]
+        else
+          A, B, R = sa[f0], sb[f0], sr[f0]
+        end
+      else
+        cost = 0
+        local f0 = first[i]
+        A, B, R = sa[f0], sb[f0], sr[f0]
+      end
+      local adm, rem, reset, retry, xa, xb, xr, xexp
+      if alg == 1 then
+        -- fixed_window
+        local w = floor(now / W)
+        local count = 0
+        if A and A > w then
+          -- The counter is already in a later window (this caller's clock lags): check only.
+          adm = cost == 0 and B <= L
+          rem, reset, retry = max(L - B, 0), (A + 1) * W - now, -1
+          if cost > 0 then retry = max(A * W - now, 1) end
+        else
+          if A == w then count = B end
+          adm = count + cost <= L
+          local after = count
+          if adm then after = count + cost end
+          local wend = (w + 1) * W
+          retry = -1
+          if not adm then
+            if cost > L then retry = W else retry = wend - now end
+          end
+          rem, reset = max(L - after, 0), 0
+          if after > 0 then reset = wend - now end
+          xa, xb, xexp = w, after, wend
+        end
+      elseif alg == 0 then
+        -- sliding_window
+        local b = floor((W + K - 1) / K)
+        local cur = floor(now / b)
+        local top = A or cur
+        local c = {}
+        for s = 1, RING do c[s] = R and R[s] or 0 end
+        if cur > top then
+          -- Sub-windows that slid out are reused for the new ones.
+          for s = top + 1, top + min(cur - top, RING) do c[s % RING + 1] = 0 end
+          top = cur
+        end
+        local held = max(top - K - D, 0)
+        if cur + D < top then
+          -- This caller's clock lags the newest writer's beyond what is kept: check only.
+          local counted, newest = 0, nil
+          for s = 1, RING do counted = counted + c[s] end
+          for idx = top, held, -1 do
+            if c[idx % RING + 1] > 0 then newest = idx break end
+          end
+          adm = cost == 0 and counted <= L
+          rem, reset, retry = max(L - counted, 0), 0, -1
+          if newest then reset = max((newest + K + 1) * b - now, 0) end
+          if cost > 0 then retry = max((top - D) * b - now, 1) end
+        else
+          local from = max(cur - K, 0)
+          local counted = 0
+          for idx = from, top do counted = counted + c[idx % RING + 1] end
+          adm = counted + cost <= L
+          local after = counted
+          retry = -1
+          if not adm then
+            retry = W
+            if cost <= L then
+              local need, freed = counted + cost - L, 0
+              for idx = from, top do
+                freed = freed + c[idx % RING + 1]
+                if freed >= need then
+                  retry = max((idx + K + 1) * b - now, 0)
+                  break
+                end
+              end
+            end
+          elseif cost > 0 then
+            after = counted + cost
+            c[cur % RING + 1] = c[cur % RING + 1] + cost
+          end
+          rem, reset = max(L - after, 0), 0
+          local newest = nil
+          for idx = top, from, -1 do
+            if c[idx % RING + 1] > 0 then newest = idx break end
+          end
+          if newest then reset = max((newest + K + 1) * b - now, 0) end
+          local kept = nil
+          for idx = top, held, -1 do
+            if c[idx % RING + 1] > 0 then kept = idx break end
+          end
+          xa, xr, xexp = top, c, now
+          if kept then xexp = (kept + K + 1 + D) * b end
+        end
+      else
+        -- token_bucket and gcra: the exact meter
+        local bu, bf = now, 0
+        if A and (A > now or (A == now and B > 0)) then bu, bf = A, B end
+        local dist = (bu - now) * L + bf
+        local full = C * W
+        local newdist = dist + cost * W
+        adm = cost <= C and newdist <= full
+        local after = dist
+        if adm then after = newdist end
+        retry = -1
+        if not adm then
+          if cost > C then retry = W else retry = ceil((newdist - full) / L) end
+        end
+        reset = ceil(after / L)
+        rem = floor(max(full - after, 0) / W)
+        if adm and cost > 0 then
+          local q1 = floor(W / L)
+          local f = bf + cost * (W - q1 * L)
+          local carry = floor(f / L)
+          xa, xb = bu + cost * q1 + carry, f - carry * L
+        end
+        xexp = now + reset
+      end
+      if pass == 1 then
+        if adm and cost > 0 then
+          na[i], nb[i], nr[i], exp[i] = xa, xb, xr, xexp
+        elseif not adm and not shadow then
+          rejected = true
+        end
+        res[4 * i - 2] = adm and 1 or 0
+        res[4 * i - 1] = rem
+        res[4 * i] = reset
+        res[4 * i + 1] = retry
+      else
+        res[4 * i - 1] = rem
+        res[4 * i] = reset
+      end
+    end
+  end
+  if not rejected then break end
+end
+if rejected then
+  return res
+end
+
+-- Commit: one SET per key, with the state after its last counted hit.
+for i = 1, n do
+  if na[i] then
+    local key, last = KEYS[i], true
+    for j = i + 1, n do
+      if KEYS[j] == key and na[j] then last = false break end
+    end
+    if last then
+      local alg, v = tonumber(ARGV[4 + (i - 1) * 6]), nil
+      if alg == 0 then
+        v = pack(SFMT, SLIDING, na[i], unpack(nr[i], 1, RING))
+      elseif alg == 1 then
+        v = pack('<Bdd', FIXED, na[i], nb[i])
+      else
+        v = pack('<Bdd', METER, na[i], nb[i])
+      end
+      redis.call('SET', key, v, 'PX', max(ceil((exp[i] - now) / 1000), 1))
+    end
+  end
+end
+return res
