@@ -528,6 +528,22 @@ mod tests {
     }
 
     #[test]
+    fn cel_errors_name_file_line_and_expression() {
+        let e = load_str(
+            "api_keys:\n  store: {type: embedded, path: /tmp/tollgate-cel-test.redb}\npolicy:\n  rules:\n    - name: a\n      conditions:\n        - cel: request.method ==\n    - name: b\n      conditions:\n        - scope: x\n        - cel: 'user.name == \"x\"'\n        - cel: claims.org == 'acme'\n          scope: y\n",
+        )
+        .unwrap_err();
+        for want in [
+            "authz.yaml:7: policy.rules[0].conditions[0].cel: syntax error at line 1 column",
+            "in `request.method ==`",
+            "authz.yaml:11: policy.rules[1].conditions[1].cel: unknown variable `user` (known: request, identity, claims), in `user.name == \"x\"`",
+            "authz.yaml:12: policy.rules[1].conditions[2]: a `cel` condition takes no",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in\n{e}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let e = load_str("jwt:\n  isuers: []\n").unwrap_err();
         assert!(e.contains("isuers"), "{e}");

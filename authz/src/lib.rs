@@ -62,7 +62,7 @@ pub enum Error {
     #[error("introspection: {0}")]
     Introspection(#[from] IntrospectionSetupError),
     #[error("policy: {0}")]
-    Policy(#[from] regex::Error),
+    Policy(#[from] policy::CompileError),
     #[error("HTTP client: {0}")]
     Http(String),
     #[error("admin API: {0}")]

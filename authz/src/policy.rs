@@ -2,10 +2,17 @@
 //! methods a route accepts and the conditions (scopes, claims) the caller must meet, or marking
 //! the route public.
 //!
-//! Rules are compiled once (regexes included) from [`PolicyConfig`]; matching is pure and
-//! allocation-free so that it can run on every Check.
+//! Rules are compiled once (regexes and CEL expressions included) from [`PolicyConfig`];
+//! matching is pure and allocation-free so that it can run on every Check.
+//!
+//! # Layout
+//! - this file: the config, its validation, the compiled rules and their matching;
+//! - `cel`: CEL conditions (`conditions: [{cel: ...}]`), compiled and bounded.
+
+pub mod cel;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::Deserialize;
@@ -96,13 +103,17 @@ pub struct PathMatchConfig {
     pub regex: Option<String>,
 }
 
-/// A condition on the caller's identity; exactly one of `scope` or `claim` (with one operator).
+/// A condition on the caller's identity (and, for `cel`, the request); exactly one of `scope`,
+/// `claim` (with one operator) or `cel`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionConfig {
     /// The identity must carry this scope.
     #[serde(default)]
     pub scope: Option<String>,
+    /// A CEL expression over `request`, `identity` and `claims` that must give `true`.
+    #[serde(default)]
+    pub cel: Option<String>,
     /// Dotted path into the token claims (`realm_access.roles`). `subject`, `tenant` and
     /// `plan` always name the identity's own fields (what its headers carry), never a raw
     /// claim of that name.
@@ -200,6 +211,17 @@ impl Validate for PolicyConfig {
                     .iter()
                     .filter(|b| **b)
                     .count();
+                if let Some(expr) = &c.cel {
+                    if c.scope.is_some() || c.claim.is_some() || ops != 0 {
+                        errors.push(
+                            at,
+                            "a `cel` condition takes no `scope`, `claim` or operator",
+                        );
+                    } else if let Err(e) = cel::CelCondition::compile(expr) {
+                        errors.push(join(&at, "cel"), format!("{e}, in `{}`", excerpt(expr)));
+                    }
+                    continue;
+                }
                 match (&c.scope, &c.claim) {
                     (Some(s), None) if ops == 0 => {
                         if s.is_empty() || s.contains(' ') {
@@ -224,10 +246,19 @@ impl Validate for PolicyConfig {
                     (None, Some(_)) => {
                         errors.push(at, "a `claim` condition takes exactly one of `equals`, `contains`, `one_of`");
                     }
-                    _ => errors.push(at, "expected exactly one of `scope` or `claim`"),
+                    _ => errors.push(at, "expected exactly one of `scope`, `claim` or `cel`"),
                 }
             }
         }
+    }
+}
+
+/// An expression as an error quotes it: on one line, and not longer than a line.
+fn excerpt(expr: &str) -> String {
+    let one_line = expr.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &one_line[..i]),
+        None => one_line,
     }
 }
 
@@ -315,6 +346,7 @@ enum PathMatch {
 pub enum Condition {
     Scope(String),
     Claim { path: Vec<String>, op: ClaimOp },
+    Cel(Arc<cel::CelCondition>),
 }
 
 #[derive(Debug, Clone)]
@@ -331,9 +363,18 @@ pub enum Unmet<'a> {
     Claim,
 }
 
+/// Why a policy does not compile (validation reports each of these first, with its field).
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("invalid path regex: {0}")]
+    Regex(#[from] regex::Error),
+    #[error("invalid CEL condition: {0}")]
+    Cel(#[from] cel::CompileError),
+}
+
 impl Policy {
     /// Compiles a validated config; `configured` are the identity methods the service has.
-    pub fn compile(cfg: &PolicyConfig, configured: &[Method]) -> Result<Policy, regex::Error> {
+    pub fn compile(cfg: &PolicyConfig, configured: &[Method]) -> Result<Policy, CompileError> {
         let order: Vec<Method> = cfg
             .identity_order
             .iter()
@@ -380,7 +421,11 @@ impl Policy {
                 methods: r.methods.clone(),
                 public: r.public,
                 identity,
-                conditions: r.conditions.iter().map(compile_condition).collect(),
+                conditions: r
+                    .conditions
+                    .iter()
+                    .map(compile_condition)
+                    .collect::<Result<_, _>>()?,
             });
             by_name.insert(r.name.clone(), i);
         }
@@ -421,9 +466,12 @@ impl Policy {
     }
 }
 
-fn compile_condition(c: &ConditionConfig) -> Condition {
+fn compile_condition(c: &ConditionConfig) -> Result<Condition, cel::CompileError> {
     if let Some(s) = &c.scope {
-        return Condition::Scope(s.clone());
+        return Ok(Condition::Scope(s.clone()));
+    }
+    if let Some(e) = &c.cel {
+        return Ok(Condition::Cel(Arc::new(cel::CelCondition::compile(e)?)));
     }
     let path = c
         .claim
@@ -439,7 +487,7 @@ fn compile_condition(c: &ConditionConfig) -> Condition {
     } else {
         ClaimOp::OneOf(c.one_of.clone().unwrap_or_default())
     };
-    Condition::Claim { path, op }
+    Ok(Condition::Claim { path, op })
 }
 
 impl Rule {
@@ -469,8 +517,19 @@ impl Rule {
         })
     }
 
-    /// The first condition the identity does not meet.
+    /// The first condition the identity does not meet, without the request: a CEL condition
+    /// is unmet.
     pub fn unmet<'a>(&'a self, id: &Identity, extra_scopes: &'a [&'a str]) -> Option<Unmet<'a>> {
+        self.unmet_on(id, extra_scopes, None)
+    }
+
+    /// The first condition the identity (and the request, for CEL conditions) does not meet.
+    pub fn unmet_on<'a>(
+        &'a self,
+        id: &Identity,
+        extra_scopes: &'a [&'a str],
+        facts: Option<&cel::Facts<'_>>,
+    ) -> Option<Unmet<'a>> {
         for s in extra_scopes {
             if !id.has_scope(s) {
                 return Some(Unmet::Scope(s));
@@ -486,6 +545,20 @@ impl Rule {
                 Condition::Claim { path, op } => {
                     if !claim_holds(id, path, op) {
                         return Some(Unmet::Claim);
+                    }
+                }
+                Condition::Cel(c) => {
+                    let Some(facts) = facts else {
+                        return Some(Unmet::Claim);
+                    };
+                    match c.eval(facts, id) {
+                        Ok(true) => {}
+                        Ok(false) => return Some(Unmet::Claim),
+                        Err(e) => {
+                            // The kind only: the error itself may quote a header or a claim.
+                            tracing::warn!(rule = %self.name, error = e.kind(), "a CEL condition did not evaluate to a bool; denying");
+                            return Some(Unmet::Claim);
+                        }
                     }
                 }
             }

@@ -47,6 +47,8 @@ pub struct Identity {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// When the credential stops being valid, if it says.
     pub expires_at: Option<SystemTime>,
+    /// The client certificate, for an `mtls` identity.
+    pub cert: Option<std::sync::Arc<PeerCert>>,
 }
 
 impl Identity {
@@ -62,6 +64,7 @@ impl Identity {
             scopes: Vec::new(),
             claims: serde_json::Map::new(),
             expires_at: None,
+            cert: None,
         }
     }
 
@@ -69,6 +72,22 @@ impl Identity {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
     }
+}
+
+/// What an identity carries of the client certificate (see `mtls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The subject DN, RFC 4514 form (`CN=web, O=Acme`).
+    pub subject: String,
+    /// The proxy's name for the peer (Envoy: the first URI SAN, else DNS SAN, else subject).
+    pub principal: String,
+    pub dns: Vec<String>,
+    pub uris: Vec<String>,
+    pub emails: Vec<String>,
+    /// The URI SAN with the `spiffe://` scheme.
+    pub spiffe_id: Option<String>,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
 }
 
 pub mod cache;
