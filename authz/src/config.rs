@@ -13,6 +13,7 @@ use crate::apikey::{ApiKeysConfig, KeyStoreConfig};
 use crate::identity::Method;
 use crate::identity::introspection::IntrospectionConfig;
 use crate::identity::jwt::JwtConfig;
+use crate::identity::mtls::MtlsConfig;
 use crate::policy::{PolicyConfig, check_methods_configured};
 
 /// Default gRPC port (Envoy's ext_authz cluster points here).
@@ -40,6 +41,9 @@ pub struct Config {
     /// Opaque tokens by RFC 7662 introspection; absent disables `introspection`.
     #[serde(default)]
     pub introspection: Option<IntrospectionConfig>,
+    /// Client certificates the proxy verified; absent disables `mtls`.
+    #[serde(default)]
+    pub mtls: Option<MtlsConfig>,
     /// API keys; absent disables `api_key`.
     #[serde(default)]
     pub api_keys: Option<ApiKeysConfig>,
@@ -58,6 +62,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             jwt: None,
             introspection: None,
+            mtls: None,
             api_keys: None,
             admin: None,
             headers: HeadersConfig::default(),
@@ -77,6 +82,9 @@ impl Config {
         }
         if self.api_keys.is_some() {
             m.push(Method::ApiKey);
+        }
+        if self.mtls.is_some() {
+            m.push(Method::Mtls);
         }
         m
     }
@@ -105,6 +113,9 @@ impl Validate for Config {
         }
         if let Some(i) = &self.introspection {
             i.validate(&join(at, "introspection"), errors);
+        }
+        if let Some(m) = &self.mtls {
+            m.validate(&join(at, "mtls"), errors);
         }
         if let Some(k) = &self.api_keys {
             k.validate(&join(at, "api_keys"), errors);

@@ -53,6 +53,7 @@ use apikey::{ApiKeys, KeyStoreError};
 use identity::introspection::{IntrospectionSetupError, Introspector};
 use identity::jwks::JwksError;
 use identity::jwt::JwtVerifier;
+use identity::mtls::MtlsVerifier;
 
 /// The gRPC health service name reporting this service's readiness.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -152,17 +153,30 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
             check::ApiKeySource {
                 header: cfg.header.clone(),
                 query_param: cfg.query_param.clone(),
+                cookie: cfg.cookie.clone(),
             },
         )),
         _ => None,
     };
-    let authorizer = Arc::new(Authorizer::new(
-        policy,
-        jwt,
-        introspection,
-        keys_for_check,
-        &config.headers,
-    ));
+    let authorizer = Arc::new(
+        Authorizer::new(policy, jwt, introspection, keys_for_check, &config.headers)
+            .with_credentials(
+                &check::BearerSources {
+                    issuers: config
+                        .jwt
+                        .iter()
+                        .flat_map(|j| &j.issuers)
+                        .map(|i| (i.issuer.clone(), i.sources()))
+                        .collect(),
+                    introspection: config.introspection.is_some(),
+                },
+                config
+                    .mtls
+                    .as_ref()
+                    .map(|m| MtlsVerifier::new(m.clone(), clock.clone())),
+            )
+            .with_clock(clock),
+    );
     Ok(Built {
         authorizer,
         api_keys,

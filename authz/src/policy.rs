@@ -362,6 +362,10 @@ pub enum ClaimOp {
 pub enum Unmet<'a> {
     Scope(&'a str),
     Claim,
+    /// A CEL condition gave `false`.
+    Cel,
+    /// A CEL condition could not give `true` or `false` (it denies all the same).
+    CelError(cel::EvalError),
 }
 
 /// Why a policy does not compile (validation reports each of these first, with its field).
@@ -518,18 +522,12 @@ impl Rule {
         })
     }
 
-    /// The first condition the identity does not meet, without the request: a CEL condition
-    /// is unmet.
-    pub fn unmet<'a>(&'a self, id: &Identity, extra_scopes: &'a [&'a str]) -> Option<Unmet<'a>> {
-        self.unmet_on(id, extra_scopes, None)
-    }
-
     /// The first condition the identity (and the request, for CEL conditions) does not meet.
-    pub fn unmet_on<'a>(
+    pub fn unmet<'a>(
         &'a self,
         id: &Identity,
         extra_scopes: &'a [&'a str],
-        facts: Option<&cel::Facts<'_>>,
+        facts: &cel::Facts<'_>,
     ) -> Option<Unmet<'a>> {
         for s in extra_scopes {
             if !id.has_scope(s) {
@@ -549,16 +547,13 @@ impl Rule {
                     }
                 }
                 Condition::Cel(c) => {
-                    let Some(facts) = facts else {
-                        return Some(Unmet::Claim);
-                    };
                     match c.eval(facts, id) {
                         Ok(true) => {}
-                        Ok(false) => return Some(Unmet::Claim),
+                        Ok(false) => return Some(Unmet::Cel),
                         Err(e) => {
                             // The kind only: the error itself may quote a header or a claim.
                             tracing::warn!(rule = %self.name, error = e.kind(), "a CEL condition did not evaluate to a bool; denying");
-                            return Some(Unmet::Claim);
+                            return Some(Unmet::CelError(e));
                         }
                     }
                 }
@@ -570,7 +565,7 @@ impl Rule {
 
 /// A `Host` as the rules compare it: without a port (but not from inside a bracketed IPv6
 /// literal) and without the trailing dot of a fully qualified name, which name the same host.
-fn bare_host(host: &str) -> &str {
+pub(crate) fn bare_host(host: &str) -> &str {
     let host = match host.rfind(':') {
         Some(i) if !host[i..].contains(']') => &host[..i],
         _ => host,
@@ -633,6 +628,22 @@ fn claim_holds(id: &Identity, path: &[String], op: &ClaimOp) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn no_headers(_: &str) -> Option<&'static str> {
+        None
+    }
+
+    fn facts() -> cel::Facts<'static> {
+        cel::Facts {
+            method: "GET",
+            host: "h",
+            path: "/",
+            query: "",
+            source: None,
+            now: std::time::SystemTime::UNIX_EPOCH,
+            headers: &no_headers,
+        }
+    }
 
     fn policy(yaml: &str) -> Policy {
         let cfg: PolicyConfig = serde_yaml::from_str(yaml).unwrap();
@@ -750,15 +761,15 @@ rules:
             .unwrap()
             .clone();
         assert_eq!(
-            rule.unmet(&id, &[]),
+            rule.unmet(&id, &[], &facts()),
             Some(Unmet::Claim),
             "the raw `tenant` claim is not the tenant the upstream is told"
         );
         id.tenant = Some("acme".into());
         id.subject = "mallory".into();
-        assert_eq!(rule.unmet(&id, &[]), Some(Unmet::Claim));
+        assert_eq!(rule.unmet(&id, &[], &facts()), Some(Unmet::Claim));
         id.subject = "alice".into();
-        assert_eq!(rule.unmet(&id, &[]), None);
+        assert_eq!(rule.unmet(&id, &[], &facts()), None);
 
         let cfg: PolicyConfig = serde_yaml::from_str(
             "rules:\n  - name: a\n    conditions:\n      - claim: tenant.id\n        equals: x\n",
@@ -794,12 +805,15 @@ rules:
         let p = policy(P);
         let admin = p.by_name("admin").unwrap();
         let mut id = Identity::new(Method::ApiKey, "u");
-        assert_eq!(admin.unmet(&id, &[]), Some(Unmet::Scope("admin")));
+        assert_eq!(admin.unmet(&id, &[], &facts()), Some(Unmet::Scope("admin")));
         id.scopes = vec!["admin".into()];
-        assert_eq!(admin.unmet(&id, &[]), Some(Unmet::Claim));
+        assert_eq!(admin.unmet(&id, &[], &facts()), Some(Unmet::Claim));
         id.tenant = Some("acme".into());
-        assert_eq!(admin.unmet(&id, &[]), None);
-        assert_eq!(admin.unmet(&id, &["write"]), Some(Unmet::Scope("write")));
+        assert_eq!(admin.unmet(&id, &[], &facts()), None);
+        assert_eq!(
+            admin.unmet(&id, &["write"], &facts()),
+            Some(Unmet::Scope("write"))
+        );
 
         let api = p.by_name("api").unwrap();
         let mut id = Identity::new(Method::Jwt, "u");
@@ -807,18 +821,18 @@ rules:
             .as_object()
             .unwrap()
             .clone();
-        assert_eq!(api.unmet(&id, &[]), None);
+        assert_eq!(api.unmet(&id, &[], &facts()), None);
         id.claims = json!({"groups": "dev ops", "org": {"tier": "bronze"}})
             .as_object()
             .unwrap()
             .clone();
-        assert_eq!(api.unmet(&id, &[]), Some(Unmet::Claim));
+        assert_eq!(api.unmet(&id, &[], &facts()), Some(Unmet::Claim));
         id.claims = json!({"groups": "devops", "org": {"tier": "gold"}})
             .as_object()
             .unwrap()
             .clone();
         assert_eq!(
-            api.unmet(&id, &[]),
+            api.unmet(&id, &[], &facts()),
             Some(Unmet::Claim),
             "contains is per word, not substring"
         );

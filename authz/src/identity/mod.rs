@@ -15,6 +15,8 @@ pub enum Method {
     Introspection,
     /// An API key from the key store.
     ApiKey,
+    /// The client certificate the proxy verified on the TLS connection.
+    Mtls,
     /// No credential; only where a policy rule is public.
     Anonymous,
 }
@@ -26,6 +28,7 @@ impl Method {
             Method::Jwt => "jwt",
             Method::Introspection => "introspection",
             Method::ApiKey => "api_key",
+            Method::Mtls => "mtls",
             Method::Anonymous => "anonymous",
         }
     }
@@ -97,6 +100,8 @@ pub mod crypto;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod mtls;
+pub mod token_source;
 
 /// The one clock every identity method reads (`tollgate_common::clock`), shared so that tests
 /// move time for all of them at once.

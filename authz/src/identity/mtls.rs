@@ -67,10 +67,18 @@ impl Validate for MtlsConfig {
 }
 
 /// Verifies the forwarded certificate of a client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MtlsVerifier {
     cfg: MtlsConfig,
     clock: super::Clock,
+}
+
+impl std::fmt::Debug for MtlsVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsVerifier")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MtlsVerifier {
@@ -95,7 +103,10 @@ impl MtlsVerifier {
                 return Err(Rejection::Invalid(Reason::CertificateTrustDomain));
             }
         }
-        let subject = cert.spiffe_id.clone().unwrap_or_else(|| cert.subject.clone());
+        let subject = cert
+            .spiffe_id
+            .clone()
+            .unwrap_or_else(|| cert.subject.clone());
         let mut id = Identity::new(Method::Mtls, subject);
         id.cert = Some(std::sync::Arc::new(cert));
         Ok(id)
@@ -104,18 +115,19 @@ impl MtlsVerifier {
 
 /// Parses a URL-encoded PEM certificate, valid at `now`.
 fn parse(principal: &str, pem: &str, now: SystemTime) -> Result<PeerCert, Rejection> {
-    let bad = Rejection::Invalid(Reason::CertificateInvalid);
+    let bad = || Rejection::Invalid(Reason::CertificateInvalid);
     let text = percent_decode(pem);
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).map_err(|_| bad)?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).map_err(|_| bad())?;
     if pem.label != "CERTIFICATE" {
-        return Err(bad);
+        return Err(bad());
     }
-    let x509 = pem.parse_x509().map_err(|_| bad)?;
+    let x509 = pem.parse_x509().map_err(|_| bad())?;
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
-    let at = ASN1Time::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX)).map_err(|_| bad)?;
+    let at =
+        ASN1Time::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX)).map_err(|_| bad())?;
     if !x509.validity().is_valid_at(at) {
         return Err(Rejection::Invalid(Reason::CertificateExpired));
     }
@@ -138,7 +150,7 @@ fn parse(principal: &str, pem: &str, now: SystemTime) -> Result<PeerCert, Reject
             }
         }
     } else if x509.subject_alternative_name().is_err() {
-        return Err(bad);
+        return Err(bad());
     }
     let mut spiffe = cert.uris.iter().filter(|u| u.starts_with("spiffe://"));
     cert.spiffe_id = spiffe.next().cloned();
@@ -204,7 +216,7 @@ mod tests {
                 trust_domains: domains.iter().map(|d| d.to_string()).collect(),
                 ..Default::default()
             },
-            tollgate_common::clock::system(),
+            std::sync::Arc::new(tollgate_common::clock::SystemClock),
         )
     }
 
@@ -216,7 +228,9 @@ mod tests {
             SanType::DnsName("web.acme.test".try_into().unwrap()),
             SanType::Rfc822Name("ops@acme.test".try_into().unwrap()),
         ]);
-        let id = verifier(&[]).verify("spiffe://acme.test/ns/web", &pem).unwrap();
+        let id = verifier(&[])
+            .verify("spiffe://acme.test/ns/web", &pem)
+            .unwrap();
         assert_eq!(id.method, Method::Mtls);
         assert_eq!(id.subject, "spiffe://acme.test/ns/web");
         let c = id.cert.as_deref().unwrap();
@@ -267,7 +281,7 @@ mod tests {
             );
         }
         let mut v = verifier(&[]);
-        v.cfg.max_certificate_bytes = 600;
+        v.cfg.max_certificate_bytes = pem.len() - 1;
         assert_eq!(
             v.verify("x", &pem),
             Err(Rejection::Invalid(Reason::CertificateTooLarge))
