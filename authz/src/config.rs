@@ -536,6 +536,16 @@ mod tests {
         load_str(&policy).unwrap_or_else(|e| panic!("{e}"));
         let headers = doc_example("## `headers`");
         load_str(&headers).unwrap_or_else(|e| panic!("{e}"));
+        let mtls = doc_example("## `mtls`");
+        let c = load_str(&mtls).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.methods(), [Method::Mtls]);
+        // The policy of "One policy in four products".
+        let compared = doc_example("### Tollgate");
+        let c = load_str(&compared).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            c.policy.rules[0].conditions[0].cel.as_deref(),
+            Some(e) if e.contains("claims.org == \"acme\"")
+        ));
     }
 
     #[test]
