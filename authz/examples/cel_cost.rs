@@ -68,7 +68,7 @@ fn main() {
     // A token with 50 more claims and 40 scopes: only what the expression reads is converted.
     for i in 0..50 {
         id.claims
-            .insert(format!("c{i}"), json!(["x".repeat(40); 8]));
+            .insert(format!("c{i}"), json!(vec!["x".repeat(40); 8]));
     }
     id.scopes.extend((0..40).map(|i| format!("scope:{i}")));
     measure("typical, large token", typical, &id);
