@@ -13,6 +13,7 @@ use crate::apikey::{ApiKeysConfig, KeyStoreConfig};
 use crate::identity::Method;
 use crate::identity::introspection::IntrospectionConfig;
 use crate::identity::jwt::JwtConfig;
+use crate::identity::mtls::MtlsConfig;
 use crate::limit::RateLimitSection;
 use crate::policy::{PolicyConfig, check_methods_configured};
 
@@ -41,6 +42,9 @@ pub struct Config {
     /// Opaque tokens by RFC 7662 introspection; absent disables `introspection`.
     #[serde(default)]
     pub introspection: Option<IntrospectionConfig>,
+    /// Client certificates the proxy verified; absent disables `mtls`.
+    #[serde(default)]
+    pub mtls: Option<MtlsConfig>,
     /// API keys; absent disables `api_key`.
     #[serde(default)]
     pub api_keys: Option<ApiKeysConfig>,
@@ -63,6 +67,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             jwt: None,
             introspection: None,
+            mtls: None,
             api_keys: None,
             admin: None,
             headers: HeadersConfig::default(),
@@ -83,6 +88,9 @@ impl Config {
         }
         if self.api_keys.is_some() {
             m.push(Method::ApiKey);
+        }
+        if self.mtls.is_some() {
+            m.push(Method::Mtls);
         }
         m
     }
@@ -111,6 +119,9 @@ impl Validate for Config {
         }
         if let Some(i) = &self.introspection {
             i.validate(&join(at, "introspection"), errors);
+        }
+        if let Some(m) = &self.mtls {
+            m.validate(&join(at, "mtls"), errors);
         }
         if let Some(k) = &self.api_keys {
             k.validate(&join(at, "api_keys"), errors);
@@ -591,6 +602,32 @@ mod tests {
         );
         let c = load_str(&descriptors).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.policy.rate_limits.len(), 2);
+        let mtls = doc_example("## `mtls`");
+        let c = load_str(&mtls).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.methods(), [Method::Mtls]);
+        // The policy of "One policy in four products".
+        let compared = doc_example("### Tollgate");
+        let c = load_str(&compared).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            c.policy.rules[0].conditions[0].cel.as_deref(),
+            Some(e) if e.contains("claims.org == \"acme\"")
+        ));
+    }
+
+    #[test]
+    fn cel_errors_name_file_line_and_expression() {
+        let e = load_str(
+            "api_keys:\n  store: {type: embedded, path: /tmp/tollgate-cel-test.redb}\npolicy:\n  rules:\n    - name: a\n      conditions:\n        - cel: request.method ==\n    - name: b\n      conditions:\n        - scope: x\n        - cel: 'user.name == \"x\"'\n        - cel: claims.org == 'acme'\n          scope: y\n",
+        )
+        .unwrap_err();
+        for want in [
+            "authz.yaml:7: policy.rules[0].conditions[0].cel: syntax error at line 1 column",
+            "in `request.method ==`",
+            "authz.yaml:11: policy.rules[1].conditions[1].cel: unknown variable `user` (known: request, identity, claims), in `user.name == \"x\"`",
+            "authz.yaml:12: policy.rules[1].conditions[2]: a `cel` condition takes no",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in\n{e}");
+        }
     }
 
     #[test]

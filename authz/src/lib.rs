@@ -54,6 +54,7 @@ use apikey::{ApiKeys, KeyStoreError};
 use identity::introspection::{IntrospectionSetupError, Introspector};
 use identity::jwks::JwksError;
 use identity::jwt::JwtVerifier;
+use identity::mtls::MtlsVerifier;
 
 /// The gRPC health service name reporting this service's readiness.
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -70,7 +71,7 @@ pub enum Error {
     #[error("introspection: {0}")]
     Introspection(#[from] IntrospectionSetupError),
     #[error("policy: {0}")]
-    Policy(#[from] regex::Error),
+    Policy(#[from] policy::CompileError),
     #[error("HTTP client: {0}")]
     Http(String),
     #[error("admin API: {0}")]
@@ -157,12 +158,29 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
             check::ApiKeySource {
                 header: cfg.header.clone(),
                 query_param: cfg.query_param.clone(),
+                cookie: cfg.cookie.clone(),
             },
         )),
         _ => None,
     };
     let mut authorizer =
-        Authorizer::new(policy, jwt, introspection, keys_for_check, &config.headers);
+        Authorizer::new(policy, jwt, introspection, keys_for_check, &config.headers)
+            .with_credentials(
+                &check::BearerSources {
+                    issuers: config
+                        .jwt
+                        .iter()
+                        .flat_map(|j| &j.issuers)
+                        .map(|i| (i.issuer.clone(), i.sources()))
+                        .collect(),
+                    introspection: config.introspection.is_some(),
+                },
+                config
+                    .mtls
+                    .as_ref()
+                    .map(|m| MtlsVerifier::new(m.clone(), clock.clone())),
+            )
+            .with_clock(clock.clone());
     if let Some(section) = &config.rate_limit {
         let limiter = tollgate_limiter::build_with_clock(&section.limiter, clock.clone()).await?;
         authorizer = authorizer.with_rate_limit(limit::Embedded::new(limiter, &section.domain));

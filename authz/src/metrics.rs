@@ -82,7 +82,14 @@ pub fn describe() {
 /// The `decision` label values.
 pub const DECISIONS: [&str; 2] = ["allow", "deny"];
 /// The `method` label values: the identity methods, and `none` before one was chosen.
-pub const METHODS: [&str; 5] = ["none", "jwt", "introspection", "api_key", "anonymous"];
+pub const METHODS: [&str; 6] = [
+    "none",
+    "jwt",
+    "introspection",
+    "api_key",
+    "anonymous",
+    "mtls",
+];
 
 /// The index in [`METHODS`] of a decision's identity method.
 pub fn method_index(m: Option<crate::identity::Method>) -> usize {
@@ -93,6 +100,7 @@ pub fn method_index(m: Option<crate::identity::Method>) -> usize {
         Some(Method::Introspection) => 2,
         Some(Method::ApiKey) => 3,
         Some(Method::Anonymous) => 4,
+        Some(Method::Mtls) => 5,
     }
 }
 

@@ -2,8 +2,14 @@
 //! methods a route accepts and the conditions (scopes, claims) the caller must meet, or marking
 //! the route public.
 //!
-//! Rules are compiled once (regexes included) from [`PolicyConfig`]; matching is pure and
-//! allocation-free so that it can run on every Check.
+//! Rules are compiled once (regexes and CEL expressions included) from [`PolicyConfig`];
+//! matching is pure and allocation-free so that it can run on every Check.
+//!
+//! # Layout
+//! - this file: the config, its validation, the compiled rules and their matching;
+//! - `cel`: CEL conditions (`conditions: [{cel: ...}]`), compiled and bounded.
+
+pub mod cel;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,13 +112,17 @@ pub struct PathMatchConfig {
     pub regex: Option<String>,
 }
 
-/// A condition on the caller's identity; exactly one of `scope` or `claim` (with one operator).
+/// A condition on the caller's identity (and, for `cel`, the request); exactly one of `scope`,
+/// `claim` (with one operator) or `cel`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionConfig {
     /// The identity must carry this scope.
     #[serde(default)]
     pub scope: Option<String>,
+    /// A CEL expression over `request`, `identity` and `claims` that must give `true`.
+    #[serde(default)]
+    pub cel: Option<String>,
     /// Dotted path into the token claims (`realm_access.roles`). `subject`, `tenant` and
     /// `plan` always name the identity's own fields (what its headers carry), never a raw
     /// claim of that name.
@@ -214,6 +224,17 @@ impl Validate for PolicyConfig {
                     .iter()
                     .filter(|b| **b)
                     .count();
+                if let Some(expr) = &c.cel {
+                    if c.scope.is_some() || c.claim.is_some() || ops != 0 {
+                        errors.push(
+                            at,
+                            "a `cel` condition takes no `scope`, `claim` or operator",
+                        );
+                    } else if let Err(e) = cel::CelCondition::compile(expr) {
+                        errors.push(join(&at, "cel"), format!("{e}, in `{}`", excerpt(expr)));
+                    }
+                    continue;
+                }
                 match (&c.scope, &c.claim) {
                     (Some(s), None) if ops == 0 => {
                         if s.is_empty() || s.contains(' ') {
@@ -238,10 +259,19 @@ impl Validate for PolicyConfig {
                     (None, Some(_)) => {
                         errors.push(at, "a `claim` condition takes exactly one of `equals`, `contains`, `one_of`");
                     }
-                    _ => errors.push(at, "expected exactly one of `scope` or `claim`"),
+                    _ => errors.push(at, "expected exactly one of `scope`, `claim` or `cel`"),
                 }
             }
         }
+    }
+}
+
+/// An expression as an error quotes it: on one line, and not longer than a line.
+fn excerpt(expr: &str) -> String {
+    let one_line = expr.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &one_line[..i]),
+        None => one_line,
     }
 }
 
@@ -334,6 +364,7 @@ enum PathMatch {
 pub enum Condition {
     Scope(String),
     Claim { path: Vec<String>, op: ClaimOp },
+    Cel(Arc<cel::CelCondition>),
 }
 
 #[derive(Debug, Clone)]
@@ -348,11 +379,24 @@ pub enum ClaimOp {
 pub enum Unmet<'a> {
     Scope(&'a str),
     Claim,
+    /// A CEL condition gave `false`.
+    Cel,
+    /// A CEL condition could not give `true` or `false` (it denies all the same).
+    CelError(cel::EvalError),
+}
+
+/// Why a policy does not compile (validation reports each of these first, with its field).
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("invalid path regex: {0}")]
+    Regex(#[from] regex::Error),
+    #[error("invalid CEL condition: {0}")]
+    Cel(#[from] cel::CompileError),
 }
 
 impl Policy {
     /// Compiles a validated config; `configured` are the identity methods the service has.
-    pub fn compile(cfg: &PolicyConfig, configured: &[Method]) -> Result<Policy, regex::Error> {
+    pub fn compile(cfg: &PolicyConfig, configured: &[Method]) -> Result<Policy, CompileError> {
         let order: Vec<Method> = cfg
             .identity_order
             .iter()
@@ -399,7 +443,11 @@ impl Policy {
                 methods: r.methods.clone(),
                 public: r.public,
                 identity,
-                conditions: r.conditions.iter().map(compile_condition).collect(),
+                conditions: r
+                    .conditions
+                    .iter()
+                    .map(compile_condition)
+                    .collect::<Result<_, _>>()?,
                 rate_limits: r.rate_limits.as_deref().map(Descriptors::compile),
             });
             by_name.insert(r.name.clone(), i);
@@ -457,9 +505,12 @@ impl Policy {
     }
 }
 
-fn compile_condition(c: &ConditionConfig) -> Condition {
+fn compile_condition(c: &ConditionConfig) -> Result<Condition, cel::CompileError> {
     if let Some(s) = &c.scope {
-        return Condition::Scope(s.clone());
+        return Ok(Condition::Scope(s.clone()));
+    }
+    if let Some(e) = &c.cel {
+        return Ok(Condition::Cel(Arc::new(cel::CelCondition::compile(e)?)));
     }
     let path = c
         .claim
@@ -475,7 +526,7 @@ fn compile_condition(c: &ConditionConfig) -> Condition {
     } else {
         ClaimOp::OneOf(c.one_of.clone().unwrap_or_default())
     };
-    Condition::Claim { path, op }
+    Ok(Condition::Claim { path, op })
 }
 
 impl Rule {
@@ -505,8 +556,13 @@ impl Rule {
         })
     }
 
-    /// The first condition the identity does not meet.
-    pub fn unmet<'a>(&'a self, id: &Identity, extra_scopes: &'a [&'a str]) -> Option<Unmet<'a>> {
+    /// The first condition the identity (and the request, for CEL conditions) does not meet.
+    pub fn unmet<'a>(
+        &'a self,
+        id: &Identity,
+        extra_scopes: &'a [&'a str],
+        facts: &cel::Facts<'_>,
+    ) -> Option<Unmet<'a>> {
         for s in extra_scopes {
             if !id.has_scope(s) {
                 return Some(Unmet::Scope(s));
@@ -524,6 +580,17 @@ impl Rule {
                         return Some(Unmet::Claim);
                     }
                 }
+                Condition::Cel(c) => {
+                    match c.eval(facts, id) {
+                        Ok(true) => {}
+                        Ok(false) => return Some(Unmet::Cel),
+                        Err(e) => {
+                            // The kind only: the error itself may quote a header or a claim.
+                            tracing::warn!(rule = %self.name, error = e.kind(), "a CEL condition did not evaluate to a bool; denying");
+                            return Some(Unmet::CelError(e));
+                        }
+                    }
+                }
             }
         }
         None
@@ -532,7 +599,7 @@ impl Rule {
 
 /// A `Host` as the rules compare it: without a port (but not from inside a bracketed IPv6
 /// literal) and without the trailing dot of a fully qualified name, which name the same host.
-fn bare_host(host: &str) -> &str {
+pub(crate) fn bare_host(host: &str) -> &str {
     let host = match host.rfind(':') {
         Some(i) if !host[i..].contains(']') => &host[..i],
         _ => host,
@@ -595,6 +662,22 @@ fn claim_holds(id: &Identity, path: &[String], op: &ClaimOp) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn no_headers(_: &str) -> Option<&'static str> {
+        None
+    }
+
+    fn facts() -> cel::Facts<'static> {
+        cel::Facts {
+            method: "GET",
+            host: "h",
+            path: "/",
+            query: "",
+            source: None,
+            now: std::time::SystemTime::UNIX_EPOCH,
+            headers: &no_headers,
+        }
+    }
 
     fn policy(yaml: &str) -> Policy {
         let cfg: PolicyConfig = serde_yaml::from_str(yaml).unwrap();
@@ -712,15 +795,15 @@ rules:
             .unwrap()
             .clone();
         assert_eq!(
-            rule.unmet(&id, &[]),
+            rule.unmet(&id, &[], &facts()),
             Some(Unmet::Claim),
             "the raw `tenant` claim is not the tenant the upstream is told"
         );
         id.tenant = Some("acme".into());
         id.subject = "mallory".into();
-        assert_eq!(rule.unmet(&id, &[]), Some(Unmet::Claim));
+        assert_eq!(rule.unmet(&id, &[], &facts()), Some(Unmet::Claim));
         id.subject = "alice".into();
-        assert_eq!(rule.unmet(&id, &[]), None);
+        assert_eq!(rule.unmet(&id, &[], &facts()), None);
 
         let cfg: PolicyConfig = serde_yaml::from_str(
             "rules:\n  - name: a\n    conditions:\n      - claim: tenant.id\n        equals: x\n",
@@ -756,12 +839,15 @@ rules:
         let p = policy(P);
         let admin = p.by_name("admin").unwrap();
         let mut id = Identity::new(Method::ApiKey, "u");
-        assert_eq!(admin.unmet(&id, &[]), Some(Unmet::Scope("admin")));
+        assert_eq!(admin.unmet(&id, &[], &facts()), Some(Unmet::Scope("admin")));
         id.scopes = vec!["admin".into()];
-        assert_eq!(admin.unmet(&id, &[]), Some(Unmet::Claim));
+        assert_eq!(admin.unmet(&id, &[], &facts()), Some(Unmet::Claim));
         id.tenant = Some("acme".into());
-        assert_eq!(admin.unmet(&id, &[]), None);
-        assert_eq!(admin.unmet(&id, &["write"]), Some(Unmet::Scope("write")));
+        assert_eq!(admin.unmet(&id, &[], &facts()), None);
+        assert_eq!(
+            admin.unmet(&id, &["write"], &facts()),
+            Some(Unmet::Scope("write"))
+        );
 
         let api = p.by_name("api").unwrap();
         let mut id = Identity::new(Method::Jwt, "u");
@@ -769,18 +855,18 @@ rules:
             .as_object()
             .unwrap()
             .clone();
-        assert_eq!(api.unmet(&id, &[]), None);
+        assert_eq!(api.unmet(&id, &[], &facts()), None);
         id.claims = json!({"groups": "dev ops", "org": {"tier": "bronze"}})
             .as_object()
             .unwrap()
             .clone();
-        assert_eq!(api.unmet(&id, &[]), Some(Unmet::Claim));
+        assert_eq!(api.unmet(&id, &[], &facts()), Some(Unmet::Claim));
         id.claims = json!({"groups": "devops", "org": {"tier": "gold"}})
             .as_object()
             .unwrap()
             .clone();
         assert_eq!(
-            api.unmet(&id, &[]),
+            api.unmet(&id, &[], &facts()),
             Some(Unmet::Claim),
             "contains is per word, not substring"
         );

@@ -63,6 +63,18 @@ pub enum Reason {
     Revoked,
     /// The key store failed and the key was not known from before.
     KeyStoreError,
+    /// A bearer token found where its issuer does not take tokens from (`token_sources`).
+    TokenSource,
+    /// A client certificate that does not parse, or has two SPIFFE IDs.
+    CertificateInvalid,
+    /// A client certificate outside its validity period.
+    CertificateExpired,
+    /// A forwarded client certificate over `mtls.max_certificate_bytes`.
+    CertificateTooLarge,
+    /// A client certificate without a SPIFFE ID of a trusted domain (`mtls.trust_domains`).
+    CertificateTrustDomain,
+    /// The proxy named the client's certificate but did not forward it.
+    CertificateNotForwarded,
 
     // The identity, against the rule.
     /// A value that cannot be sent as a header as it is.
@@ -71,6 +83,10 @@ pub enum Reason {
     MalformedScope,
     InsufficientScope,
     ClaimCondition,
+    /// A CEL condition gave `false`.
+    CelCondition,
+    /// A CEL condition could not give a bool (an error, another type, input over its caps).
+    CelError,
 
     // Rate limiting (single-call mode).
     /// Over a limit.
@@ -121,11 +137,19 @@ impl Reason {
         Reason::Unknown,
         Reason::Revoked,
         Reason::KeyStoreError,
+        Reason::TokenSource,
+        Reason::CertificateInvalid,
+        Reason::CertificateExpired,
+        Reason::CertificateTooLarge,
+        Reason::CertificateTrustDomain,
+        Reason::CertificateNotForwarded,
         Reason::ControlCharacter,
         Reason::ValueTooLarge,
         Reason::MalformedScope,
         Reason::InsufficientScope,
         Reason::ClaimCondition,
+        Reason::CelCondition,
+        Reason::CelError,
         Reason::RateLimited,
         Reason::RateLimitStoreError,
     ];
@@ -174,11 +198,19 @@ impl Reason {
             Reason::Unknown => "unknown",
             Reason::Revoked => "revoked",
             Reason::KeyStoreError => "key_store_error",
+            Reason::TokenSource => "token_source",
+            Reason::CertificateInvalid => "certificate_invalid",
+            Reason::CertificateExpired => "certificate_expired",
+            Reason::CertificateTooLarge => "certificate_too_large",
+            Reason::CertificateTrustDomain => "certificate_trust_domain",
+            Reason::CertificateNotForwarded => "certificate_not_forwarded",
             Reason::ControlCharacter => "control_character",
             Reason::ValueTooLarge => "value_too_large",
             Reason::MalformedScope => "malformed_scope",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::ClaimCondition => "claim_condition",
+            Reason::CelCondition => "cel_condition",
+            Reason::CelError => "cel_error",
             Reason::RateLimited => "rate_limited",
             Reason::RateLimitStoreError => "rate_limit_store_error",
         }

@@ -351,6 +351,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cel_conditions_are_compiled_on_reload_and_a_bad_one_keeps_the_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = format!(
+            "api_keys: {{store: {{type: embedded, path: {}}}}}\n",
+            dir.path().join("k.redb").display()
+        );
+        let f = fixture(&format!("{keys}{OPEN}"), &[]).await;
+        assert_eq!(status(&f.authorizer, "/hello").await, 200);
+        let cel = |expr: &str| {
+            format!(
+                "{keys}policy:\n  rules:\n    - name: keyed\n      identity: [api_key]\n      conditions:\n        - cel: '{expr}'\n"
+            )
+        };
+        std::fs::write(&f.path, cel("identity.plan == \"gold\"")).unwrap();
+        assert!(f.reloader.reload().is_ok());
+        assert_eq!(
+            status(&f.authorizer, "/hello").await,
+            401,
+            "the CEL rule is in force"
+        );
+        std::fs::write(&f.path, cel("identity.plan ==")).unwrap();
+        let errors = f.reloader.reload().unwrap_err();
+        assert_eq!(
+            (errors.0[0].field.as_str(), errors.0[0].line),
+            ("policy.rules[0].conditions[0].cel", Some(7))
+        );
+        assert!(
+            errors.0[0].reason.contains("syntax error"),
+            "{}",
+            errors.0[0]
+        );
+        assert_eq!(
+            status(&f.authorizer, "/hello").await,
+            401,
+            "the last good policy stays"
+        );
+    }
+
+    #[tokio::test]
     async fn overrides_apply_again_and_other_sections_wait_for_a_restart() {
         // The override makes every rule-less path public, in both versions of the file.
         let f = fixture(OPEN, &["policy.no_match=public"]).await;

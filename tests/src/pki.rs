@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 
 /// PEM files of one generated PKI.
@@ -24,6 +25,17 @@ pub fn generate(dir: &Path, ca_name: &str) -> Pki {
 
 /// [`generate`] with a server certificate for `server_names` (DNS names or IP addresses).
 pub fn generate_for(dir: &Path, ca_name: &str, server_names: &[&str]) -> Pki {
+    generate_with_clients(dir, ca_name, server_names, &[]).0
+}
+
+/// [`generate_for`], and one more client certificate (PEM cert and key files) per URI SAN in
+/// `client_uris` (a SPIFFE ID, say), signed by the same CA.
+pub fn generate_with_clients(
+    dir: &Path,
+    ca_name: &str,
+    server_names: &[&str],
+    client_uris: &[&str],
+) -> (Pki, Vec<(PathBuf, PathBuf)>) {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
         .distinguished_name
@@ -52,11 +64,28 @@ pub fn generate_for(dir: &Path, ca_name: &str, server_names: &[&str]) -> Pki {
         std::fs::write(&p, text).unwrap();
         p
     };
-    Pki {
+    let clients = client_uris
+        .iter()
+        .enumerate()
+        .map(|(i, uri)| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name
+                .push(DnType::CommonName, format!("client-{i}"));
+            p.subject_alt_names = vec![SanType::URI((*uri).try_into().unwrap())];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &ca).unwrap();
+            (
+                write(&format!("client-{i}.pem"), &cert.pem()),
+                write(&format!("client-{i}.key"), &key.serialize_pem()),
+            )
+        })
+        .collect();
+    let pki = Pki {
         ca_cert: write("ca.pem", &ca.pem()),
         server_cert: write("server.pem", &server_cert),
         server_key: write("server.key", &server_key),
         client_cert: write("client.pem", &client_cert),
         client_key: write("client.key", &client_key),
-    }
+    };
+    (pki, clients)
 }

@@ -26,6 +26,9 @@ pub struct ApiKeysConfig {
     /// access logs, so prefer the header).
     #[serde(default)]
     pub query_param: Option<String>,
+    /// Cookie that may carry the key instead (off unless set).
+    #[serde(default)]
+    pub cookie: Option<String>,
     #[serde(default)]
     pub store: KeyStoreConfig,
     #[serde(default)]
@@ -45,6 +48,7 @@ impl Default for ApiKeysConfig {
         Self {
             header: default_header(),
             query_param: None,
+            cookie: None,
             store: KeyStoreConfig::default(),
             cache: KeyCacheConfig::default(),
             last_used_flush: default_flush(),
@@ -269,6 +273,17 @@ impl Validate for ApiKeysConfig {
         {
             errors.push(
                 join(at, "query_param"),
+                "must be a non-empty name of [A-Za-z0-9-_.]",
+            );
+        }
+        if let Some(c) = &self.cookie
+            && (c.is_empty()
+                || !c
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)))
+        {
+            errors.push(
+                join(at, "cookie"),
                 "must be a non-empty name of [A-Za-z0-9-_.]",
             );
         }

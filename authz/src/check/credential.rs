@@ -1,24 +1,30 @@
-//! Finding the credential of a request: where each kind may be (today: a bearer token in
-//! `Authorization`; an API key in its header or query parameter), refusing a request that
-//! carries two, and choosing the one the rule's first identity method understands.
+//! Finding the credential of a request: where each kind may be (a bearer token in the places
+//! the JWT issuers list in `token_sources`, `Authorization: Bearer` by default; an API key in
+//! its header, query parameter or cookie; the client certificate the proxy forwarded), refusing
+//! a request that carries two, and choosing the one the rule's first identity method
+//! understands.
 //!
-//! Ambiguous credentials: a request carrying both a bearer token and an API key (or an API key
-//! in both the header and the query) is answered 400 `invalid_request`, as RFC 6750 §3.1 asks
-//! for "more than one method for including an access token": guessing which one the client meant
+//! Ambiguous credentials: a request carrying both a bearer token and an API key, or a token (or
+//! key) in two of its places, is answered 400 `invalid_request`, as RFC 6750 §3.1 asks for
+//! "more than one method for including an access token": guessing which one the client meant
 //! would let an attacker-controlled credential shadow the real one. A credential repeated in one
-//! place (two `Authorization` or API key headers, or the query parameter twice or in a
-//! percent-encoded spelling) is the same 400: RFC 6750 §3.1 "repeats the same parameter".
+//! place (two `Authorization` or API key headers, a cookie twice, the query parameter twice or
+//! in a percent-encoded spelling) is the same 400: RFC 6750 §3.1 "repeats the same parameter".
+//! A client certificate is not a credential of the request but of the connection: it is never
+//! ambiguous with one, and the rule's order decides.
 //!
 //! Each credential remembers where it was found ([`Location`]), which is what
-//! `headers.remove_credential` strips from the upstream request. A new place to look (another
-//! header, a cookie) is a new [`Location`] and one more lookup in [`Sources::find`].
+//! `headers.remove_credential` strips from the upstream request (a cookie is cut out of the
+//! `Cookie` header, the other cookies stay).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::identity::Method;
 use crate::identity::jwt::JwtVerifier;
+use crate::identity::token_source::{TokenSource, cookie, without_cookie};
 
-use super::request::RequestView;
+use super::request::{PeerCertificate, RequestView};
 
 /// Where the credentials of a request may be.
 #[derive(Debug, Clone)]
@@ -27,7 +33,12 @@ pub(super) struct Sources {
     api_key_header: Arc<str>,
     /// The API key query parameter, when keys may come in the query.
     api_key_query: Option<Arc<str>>,
-    authorization: Arc<str>,
+    /// The API key cookie, when keys may come in a cookie.
+    api_key_cookie: Option<Arc<str>>,
+    /// Every place a bearer token may be, in the order they are tried.
+    bearer: Vec<TokenSource>,
+    /// The indexes in `bearer` each JWT issuer takes tokens from.
+    issuers: HashMap<String, Vec<usize>>,
 }
 
 /// Where a credential was found, so that it can be removed from the upstream request.
@@ -35,6 +46,10 @@ pub(super) struct Sources {
 pub(super) enum Location {
     Header(Arc<str>),
     Query(Arc<str>),
+    /// A cookie, and the `Cookie` header without it (`None`: nothing else was in it).
+    Cookie(Option<String>),
+    /// The TLS connection: nothing to remove.
+    Connection,
 }
 
 /// A credential found in the request.
@@ -42,13 +57,17 @@ pub(super) enum Location {
 pub(super) enum Credential<'a> {
     Bearer(&'a str),
     ApiKey(&'a str),
+    Certificate(PeerCertificate<'a>),
 }
 
 /// What a request carries, before a method is chosen.
 #[derive(Debug, Default)]
 pub(super) struct Found<'a> {
-    bearer: Option<&'a str>,
-    api_key: Option<(&'a str, bool)>,
+    /// The token and the index of its source.
+    bearer: Option<(&'a str, usize)>,
+    api_key: Option<(&'a str, Location)>,
+    bearer_location: Option<Location>,
+    certificate: Option<PeerCertificate<'a>>,
 }
 
 /// Why the credentials of a request are refused before any is verified (both 400).
@@ -60,20 +79,60 @@ pub(super) enum Refusal {
     Ambiguous,
 }
 
+/// The bearer token sources of the config: each JWT issuer's, and `Authorization: Bearer`
+/// for introspection.
+#[derive(Debug, Clone, Default)]
+pub struct BearerSources {
+    /// `(issuer, its sources)`, in the config's order.
+    pub issuers: Vec<(String, Vec<TokenSource>)>,
+    /// Introspection is configured (it reads `Authorization: Bearer`).
+    pub introspection: bool,
+}
+
 impl Sources {
-    pub(super) fn new(api_key_header: Option<&str>, api_key_query: Option<&str>) -> Self {
-        Self {
+    pub(super) fn new(
+        api_key_header: Option<&str>,
+        api_key_query: Option<&str>,
+        api_key_cookie: Option<&str>,
+        bearer: &BearerSources,
+    ) -> Self {
+        let mut s = Self {
             api_key_header: api_key_header
                 .unwrap_or_default()
                 .to_ascii_lowercase()
                 .into(),
             api_key_query: api_key_query.map(Into::into),
-            authorization: "authorization".into(),
+            api_key_cookie: api_key_cookie.map(Into::into),
+            bearer: Vec::new(),
+            issuers: HashMap::new(),
+        };
+        s.set_bearer(bearer);
+        s
+    }
+
+    /// Replaces the bearer token sources.
+    pub(super) fn set_bearer(&mut self, bearer: &BearerSources) {
+        let mut all: Vec<TokenSource> = Vec::new();
+        let mut index = |s: &TokenSource| match all.iter().position(|x| x == s) {
+            Some(i) => i,
+            None => {
+                all.push(s.clone());
+                all.len() - 1
+            }
+        };
+        let mut issuers = HashMap::new();
+        for (iss, sources) in &bearer.issuers {
+            issuers.insert(iss.clone(), sources.iter().map(&mut index).collect());
         }
+        if bearer.introspection || bearer.issuers.is_empty() {
+            index(&TokenSource::authorization());
+        }
+        self.bearer = all;
+        self.issuers = issuers;
     }
 
     /// The credentials of the kinds `methods` accept: a bearer token for JWT and
-    /// introspection, an API key for `api_key`.
+    /// introspection, an API key for `api_key`, the client certificate for `mtls`.
     pub(super) fn find<'a>(
         &self,
         req: &'a dyn RequestView,
@@ -85,8 +144,15 @@ impl Sources {
         let wants_key = methods.contains(&Method::ApiKey);
         let mut found = Found::default();
         if wants_bearer {
-            found.bearer = bearer_token(req.header(&self.authorization))
-                .map_err(|()| Refusal::MalformedAuthorization)?;
+            for (i, source) in self.bearer.iter().enumerate() {
+                if let Some((token, location)) = self.token_at(req, source)? {
+                    if found.bearer.is_some() {
+                        return Err(Refusal::Ambiguous);
+                    }
+                    found.bearer = Some((token, i));
+                    found.bearer_location = Some(location);
+                }
+            }
         }
         if wants_key {
             found.api_key = self.api_key(req).map_err(|()| Refusal::Ambiguous)?;
@@ -94,36 +160,105 @@ impl Sources {
         if found.bearer.is_some() && found.api_key.is_some() {
             return Err(Refusal::Ambiguous);
         }
+        if methods.contains(&Method::Mtls) {
+            found.certificate = req.peer_certificate();
+        }
         Ok(found)
     }
 
-    /// The API key of the request: from the header or the query parameter, `Err` when it is
-    /// there twice (both places, a repeated header, a repeated or re-spelled parameter).
-    fn api_key<'a>(&self, req: &'a dyn RequestView) -> Result<Option<(&'a str, bool)>, ()> {
+    /// The token at one source, and where it is.
+    fn token_at<'a>(
+        &self,
+        req: &'a dyn RequestView,
+        source: &TokenSource,
+    ) -> Result<Option<(&'a str, Location)>, Refusal> {
+        let found = match source {
+            TokenSource::Header { name, .. } if source.is_authorization_bearer() => {
+                bearer_token(req.header(name))
+                    .map_err(|()| Refusal::MalformedAuthorization)?
+                    .map(|t| (t, Location::Header(name.as_str().into())))
+            }
+            TokenSource::Header { name, prefix } => {
+                let Some(v) = req.header(name).filter(|v| !v.is_empty()) else {
+                    return Ok(None);
+                };
+                if req.header_repeated(name) {
+                    return Err(Refusal::Ambiguous);
+                }
+                let token = match prefix {
+                    None => Some(v.trim()),
+                    Some(p) => v
+                        .get(..p.len())
+                        .filter(|head| head.eq_ignore_ascii_case(p))
+                        .map(|_| v[p.len()..].trim()),
+                };
+                token
+                    .filter(|t| !t.is_empty())
+                    .map(|t| (t, Location::Header(name.as_str().into())))
+            }
+            TokenSource::Cookie(name) => match req.header("cookie") {
+                Some(h) => cookie(h, name)
+                    .map_err(|()| Refusal::Ambiguous)?
+                    .map(|t| (t, Location::Cookie(without_cookie(h, name)))),
+                None => None,
+            },
+            TokenSource::Query(name) => query_credential(req.query(), name)
+                .map_err(|()| Refusal::Ambiguous)?
+                .map(|t| (t, Location::Query(name.as_str().into()))),
+        };
+        Ok(found)
+    }
+
+    /// The API key of the request: from the header, the query parameter or the cookie, `Err`
+    /// when it is there twice (two places, a repeated header, cookie or parameter, a
+    /// re-spelled parameter).
+    fn api_key<'a>(&self, req: &'a dyn RequestView) -> Result<Option<(&'a str, Location)>, ()> {
+        let mut found = None;
+        let mut take = |v: Option<(&'a str, Location)>| match (v, found.is_some()) {
+            (Some(_), true) => Err(()),
+            (Some(v), false) => {
+                found = Some(v);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        };
         let h = req.header(&self.api_key_header).filter(|v| !v.is_empty());
         if h.is_some() && req.header_repeated(&self.api_key_header) {
             return Err(());
         }
-        let q = match self.api_key_query.as_deref() {
-            Some(p) => query_credential(req.query(), p)?,
-            None => None,
-        };
-        match (h, q) {
-            (Some(_), Some(_)) => Err(()),
-            (Some(h), None) => Ok(Some((h, false))),
-            (None, Some(q)) => Ok(Some((q, true))),
-            (None, None) => Ok(None),
+        take(h.map(|h| (h, Location::Header(self.api_key_header.clone()))))?;
+        if let Some(p) = &self.api_key_query {
+            take(query_credential(req.query(), p)?.map(|q| (q, Location::Query(p.clone()))))?;
         }
+        if let (Some(c), Some(h)) = (&self.api_key_cookie, req.header("cookie")) {
+            take(cookie(h, c)?.map(|k| (k, Location::Cookie(without_cookie(h, c)))))?;
+        }
+        Ok(found)
     }
 
     /// Where `credential` was found.
     pub(super) fn location(&self, found: &Found<'_>, credential: Credential<'_>) -> Location {
         match credential {
-            Credential::Bearer(_) => Location::Header(self.authorization.clone()),
-            Credential::ApiKey(_) => match (found.api_key, &self.api_key_query) {
-                (Some((_, true)), Some(q)) => Location::Query(q.clone()),
-                _ => Location::Header(self.api_key_header.clone()),
-            },
+            Credential::Bearer(_) => found.bearer_location.clone(),
+            Credential::ApiKey(_) => found.api_key.as_ref().map(|(_, l)| l.clone()),
+            Credential::Certificate(_) => None,
+        }
+        .unwrap_or(Location::Connection)
+    }
+
+    /// Whether the token that `method` verified (for JWT: of `issuer`) may come from where it
+    /// was found: each issuer takes tokens only from its own sources, introspection only from
+    /// `Authorization: Bearer`.
+    pub(super) fn accepts(&self, found: &Found<'_>, method: Method, issuer: Option<&str>) -> bool {
+        let Some((_, i)) = found.bearer else {
+            return true;
+        };
+        match method {
+            Method::Jwt => issuer
+                .and_then(|iss| self.issuers.get(iss))
+                .is_some_and(|ids| ids.contains(&i)),
+            Method::Introspection => self.bearer[i].is_authorization_bearer(),
+            _ => true,
         }
     }
 }
@@ -131,8 +266,9 @@ impl Sources {
 impl<'a> Found<'a> {
     /// The first method, in `methods`' order, that finds its credential, with that credential.
     pub(super) fn choose(&self, methods: &[Method]) -> Option<(Method, Credential<'a>)> {
+        let bearer = self.bearer.map(|(t, _)| t);
         methods.iter().find_map(|&m| {
-            let cred = match (m, self.bearer, self.api_key) {
+            let cred = match (m, bearer, &self.api_key) {
                 // With introspection also accepted, JWT takes only JWT-shaped tokens.
                 (Method::Jwt, Some(t), _)
                     if JwtVerifier::looks_like_jwt(t)
@@ -142,6 +278,7 @@ impl<'a> Found<'a> {
                 }
                 (Method::Introspection, Some(t), _) => Some(Credential::Bearer(t)),
                 (Method::ApiKey, _, Some((k, _))) => Some(Credential::ApiKey(k)),
+                (Method::Mtls, _, _) => self.certificate.map(Credential::Certificate),
                 _ => None,
             };
             cred.map(|c| (m, c))
@@ -228,7 +365,12 @@ mod tests {
     const BOTH: [Method; 2] = [Method::Jwt, Method::ApiKey];
 
     fn sources() -> Sources {
-        Sources::new(Some("X-Api-Key"), Some("api_key"))
+        Sources::new(
+            Some("X-Api-Key"),
+            Some("api_key"),
+            None,
+            &BearerSources::default(),
+        )
     }
 
     #[test]

@@ -39,16 +39,18 @@ use crate::apikey::{ApiKeyError, ApiKeys};
 use crate::config::HeadersConfig;
 use crate::identity::introspection::Introspector;
 use crate::identity::jwt::JwtVerifier;
+use crate::identity::mtls::MtlsVerifier;
 use crate::identity::{Identity, Method, Rejection};
 use crate::limit::Embedded;
 use crate::metrics::{self, CheckMetrics};
-use crate::policy::{Policy, Rule, Unmet};
+use crate::policy::cel::Facts;
+use crate::policy::{self, Policy, Rule, Unmet};
 use crate::reason::Reason;
 use credential::{Credential, Location, Refusal, Sources};
 use forward::{Forwarded, HeaderPlan};
 use rfc6750::{Denial, Scheme};
 
-pub use credential::bearer_token;
+pub use credential::{BearerSources, bearer_token};
 pub use decision::{Allow, Decision, Deny, LimitNote, MetadataValue, metadata_keys};
 pub use request::{OwnedRequest, PeerCertificate, RequestView, RouteSettings, extensions};
 
@@ -61,7 +63,10 @@ pub struct Authorizer {
     jwt: Option<JwtVerifier>,
     introspection: Option<Introspector>,
     api_keys: Option<ApiKeys>,
+    mtls: Option<MtlsVerifier>,
     sources: Sources,
+    /// The time CEL conditions see (`request.time`).
+    clock: Arc<dyn tollgate_common::clock::Clock>,
     headers: HeaderPlan,
     /// The caller of public and disabled routes.
     anonymous: Arc<Identity>,
@@ -80,11 +85,12 @@ impl std::fmt::Debug for Authorizer {
     }
 }
 
-/// Where API keys are read from: the header, and the query parameter when allowed.
+/// Where API keys are read from: the header, and the query parameter and cookie when allowed.
 #[derive(Debug, Clone)]
 pub struct ApiKeySource {
     pub header: String,
     pub query_param: Option<String>,
+    pub cookie: Option<String>,
 }
 
 impl Authorizer {
@@ -98,16 +104,26 @@ impl Authorizer {
         let (api_keys, sources) = match api_keys {
             Some((k, s)) => (
                 Some(k),
-                Sources::new(Some(&s.header), s.query_param.as_deref()),
+                Sources::new(
+                    Some(&s.header),
+                    s.query_param.as_deref(),
+                    s.cookie.as_deref(),
+                    &BearerSources::default(),
+                ),
             ),
-            None => (None, Sources::new(None, None)),
+            None => (
+                None,
+                Sources::new(None, None, None, &BearerSources::default()),
+            ),
         };
         Self {
             policy: ArcSwap::from_pointee(policy),
             jwt,
             introspection,
             api_keys,
+            mtls: None,
             sources,
+            clock: Arc::new(tollgate_common::clock::SystemClock),
             headers: HeaderPlan::new(headers),
             anonymous: Arc::new(Identity::new(Method::Anonymous, "")),
             rate_limit: None,
@@ -124,6 +140,20 @@ impl Authorizer {
     /// The embedded rate limiter, in single-call mode.
     pub fn rate_limit(&self) -> Option<&Embedded> {
         self.rate_limit.as_ref()
+    }
+
+    /// With bearer tokens read from `bearer` (default: `Authorization: Bearer` only) and
+    /// client certificates verified by `mtls`.
+    pub fn with_credentials(mut self, bearer: &BearerSources, mtls: Option<MtlsVerifier>) -> Self {
+        self.sources.set_bearer(bearer);
+        self.mtls = mtls;
+        self
+    }
+
+    /// With conditions reading the time from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn tollgate_common::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Installs `policy` for every Check that starts from now on; those in flight finish on
@@ -197,7 +227,7 @@ impl Authorizer {
         let decision = if rule.public {
             self.allow_anonymous(rule.name.clone(), Reason::Public)
         } else {
-            self.authenticate(req, &route, rule).await
+            self.authenticate(req, &route, rule, &path).await
         };
         match (&self.rate_limit, decision) {
             (Some(limiter), Decision::Allow(allow)) => {
@@ -213,6 +243,7 @@ impl Authorizer {
         req: &dyn RequestView,
         route: &RouteSettings<'_>,
         rule: &Rule,
+        path: &str,
     ) -> Decision {
         let Some(methods) = self.methods(rule, route) else {
             return deny(Denial::Forbidden, None, Reason::BadRouteOverride);
@@ -222,8 +253,10 @@ impl Authorizer {
             .any(|m| matches!(m, Method::Jwt | Method::Introspection))
         {
             Scheme::Bearer
-        } else {
+        } else if methods.contains(&Method::ApiKey) {
             Scheme::ApiKey
+        } else {
+            Scheme::Certificate
         };
         let found = match self.sources.find(req, &methods) {
             Ok(f) => f,
@@ -256,8 +289,27 @@ impl Authorizer {
             }
             Err(Rejection::Unavailable(r)) => return deny(Denial::Unavailable, Some(method), r),
         };
+        if !self
+            .sources
+            .accepts(&found, method, identity.issuer.as_deref())
+        {
+            return deny(
+                Denial::InvalidToken(Scheme::of(method)),
+                Some(method),
+                Reason::TokenSource,
+            );
+        }
         let location = self.sources.location(&found, credential);
-        self.authorize(identity, rule, route, location)
+        let facts = Facts {
+            method: req.method(),
+            host: policy::bare_host(req.host()),
+            path,
+            query: req.query(),
+            source: req.source_address(),
+            now: self.clock.now(),
+            headers: &|name| req.header(name),
+        };
+        self.authorize(identity, rule, route, location, &facts)
     }
 
     /// The identity methods of this request: the route's override (only configured ones),
@@ -294,6 +346,16 @@ impl Authorizer {
                 Some(keys) => keys.verify(k).await.map_err(|e| api_key_rejection(&e)),
                 None => Err(not_configured),
             },
+            (Method::Mtls, Credential::Certificate(c)) => match (&self.mtls, c.pem) {
+                (Some(m), Some(pem)) => m.verify(c.principal, pem).map(Arc::new),
+                (Some(_), None) => {
+                    tracing::warn!(
+                        "the proxy names a client certificate but does not forward it (Envoy: include_peer_certificate); denying"
+                    );
+                    Err(Rejection::Invalid(Reason::CertificateNotForwarded))
+                }
+                (None, _) => Err(not_configured),
+            },
             _ => Err(Rejection::Invalid(Reason::Internal)),
         }
     }
@@ -306,6 +368,7 @@ impl Authorizer {
         rule: &Rule,
         route: &RouteSettings<'_>,
         location: Location,
+        facts: &Facts<'_>,
     ) -> Decision {
         let method = identity.method;
         let scheme = Scheme::of(method);
@@ -318,10 +381,12 @@ impl Authorizer {
             Some(s) => s.split(' ').filter(|s| !s.is_empty()).collect(),
             None => Vec::new(),
         };
-        if let Some(unmet) = rule.unmet(&identity, &extra) {
+        if let Some(unmet) = rule.unmet(&identity, &extra, facts) {
             let (reason, scope) = match unmet {
                 Unmet::Scope(s) => (Reason::InsufficientScope, Some(s)),
                 Unmet::Claim => (Reason::ClaimCondition, None),
+                Unmet::Cel => (Reason::CelCondition, None),
+                Unmet::CelError(_) => (Reason::CelError, None),
             };
             return deny(
                 Denial::InsufficientScope(scheme, scope),
@@ -343,6 +408,7 @@ impl Authorizer {
             Method::Jwt => self.jwt.is_some(),
             Method::Introspection => self.introspection.is_some(),
             Method::ApiKey => self.api_keys.is_some(),
+            Method::Mtls => self.mtls.is_some(),
             Method::Anonymous => false,
         }
     }
@@ -364,13 +430,18 @@ impl Authorizer {
         credential: Option<Location>,
         reason: Reason,
     ) -> Decision {
-        let Forwarded { set, mut remove } = forwarded;
+        let Forwarded {
+            mut set,
+            mut remove,
+        } = forwarded;
         let mut remove_query = Vec::new();
         if self.headers.remove_credential {
             match credential {
                 Some(Location::Header(h)) => remove.push(h),
                 Some(Location::Query(q)) => remove_query.push(q),
-                None => {}
+                Some(Location::Cookie(Some(rest))) => set.push((Arc::from("cookie"), rest)),
+                Some(Location::Cookie(None)) => remove.push(Arc::from("cookie")),
+                Some(Location::Connection) | None => {}
             }
         }
         Decision::Allow(Allow {
@@ -440,6 +511,7 @@ fn parse_methods(list: &str) -> Option<Vec<Method>> {
             "jwt" => Some(Method::Jwt),
             "introspection" => Some(Method::Introspection),
             "api_key" => Some(Method::ApiKey),
+            "mtls" => Some(Method::Mtls),
             _ => None,
         })
         .collect()
@@ -447,3 +519,6 @@ fn parse_methods(list: &str) -> Option<Vec<Method>> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sources_tests;

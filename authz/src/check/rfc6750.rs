@@ -15,6 +15,8 @@ const REALM: &str = "tollgate";
 pub(super) enum Scheme {
     Bearer,
     ApiKey,
+    /// A client certificate: no HTTP authentication scheme asks for one, so no challenge.
+    Certificate,
 }
 
 impl Scheme {
@@ -22,15 +24,16 @@ impl Scheme {
         match self {
             Scheme::Bearer => "Bearer",
             Scheme::ApiKey => "ApiKey",
+            Scheme::Certificate => "",
         }
     }
 
     /// The scheme of a credential accepted by `method`.
     pub(super) fn of(method: Method) -> Self {
-        if method == Method::ApiKey {
-            Scheme::ApiKey
-        } else {
-            Scheme::Bearer
+        match method {
+            Method::ApiKey => Scheme::ApiKey,
+            Method::Mtls => Scheme::Certificate,
+            _ => Scheme::Bearer,
         }
     }
 }
@@ -69,7 +72,7 @@ impl Denial<'_> {
             Denial::Unavailable => (503, Some("temporarily_unavailable"), None, None),
         };
         let mut headers = Vec::with_capacity(4);
-        if let Some(s) = scheme {
+        if let Some(s) = scheme.filter(|s| *s != Scheme::Certificate) {
             headers.push(("www-authenticate", challenge(s, error, scope)));
         }
         if status == 503 {

@@ -17,6 +17,7 @@ use tollgate_common::config::{Errors, Validate, join};
 
 use super::cache::{IdentityCache, hash_token};
 use super::jwks::{Jwks, JwksError, JwksSettings, KeyId, Source, VerifyKey};
+use super::token_source::{TokenSource, TokenSourceConfig};
 use super::{Clock, Identity, Method, Rejection, unix};
 use crate::metrics;
 use crate::reason::Reason;
@@ -78,6 +79,25 @@ pub struct IssuerConfig {
     /// Which claims fill the identity.
     #[serde(default)]
     pub claims: ClaimMapping,
+    /// Where this issuer's tokens may be, tried in order; default `Authorization: Bearer`.
+    /// A token found in a place its issuer does not list is refused (401 invalid_token).
+    #[serde(default)]
+    pub token_sources: Option<Vec<TokenSourceConfig>>,
+}
+
+impl IssuerConfig {
+    /// The validated token sources (the default when none are listed).
+    pub fn sources(&self) -> Vec<TokenSource> {
+        match &self.token_sources {
+            None => vec![TokenSource::authorization()],
+            Some(list) => {
+                let mut ignored = Errors::default();
+                list.iter()
+                    .filter_map(|s| s.parse("", &mut ignored))
+                    .collect()
+            }
+        }
+    }
 }
 
 /// Claim names that fill the identity's fields.
@@ -233,6 +253,22 @@ impl Validate for JwtConfig {
             }
             if iss.claims.subject.is_empty() {
                 errors.push(join(&at, "claims.subject"), "must not be empty");
+            }
+            if let Some(sources) = &iss.token_sources {
+                let at = join(&at, "token_sources");
+                if sources.is_empty() {
+                    errors.push(&at, "must list at least one source (or be left out)");
+                }
+                let mut seen = Vec::new();
+                for (j, s) in sources.iter().enumerate() {
+                    let at = format!("{at}[{j}]");
+                    if let Some(parsed) = s.parse(&at, errors) {
+                        if seen.contains(&parsed) {
+                            errors.push(at, "listed twice");
+                        }
+                        seen.push(parsed);
+                    }
+                }
             }
         }
     }

@@ -15,6 +15,8 @@ pub enum Method {
     Introspection,
     /// An API key from the key store.
     ApiKey,
+    /// The client certificate the proxy verified on the TLS connection.
+    Mtls,
     /// No credential; only where a policy rule is public.
     Anonymous,
 }
@@ -26,6 +28,7 @@ impl Method {
             Method::Jwt => "jwt",
             Method::Introspection => "introspection",
             Method::ApiKey => "api_key",
+            Method::Mtls => "mtls",
             Method::Anonymous => "anonymous",
         }
     }
@@ -49,6 +52,8 @@ pub struct Identity {
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// When the credential stops being valid, if it says.
     pub expires_at: Option<SystemTime>,
+    /// The client certificate, for an `mtls` identity.
+    pub cert: Option<std::sync::Arc<PeerCert>>,
 }
 
 impl Identity {
@@ -64,6 +69,7 @@ impl Identity {
             scopes: Vec::new(),
             claims: serde_json::Map::new(),
             expires_at: None,
+            cert: None,
         }
     }
 
@@ -73,11 +79,29 @@ impl Identity {
     }
 }
 
+/// What an identity carries of the client certificate (see `mtls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The subject DN, RFC 4514 form (`CN=web, O=Acme`).
+    pub subject: String,
+    /// The proxy's name for the peer (Envoy: the first URI SAN, else DNS SAN, else subject).
+    pub principal: String,
+    pub dns: Vec<String>,
+    pub uris: Vec<String>,
+    pub emails: Vec<String>,
+    /// The URI SAN with the `spiffe://` scheme.
+    pub spiffe_id: Option<String>,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
+}
+
 pub mod cache;
 pub mod crypto;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod mtls;
+pub mod token_source;
 
 /// The one clock every identity method reads (`tollgate_common::clock`), shared so that tests
 /// move time for all of them at once.

@@ -9,6 +9,7 @@
 mod authz;
 mod authz_key_store;
 mod authz_plans;
+mod authz_policies;
 mod authz_reload;
 mod authz_replicas;
 mod binaries;
