@@ -259,6 +259,9 @@ start_tollgate() {
     start ratelimit "$REL/noop-grpc" --addr "127.0.0.1:$RL_PORT"
     wait_ready authz 20 tcp_open "$AUTHZ_PORT"
     wait_ready ratelimit 20 tcp_open "$RL_PORT"
+    read -r SINGLE_PORT single_http <<<"$(free_ports 2)"
+    start single "$REL/noop-grpc" --addr "127.0.0.1:$SINGLE_PORT"
+    wait_ready single 20 tcp_open "$SINGLE_PORT"
     return
   fi
   local bin
@@ -293,6 +296,7 @@ start_tollgate() {
   start ratelimit "$RATELIMIT_BIN" serve --config "$WORK/config/ratelimit.yaml"
   wait_ready authz 30 http_ok "http://127.0.0.1:$authz_http/readyz"
   wait_ready ratelimit 30 http_ok "http://127.0.0.1:$rl_http/readyz"
+  start_single_call "$store"
   if [[ $IDENTITY == api_key ]]; then
     "$AUTHZ_BIN" keys create --admin-url "http://127.0.0.1:$admin_port" --token-file "$WORK/admin-token" \
       --name bench --owner bench --json >"$WORK/key.json" 2>"$WORK/key.err" ||
@@ -302,12 +306,31 @@ start_tollgate() {
   fi
 }
 
-# authz_allowed: Checks tollgate-authz has allowed so far with the --identity method (jwt or
+# start_single_call STORE: a second tollgate-authz, named single, in single-call mode: the same
+# policy and identity as authz, plus the rate limits tollgate-ratelimit counts (the same limits
+# file and counter store, and the descriptors the two-call variant's route sends), on
+# SINGLE_PORT. Not with --identity api_key (both would open one embedded key store).
+SINGLE_PORT='' single_http=''
+start_single_call() {
+  [[ $IDENTITY != api_key ]] || return 0
+  read -r SINGLE_PORT single_http <<<"$(free_ports 2)"
+  sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$SINGLE_PORT|" \
+    -e "s|http_addr:.*|http_addr: 127.0.0.1:$single_http|" \
+    -e 's|^policy:$|policy:\n  rate_limits:\n    - actions: [{generic_key: {descriptor_value: bench}}]\n    - actions: [{remote_address: {}}]|' \
+    "$WORK/config/authz.yaml" >"$WORK/config/authz-single.yaml"
+  # STORE is `type: memory` or `type: redis\n  url: ...`, as written for ratelimit.yaml.
+  printf 'rate_limit:\n  domain: bench\n  store:\n    %b\n  limits: {path: %s}\n' \
+    "${1//\\n  /\\n    }" "$WORK/config/limits" >>"$WORK/config/authz-single.yaml"
+  start single "$AUTHZ_BIN" serve --config "$WORK/config/authz-single.yaml"
+  wait_ready single 30 http_ok "http://127.0.0.1:$single_http/readyz"
+}
+
+# authz_allowed [HTTP_PORT]: Checks tollgate-authz has allowed so far with the --identity method (jwt or
 # api_key), from its /metrics ("none" when the series is absent): the proof that Check really
 # authenticated.
 authz_allowed() {
   local method=$IDENTITY
-  curl -fsS --max-time 5 "http://127.0.0.1:$authz_http/metrics" |
+  curl -fsS --max-time 5 "http://127.0.0.1:${1:-$authz_http}/metrics" |
     awk -v m="method=\"$method\"" '/^tollgate_authz_checks_total[{ ]/ && index($0, "decision=\"allow\"") && index($0, m) {
       s += $NF; n++ } END { if (n) printf "%d\n", s; else print "none" }'
 }
@@ -339,6 +362,22 @@ check_auth_proof() {
 HEADERS=("authorization: Bearer $JWT")
 
 # ================================================================ envoy mode
+
+# authz_cluster PORT: the `authz` cluster (HTTP/2) of an Envoy config.
+authz_cluster() {
+  cat <<EOF
+  - name: authz
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: authz
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $1}}}}]}]
+EOF
+}
 
 # envoy_config VARIANT LISTEN_PORT ADMIN_PORT [AUTHZ_PORT RL_PORT]
 envoy_config() {
@@ -412,18 +451,8 @@ EOF
                   - actions: [{remote_address: {}}]
 EOF
       )
-      clusters=$(
+      clusters=$(authz_cluster "$authz")$'\n'$(
         cat <<EOF
-  - name: authz
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: authz
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $authz}}}}]}]
   - name: ratelimit
     type: STATIC
     connect_timeout: 1s
@@ -436,6 +465,22 @@ EOF
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $rl}}}}]}]
 EOF
       )
+      ;;
+    noop1 | single)
+      # One ext_authz call and nothing else: single-call Tollgate authenticates and limits in it.
+      filters=$(
+        cat <<EOF
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: {cluster_name: authz}
+                timeout: 1s
+EOF
+      )
+      clusters=$(authz_cluster "$authz")
       ;;
   esac
   cat <<EOF
@@ -482,6 +527,8 @@ declare -A CHECKS=(
   [native]="http.ingress.jwt_authn.allowed bench_local.http_local_rate_limit.ok"
   [noop]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
   [tollgate]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
+  [noop1]="http.ingress.ext_authz.ok"
+  [single]="http.ingress.ext_authz.ok"
 )
 
 # stats_snapshot ADMIN_PORT: the counters of interest; counter FILE NAME: one value (0 if absent).
@@ -494,7 +541,7 @@ counter() { awk -v n="$2:" '$1 == n { print $2; found = 1 } END { if (!found) pr
 # tg_decisions: limit decisions tollgate-ratelimit has made so far, from its /metrics ("none" when
 # the series is absent): through Envoy, the proof that Tollgate matched and counted its limit.
 tg_decisions() {
-  curl -fsS --max-time 5 "http://127.0.0.1:$rl_http/metrics" |
+  curl -fsS --max-time 5 "http://127.0.0.1:${1:-$rl_http}/metrics" |
     awk '/^tollgate_ratelimit_decisions_total[{ ]/ { s += $NF; n++ } END { if (n) printf "%d\n", s; else print "none" }'
 }
 
@@ -528,15 +575,19 @@ run_envoy_mode() {
   command -v wrk >/dev/null || die "wrk not found (apt-get install -y wrk)"
   [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (run scripts/setup.sh, or set ENVOY=/path/to/envoy)"
 
-  VARIANTS=(plain native noop tollgate)
+  VARIANTS=(plain native noop tollgate noop1)
   declare -gA LABEL=(
     [plain]="(a) plain proxy"
     [native]="(b) jwt_authn + local_ratelimit"
     [noop]="(c) ext_authz+ratelimit: noop-grpc"
     [tollgate]="(d) ext_authz+ratelimit: $TG_LABEL"
+    [noop1]="(e) ext_authz only: noop-grpc"
+    [single]="(f) single-call: $TG_LABEL"
   )
-  # Processes whose CPU each variant is charged with (beyond its own Envoy).
-  declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit")
+  # Processes whose CPU each variant is charged with (beyond its own Envoy); the single-call
+  # authz is reported in the authz column.
+  declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit"
+    [noop1]="upstream noop" [single]="upstream single")
   declare -gA LISTEN=() ADMIN=()
 
   read -r UPSTREAM_PORT NOOP_PORT <<<"$(free_ports 2)"
@@ -545,6 +596,7 @@ run_envoy_mode() {
   wait_ready upstream 20 tcp_open "$UPSTREAM_PORT"
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
+  [[ -z $SINGLE_PORT ]] || VARIANTS+=(single)
   [[ $IDENTITY != api_key ]] || HEADERS+=("x-api-key: $API_KEY")
   local -a wrk_headers=()
   local h
@@ -557,6 +609,8 @@ run_envoy_mode() {
     case $v in
       noop) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$NOOP_PORT" "$NOOP_PORT" ;;
       tollgate) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$AUTHZ_PORT" "$RL_PORT" ;;
+      noop1) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$NOOP_PORT" ;;
+      single) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$SINGLE_PORT" ;;
       *) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" ;;
     esac >"$WORK/envoy-$v.yaml"
     start "envoy-$v" "$ENVOY" -c "$WORK/envoy-$v.yaml" --concurrency 1 --disable-hot-restart \
@@ -590,13 +644,17 @@ run_envoy_mode() {
     for v in "${VARIANTS[@]}"; do
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-before.txt"
       [[ $v != tollgate || $STAND_IN == 1 ]] || d0=$(tg_decisions)
+      [[ $v != single || $STAND_IN == 1 ]] || d0=$(tg_decisions "$single_http")
       [[ $v != tollgate || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
+      [[ $v != single || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed "$single_http") || die "cannot read the single-call tollgate-authz's /metrics"
       for name in "envoy-$v" ${PROCS[$v]}; do before[$name]=$(cpu_ticks "${PID[$name]}"); done
       wrk_run "$v" "$DURATION" "$WORK/wrk-$v-$r.txt"
       for name in "envoy-$v" ${PROCS[$v]}; do after[$name]=$(cpu_ticks "${PID[$name]}"); done
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-after.txt"
       [[ $v != tollgate || $STAND_IN == 1 ]] || d1=$(tg_decisions)
+      [[ $v != single || $STAND_IN == 1 ]] || d1=$(tg_decisions "$single_http")
       [[ $v != tollgate || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
+      [[ $v != single || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed "$single_http") || die "cannot read the single-call tollgate-authz's /metrics"
 
       read -r rps reqs p50 p99 non2xx serr <<<"$(wrk_fields "$WORK/wrk-$v-$r.txt")"
       [[ -n $reqs && $reqs -gt 0 ]] || { cat "$WORK/wrk-$v-$r.txt" >&2; die "wrk made no request (${LABEL[$v]})"; }
@@ -609,7 +667,9 @@ run_envoy_mode() {
       # Results row: variant round rps p50 p99 then cpu/req of envoy, upstream, svc1, svc2.
       local row="$v	$r	$rps	$p50	$p99" total=0
       line+="  cpu us/req:"
-      for name in "envoy-$v" upstream noop authz ratelimit; do
+      local authz_col=authz
+      [[ $v != single ]] || authz_col=single
+      for name in "envoy-$v" upstream noop "$authz_col" ratelimit; do
         if [[ $name == "envoy-$v" || " ${PROCS[$v]} " == *" $name "* ]]; then
           p=$(per_req $((after[$name] - before[$name])) "$reqs")
           line+=" ${name%%-*} $p"
@@ -631,7 +691,7 @@ run_envoy_mode() {
           die "${LABEL[$v]}: counter $c grew by $((t1 - t0)) for $reqs requests: the calls did not happen"
         fi
       done
-      if [[ $v == tollgate && $STAND_IN == 0 ]]; then
+      if [[ ($v == tollgate || $v == single) && $STAND_IN == 0 ]]; then
         if [[ $d0 == none || $d1 == none ]]; then
           checks+=" tollgate_decisions=n/a"
         else
@@ -639,11 +699,11 @@ run_envoy_mode() {
           checks+=" tollgate_decisions=$p/req"
           if awk -v p="$p" 'BEGIN { exit !(p < 0.9) }'; then
             echo "$line" >&2
-            die "tollgate-ratelimit made $((d1 - d0)) limit decisions for $reqs requests: its limit did not match"
+            die "${LABEL[$v]}: $((d1 - d0)) limit decisions for $reqs requests: its limit did not match"
           fi
         fi
       fi
-      if [[ $v == tollgate && $AUTH_PROOF == 1 ]]; then
+      if [[ ($v == tollgate || $v == single) && $AUTH_PROOF == 1 ]]; then
         p=$(check_auth_proof "$a0" "$a1" "$reqs" "${LABEL[$v]}") || { echo "$line" >&2; KEEP=1; exit 1; }
         checks+=" tollgate_allowed_$IDENTITY=$p/req"
       fi
@@ -672,9 +732,20 @@ run_envoy_mode() {
     "Envoy CPU per request" "$(ratio "$(col tollgate 6)" "$(col noop 6)")" \
     "service CPU per request" "$(ratio "$tg_svc" "$noop_svc")  (authz+ratelimit $tg_svc us, noop-grpc $noop_svc us)" \
     "total CPU per request" "$(ratio "$(col tollgate 11)" "$(col noop 11)")"
+  if [[ " ${VARIANTS[*]} " == *" single "* ]]; then
+    local single_svc noop1_svc
+    single_svc=$(num1 "$(col single 9)")
+    noop1_svc=$(num1 "$(col noop1 8)")
+    echo "Single call, (f) / one-call no-op (e), and (f) / two-call Tollgate (d):"
+    printf '  %-26s %s\n' "throughput (f)/(e)" "$(ratio "$(col single 3)" "$(col noop1 3)")" \
+      "throughput (f)/(d)" "$(ratio "$(col single 3)" "$(col tollgate 3)")" \
+      "p50 latency (f)/(e)" "$(ratio "$(col single 4)" "$(col noop1 4)")" \
+      "service CPU per request" "$(ratio "$single_svc" "$noop1_svc")  (single-call authz $single_svc us, noop-grpc $noop1_svc us)" \
+      "total CPU per request" "(f)/(e) $(ratio "$(col single 11)" "$(col noop1 11)"), (f)/(d) $(ratio "$(col single 11)" "$(col tollgate 11)")"
+  fi
   echo "Each variant / plain proxy:"
   printf '  %-38s %6s %6s %6s %6s %6s\n' "" req/s p50 p99 envoy total
-  for v in native noop tollgate; do
+  for v in "${VARIANTS[@]:1}"; do
     printf '  %-38s %6s %6s %6s %6s %6s\n' "${LABEL[$v]}" "$(ratio "$(col "$v" 3)" "$(col plain 3)")" \
       "$(ratio "$(col "$v" 4)" "$(col plain 4)")" "$(ratio "$(col "$v" 5)" "$(col plain 5)")" \
       "$(ratio "$(col "$v" 6)" "$(col plain 6)")" "$(ratio "$(col "$v" 11)" "$(col plain 11)")"
@@ -695,8 +766,9 @@ run_direct_mode() {
 
   # target name -> (port, process) for each API.
   declare -A PORT=([noop-check]=$NOOP_PORT [noop-ratelimit]=$NOOP_PORT
-    [tollgate-check]=$AUTHZ_PORT [tollgate-ratelimit]=$RL_PORT)
-  declare -A PROC=([noop-check]=noop [noop-ratelimit]=noop [tollgate-check]=authz [tollgate-ratelimit]=ratelimit)
+    [tollgate-check]=$AUTHZ_PORT [tollgate-ratelimit]=$RL_PORT [single-check]=$SINGLE_PORT)
+  declare -A PROC=([noop-check]=noop [noop-ratelimit]=noop [tollgate-check]=authz [tollgate-ratelimit]=ratelimit
+    [single-check]=single)
 
   load() { # load KEY SECS OUT
     local api=${1#*-} generic=bench
@@ -722,10 +794,12 @@ run_direct_mode() {
       PROC[tollgate-ratelimit-$alg]=ratelimit
     done
   fi
+  # single-check: Check on the single-call tollgate-authz, the embedded limit counted in it.
+  [[ -z $SINGLE_PORT ]] || keys+=(single-check)
   echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
     "$(nproc) cores; CLK_TCK=$HZ; identity $IDENTITY"
   [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: the tollgate-* targets are two noop-grpc processes, not Tollgate's services"
-  local k r t0 t1 a0 a1 calls errors denied limited rps p50 p99 cpu auth_note
+  local k r t0 t1 a0 a1 d0=0 d1=0 calls errors denied limited rps p50 p99 cpu auth_note
   if ((WARMUP > 0)); then
     for k in "${keys[@]}"; do load "$k" "$WARMUP" "$WORK/warmup-$k.txt"; done
   fi
@@ -744,10 +818,12 @@ run_direct_mode() {
       fi
       auth_note=""
       [[ $k != tollgate-check || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
+      [[ $k != single-check || $STAND_IN == 1 ]] || d0=$(tg_decisions "$single_http")
       t0=$(cpu_ticks "${PID[${PROC[$k]}]}")
       load "$k" "$DURATION" "$WORK/load-$k-$r.txt"
       t1=$(cpu_ticks "${PID[${PROC[$k]}]}")
       [[ $k != tollgate-check || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
+      [[ $k != single-check || $STAND_IN == 1 ]] || d1=$(tg_decisions "$single_http")
       calls=$(field "$WORK/load-$k-$r.txt" calls)
       errors=$(field "$WORK/load-$k-$r.txt" errors)
       denied=$(field "$WORK/load-$k-$r.txt" denied)
@@ -765,6 +841,10 @@ run_direct_mode() {
         die "$k: a limit matched on only $limited of $calls calls (check bench/config/limits)"
       fi
       cpu=$(per_req $((t1 - t0)) "$calls")
+      # The single-call Check must count its limit on every call, or it measures nothing.
+      if [[ $k == single-check && $STAND_IN == 0 ]] && (((d1 - d0) < calls * 9 / 10)); then
+        die "$k: $((d1 - d0)) limit decisions for $calls calls: the embedded limit did not match"
+      fi
       if [[ $k == tollgate-check && $AUTH_PROOF == 1 ]]; then
         auth_note=$(check_auth_proof "$a0" "$a1" "$calls" "$k") || { KEEP=1; exit 1; }
         auth_note="  [allowed $IDENTITY ${auth_note}/call]"
@@ -796,6 +876,10 @@ run_direct_mode() {
     printf '  %-10s calls/s %s   cpu/call %s\n' "$api" "$(ratio "$(col "tollgate-$api" 3)" "$(col "noop-$api" 3)")" \
       "$(ratio "$(col "tollgate-$api" 6)" "$(col "noop-$api" 6)")"
   done
+  if [[ " ${keys[*]} " == *" single-check "* ]]; then
+    printf '  %-10s calls/s %s   cpu/call %s   (single-call Check, embedded limit, / no-op Check)\n' "single" \
+      "$(ratio "$(col single-check 3)" "$(col noop-check 3)")" "$(ratio "$(col single-check 6)" "$(col noop-check 6)")"
+  fi
   if [[ $REDIS == 1 ]]; then
     local redis_cpu cmds
     redis_cpu=$(awk -F'\t' '$1 == "tollgate-ratelimit" { print $3 }' "$WORK/redis.tsv" | median)
