@@ -902,12 +902,12 @@ fn schema_rejects_bad_values_with_a_clear_message() {
             "at '/authz/replicas': minimum: got -1, want 1",
         ),
         (
-            "redis.mode=replicas",
+            "redis.mode=replicated",
             "at '/redis/mode': value must be one of 'standalone', 'sentinel', 'cluster', 'none'",
         ),
         (
             "redis.mode=sentinel",
-            "at '/redis/sentinel/master': minLength: got 0, want 1",
+            "at '/redis/sentinel/nodes': minItems: got 0, want 1",
         ),
         (
             "authz.replicaCount=3",

@@ -32,7 +32,7 @@ use tollgate_common::secret::Secret;
 
 use super::super::{Hit, Outcome, StoreError};
 use super::breaker::{self, Breaker, BreakerConfig};
-use super::deadline::{RedisClock, mono_us};
+use super::deadline::RedisClock;
 use super::script::{self, Arg, Call, Mode, SCRIPT, SCRIPT_SHA};
 use super::{RedisConfig, key_slot};
 
@@ -487,10 +487,4 @@ async fn refresh_every(cluster: Weak<Cluster>) {
             tracing::debug!(error = %e, "redis cluster: slot map refresh failed");
         }
     }
-}
-
-/// This process' monotonic clock (for tests that compare deadlines).
-#[allow(dead_code)]
-fn now_mono() -> i64 {
-    mono_us(Instant::now())
 }
