@@ -567,6 +567,8 @@ mod tests {
         load_str(&policy).unwrap_or_else(|e| panic!("{e}"));
         let headers = doc_example("## `headers`");
         load_str(&headers).unwrap_or_else(|e| panic!("{e}"));
+        let http = load_str(&doc_example("## HTTP mode")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(http.http_authz.unwrap().path_prefix, "/check");
     }
 
     #[test]
