@@ -500,6 +500,11 @@ EOF
   - name: authz
     type: STATIC
     connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {idle_timeout: 5s}
+        explicit_http_config: {http_protocol_options: {}}
     load_assignment:
       cluster_name: authz
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $authz}}}}]}]

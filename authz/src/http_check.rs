@@ -75,7 +75,8 @@ pub struct HttpAuthzConfig {
     /// HTTP/1.1, per worker.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers; also how long a connection
+    /// may sit idle between requests (keep Envoy's `idle_timeout` for the cluster below it).
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
 }
