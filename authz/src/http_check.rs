@@ -143,8 +143,8 @@ pub enum HttpAuthzError {
 }
 
 /// The listener, bound and not yet serving.
-pub struct Listener {
-    pub addr: SocketAddr,
+pub(crate) struct Listener {
+    pub(crate) addr: SocketAddr,
     listener: tokio::net::TcpListener,
     tls: Option<tollgate_server::tls::ReloadingAcceptor>,
     cfg: HttpAuthzConfig,
@@ -159,7 +159,7 @@ impl std::fmt::Debug for Listener {
 }
 
 /// Binds the listener and loads its TLS material.
-pub async fn bind(cfg: &HttpAuthzConfig) -> Result<Listener, HttpAuthzError> {
+pub(crate) async fn bind(cfg: &HttpAuthzConfig) -> Result<Listener, HttpAuthzError> {
     let tls = cfg
         .tls
         .as_ref()
@@ -183,7 +183,7 @@ pub async fn bind(cfg: &HttpAuthzConfig) -> Result<Listener, HttpAuthzError> {
 
 impl Listener {
     /// Serves checks until `stop` triggers, then lets open ones finish.
-    pub fn serve(
+    pub(crate) fn serve(
         self,
         authorizer: Arc<Authorizer>,
         stop: tollgate_common::Shutdown,
@@ -206,7 +206,7 @@ struct Checker {
 }
 
 /// Every method on every path is a check (Envoy keeps the client's method and path).
-pub fn router(authorizer: Arc<Authorizer>, path_prefix: &str) -> Router {
+fn router(authorizer: Arc<Authorizer>, path_prefix: &str) -> Router {
     Router::new().fallback(check).with_state(Checker {
         authorizer,
         prefix: path_prefix.into(),
