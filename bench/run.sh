@@ -252,7 +252,7 @@ make_jwt
 # With --identity api_key it also creates the key and sets API_KEY to its secret.
 AUTHZ_PORT='' RL_PORT='' API_KEY=''
 start_tollgate() {
-  read -r AUTHZ_PORT authz_http RL_PORT rl_http admin_port <<<"$(free_ports 5)"
+  read -r AUTHZ_PORT authz_http RL_PORT rl_http admin_port AUTHZ_CHECK_PORT <<<"$(free_ports 6)"
   if [[ $STAND_IN == 1 ]]; then
     [[ $IDENTITY != api_key ]] || API_KEY=tgk_stand-in
     start authz "$REL/noop-grpc" --addr "127.0.0.1:$AUTHZ_PORT"
@@ -280,6 +280,8 @@ start_tollgate() {
     -e "s|@ADMIN_ADDR@|127.0.0.1:$admin_port|" \
     -e "s|@ADMIN_TOKEN_FILE@|$WORK/admin-token|" \
     "$authz_src" >"$WORK/config/authz.yaml"
+  # The same service also answers Envoy's HTTP ext_authz, for the (e)/(f) comparison.
+  printf 'http_authz:\n  addr: 127.0.0.1:%s\n  path_prefix: /check\n' "$AUTHZ_CHECK_PORT" >>"$WORK/config/authz.yaml"
   local store="type: memory"
   if [[ $REDIS == 1 ]]; then
     read -r REDIS_PORT <<<"$(free_ports 1)"
@@ -466,8 +468,9 @@ EOF
 EOF
       )
       ;;
-    noop1 | single)
-      # One ext_authz call and nothing else: single-call Tollgate authenticates and limits in it.
+    noop1 | single | authz-grpc)
+      # One ext_authz call and nothing else: single-call Tollgate authenticates and limits in
+      # it; authz-grpc is the plain tollgate-authz over the same gRPC flavour.
       filters=$(
         cat <<EOF
           - name: envoy.filters.http.ext_authz
@@ -481,6 +484,50 @@ EOF
 EOF
       )
       clusters=$(authz_cluster "$authz")
+      ;;
+    authz-http)
+      # As deploy/envoy/envoy-http-authz.yaml: HTTP/1.1 to the check listener, the headers a
+      # decision reads, the identity headers back.
+      filters=$(
+        cat <<EOF
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              http_service:
+                server_uri: {uri: "http://authz", cluster: authz, timeout: 1s}
+                path_prefix: /check
+                authorization_request:
+                  allowed_headers:
+                    patterns: [{exact: x-api-key}, {exact: x-request-id}]
+                  headers_to_add:
+                  - {key: x-tollgate-source-address, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+                authorization_response:
+                  allowed_upstream_headers:
+                    patterns: [{exact: x-tollgate-subject}, {exact: x-tollgate-tenant}, {exact: x-tollgate-plan},
+                      {exact: x-tollgate-scopes}, {exact: x-tollgate-auth-method}, {exact: x-tollgate-key-id}]
+                  allowed_client_headers:
+                    patterns: [{exact: www-authenticate}, {exact: content-type}, {exact: cache-control}]
+                  dynamic_metadata_from_headers:
+                    patterns: [{prefix: x-tollgate-metadata-}]
+EOF
+      )
+      clusters=$(
+        cat <<EOF
+  - name: authz
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {idle_timeout: 5s}
+        explicit_http_config: {http_protocol_options: {}}
+    load_assignment:
+      cluster_name: authz
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $authz}}}}]}]
+EOF
+      )
       ;;
   esac
   cat <<EOF
@@ -529,6 +576,8 @@ declare -A CHECKS=(
   [tollgate]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
   [noop1]="http.ingress.ext_authz.ok"
   [single]="http.ingress.ext_authz.ok"
+  [authz-grpc]="http.ingress.ext_authz.ok"
+  [authz-http]="http.ingress.ext_authz.ok"
 )
 
 # stats_snapshot ADMIN_PORT: the counters of interest; counter FILE NAME: one value (0 if absent).
@@ -576,6 +625,8 @@ run_envoy_mode() {
   [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (run scripts/setup.sh, or set ENVOY=/path/to/envoy)"
 
   VARIANTS=(plain native noop tollgate noop1)
+  # tollgate-authz alone, over each ext_authz flavour (noop-grpc speaks no HTTP ext_authz).
+  [[ $STAND_IN == 1 ]] || VARIANTS+=(authz-grpc authz-http)
   declare -gA LABEL=(
     [plain]="(a) plain proxy"
     [native]="(b) jwt_authn + local_ratelimit"
@@ -583,11 +634,13 @@ run_envoy_mode() {
     [tollgate]="(d) ext_authz+ratelimit: $TG_LABEL"
     [noop1]="(e) ext_authz only: noop-grpc"
     [single]="(f) single-call: $TG_LABEL"
+    [authz-grpc]="(g) ext_authz gRPC: tollgate-authz"
+    [authz-http]="(h) ext_authz HTTP: tollgate-authz"
   )
   # Processes whose CPU each variant is charged with (beyond its own Envoy); the single-call
   # authz is reported in the authz column.
   declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit"
-    [noop1]="upstream noop" [single]="upstream single")
+    [noop1]="upstream noop" [single]="upstream single" [authz-grpc]="upstream authz" [authz-http]="upstream authz")
   declare -gA LISTEN=() ADMIN=()
 
   read -r UPSTREAM_PORT NOOP_PORT <<<"$(free_ports 2)"
@@ -611,6 +664,8 @@ run_envoy_mode() {
       tollgate) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$AUTHZ_PORT" "$RL_PORT" ;;
       noop1) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$NOOP_PORT" ;;
       single) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$SINGLE_PORT" ;;
+      authz-grpc) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$AUTHZ_PORT" ;;
+      authz-http) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" "$AUTHZ_CHECK_PORT" ;;
       *) envoy_config "$v" "${LISTEN[$v]}" "${ADMIN[$v]}" ;;
     esac >"$WORK/envoy-$v.yaml"
     start "envoy-$v" "$ENVOY" -c "$WORK/envoy-$v.yaml" --concurrency 1 --disable-hot-restart \
@@ -645,7 +700,7 @@ run_envoy_mode() {
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-before.txt"
       [[ $v != tollgate || $STAND_IN == 1 ]] || d0=$(tg_decisions)
       [[ $v != single || $STAND_IN == 1 ]] || d0=$(tg_decisions "$single_http")
-      [[ $v != tollgate || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
+      [[ ${PROCS[$v]} != *authz* || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
       [[ $v != single || $AUTH_PROOF == 0 ]] || a0=$(authz_allowed "$single_http") || die "cannot read the single-call tollgate-authz's /metrics"
       for name in "envoy-$v" ${PROCS[$v]}; do before[$name]=$(cpu_ticks "${PID[$name]}"); done
       wrk_run "$v" "$DURATION" "$WORK/wrk-$v-$r.txt"
@@ -653,7 +708,7 @@ run_envoy_mode() {
       stats_snapshot "${ADMIN[$v]}" >"$WORK/stats-after.txt"
       [[ $v != tollgate || $STAND_IN == 1 ]] || d1=$(tg_decisions)
       [[ $v != single || $STAND_IN == 1 ]] || d1=$(tg_decisions "$single_http")
-      [[ $v != tollgate || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
+      [[ ${PROCS[$v]} != *authz* || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed) || die "cannot read tollgate-authz's /metrics"
       [[ $v != single || $AUTH_PROOF == 0 ]] || a1=$(authz_allowed "$single_http") || die "cannot read the single-call tollgate-authz's /metrics"
 
       read -r rps reqs p50 p99 non2xx serr <<<"$(wrk_fields "$WORK/wrk-$v-$r.txt")"
@@ -703,7 +758,7 @@ run_envoy_mode() {
           fi
         fi
       fi
-      if [[ ($v == tollgate || $v == single) && $AUTH_PROOF == 1 ]]; then
+      if [[ (${PROCS[$v]} == *authz* || $v == single) && $AUTH_PROOF == 1 ]]; then
         p=$(check_auth_proof "$a0" "$a1" "$reqs" "${LABEL[$v]}") || { echo "$line" >&2; KEEP=1; exit 1; }
         checks+=" tollgate_allowed_$IDENTITY=$p/req"
       fi
@@ -750,6 +805,14 @@ run_envoy_mode() {
       "$(ratio "$(col "$v" 4)" "$(col plain 4)")" "$(ratio "$(col "$v" 5)" "$(col plain 5)")" \
       "$(ratio "$(col "$v" 6)" "$(col plain 6)")" "$(ratio "$(col "$v" 11)" "$(col plain 11)")"
   done
+  if [[ $STAND_IN == 0 ]]; then
+    echo "tollgate-authz over HTTP ext_authz / over gRPC, (h) / (g):"
+    printf '  %-26s %s\n' "throughput" "$(ratio "$(col authz-http 3)" "$(col authz-grpc 3)")" \
+      "p50 / p99 latency" "$(ratio "$(col authz-http 4)" "$(col authz-grpc 4)") / $(ratio "$(col authz-http 5)" "$(col authz-grpc 5)")" \
+      "Envoy CPU per request" "$(ratio "$(col authz-http 6)" "$(col authz-grpc 6)")" \
+      "authz CPU per request" "$(ratio "$(col authz-http 9)" "$(col authz-grpc 9)")" \
+      "total CPU per request" "$(ratio "$(col authz-http 11)" "$(col authz-grpc 11)")"
+  fi
 }
 
 # ================================================================ direct mode

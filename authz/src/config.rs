@@ -10,6 +10,7 @@ use tollgate_server::telemetry::LogConfig;
 
 use crate::admin::AdminConfig;
 use crate::apikey::{ApiKeysConfig, KeyStoreConfig};
+use crate::http_check::HttpAuthzConfig;
 use crate::identity::Method;
 use crate::identity::introspection::IntrospectionConfig;
 use crate::identity::jwt::JwtConfig;
@@ -57,6 +58,9 @@ pub struct Config {
     /// (and tollgate-ratelimit) does the limiting.
     #[serde(default)]
     pub rate_limit: Option<RateLimitSection>,
+    /// The HTTP ext_authz listener (Envoy's `http_service`); absent means gRPC only.
+    #[serde(default)]
+    pub http_authz: Option<HttpAuthzConfig>,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             admin: None,
             headers: HeadersConfig::default(),
             rate_limit: None,
+            http_authz: None,
         }
     }
 }
@@ -157,6 +162,9 @@ impl Validate for Config {
                 }
             }
         }
+        if let Some(h) = &self.http_authz {
+            self.validate_http_authz(h, &join(at, "http_authz"), errors);
+        }
         if let Some(k) = &self.api_keys
             && self
                 .headers
@@ -168,6 +176,40 @@ impl Validate for Config {
                 join(at, "headers"),
                 "an identity header has the API key header's name",
             );
+        }
+    }
+}
+
+impl Config {
+    /// The HTTP listener's own checks, and what its flavour cannot carry.
+    fn validate_http_authz(&self, h: &HttpAuthzConfig, at: &str, errors: &mut Errors) {
+        h.validate(at, errors);
+        let taken = [Some(self.server.grpc_addr), Some(self.server.http_addr)]
+            .into_iter()
+            .chain([self.admin_addr()]);
+        if h.addr.port() != 0 && taken.flatten().any(|a| a == h.addr) {
+            errors.push(join(at, "addr"), "must differ from the other listeners");
+        }
+        if let Some(k) = &self.api_keys
+            && k.query_param.is_some()
+            && self.headers.remove_credential
+        {
+            // Envoy's HTTP flavour has no way to drop a query parameter: the upstream would
+            // see the key the config says it must not.
+            errors.push(
+                at.to_string(),
+                "HTTP ext_authz cannot remove a query parameter: with `api_keys.query_param` \
+                 set, `headers.remove_credential` cannot be honoured (use the gRPC listener, \
+                 or keys in a header only)",
+            );
+        }
+        for name in self.headers.all_names() {
+            if HttpAuthzConfig::reserved(&name) {
+                errors.push(
+                    join(at, "headers"),
+                    format!("`{name}` means something else to Envoy's HTTP ext_authz"),
+                );
+            }
         }
     }
 }
@@ -612,6 +654,8 @@ mod tests {
             c.policy.rules[0].conditions[0].cel.as_deref(),
             Some(e) if e.contains("claims.org == \"acme\"")
         ));
+        let http = load_str(&doc_example("## HTTP mode")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(http.http_authz.unwrap().path_prefix, "/check");
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //!
 //! # Layout
 //! - [`config`]: the config file (`server`, `log`, `policy`, `jwt`, `introspection`,
-//!   `api_keys`, `admin`, `headers`) and its validation.
+//!   `api_keys`, `admin`, `headers`, `http_authz`) and its validation.
 //! - [`policy`]: rules matching host/path/method, identity methods and conditions per route.
 //! - [`check`]: the decision as a domain value: the request view adapters implement, the
 //!   decision flow, credentials, RFC 6750 answers, identity headers; [`reason`]: why.
-//! - [`grpc`]: the gRPC Check adapter (`CheckRequest` → view, `Decision` → `CheckResponse`).
+//! - [`grpc`]: the gRPC Check adapter (`CheckRequest` → view, `Decision` → `CheckResponse`);
+//!   [`http_check`]: the HTTP ext_authz adapter and its listener (`http_authz:`).
 //! - [`identity`]: the `Identity` type; [`identity::jwt`] + [`identity::jwks`] (bearer JWTs),
 //!   [`identity::introspection`] (opaque tokens), [`identity::cache`] (verified credentials).
 //! - [`apikey`]: API keys and their stores; [`admin`]: the admin HTTP API; [`cli`]: the `keys`
@@ -18,7 +19,7 @@
 //! - [`metrics`]: the Prometheus series.
 //! - [`reload`]: hot reload of the policy on a change to the config file and on SIGHUP.
 //!
-//! [`start`] binds every listener (gRPC, side HTTP, admin) and serves in the background, which
+//! [`start`] binds every listener (gRPC, side HTTP, admin, HTTP ext_authz) and serves in the background, which
 //! is what tests use with port 0; [`start_with_reload`] also reloads the policy from the config's
 //! sources; [`run`] does the same and waits.
 
@@ -38,6 +39,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod grpc;
+pub mod http_check;
 pub mod identity;
 pub mod limit;
 pub mod metrics;
@@ -81,6 +83,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    HttpAuthz(#[from] http_check::HttpAuthzError),
     #[error("cannot watch the config file: {0}")]
     Watch(#[from] tollgate_common::watch::WatchError),
     #[error("rate_limit: {0}")]
@@ -97,6 +101,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// The admin API, when configured.
     pub admin_addr: Option<SocketAddr>,
+    /// Where Envoy's HTTP ext_authz (`http_service`) cluster should point, when configured.
+    pub http_authz_addr: Option<SocketAddr>,
     /// Resolves when the service has stopped (after the shutdown has been triggered).
     pub handle: JoinHandle<Result<(), Error>>,
     /// Reloads the policy on demand (what SIGHUP does); present when started by
@@ -110,6 +116,7 @@ impl std::fmt::Debug for Running {
             .field("grpc_addr", &self.grpc_addr)
             .field("http_addr", &self.http_addr)
             .field("admin_addr", &self.admin_addr)
+            .field("http_authz_addr", &self.http_authz_addr)
             .finish_non_exhaustive()
     }
 }
@@ -256,6 +263,11 @@ async fn serve(
         _ => None,
     };
     let admin_addr = admin.as_ref().map(|(_, _, a, _)| *a);
+    let http_authz = match &config.http_authz {
+        Some(cfg) => Some(http_check::bind(cfg).await?),
+        None => None,
+    };
+    let http_authz_addr = http_authz.as_ref().map(|l| l.addr);
 
     if let Some(jwt) = authorizer.jwt() {
         // Fetch the issuers' keys before reporting ready, so the first tokens after a rollout
@@ -275,6 +287,20 @@ async fn serve(
         reload::spawn(r.clone(), shutdown.clone())?;
     }
 
+    let http_authz_task = http_authz.map(|listener| {
+        tracing::info!(http_authz = %listener.addr, "HTTP ext_authz listening");
+        // Like the gRPC listener: keep answering while not ready for `shutdown_delay`, so
+        // Envoy moves its checks elsewhere first.
+        let stop = tollgate_common::Shutdown::new();
+        let (shutdown, delay, stopping) =
+            (shutdown.clone(), config.server.shutdown_delay, stop.clone());
+        tokio::spawn(async move {
+            shutdown.triggered().await;
+            tokio::time::sleep(delay).await;
+            stopping.trigger();
+        });
+        tokio::spawn(listener.serve(authorizer.clone(), stop))
+    });
     let services = Services {
         name: SERVICE_NAME,
         grpc: tonic::service::Routes::new(AuthorizationServer::new(AuthzService::new(authorizer))),
@@ -286,6 +312,11 @@ async fn serve(
             tokio::spawn(admin::serve(listener, router, &cfg, shutdown.clone()))
         });
         let served = bound.serve(services, shutdown).await;
+        if let Some(t) = http_authz_task
+            && let Err(e) = t.await
+        {
+            tracing::warn!(error = %e, "HTTP ext_authz task failed");
+        }
         if let Some(t) = admin_task
             && let Err(e) = t.await
         {
@@ -302,6 +333,7 @@ async fn serve(
         grpc_addr,
         http_addr,
         admin_addr,
+        http_authz_addr,
         handle,
         reloader,
     })

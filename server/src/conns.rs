@@ -39,7 +39,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The bounds of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
-    /// `side` or `admin`: the metric label and log field.
+    /// `side`, `admin` or `http_authz`: the metric label and log field.
     pub listener: &'static str,
     pub max_connections: usize,
     pub header_timeout: Duration,
@@ -276,7 +276,18 @@ pub fn serve_plain(
     limits: HttpLimits,
     stop: Shutdown,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let conns = crate::listeners::incoming(listener, None, stop, limits.listener);
+    serve_listener(listener, None, router, limits, stop)
+}
+
+/// [`serve_plain`], with TLS when `tls` is given (handshakes bounded as on the side listener).
+pub fn serve_listener(
+    listener: tokio::net::TcpListener,
+    tls: Option<crate::tls::ReloadingAcceptor>,
+    router: Router,
+    limits: HttpLimits,
+    stop: Shutdown,
+) -> impl Future<Output = ()> + Send + 'static {
+    let conns = crate::listeners::incoming(listener, tls, stop, limits.listener);
     serve_http(conns, router, limits)
 }
 

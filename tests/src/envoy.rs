@@ -20,6 +20,10 @@ pub mod example_ports {
     pub const UPSTREAM: u16 = 8000;
     pub const AUTHZ: u16 = 9001;
     pub const RATELIMIT: u16 = 8081;
+    /// `deploy/envoy/envoy-http-authz.yaml` only: tollgate-authz's HTTP ext_authz listener.
+    pub const AUTHZ_HTTP: u16 = 9003;
+    /// `deploy/envoy/envoy-http-authz.yaml` only: tollgate-authz's side listener (/readyz).
+    pub const AUTHZ_SIDE: u16 = 9002;
 }
 
 /// The example config shipped in `deploy/envoy/envoy.yaml`.
@@ -31,6 +35,12 @@ pub fn example_config() -> String {
 pub fn example_file(name: &str) -> String {
     std::fs::read_to_string(project_root().join("deploy/envoy").join(name))
         .unwrap_or_else(|e| panic!("deploy/envoy/{name}: {e}"))
+}
+
+/// The HTTP ext_authz example, `deploy/envoy/envoy-http-authz.yaml`.
+pub fn example_http_authz_config() -> String {
+    std::fs::read_to_string(project_root().join("deploy/envoy/envoy-http-authz.yaml"))
+        .expect("deploy/envoy/envoy-http-authz.yaml is readable")
 }
 
 /// Rewrites every `port_value: FROM` in `config` to `port_value: TO` for each pair.

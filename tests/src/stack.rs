@@ -1,7 +1,8 @@
 //! The whole gateway for one test: the echo upstream, tollgate-ratelimit and tollgate-authz
 //! in-process (loaded from the shipped example configs in `deploy/config/` unless a test
 //! passes its own), and real Envoy on the shipped `deploy/envoy/envoy.yaml` — or, in the
-//! single-call [`Shape`], tollgate-authz alone on `deploy/envoy/single-call.yaml`.
+//! single-call [`Shape`], tollgate-authz alone on `deploy/envoy/single-call.yaml`, and for the
+//! HTTP ext_authz [`Flavour`], `deploy/envoy/envoy-http-authz.yaml`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tollgate_common::Shutdown;
 use tollgate_common::config::{Sources, load};
 
 use crate::echo::EchoUpstream;
-use crate::envoy::{Backends, Envoy};
+use crate::envoy::{Backends, Envoy, example_config, example_http_authz_config, example_ports};
 use crate::paths::project_root;
 use crate::process::{free_port, wait_for};
 
@@ -153,6 +154,85 @@ impl Authz {
 
     pub fn grpc_port(&self) -> u16 {
         self.running.grpc_addr.port()
+    }
+
+    /// The HTTP ext_authz listener's port (started with [`Flavour::Http`]'s overrides).
+    pub fn http_authz_port(&self) -> u16 {
+        self.running
+            .http_authz_addr
+            .expect("http_authz configured")
+            .port()
+    }
+}
+
+/// How Envoy asks tollgate-authz: the same expectations hold over either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// `grpc_service`, `deploy/envoy/envoy.yaml`.
+    Grpc,
+    /// `http_service`, `deploy/envoy/envoy-http-authz.yaml`.
+    Http,
+}
+
+impl Flavour {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Grpc => "grpc",
+            Flavour::Http => "http",
+        }
+    }
+
+    /// The tollgate-authz overrides this flavour needs (the HTTP listener as the shipped
+    /// Envoy config expects it).
+    pub fn authz_sets(self) -> Vec<String> {
+        match self {
+            Flavour::Grpc => vec![],
+            Flavour::Http => vec![
+                "http_authz.addr=127.0.0.1:0".to_string(),
+                "http_authz.path_prefix=/check".to_string(),
+            ],
+        }
+    }
+
+    /// The shipped Envoy config of this flavour with tollgate-authz's ports filled in (the
+    /// others in the example's conventions, for [`Envoy::start_with`]); `claim_headers` are
+    /// the test's `headers.claims` names, which the HTTP flavour must list to copy upstream
+    /// (as its comments say).
+    pub fn envoy_config(self, authz: &Authz, claim_headers: &[&str]) -> String {
+        match self {
+            Flavour::Grpc => example_config(),
+            Flavour::Http => {
+                let anchor = "                    - exact: x-tollgate-key-id\n";
+                let mut listed = anchor.to_string();
+                for h in claim_headers {
+                    listed.push_str(&format!("                    - exact: {h}\n"));
+                }
+                let config = example_http_authz_config();
+                assert!(config.contains(anchor), "the upstream header list moved");
+                let ports = [
+                    (example_ports::AUTHZ_HTTP, authz.http_authz_port()),
+                    (example_ports::AUTHZ_SIDE, authz.running.http_addr.port()),
+                ]
+                .into();
+                crate::envoy::rewrite_ports(&config.replacen(anchor, &listed, 1), &ports)
+            }
+        }
+    }
+
+    /// Real Envoy on this flavour's shipped config, in front of `authz`.
+    pub async fn start_envoy(
+        self,
+        authz: &Authz,
+        claim_headers: &[&str],
+        upstream: u16,
+        ratelimit: u16,
+    ) -> anyhow::Result<Envoy> {
+        let backends = Backends {
+            upstream,
+            authz: authz.grpc_port(),
+            ratelimit,
+        };
+        Envoy::start_with(&self.envoy_config(authz, claim_headers), backends).await
     }
 }
 

@@ -1,15 +1,16 @@
 //! tollgate-authz through real Envoy against the real OIDC provider: JWTs verified with keys
 //! found by OIDC discovery, opaque tokens introspected, RFC 6750 answers reaching the client,
-//! and identity headers the upstream can trust.
+//! and identity headers the upstream can trust; over both ext_authz flavours (gRPC and HTTP,
+//! each on its shipped Envoy config).
 
 use std::time::Duration;
 
 use tollgate_tests::echo::{Echo, EchoUpstream};
-use tollgate_tests::envoy::{Backends, Envoy};
+use tollgate_tests::envoy::Envoy;
 use tollgate_tests::oidc::{
     API_RESOURCE, APP_GOLD, APP_SILVER, ES256_RESOURCE, INTROSPECTOR, OPAQUE_RESOURCE, OidcProvider,
 };
-use tollgate_tests::stack::{Authz, Ratelimit, load_config};
+use tollgate_tests::stack::{Authz, Flavour, Ratelimit, load_config};
 
 /// The admin API credential of gateways whose config names `$DIR/admin-token`.
 pub(crate) const ADMIN_TOKEN: &str = "e2e-admin-credential-0123456789";
@@ -21,8 +22,8 @@ pub(crate) fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// Envoy (the shipped config) in front of the echo upstream, with tollgate-authz on `yaml` and
-/// the example tollgate-ratelimit.
+/// Envoy (the shipped config of a flavour) in front of the echo upstream, with tollgate-authz
+/// on `yaml` and the example tollgate-ratelimit.
 pub(crate) struct Gateway {
     pub envoy: Envoy,
     pub authz: Authz,
@@ -32,24 +33,40 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
+    /// Over gRPC, `deploy/envoy/envoy.yaml`.
     pub(crate) async fn start(yaml: &str, sets: &[String]) -> Gateway {
+        Self::start_as(Flavour::Grpc, yaml, sets, &[]).await
+    }
+
+    /// Over `flavour`'s shipped Envoy config; `claim_headers` are the `headers.claims` names
+    /// of `yaml`.
+    pub(crate) async fn start_as(
+        flavour: Flavour,
+        yaml: &str,
+        sets: &[String],
+        claim_headers: &[&str],
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("authz.yaml");
         let yaml = yaml.replace("$DIR", &dir.path().display().to_string());
         std::fs::write(&path, yaml).unwrap();
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
-        let authz = Authz::start(load_config(&path, sets).unwrap())
+        let mut sets = sets.to_vec();
+        sets.extend(flavour.authz_sets());
+        let authz = Authz::start(load_config(&path, &sets).unwrap())
             .await
             .unwrap();
         let upstream = EchoUpstream::start().await;
         let ratelimit = Ratelimit::example(&[]).await.unwrap();
-        let envoy = Envoy::start_example(Backends {
-            upstream: upstream.port(),
-            authz: authz.grpc_port(),
-            ratelimit: ratelimit.grpc_port(),
-        })
-        .await
-        .unwrap();
+        let envoy = flavour
+            .start_envoy(
+                &authz,
+                claim_headers,
+                upstream.port(),
+                ratelimit.grpc_port(),
+            )
+            .await
+            .unwrap();
         Gateway {
             envoy,
             authz,
@@ -133,9 +150,18 @@ fn challenge(resp: &reqwest::Response) -> String {
 }
 
 #[tokio::test]
-async fn jwts_from_the_oidc_provider_through_envoy() {
+async fn jwts_from_the_oidc_provider_through_envoy_over_grpc() {
+    jwts_from_the_oidc_provider(Flavour::Grpc).await;
+}
+
+#[tokio::test]
+async fn jwts_from_the_oidc_provider_through_envoy_over_http() {
+    jwts_from_the_oidc_provider(Flavour::Http).await;
+}
+
+async fn jwts_from_the_oidc_provider(flavour: Flavour) {
     let oidc = OidcProvider::start().await.unwrap();
-    let gw = Gateway::start(&config(&oidc), &[]).await;
+    let gw = Gateway::start_as(flavour, &config(&oidc), &[], &["x-client-id"]).await;
     let c = client();
 
     let read = oidc
@@ -260,9 +286,18 @@ async fn jwts_from_the_oidc_provider_through_envoy() {
 }
 
 #[tokio::test]
-async fn opaque_tokens_are_introspected_through_envoy() {
+async fn opaque_tokens_are_introspected_through_envoy_over_grpc() {
+    opaque_tokens_are_introspected(Flavour::Grpc).await;
+}
+
+#[tokio::test]
+async fn opaque_tokens_are_introspected_through_envoy_over_http() {
+    opaque_tokens_are_introspected(Flavour::Http).await;
+}
+
+async fn opaque_tokens_are_introspected(flavour: Flavour) {
     let oidc = OidcProvider::start().await.unwrap();
-    let gw = Gateway::start(&config(&oidc), &[]).await;
+    let gw = Gateway::start_as(flavour, &config(&oidc), &[], &["x-client-id"]).await;
     let c = client();
 
     let opaque = oidc

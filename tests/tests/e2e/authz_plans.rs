@@ -1,10 +1,13 @@
 //! Identity handed to the rate limiter: two API keys on different plans, created through the
 //! admin API, get different limits from tollgate-ratelimit through real Envoy, because
 //! tollgate-authz returns `plan` and `subject` as dynamic metadata and Envoy's `metadata`
-//! rate-limit actions turn them into descriptors (deploy/envoy/envoy.yaml,
+//! rate-limit actions turn them into descriptors (over gRPC and over HTTP ext_authz:
+//! deploy/envoy/envoy.yaml, deploy/envoy/envoy-http-authz.yaml;
 //! deploy/config/limits/gateway.yaml: silver 3 a minute, gold 1000 a minute).
 
 use serde_json::{Value, json};
+
+use tollgate_tests::stack::Flavour;
 
 use crate::authz::{ADMIN_TOKEN, Gateway, client};
 
@@ -40,8 +43,17 @@ async fn create_key(gw: &Gateway, owner: &str, plan: &str) -> String {
 }
 
 #[tokio::test]
-async fn api_keys_on_different_plans_get_different_limits() {
-    let gw = Gateway::start(CONFIG, &[]).await;
+async fn api_keys_on_different_plans_get_different_limits_over_grpc() {
+    api_keys_on_different_plans_get_different_limits(Flavour::Grpc).await;
+}
+
+#[tokio::test]
+async fn api_keys_on_different_plans_get_different_limits_over_http() {
+    api_keys_on_different_plans_get_different_limits(Flavour::Http).await;
+}
+
+async fn api_keys_on_different_plans_get_different_limits(flavour: Flavour) {
+    let gw = Gateway::start_as(flavour, CONFIG, &[], &[]).await;
     let silver = create_key(&gw, "team-silver", "silver").await;
     let gold = create_key(&gw, "team-gold", "gold").await;
     let c = client();

@@ -7,6 +7,7 @@
 #![allow(unused_crate_dependencies)]
 
 mod authz;
+mod authz_http;
 mod authz_key_store;
 mod authz_plans;
 mod authz_policies;

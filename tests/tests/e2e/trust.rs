@@ -2,8 +2,9 @@
 //! headers in every spelling, credentials twice, hosts and paths spelled to fool a rule,
 //! claims the upstream would misread, floods of headers) against what the upstream receives.
 //!
-//! Two gateways, each shared by every check: the shipped `deploy/envoy/envoy.yaml`, and the
-//! Envoy config the Helm chart renders (routes with and without authz, a host route, claim
+//! Three gateways, each shared by every check: the shipped `deploy/envoy/envoy.yaml`, the
+//! shipped `deploy/envoy/envoy-http-authz.yaml` (HTTP ext_authz), and the Envoy config the Helm
+//! chart renders (routes with and without authz, a host route, claim
 //! headers) with both services reached over mTLS configured from Helm values only. Each runs
 //! the same checks, one per trust class of docs/authz.md, plus the generated sweep of every
 //! identity header spelling over every route.
@@ -14,10 +15,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tollgate_tests::echo::{Echo, EchoUpstream};
-use tollgate_tests::envoy::{Backends, Envoy};
+use tollgate_tests::envoy::Envoy;
 use tollgate_tests::issuer::{AUDIENCE, ISSUER, Issuer};
 use tollgate_tests::process::{free_port, wait_for};
-use tollgate_tests::stack::{Authz, Ratelimit, example, load_config};
+use tollgate_tests::stack::{Authz, Flavour, Ratelimit, example, load_config};
 
 use crate::helm::{EnvoyPorts, Rendered, loopback_envoy, render};
 
@@ -76,6 +77,8 @@ struct Gateway {
     identity: Vec<String>,
     /// Where the `groups` claim goes, when this gateway forwards it.
     groups: Option<&'static str>,
+    /// Whether API keys are also read from the query (`api_key`), and removed from it.
+    query_keys: bool,
     routes: Vec<Route>,
     authz: Authz,
     ratelimit: Ratelimit,
@@ -105,25 +108,34 @@ descriptors:
 "#;
 
 impl Gateway {
-    /// `deploy/envoy/envoy.yaml` in front of tollgate-authz (the shipped example's API key
-    /// and admin settings, plus a JWT issuer and the policy above) and tollgate-ratelimit.
-    async fn shipped() -> Gateway {
+    /// The flavour's shipped Envoy config in front of tollgate-authz (the shipped example's API
+    /// key and admin settings, plus a JWT issuer and the policy above) and tollgate-ratelimit.
+    /// Over HTTP, keys come from the header only: that flavour cannot take one out of the
+    /// query (the config refuses it).
+    async fn shipped(flavour: Flavour) -> Gateway {
+        let query_keys = flavour == Flavour::Grpc;
         let issuer = Issuer::start(&["main", "old"]).await;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("admin-token"), ADMIN_TOKEN).unwrap();
         let authz_yaml = format!(
-            "log: {{format: text, level: warn}}\npolicy:\n  rules:{RULES}\njwt: {jwt}\napi_keys:\n  header: x-api-key\n  query_param: api_key\n  store: {{type: embedded, path: {keys}}}\nadmin:\n  addr: 127.0.0.1:0\n  token_file: {token}\nheaders:\n  remove_credential: true\n",
+            "log: {{format: text, level: warn}}\npolicy:\n  rules:{RULES}\njwt: {jwt}\napi_keys:\n  header: x-api-key\n{query}  store: {{type: embedded, path: {keys}}}\nadmin:\n  addr: 127.0.0.1:0\n  token_file: {token}\nheaders:\n  remove_credential: true\n",
             jwt = jwt_section(&issuer),
+            query = if query_keys {
+                "  query_param: api_key\n"
+            } else {
+                ""
+            },
             keys = d.join("keys.redb").display(),
             token = d.join("admin-token").display(),
         );
         std::fs::write(d.join("authz.yaml"), authz_yaml).unwrap();
         std::fs::create_dir(d.join("limits")).unwrap();
         std::fs::write(d.join("limits/gateway.yaml"), LIMITS).unwrap();
-        let authz = Authz::start(load_config(&d.join("authz.yaml"), &[]).unwrap())
-            .await
-            .unwrap();
+        let authz =
+            Authz::start(load_config(&d.join("authz.yaml"), &flavour.authz_sets()).unwrap())
+                .await
+                .unwrap();
         let ratelimit = Ratelimit::start(
             load_config(
                 &example("ratelimit.yaml"),
@@ -134,29 +146,36 @@ impl Gateway {
         .await
         .unwrap();
         let upstream = EchoUpstream::start().await;
-        let envoy = Envoy::start_example(Backends {
-            upstream: upstream.port(),
-            authz: authz.grpc_port(),
-            ratelimit: ratelimit.grpc_port(),
-        })
-        .await
-        .unwrap();
+        let envoy = flavour
+            .start_envoy(&authz, &[], upstream.port(), ratelimit.grpc_port())
+            .await
+            .unwrap();
         let key = create_key(&authz, ADMIN_TOKEN).await;
         let none = |path| Route {
             host: "gw.example.com",
             path,
             cred: Cred::None,
         };
+        // Over gRPC `/limited` names the public rule (context_extensions); over HTTP Envoy
+        // sends none, and the path's rule (`api`) wants a credential.
+        let limited = Route {
+            cred: if query_keys { Cred::None } else { Cred::Jwt },
+            ..none("/limited/x")
+        };
         Gateway {
-            name: "shipped",
+            name: match flavour {
+                Flavour::Grpc => "shipped",
+                Flavour::Http => "shipped-http",
+            },
             envoy,
             issuer,
             key,
             identity: DEFAULT_IDENTITY.iter().map(|s| s.to_string()).collect(),
             groups: None,
+            query_keys,
             routes: vec![
                 none("/healthz"),
-                none("/limited/x"),
+                limited,
                 none("/public/x"),
                 Route {
                     host: "gw.example.com",
@@ -253,6 +272,7 @@ impl Gateway {
             key,
             identity,
             groups: Some(GROUPS),
+            query_keys: true,
             routes: vec![
                 route("gw.example.com", "/healthz", Cred::None),
                 route("gw.example.com", "/docs/x", Cred::None),
@@ -461,7 +481,13 @@ fn dechunk(mut body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_boundaries_hold_through_the_shipped_envoy_config() {
-    let gw = Gateway::shipped().await;
+    let gw = Gateway::shipped(Flavour::Grpc).await;
+    check_every_class(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_boundaries_hold_through_the_shipped_http_ext_authz_envoy_config() {
+    let gw = Gateway::shipped(Flavour::Http).await;
     check_every_class(&gw).await;
 }
 
@@ -673,6 +699,9 @@ async fn repeated_credentials(gw: &Gateway) {
         format!("/api/x?api_key=tgk_attacker&api_key={k}"),
         format!("/api/x?api_key={k}&api%5Fkey=tgk_attacker"),
     ] {
+        if !gw.query_keys {
+            break;
+        }
         let r = gw.get(&path, &[]).await;
         assert_eq!(r.status, 400, "{}: {path}", gw.name);
         assert!(r.body.contains("invalid_request"), "{}", r.body);
@@ -687,8 +716,14 @@ async fn repeated_credentials(gw: &Gateway) {
         .await;
     assert_eq!(r.status, 400, "{}: two Authorization headers", gw.name);
     // Once is fine, and the key leaves the query before the upstream sees it.
-    let e = gw.get(&format!("/api/x?a=1&api_key={k}"), &[]).await.echo();
-    assert_eq!(e.path, "/api/x?a=1", "{}", gw.name);
+    if gw.query_keys {
+        let e = gw.get(&format!("/api/x?a=1&api_key={k}"), &[]).await.echo();
+        assert_eq!(e.path, "/api/x?a=1", "{}", gw.name);
+    } else {
+        // Not read from the query at all: no credential.
+        let r = gw.get(&format!("/api/x?a=1&api_key={k}"), &[]).await;
+        assert_eq!(r.status, 401, "{}", gw.name);
+    }
 }
 
 /// Class 8: The path a rule matched is the path the upstream acts on.
