@@ -2,23 +2,24 @@
 //! descriptor builder shared with single-call mode (identity, request and constants, as
 //! Envoy's route `rate_limits` actions) replaces it in one place.
 //!
-//! Until then the mapping is fixed: `[(rule, R)]` and `[(rule, R), (remote_address, IP)]`, where
-//! `R` is the route's per-route `rule` (`default` when the route names none) and `IP` the
-//! downstream address Envoy trusts (its `remote_address`, without the port).
+//! Until then the mapping is fixed, and mirrors the example Envoy config's route
+//! `rate_limits` (so the same limits file serves both shapes): `[(route, R)]` when the route's
+//! per-route config names a `rule` R (Envoy: `generic_key {descriptor_key: route}`), and
+//! `[(remote_address, IP)]` for the downstream address Envoy trusts, without the port (Envoy:
+//! `remote_address`).
 
 use tollgate_limiter::Descriptor;
 
 use crate::filter::Request;
 
-/// The rule name of routes whose per-route config names none.
-pub(crate) const DEFAULT_RULE: &str = "default";
-
 /// The descriptors for `request`, in the order the limiter reports their statuses.
 pub(crate) fn build(request: &dyn Request) -> Vec<Descriptor> {
-    let rule = request.route_rule().unwrap_or(DEFAULT_RULE);
-    let mut out = vec![Descriptor::new([("rule", rule)])];
+    let mut out = Vec::with_capacity(2);
+    if let Some(rule) = request.route_rule() {
+        out.push(Descriptor::new([("route", rule)]));
+    }
     if let Some(ip) = request.source_address().map(address_without_port) {
-        out.push(Descriptor::new([("rule", rule), ("remote_address", ip)]));
+        out.push(Descriptor::new([("remote_address", ip)]));
     }
     out
 }
@@ -47,13 +48,17 @@ mod tests {
         assert_eq!(
             build(&req),
             vec![
-                Descriptor::new([("rule", "orders")]),
-                Descriptor::new([("rule", "orders"), ("remote_address", "10.0.0.7")]),
+                Descriptor::new([("route", "orders")]),
+                Descriptor::new([("remote_address", "10.0.0.7")]),
             ]
         );
         req.rule = None;
+        assert_eq!(
+            build(&req),
+            vec![Descriptor::new([("remote_address", "10.0.0.7")])]
+        );
         req.source = None;
-        assert_eq!(build(&req), vec![Descriptor::new([("rule", "default")])]);
+        assert!(build(&req).is_empty());
     }
 
     #[test]

@@ -198,7 +198,7 @@ mod tests {
         std::fs::write(
             dir.path().join("gw.yaml"),
             format!(
-                "domain: gw\ndescriptors:\n  - key: rule\n    value: default\n    rate_limit: {{unit: minute, requests_per_unit: {rpm}}}\n"
+                "domain: gw\ndescriptors:\n  - key: route\n    value: default\n    rate_limit: {{unit: minute, requests_per_unit: {rpm}}}\n"
             ),
         )
         .unwrap();
@@ -210,7 +210,7 @@ mod tests {
     }
 
     fn decide_now(rl: &RateLimit) -> Verdict {
-        let d = vec![Descriptor::new([("rule", "default")])];
+        let d = vec![Descriptor::new([("route", "default")])];
         crate::filter::now_or_pending(rl.decide(d, FailureMode::Deny), FailureMode::Deny)
     }
 

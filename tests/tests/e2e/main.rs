@@ -18,6 +18,7 @@ mod helm;
 mod helm_lifecycle;
 mod listeners;
 mod module;
+mod module_ratelimit;
 mod observability;
 mod observability_logs;
 mod observability_prometheus;
