@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tollgate_authz::apikey::NewKey;
-use tollgate_authz::{Config, build};
+use tollgate_authz::{AuthzService, Config, build};
 use tollgate_proto::auth::attribute_context::{HttpRequest, Request};
 use tollgate_proto::auth::{AttributeContext, CheckRequest};
 
@@ -59,7 +59,9 @@ async fn main() {
     );
     let cfg: Config = serde_yaml::from_str(&yaml).unwrap();
     let built = build(&cfg).await.unwrap();
-    let authz = &built.authorizer;
+    // Through the gRPC adapter: the CheckRequest read and the CheckResponse built are part of
+    // what a Check costs.
+    let authz = &AuthzService::new(built.authorizer.clone());
 
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

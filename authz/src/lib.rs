@@ -8,7 +8,9 @@
 //! - [`config`]: the config file (`server`, `log`, `policy`, `jwt`, `introspection`,
 //!   `api_keys`, `admin`, `headers`) and its validation.
 //! - [`policy`]: rules matching host/path/method, identity methods and conditions per route.
-//! - [`check`]: the decision flow and the gRPC service.
+//! - [`check`]: the decision as a domain value: the request view adapters implement, the
+//!   decision flow, credentials, RFC 6750 answers, identity headers; [`reason`]: why.
+//! - [`grpc`]: the gRPC Check adapter (`CheckRequest` → view, `Decision` → `CheckResponse`).
 //! - [`identity`]: the `Identity` type; [`identity::jwt`] + [`identity::jwks`] (bearer JWTs),
 //!   [`identity::introspection`] (opaque tokens), [`identity::cache`] (verified credentials).
 //! - [`apikey`]: API keys and their stores; [`admin`]: the admin HTTP API; [`cli`]: the `keys`
@@ -25,6 +27,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 use tollgate_common::Shutdown;
+use tollgate_common::clock::{Clock, SystemClock};
 use tollgate_common::config::Sources;
 use tollgate_proto::auth::AuthorizationServer;
 use tollgate_server::{ServeError, Services};
@@ -34,13 +37,17 @@ pub mod apikey;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod grpc;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod reason;
 pub mod reload;
 
-pub use check::{Authorizer, AuthzService};
+pub use check::{Authorizer, Decision, RequestView};
 pub use config::Config;
+pub use grpc::AuthzService;
+pub use reason::Reason;
 
 use apikey::{ApiKeys, KeyStoreError};
 use identity::introspection::{IntrospectionSetupError, Introspector};
@@ -109,8 +116,15 @@ pub struct Built {
 
 /// Builds the authorizer: compiles the policy, opens the key store, prepares the JWT issuers
 /// (their remote keys are fetched by [`start`]'s refreshers) and the introspection client.
+/// Binds nothing and installs no metrics recorder: metric handles bind to whichever recorder
+/// is installed when they are first used.
 pub async fn build(config: &Config) -> Result<Built, Error> {
-    let clock = identity::system_clock();
+    build_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`build`] on another clock: every time-based rule (token expiry, key expiry and grace
+/// periods, introspection cache) reads this one.
+pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Built, Error> {
     let methods = config.methods();
     let policy = policy::Policy::compile(&config.policy, &methods)?;
     let jwt = match &config.jwt {
@@ -129,13 +143,17 @@ pub async fn build(config: &Config) -> Result<Built, Error> {
         None => None,
     };
     let api_keys = match &config.api_keys {
-        Some(k) => Some(ApiKeys::open(k).await?),
+        Some(k) => Some(ApiKeys::open_with_clock(k, clock.clone()).await?),
         None => None,
     };
     let keys_for_check = match (&api_keys, &config.api_keys) {
-        (Some(keys), Some(cfg)) => {
-            Some((keys.clone(), cfg.header.clone(), cfg.query_param.clone()))
-        }
+        (Some(keys), Some(cfg)) => Some((
+            keys.clone(),
+            check::ApiKeySource {
+                header: cfg.header.clone(),
+                query_param: cfg.query_param.clone(),
+            },
+        )),
         _ => None,
     };
     let authorizer = Arc::new(Authorizer::new(
@@ -154,6 +172,7 @@ pub async fn build(config: &Config) -> Result<Built, Error> {
 /// Binds the gRPC, side HTTP and (when configured) admin listeners, then serves in the
 /// background until `shutdown` triggers. The policy stays as `config` has it.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error> {
+    install_recorder();
     let built = build(&config).await?;
     serve(config, built, shutdown, None).await
 }
@@ -165,6 +184,7 @@ pub async fn start_with_reload(
     sources: Sources,
     shutdown: Shutdown,
 ) -> Result<Running, Error> {
+    install_recorder();
     let built = build(&config).await?;
     let reloader = Arc::new(reload::Reloader::new(
         built.authorizer.clone(),
@@ -174,14 +194,18 @@ pub async fn start_with_reload(
     serve(config, built, shutdown, Some(reloader)).await
 }
 
+/// The Prometheus recorder, installed before anything binds a metric handle.
+fn install_recorder() {
+    let _ = tollgate_server::telemetry::prometheus();
+    metrics::describe();
+}
+
 async fn serve(
     config: Config,
     built: Built,
     shutdown: Shutdown,
     reloader: Option<Arc<reload::Reloader>>,
 ) -> Result<Running, Error> {
-    let _ = tollgate_server::telemetry::prometheus();
-    metrics::describe();
     let Built {
         authorizer,
         api_keys,

@@ -1,9 +1,18 @@
 //! The service's Prometheus metrics. Every label takes a bounded value (a decision, a method, a
 //! reason from a fixed list, a cache name); never a subject, key id or token.
+//!
+//! What a Check records goes through handles bound once ([`CheckMetrics`], [`CacheCounters`]),
+//! not looked up by name on every call; each handle binds to the recorder installed when it is
+//! first used, so the service installs its recorder before it answers anything.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, histogram,
+};
+
+use crate::reason::Reason;
 
 pub const CHECKS: &str = "tollgate_authz_checks_total";
 pub const CHECK_DURATION: &str = "tollgate_authz_check_duration_seconds";
@@ -70,15 +79,88 @@ pub fn describe() {
     counter!(JWKS_REFETCH_SUPPRESSED).increment(0);
 }
 
-/// One answered Check.
-pub fn check(
-    decision: &'static str,
-    method: &'static str,
-    reason: &'static str,
-    elapsed: Duration,
-) {
-    counter!(CHECKS, "decision" => decision, "method" => method, "reason" => reason).increment(1);
-    histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
+/// The `decision` label values.
+pub const DECISIONS: [&str; 2] = ["allow", "deny"];
+/// The `method` label values: the identity methods, and `none` before one was chosen.
+pub const METHODS: [&str; 5] = ["none", "jwt", "introspection", "api_key", "anonymous"];
+
+/// The index in [`METHODS`] of a decision's identity method.
+pub fn method_index(m: Option<crate::identity::Method>) -> usize {
+    use crate::identity::Method;
+    match m {
+        None => 0,
+        Some(Method::Jwt) => 1,
+        Some(Method::Introspection) => 2,
+        Some(Method::ApiKey) => 3,
+        Some(Method::Anonymous) => 4,
+    }
+}
+
+/// The handles a Check records through: one counter per (decision, method, reason), bound on
+/// its first use, and the duration histogram.
+#[derive(Debug)]
+pub struct CheckMetrics {
+    counters: Box<[OnceLock<Counter>]>,
+    duration: OnceLock<Histogram>,
+}
+
+impl Default for CheckMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CheckMetrics {
+    pub fn new() -> Self {
+        let slots = DECISIONS.len() * METHODS.len() * Reason::COUNT;
+        Self {
+            counters: (0..slots).map(|_| OnceLock::new()).collect(),
+            duration: OnceLock::new(),
+        }
+    }
+
+    /// One answered Check; `decision` and `method` index [`DECISIONS`] and [`METHODS`].
+    pub fn record(&self, decision: usize, method: usize, reason: Reason, elapsed: Duration) {
+        let slot = (decision * METHODS.len() + method) * Reason::COUNT + reason.index();
+        self.counters[slot]
+            .get_or_init(|| {
+                counter!(CHECKS, "decision" => DECISIONS[decision], "method" => METHODS[method], "reason" => reason.as_str())
+            })
+            .increment(1);
+        self.duration
+            .get_or_init(|| histogram!(CHECK_DURATION))
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// Hit and miss counters of one verified-credential cache (`jwt`, `introspection`, `api_key`).
+#[derive(Debug)]
+pub struct CacheCounters {
+    cache: &'static str,
+    hit: OnceLock<Counter>,
+    miss: OnceLock<Counter>,
+}
+
+impl CacheCounters {
+    pub fn new(cache: &'static str) -> Self {
+        Self {
+            cache,
+            hit: OnceLock::new(),
+            miss: OnceLock::new(),
+        }
+    }
+
+    pub fn hit(&self) {
+        self.hit
+            .get_or_init(|| counter!(CACHE_LOOKUPS, "cache" => self.cache, "result" => "hit"))
+            .increment(1);
+    }
+
+    pub fn miss(&self) {
+        self.miss
+            .get_or_init(|| counter!(CACHE_LOOKUPS, "cache" => self.cache, "result" => "miss"))
+            .increment(1);
+    }
 }
 
 pub fn jwks_fetch(ok: bool) {
@@ -87,12 +169,6 @@ pub fn jwks_fetch(ok: bool) {
 
 pub fn jwks_refetch_suppressed() {
     counter!(JWKS_REFETCH_SUPPRESSED).increment(1);
-}
-
-/// A lookup in the `jwt` or `introspection` cache.
-pub fn cache(cache: &'static str, hit: bool) {
-    counter!(CACHE_LOOKUPS, "cache" => cache, "result" => if hit { "hit" } else { "miss" })
-        .increment(1);
 }
 
 /// An introspection request's outcome: `active`, `inactive` or `error`.

@@ -6,6 +6,7 @@
 //! allocation-free so that it can run on every Check.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use regex::Regex;
 use serde::Deserialize;
@@ -284,7 +285,8 @@ pub struct Policy {
 /// A compiled rule.
 #[derive(Debug)]
 pub struct Rule {
-    pub name: String,
+    /// Shared with every decision it makes.
+    pub name: Arc<str>,
     hosts: Vec<HostMatch>,
     path: PathMatch,
     methods: Vec<String>,
@@ -364,7 +366,7 @@ impl Policy {
                 (None, false) => order.clone(),
             };
             rules.push(Rule {
-                name: r.name.clone(),
+                name: r.name.as_str().into(),
                 hosts: r
                     .hosts
                     .iter()
@@ -387,7 +389,7 @@ impl Policy {
         let no_match = match cfg.no_match {
             NoMatch::Deny => None,
             NoMatch::Public | NoMatch::Authenticated => Some(Rule {
-                name: "no_match".into(),
+                name: Arc::from("no_match"),
                 hosts: Vec::new(),
                 path: PathMatch::Any,
                 methods: Vec::new(),
@@ -594,10 +596,10 @@ rules:
     #[test]
     fn first_matching_rule_wins_and_unmatched_is_denied() {
         let p = policy(P);
-        assert_eq!(p.select("a", "/healthz", "GET").unwrap().name, "health");
+        assert_eq!(&*p.select("a", "/healthz", "GET").unwrap().name, "health");
         assert!(p.select("a", "/healthz/x", "GET").is_none());
         assert_eq!(
-            p.select("x.example.com:8080", "/admin/12", "POST")
+            &*p.select("x.example.com:8080", "/admin/12", "POST")
                 .unwrap()
                 .name,
             "admin"
@@ -643,15 +645,15 @@ rules:
             } else {
                 "secure"
             };
-            assert_eq!(p.select(host, "/", "GET").unwrap().name, want, "{host}");
+            assert_eq!(&*p.select(host, "/", "GET").unwrap().name, want, "{host}");
         }
         assert_eq!(
-            p.select("x.internal.example", "/", "GET").unwrap().name,
+            &*p.select("x.internal.example", "/", "GET").unwrap().name,
             "secure",
             "a rule's own trailing dot is dropped too"
         );
         assert_eq!(
-            p.select("x.internal.example.", "/", "GET").unwrap().name,
+            &*p.select("x.internal.example.", "/", "GET").unwrap().name,
             "secure"
         );
         for host in [
@@ -659,7 +661,7 @@ rules:
             "secure.example.com.evil",
             "[::1]:443",
         ] {
-            assert_eq!(p.select(host, "/", "GET").unwrap().name, "rest", "{host}");
+            assert_eq!(&*p.select(host, "/", "GET").unwrap().name, "rest", "{host}");
         }
     }
 

@@ -246,8 +246,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    use tollgate_proto::auth::attribute_context::{HttpRequest, Request};
-    use tollgate_proto::auth::{AttributeContext, CheckRequest, HttpResponse};
+    use crate::check::{Decision, OwnedRequest};
 
     use super::*;
 
@@ -283,24 +282,9 @@ mod tests {
 
     /// The HTTP status Envoy would answer for `GET path`.
     async fn status(a: &Authorizer, path: &str) -> i32 {
-        let req = CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        method: "GET".into(),
-                        host: "api.example.com".into(),
-                        path: path.into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        };
-        match a.check(&req).await.http_response.unwrap() {
-            HttpResponse::OkResponse(_) => 200,
-            HttpResponse::DeniedResponse(d) => d.status.unwrap().code,
-            HttpResponse::ErrorResponse(_) => panic!("error response"),
+        match a.check(&OwnedRequest::new("GET", path)).await {
+            Decision::Allow(_) => 200,
+            Decision::Deny(d) => i32::from(d.status),
         }
     }
 

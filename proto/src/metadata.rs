@@ -29,6 +29,13 @@ where
     }
 }
 
+/// A nested struct as a value.
+pub fn struct_value(s: Struct) -> Value {
+    Value {
+        kind: Some(Kind::StructValue(s)),
+    }
+}
+
 /// A struct built from `(key, value)` pairs.
 pub fn structure<I, K>(fields: I) -> Struct
 where

@@ -234,7 +234,7 @@ async fn create(
             return Err(ApiError::invalid("give expires_at or expires_in, not both"));
         }
         (Some(t), None) => Some(t),
-        (None, Some(d)) => Some(SystemTime::now() + d),
+        (None, Some(d)) => Some(st.keys.now() + d),
         (None, None) => None,
     };
     let new = NewKey {

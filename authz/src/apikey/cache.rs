@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::record::KeyRecord;
+use super::record::KnownKey;
 
-/// `Some(record)` for a known key, `None` for an id the store does not have.
-pub(crate) type Lookup = Option<Arc<KeyRecord>>;
+/// `Some(key)` for a known key, `None` for an id the store does not have.
+pub(crate) type Lookup = Option<Arc<KnownKey>>;
 
 struct Entry {
     value: Lookup,
@@ -31,6 +31,7 @@ struct Entry {
     seq: u64,
 }
 
+/// One shard: the entries of the ids it owns, their insertion order and its epoch.
 struct Map {
     entries: HashMap<String, Entry>,
     order: VecDeque<(String, u64)>,
@@ -38,41 +39,60 @@ struct Map {
     epoch: u64,
 }
 
-/// One bounded map with a maximum age.
+/// Shards of a cache big enough to be busy: a Check locks only the shard of its key's id, so
+/// concurrent Checks on different keys rarely meet. Small caches keep one shard, which keeps
+/// their eviction exactly first-in first-out.
+const SHARDS: usize = 16;
+const SHARDED_FROM: usize = 16 * SHARDS;
+
+/// One bounded map with a maximum age, in shards by key id.
 struct Bounded {
-    map: Mutex<Map>,
+    shards: Box<[Mutex<Map>]>,
+    /// Per shard.
     capacity: usize,
     ttl: Duration,
 }
 
 impl Bounded {
     fn new(capacity: usize, ttl: Duration) -> Self {
+        let capacity = capacity.max(1);
+        let shards = if capacity >= SHARDED_FROM { SHARDS } else { 1 };
         Self {
-            map: Mutex::new(Map {
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-                seq: 0,
-                epoch: 0,
-            }),
-            capacity: capacity.max(1),
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Map {
+                        entries: HashMap::new(),
+                        order: VecDeque::new(),
+                        seq: 0,
+                        epoch: 0,
+                    })
+                })
+                .collect(),
+            capacity: capacity.div_ceil(shards),
             ttl,
         }
     }
 
+    /// Key ids are random base62: their first byte spreads them well enough.
+    fn shard(&self, id: &str) -> &Mutex<Map> {
+        let b = id.as_bytes().first().copied().unwrap_or(0) as usize;
+        &self.shards[b % self.shards.len()]
+    }
+
     fn get(&self, id: &str, now: Instant) -> Option<Lookup> {
-        let map = self.map.lock();
+        let map = self.shard(id).lock();
         let e = map.entries.get(id)?;
         (now.saturating_duration_since(e.at) < self.ttl).then(|| e.value.clone())
     }
 
     /// The entry whatever its age, with when it was read.
     fn get_any(&self, id: &str) -> Option<(Lookup, Instant)> {
-        let map = self.map.lock();
+        let map = self.shard(id).lock();
         map.entries.get(id).map(|e| (e.value.clone(), e.at))
     }
 
     fn insert(&self, id: &str, value: Lookup, epoch: u64, at: Instant) {
-        let mut map = self.map.lock();
+        let mut map = self.shard(id).lock();
         if map.epoch != epoch {
             return;
         }
@@ -95,26 +115,29 @@ impl Bounded {
         }
     }
 
-    fn epoch(&self) -> u64 {
-        self.map.lock().epoch
+    /// The epoch of `id`'s shard, to pass back to [`Self::insert`].
+    fn epoch(&self, id: &str) -> u64 {
+        self.shard(id).lock().epoch
     }
 
     fn invalidate(&self, id: &str) {
-        let mut map = self.map.lock();
+        let mut map = self.shard(id).lock();
         map.epoch += 1;
         map.entries.remove(id);
     }
 
     fn clear(&self) {
-        let mut map = self.map.lock();
-        map.epoch += 1;
-        map.entries.clear();
-        map.order.clear();
+        for shard in self.shards.iter() {
+            let mut map = shard.lock();
+            map.epoch += 1;
+            map.entries.clear();
+            map.order.clear();
+        }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.lock().entries.len()
+        self.shards.iter().map(|s| s.lock().entries.len()).sum()
     }
 }
 
@@ -130,7 +153,7 @@ pub(crate) struct Caches {
     down_since: Mutex<Instant>,
 }
 
-/// Epochs of both maps, taken before a store read.
+/// Epochs of both maps (for one id), taken before a store read.
 #[derive(Clone, Copy)]
 pub(crate) struct Epoch(u64, u64);
 
@@ -187,7 +210,7 @@ impl Caches {
         id: &str,
         now: Instant,
         window: Duration,
-    ) -> Option<Arc<KeyRecord>> {
+    ) -> Option<Arc<KnownKey>> {
         let (value, read_at) = self.known.get_any(id)?;
         let current_at = if self.is_live() {
             // Nothing changed it since it was read, or the feed would have removed it.
@@ -199,8 +222,8 @@ impl Caches {
         (now.saturating_duration_since(current_at) <= window).then_some(record)
     }
 
-    pub(crate) fn epoch(&self) -> Epoch {
-        Epoch(self.known.epoch(), self.unknown.epoch())
+    pub(crate) fn epoch(&self, id: &str) -> Epoch {
+        Epoch(self.known.epoch(id), self.unknown.epoch(id))
     }
 
     /// Records what a store read started at `at` returned. Known keys are kept even while the
@@ -232,10 +255,11 @@ impl Caches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apikey::record::KeyRecord;
 
     fn rec(id: &str) -> Lookup {
         let now = std::time::SystemTime::now();
-        Some(Arc::new(KeyRecord {
+        Some(Arc::new(KnownKey::new(KeyRecord {
             id: id.into(),
             name: "n".into(),
             owner: "o".into(),
@@ -249,7 +273,7 @@ mod tests {
             secrets: vec![],
             version: 1,
             last_used_at: None,
-        }))
+        })))
     }
 
     fn now() -> Instant {
@@ -260,7 +284,7 @@ mod tests {
     fn bounded_and_evicts_oldest_first() {
         let c = Caches::new(3, Duration::from_secs(60), Duration::from_secs(5), true);
         for id in ["a", "b", "c", "d"] {
-            c.insert(id, rec(id), c.epoch(), now());
+            c.insert(id, rec(id), c.epoch(id), now());
         }
         assert_eq!(c.len(), 3);
         assert!(c.get("a", now()).is_none());
@@ -270,21 +294,21 @@ mod tests {
     #[test]
     fn a_read_that_raced_with_an_invalidation_is_not_cached() {
         let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
-        let before = c.epoch();
+        let before = c.epoch("a");
         c.invalidate("a");
         c.insert("a", rec("a"), before, now());
         assert!(c.get("a", now()).is_none());
-        c.insert("a", rec("a"), c.epoch(), now());
+        c.insert("a", rec("a"), c.epoch("a"), now());
         assert!(c.get("a", now()).is_some());
     }
 
     #[test]
     fn no_hits_while_the_feed_is_down_and_nothing_survives_its_return() {
         let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
-        c.insert("a", rec("a"), c.epoch(), now());
+        c.insert("a", rec("a"), c.epoch("a"), now());
         c.feed_down(now());
         assert!(c.get("a", now()).is_none());
-        c.insert("b", rec("b"), c.epoch(), now());
+        c.insert("b", rec("b"), c.epoch("b"), now());
         assert!(c.get("b", now()).is_none());
         c.feed_up();
         assert!(c.get("a", now()).is_none());
@@ -298,7 +322,7 @@ mod tests {
         let window = Duration::from_secs(300);
         let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
         let t0 = now();
-        c.insert("a", rec("a"), c.epoch(), t0);
+        c.insert("a", rec("a"), c.epoch("a"), t0);
         // Feed up: current now, whatever its age (past the hit TTL too).
         let later = t0 + Duration::from_secs(1000);
         assert!(c.last_known("a", later, window).is_some());
@@ -312,7 +336,7 @@ mod tests {
         );
         // Read again at t2 while the feed is down: current as of t2.
         let t2 = t1 + Duration::from_secs(100);
-        c.insert("a", rec("a"), c.epoch(), t2);
+        c.insert("a", rec("a"), c.epoch("a"), t2);
         assert!(c.last_known("a", t2 + window, window).is_some());
         // A second loss does not move the moment the feed went down.
         c.feed_down(t2);
@@ -327,22 +351,40 @@ mod tests {
     #[test]
     fn unknown_ids_are_never_a_fallback() {
         let c = Caches::new(10, Duration::from_secs(60), Duration::from_secs(5), true);
-        c.insert("u", None, c.epoch(), now());
+        c.insert("u", None, c.epoch("u"), now());
         assert!(matches!(c.get("u", now()), Some(None)));
         assert!(c.last_known("u", now(), Duration::from_secs(60)).is_none());
         c.feed_down(now());
-        c.insert("v", None, c.epoch(), now());
+        c.insert("v", None, c.epoch("v"), now());
         assert_eq!(c.len(), 0);
     }
 
     #[test]
     fn unknown_ids_do_not_evict_known_keys() {
         let c = Caches::new(4, Duration::from_secs(60), Duration::from_secs(5), true);
-        c.insert("k", rec("k"), c.epoch(), now());
+        c.insert("k", rec("k"), c.epoch("k"), now());
         for i in 0..100 {
-            c.insert(&format!("u{i}"), None, c.epoch(), now());
+            c.insert(&format!("u{i}"), None, c.epoch("u"), now());
         }
         assert!(c.get("k", now()).is_some());
         assert!(matches!(c.get("u99", now()), Some(None)));
+    }
+
+    #[test]
+    fn a_big_cache_is_sharded_and_still_bounded_and_race_free() {
+        let c = Caches::new(1000, Duration::from_secs(60), Duration::from_secs(5), true);
+        assert_eq!(c.known.shards.len(), SHARDS);
+        for i in 0..5000 {
+            let id = format!("{}{i}", (b'0' + (i % 62) as u8) as char);
+            c.insert(&id, rec(&id), c.epoch(&id), now());
+        }
+        assert!(c.known.len() <= 1000 + SHARDS, "{}", c.known.len());
+        // An invalidation between the epoch read and the insert still wins, shard by shard.
+        for id in ["a1", "b2", "Z9"] {
+            let before = c.epoch(id);
+            c.invalidate(id);
+            c.insert(id, rec(id), before, now());
+            assert!(c.get(id, now()).is_none(), "{id}");
+        }
     }
 }

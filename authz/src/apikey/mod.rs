@@ -35,51 +35,18 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tollgate_common::clock::{Clock, SystemClock};
 use tollgate_common::secret::Secret;
 
-use crate::identity::{Identity, Method};
+use crate::identity::Identity;
+use crate::metrics::CacheCounters;
 use cache::Caches;
 pub use config::{
     ApiKeysConfig, EmbeddedStoreConfig, KeyCacheConfig, KeyStoreConfig, RedisStoreConfig,
 };
 use outage::{Ask, Outage};
-use record::{KeyRecord, StoredSecret};
+use record::{KeyRecord, KnownKey, StoredSecret};
 use store::{Replaced, Store};
-
-/// The time source; injected so that expiry and grace periods can be tested.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-}
-
-/// The real clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug)]
-pub struct ManualClock(Mutex<SystemTime>);
-
-impl ManualClock {
-    pub fn new(start: SystemTime) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(start)))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        *self.0.lock() += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        *self.0.lock()
-    }
-}
 
 /// A key store failure.
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +218,8 @@ struct Inner {
     outage: Arc<Outage>,
     clock: Arc<dyn Clock>,
     /// Last-used times not yet written.
-    pending: Mutex<HashMap<String, SystemTime>>,
+    pending: Pending,
+    lookups: CacheCounters,
     /// Dropped with the last clone, which ends the background tasks.
     _stop: watch::Sender<()>,
 }
@@ -304,11 +272,17 @@ impl ApiKeys {
             caches,
             outage,
             clock,
-            pending: Mutex::new(HashMap::new()),
+            pending: Pending::new(),
+            lookups: CacheCounters::new("api_key"),
             _stop: stop_tx,
         });
         spawn_flusher(Arc::downgrade(&inner), cfg.last_used_flush);
         Ok(ApiKeys { inner })
+    }
+
+    /// Now, on the clock expiry and grace periods are judged by.
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
     }
 
     /// The configured store kind (`embedded` or `redis`), for logs.
@@ -317,10 +291,10 @@ impl ApiKeys {
     }
 
     /// Verifies a presented key and returns the identity it stands for.
-    pub async fn verify(&self, presented: &str) -> Result<Identity, ApiKeyError> {
+    pub async fn verify(&self, presented: &str) -> Result<Arc<Identity>, ApiKeyError> {
         let key = format::parse(presented).map_err(|_| ApiKeyError::Malformed)?;
         match self.lookup(key.id()).await {
-            Ok(Some(rec)) => self.decide(&key, &rec),
+            Ok(Some(known)) => self.decide(&key, &known),
             Ok(None) => Err(ApiKeyError::Unknown),
             Err(e) => self.decide_from_last_known(&key, e),
         }
@@ -330,32 +304,21 @@ impl ApiKeys {
     fn decide(
         &self,
         key: &format::ParsedKey<'_>,
-        rec: &KeyRecord,
-    ) -> Result<Identity, ApiKeyError> {
-        let Some(secret) = rec.matching_secret(&key.hash()) else {
+        known: &KnownKey,
+    ) -> Result<Arc<Identity>, ApiKeyError> {
+        let Some(identity) = known.identity(&key.hash()) else {
             return Err(ApiKeyError::Unknown);
         };
         // Revocation and expiry are only told to holders of a matching secret.
-        if rec.is_revoked() {
+        if known.record.is_revoked() {
             return Err(ApiKeyError::Revoked);
         }
         let now = self.inner.clock.now();
-        let expires_at = match (rec.expires_at, secret.valid_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if expires_at.is_some_and(|t| t <= now) {
+        if identity.expires_at.is_some_and(|t| t <= now) {
             return Err(ApiKeyError::Expired);
         }
-        self.note_used(key.id(), now);
-        Ok(Identity {
-            key_id: Some(rec.id.clone()),
-            tenant: rec.tenant.clone(),
-            plan: rec.plan.clone(),
-            scopes: rec.scopes.clone(),
-            expires_at,
-            ..Identity::new(Method::ApiKey, rec.owner.clone())
-        })
+        self.inner.pending.note(key.id(), now);
+        Ok(identity.clone())
     }
 
     /// The store could not answer: a key is still accepted on the record last read for it, if
@@ -365,7 +328,7 @@ impl ApiKeys {
         &self,
         key: &format::ParsedKey<'_>,
         error: KeyStoreError,
-    ) -> Result<Identity, ApiKeyError> {
+    ) -> Result<Arc<Identity>, ApiKeyError> {
         let outage = &self.inner.outage;
         let window = outage.serve_stale();
         let last = if window.is_zero() {
@@ -375,8 +338,8 @@ impl ApiKeys {
                 .caches
                 .last_known(key.id(), Instant::now(), window)
         };
-        if let Some(rec) = last
-            && let Ok(identity) = self.decide(key, &rec)
+        if let Some(known) = last
+            && let Ok(identity) = self.decide(key, &known)
         {
             outage.served_stale();
             return Ok(identity);
@@ -385,41 +348,31 @@ impl ApiKeys {
         Err(ApiKeyError::Store(error))
     }
 
-    async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, KeyStoreError> {
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<KnownKey>>, KeyStoreError> {
         let caches = &self.inner.caches;
         let now = Instant::now();
         if let Some(hit) = caches.get(id, now) {
-            crate::metrics::cache("api_key", true);
+            self.inner.lookups.hit();
             return Ok(hit);
         }
-        crate::metrics::cache("api_key", false);
+        self.inner.lookups.miss();
         let outage = &self.inner.outage;
         if outage.ask(now) == Ask::Skip {
             return Err(KeyStoreError::Unavailable(
                 "down; asked again shortly".into(),
             ));
         }
-        let epoch = caches.epoch();
+        let epoch = caches.epoch(id);
         match self.inner.store.get_record(id).await {
             Ok(rec) => {
                 outage.read_ok();
-                let rec = rec.map(Arc::new);
-                caches.insert(id, rec.clone(), epoch, now);
-                Ok(rec)
+                let known = rec.map(|r| Arc::new(KnownKey::new(r)));
+                caches.insert(id, known.clone(), epoch, now);
+                Ok(known)
             }
             Err(e) => {
                 outage.read_failed(&e, Instant::now());
                 Err(e)
-            }
-        }
-    }
-
-    fn note_used(&self, id: &str, now: SystemTime) {
-        let mut pending = self.inner.pending.lock();
-        match pending.get_mut(id) {
-            Some(t) => *t = now,
-            None => {
-                pending.insert(id.to_string(), now);
             }
         }
     }
@@ -616,8 +569,8 @@ impl ApiKeys {
     /// The operator's view of a record, with last uses not yet written.
     fn info(&self, rec: &KeyRecord) -> KeyInfo {
         let mut info = KeyInfo::of(rec, self.inner.clock.now());
-        if let Some(t) = self.inner.pending.lock().get(&info.id) {
-            info.last_used_at = Some(info.last_used_at.map_or(*t, |s| s.max(*t)));
+        if let Some(t) = self.inner.pending.get(&info.id) {
+            info.last_used_at = Some(info.last_used_at.map_or(t, |s| s.max(t)));
         }
         info
     }
@@ -634,19 +587,64 @@ impl ApiKeys {
     }
 }
 
-async fn flush(
-    store: &Store,
-    pending: &Mutex<HashMap<String, SystemTime>>,
-) -> Result<(), KeyStoreError> {
-    let batch: Vec<(String, SystemTime)> =
-        std::mem::take(&mut *pending.lock()).into_iter().collect();
+/// Last-used times not yet written, in shards by key id: a Check locks one shard, and
+/// allocates only for the first use of a key since the last write.
+struct Pending {
+    shards: Box<[Mutex<HashMap<String, SystemTime>>]>,
+}
+
+impl Pending {
+    const SHARDS: usize = 16;
+
+    fn new() -> Self {
+        Self {
+            shards: (0..Self::SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, id: &str) -> &Mutex<HashMap<String, SystemTime>> {
+        let b = id.as_bytes().first().copied().unwrap_or(0) as usize;
+        &self.shards[b % Self::SHARDS]
+    }
+
+    fn note(&self, id: &str, now: SystemTime) {
+        let mut shard = self.shard(id).lock();
+        match shard.get_mut(id) {
+            Some(t) => *t = now,
+            None => {
+                shard.insert(id.to_string(), now);
+            }
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<SystemTime> {
+        self.shard(id).lock().get(id).copied()
+    }
+
+    fn take(&self) -> Vec<(String, SystemTime)> {
+        let mut batch = Vec::new();
+        for shard in self.shards.iter() {
+            batch.extend(std::mem::take(&mut *shard.lock()));
+        }
+        batch
+    }
+
+    /// Puts back a batch that could not be written, unless newer uses arrived meanwhile.
+    fn restore(&self, batch: Vec<(String, SystemTime)>) {
+        for (id, t) in batch {
+            self.shard(&id).lock().entry(id).or_insert(t);
+        }
+    }
+}
+
+async fn flush(store: &Store, pending: &Pending) -> Result<(), KeyStoreError> {
+    let batch = pending.take();
     let r = store.touch(&batch).await;
     if r.is_err() {
-        // Put them back unless newer uses arrived meanwhile; last-used is best effort.
-        let mut p = pending.lock();
-        for (id, t) in batch {
-            p.entry(id).or_insert(t);
-        }
+        // Last-used is best effort: kept for the next attempt.
+        pending.restore(batch);
     }
     r
 }

@@ -1,11 +1,13 @@
 //! What a key store keeps per key: metadata plus the hashes of its current (and, during a
 //! rotation's grace period, previous) secrets. Never a secret itself.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::format::KeyHash;
+use crate::identity::{Identity, Method};
 
 /// One key as stored. `last_used_at` is stored apart (written in batches) and merged on read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,10 +49,15 @@ impl KeyRecord {
     /// Finds the secret whose hash equals `presented`, comparing against every stored hash in
     /// constant time (the number of hashes is not secret; their contents are).
     pub fn matching_secret(&self, presented: &KeyHash) -> Option<&StoredSecret> {
+        self.matching_index(presented).map(|i| &self.secrets[i])
+    }
+
+    /// [`Self::matching_secret`]'s position in `secrets`.
+    fn matching_index(&self, presented: &KeyHash) -> Option<usize> {
         let mut found = None;
-        for s in &self.secrets {
+        for (i, s) in self.secrets.iter().enumerate() {
             if bool::from(s.hash.ct_eq(presented)) {
-                found = Some(s);
+                found = Some(i);
             }
         }
         found
@@ -87,5 +94,45 @@ impl KeyRecord {
             id: id.to_string(),
             reason: e.to_string(),
         })
+    }
+}
+
+/// A record as Checks read it: the identity each of its secrets stands for is built once, when
+/// the record is read from the store, so that a Check on a cached key copies nothing.
+#[derive(Debug)]
+pub(crate) struct KnownKey {
+    pub(crate) record: KeyRecord,
+    /// One per secret, in `record.secrets` order.
+    identities: Box<[Arc<Identity>]>,
+}
+
+impl KnownKey {
+    pub(crate) fn new(record: KeyRecord) -> Self {
+        let identities = record
+            .secrets
+            .iter()
+            .map(|secret| {
+                let expires_at = match (record.expires_at, secret.valid_until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                Arc::new(Identity {
+                    key_id: Some(record.id.clone()),
+                    tenant: record.tenant.clone(),
+                    plan: record.plan.clone(),
+                    scopes: record.scopes.clone(),
+                    expires_at,
+                    ..Identity::new(Method::ApiKey, record.owner.clone())
+                })
+            })
+            .collect();
+        Self { record, identities }
+    }
+
+    /// The identity of the secret whose hash is `presented` (compared in constant time).
+    pub(crate) fn identity(&self, presented: &KeyHash) -> Option<&Arc<Identity>> {
+        self.record
+            .matching_index(presented)
+            .map(|i| &self.identities[i])
     }
 }

@@ -4,10 +4,12 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant, SystemTime};
 
+use tollgate_common::clock::ManualClock;
 use tollgate_common::config::{Errors, Validate};
 use tollgate_common::testing::RedisServer;
 
 use super::*;
+use crate::identity::Method;
 
 fn embedded_config(dir: &std::path::Path) -> ApiKeysConfig {
     ApiKeysConfig {
@@ -175,7 +177,9 @@ async fn revocation_and_metadata_changes_apply_to_cached_keys_at_once() {
 #[tokio::test]
 async fn expiry_follows_the_injected_clock() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
     let keys = ApiKeys::open_with_clock(&embedded_config(dir.path()), clock.clone())
         .await
         .unwrap();
@@ -242,7 +246,9 @@ async fn rotation_grace_is_honoured(keys: &ApiKeys, clock: &ManualClock) {
 #[tokio::test]
 async fn rotation_grace_period_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
     let keys = ApiKeys::open_with_clock(&embedded_config(dir.path()), clock.clone())
         .await
         .unwrap();
@@ -439,7 +445,9 @@ async fn a_rotation_reaches_the_other_replica_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_grace_period_on_redis() {
     let redis = RedisServer::start();
-    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    ));
     let keys = ApiKeys::open_with_clock(&redis_config(&redis), clock.clone())
         .await
         .unwrap();

@@ -18,7 +18,7 @@ enum Expect {
     Unknown,
 }
 
-fn judge(expect: Expect, got: &Result<Identity, ApiKeyError>) -> Result<bool, String> {
+fn judge(expect: Expect, got: &Result<Arc<Identity>, ApiKeyError>) -> Result<bool, String> {
     match (expect, got) {
         (_, Err(ApiKeyError::Store(_))) => Ok(false),
         (Expect::Valid, Ok(_))

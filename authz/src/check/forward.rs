@@ -9,38 +9,40 @@
 //! are joined with `,`; inside an element `%` and `,` are percent-encoded, so one element never
 //! reads as two.
 
-use tollgate_proto::auth::header;
-use tollgate_proto::pb::envoy::config::core::v3::HeaderValueOption;
+use std::sync::Arc;
 
 use crate::config::HeadersConfig;
 use crate::identity::{Identity, Method};
+use crate::reason::Reason;
 
-/// Names of the identity headers, resolved once.
+/// Names of the identity headers, resolved once (shared with every answer, never copied).
+#[derive(Debug)]
 pub(super) struct HeaderPlan {
-    subject: String,
-    tenant: String,
-    plan: String,
-    scopes: String,
-    method: String,
-    key_id: String,
-    claims: Vec<(Vec<String>, String)>,
+    subject: Arc<str>,
+    tenant: Arc<str>,
+    plan: Arc<str>,
+    scopes: Arc<str>,
+    method: Arc<str>,
+    key_id: Arc<str>,
+    claims: Vec<(Vec<String>, Arc<str>)>,
     pub(super) remove_credential: bool,
     max_value: usize,
 }
 
 /// The identity headers of one allowed request: each name either set or removed, so a client
 /// can never pass its own copy through.
+#[derive(Debug)]
 pub(super) struct Forwarded {
-    pub(super) set: Vec<HeaderValueOption>,
-    pub(super) remove: Vec<String>,
+    pub(super) set: Vec<(Arc<str>, String)>,
+    pub(super) remove: Vec<Arc<str>>,
 }
 
-/// Why an identity cannot be forwarded (the bounded reason label of the 401).
-pub(super) type Unforwardable = &'static str;
+/// Why an identity cannot be forwarded (the bounded reason of the 401).
+pub(super) type Unforwardable = Reason;
 
 impl HeaderPlan {
     pub(super) fn new(cfg: &HeadersConfig) -> Self {
-        let lower = |s: &String| s.to_ascii_lowercase();
+        let lower = |s: &String| Arc::<str>::from(s.to_ascii_lowercase());
         Self {
             subject: lower(&cfg.subject),
             tenant: lower(&cfg.tenant),
@@ -87,15 +89,15 @@ impl HeaderPlan {
     fn put(
         &self,
         out: &mut Forwarded,
-        name: &str,
+        name: &Arc<str>,
         value: Option<&str>,
     ) -> Result<(), Unforwardable> {
         match value {
             Some(v) if !v.is_empty() => {
                 check_value(v, self.max_value)?;
-                out.set.push(header(name.to_string(), v.to_string()));
+                out.set.push((name.clone(), v.to_string()));
             }
-            _ => out.remove.push(name.to_string()),
+            _ => out.remove.push(name.clone()),
         }
         Ok(())
     }
@@ -104,10 +106,10 @@ impl HeaderPlan {
 /// Refuses what a header could not carry as it is.
 fn check_value(v: &str, max: usize) -> Result<(), Unforwardable> {
     if v.chars().any(char::is_control) {
-        return Err("control_character");
+        return Err(Reason::ControlCharacter);
     }
     if v.len() > max {
-        return Err("value_too_large");
+        return Err(Reason::ValueTooLarge);
     }
     Ok(())
 }
@@ -125,7 +127,7 @@ fn scopes_value(scopes: &[String]) -> Result<Option<String>, Unforwardable> {
         return Ok(None);
     }
     if !scopes.iter().all(|s| is_scope_token(s)) {
-        return Err("malformed_scope");
+        return Err(Reason::MalformedScope);
     }
     Ok(Some(scopes.join(" ")))
 }
@@ -151,7 +153,7 @@ fn claim_value(id: &Identity, path: &[String]) -> Result<Option<String>, Unforwa
                     continue;
                 };
                 if text.chars().any(char::is_control) {
-                    return Err("control_character");
+                    return Err(Reason::ControlCharacter);
                 }
                 if !joined.is_empty() {
                     joined.push(',');
@@ -200,9 +202,8 @@ mod tests {
     fn set(f: &Forwarded, name: &str) -> Option<String> {
         f.set
             .iter()
-            .map(|h| h.header.as_ref().unwrap())
-            .find(|h| h.key == name)
-            .map(|h| h.value.clone())
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v.clone())
     }
 
     #[test]
@@ -231,7 +232,11 @@ mod tests {
         );
         for bad in ["read admin", "a\"b", "a\\b", "", "caf\u{e9}", "a\tb"] {
             id.scopes = vec!["read".into(), bad.into()];
-            assert_eq!(p.forward(&id).err(), Some("malformed_scope"), "{bad:?}");
+            assert_eq!(
+                p.forward(&id).err(),
+                Some(Reason::MalformedScope),
+                "{bad:?}"
+            );
         }
     }
 
@@ -241,21 +246,33 @@ mod tests {
         let controls = (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32);
         for c in controls {
             let mut id = Identity::new(Method::Jwt, format!("al{c}ice"));
-            assert_eq!(p.forward(&id).err(), Some("control_character"), "{c:?}");
+            assert_eq!(
+                p.forward(&id).err(),
+                Some(Reason::ControlCharacter),
+                "{c:?}"
+            );
             id.subject = "alice".into();
             id.claims = json!({"email": format!("a{c}@b")})
                 .as_object()
                 .unwrap()
                 .clone();
-            assert_eq!(p.forward(&id).err(), Some("control_character"), "{c:?}");
+            assert_eq!(
+                p.forward(&id).err(),
+                Some(Reason::ControlCharacter),
+                "{c:?}"
+            );
             id.claims = json!({"groups": ["ok", format!("a{c}")]})
                 .as_object()
                 .unwrap()
                 .clone();
-            assert_eq!(p.forward(&id).err(), Some("control_character"), "{c:?}");
+            assert_eq!(
+                p.forward(&id).err(),
+                Some(Reason::ControlCharacter),
+                "{c:?}"
+            );
         }
         let mut id = Identity::new(Method::Jwt, "a".repeat(1025));
-        assert_eq!(p.forward(&id).err(), Some("value_too_large"));
+        assert_eq!(p.forward(&id).err(), Some(Reason::ValueTooLarge));
         id.subject = "a".repeat(1024);
         assert!(p.forward(&id).is_ok());
         // Printable non-ASCII is a value like any other.
@@ -274,7 +291,7 @@ mod tests {
             set(&f, "x-tollgate-auth-method").as_deref(),
             Some("anonymous")
         );
-        let mut removed = f.remove.clone();
+        let mut removed: Vec<&str> = f.remove.iter().map(|n| &**n).collect();
         removed.sort();
         assert_eq!(
             removed,

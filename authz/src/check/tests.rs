@@ -1,5 +1,6 @@
-//! Tests of the Check decision: policy selection, credentials (and their ambiguity), RFC 6750
-//! answers, identity headers (spoofing, sanitising) and dynamic metadata.
+//! Tests of the Check decision, asked through the gRPC adapter so that what Envoy would read
+//! is checked too: policy selection, credentials (and their ambiguity), RFC 6750 answers,
+//! identity headers (spoofing, sanitising) and dynamic metadata.
 
 use std::collections::HashMap;
 
@@ -12,7 +13,7 @@ use tollgate_proto::pb::envoy::r#type::v3::StatusCode;
 
 use crate::apikey::NewKey;
 use crate::identity::jwt::tests::{AUD, EC, ISS, RSA1, claims, public_jwk, sign};
-use crate::{Built, Config, build};
+use crate::{AuthzService, Built, Config, build};
 
 fn now() -> u64 {
     crate::identity::unix(std::time::SystemTime::now())
@@ -20,6 +21,7 @@ fn now() -> u64 {
 
 struct Fixture {
     built: Built,
+    grpc: AuthzService,
     _dir: tempfile::TempDir,
 }
 
@@ -70,8 +72,10 @@ headers:
         ..Default::default()
     })
     .unwrap();
+    let built = build(&cfg).await.unwrap();
     Fixture {
-        built: build(&cfg).await.unwrap(),
+        grpc: AuthzService::new(built.authorizer.clone()),
+        built,
         _dir: dir,
     }
 }
@@ -161,7 +165,7 @@ fn token(extra: serde_json::Value) -> String {
 #[tokio::test]
 async fn allowed_jwt_sets_identity_headers_and_metadata() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     let t = token(json!({"tier": "gold", "email": "alice@example.com"}));
     let r = a
         .check(&req("GET", "/api/x", &[("authorization", &t)], &[]))
@@ -190,7 +194,7 @@ async fn allowed_jwt_sets_identity_headers_and_metadata() {
 #[tokio::test]
 async fn rfc6750_denials() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     let r = a.check(&req("GET", "/api/x", &[], &[])).await;
     assert_eq!(status(&r), StatusCode::Unauthorized as i32);
     assert_eq!(headers(&r)["www-authenticate"], "Bearer realm=\"tollgate\"");
@@ -283,7 +287,7 @@ async fn rfc6750_denials() {
 #[tokio::test]
 async fn expired_and_foreign_tokens_are_invalid() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     let t = token(json!({"exp": now() - 3600}));
     assert_eq!(
         status(
@@ -316,7 +320,7 @@ async fn expired_and_foreign_tokens_are_invalid() {
 #[tokio::test]
 async fn public_routes_strip_spoofed_identity_headers() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     let spoof: Vec<(&str, &str)> = IDENTITY_HEADERS.iter().map(|h| (*h, "root")).collect();
     let r = a.check(&req("GET", "/healthz", &spoof, &[])).await;
     assert_eq!(status(&r), 200);
@@ -350,7 +354,7 @@ async fn public_routes_strip_spoofed_identity_headers() {
 #[tokio::test]
 async fn values_that_cannot_be_forwarded_faithfully_refuse_the_token() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     for claims in [
         json!({"sub": "al\r\nx-admin: 1\u{0}ice"}),
         json!({"sub": "admin\u{1}"}),
@@ -379,7 +383,7 @@ async fn values_that_cannot_be_forwarded_faithfully_refuse_the_token() {
 #[tokio::test]
 async fn conditions_see_the_tenant_the_upstream_is_told() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     // `tenant` comes from the `org` claim; a raw `tenant` claim changes nothing.
     let t = token(json!({"org": "globex", "tenant": "acme"}));
     let r = a
@@ -397,7 +401,7 @@ async fn conditions_see_the_tenant_the_upstream_is_told() {
 #[tokio::test]
 async fn dot_segments_are_refused_and_path_parameters_ignored() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     for p in [
         "/healthz/..;/admin",
         "/healthz/%2e%2e/admin",
@@ -422,7 +426,7 @@ async fn dot_segments_are_refused_and_path_parameters_ignored() {
 #[tokio::test]
 async fn api_keys_and_ambiguous_credentials() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     let keys = f.built.api_keys.as_ref().unwrap();
     let (info, secret) = keys
         .create(NewKey {
@@ -490,7 +494,7 @@ async fn api_keys_and_ambiguous_credentials() {
 #[tokio::test]
 async fn query_parameter_keys_and_credential_removal() {
     let f = fixture("  remove_credential: true\n").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     let t = token(json!({}));
     let r = a
         .check(&req("GET", "/api", &[("authorization", &t)], &[]))
@@ -562,7 +566,7 @@ async fn query_parameter_keys_and_credential_removal() {
 #[tokio::test]
 async fn context_extensions_override_per_route() {
     let f = fixture("").await;
-    let a = &f.built.authorizer;
+    let a = &f.grpc;
     let t = token(json!({}));
     let auth = [("authorization", t.as_str())];
     // Name a rule: /nowhere would be denied, but the route says "use `api`".
@@ -615,4 +619,77 @@ async fn context_extensions_override_per_route() {
         ))
         .await;
     assert_eq!(status(&r), 403);
+}
+
+/// The decision itself, asked with a plain request (as an adapter that is not gRPC would).
+mod decision {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::check::{Decision, MetadataValue, OwnedRequest};
+    use crate::identity::Method;
+    use crate::reason::Reason;
+
+    fn allowed(d: Decision) -> crate::check::Allow {
+        match d {
+            Decision::Allow(a) => a,
+            Decision::Deny(d) => panic!("denied: {d:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disabled_route_is_anonymous_and_keeps_stripping_identity_headers() {
+        let f = fixture("").await;
+        let a = &f.built.authorizer;
+        let mut r = OwnedRequest::new("GET", "/admin/x").header("x-tollgate-subject", "root");
+        r.disabled = true;
+        let d = allowed(a.check(&r).await);
+        assert_eq!(d.reason, Reason::RouteDisabled);
+        assert_eq!(d.identity.method, Method::Anonymous);
+        assert!(
+            d.remove_headers
+                .iter()
+                .any(|h| &**h == "x-tollgate-subject")
+        );
+        assert_eq!(
+            d.set_headers,
+            vec![(Arc::from("x-tollgate-auth-method"), "anonymous".to_string())]
+        );
+        r.disabled = false;
+        assert!(
+            !a.check(&r).await.is_allowed(),
+            "without the setting, /admin needs a token"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_sent_twice_is_ambiguous_whatever_its_values() {
+        let f = fixture("").await;
+        let a = &f.built.authorizer;
+        let r = OwnedRequest::new("GET", "/keys/x")
+            .header("x-api-key", "tgk_a")
+            .header("x-api-key", "tgk_b");
+        match a.check(&r).await {
+            Decision::Deny(d) => {
+                assert_eq!((d.status, d.reason), (400, Reason::AmbiguousCredentials));
+            }
+            Decision::Allow(_) => panic!("allowed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_route_names_the_rule_and_the_answer_names_it_back() {
+        let f = fixture("").await;
+        let a = &f.built.authorizer;
+        let t = token(json!({}));
+        let mut r = OwnedRequest::new("GET", "/somewhere").header("authorization", &t);
+        assert_eq!(a.check(&r).await.reason(), Reason::NoRule);
+        r.rule = Some("api".into());
+        let d = allowed(a.check(&r).await);
+        assert_eq!((&*d.rule, d.reason), ("api", Reason::Allowed));
+        let d = Decision::Allow(d);
+        let fields = d.metadata();
+        assert!(fields.contains(&("subject", MetadataValue::String("alice"))));
+        assert!(fields.contains(&("method", MetadataValue::String("jwt"))));
+    }
 }

@@ -26,6 +26,7 @@ use super::cache::{IdentityCache, TokenHash, hash_token};
 use super::jwt::ClaimMapping;
 use super::{Clock, Identity, Method, Rejection, unix};
 use crate::metrics;
+use crate::reason::Reason;
 
 /// The `introspection:` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +167,7 @@ pub struct Introspector {
     claims: ClaimMapping,
     clock: Clock,
     inflight: Mutex<HashMap<TokenHash, Arc<Shared>>>,
+    lookups: metrics::CacheCounters,
 }
 
 type Shared = tokio::sync::OnceCell<Result<Arc<Identity>, Rejection>>;
@@ -233,13 +235,14 @@ impl Introspector {
             claims: cfg.claims.clone(),
             clock,
             inflight: Mutex::new(HashMap::new()),
+            lookups: metrics::CacheCounters::new("introspection"),
         })
     }
 
     /// Checks a token, from the cache when an earlier active answer still holds.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Rejection> {
         if token.len() > self.max_token_bytes {
-            return Err(Rejection::Invalid("token_too_large"));
+            return Err(Rejection::Invalid(Reason::TokenTooLarge));
         }
         // RFC 6750 §2.1 b64token charset; anything else cannot be a token and is not sent out.
         if token.is_empty()
@@ -247,15 +250,15 @@ impl Introspector {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
         {
-            return Err(Rejection::Invalid("malformed"));
+            return Err(Rejection::Invalid(Reason::Malformed));
         }
-        let now = (self.clock)();
+        let now = self.clock.now();
         let key = hash_token(token);
         if let Some(id) = self.cache.get(&key, now) {
-            metrics::cache("introspection", true);
+            self.lookups.hit();
             return Ok(id);
         }
-        metrics::cache("introspection", false);
+        self.lookups.miss();
         // Concurrent Checks of one new token share a single introspection request.
         let cell = self
             .inflight
@@ -293,17 +296,17 @@ impl Introspector {
             Ok(Err(e)) => {
                 metrics::introspection("error");
                 tracing::warn!(error = %e, "introspection failed; denying");
-                return Err(Rejection::Unavailable("introspection_error"));
+                return Err(Rejection::Unavailable(Reason::IntrospectionError));
             }
             Err(_) => {
                 metrics::introspection("error");
                 tracing::warn!("introspection timed out; denying");
-                return Err(Rejection::Unavailable("introspection_timeout"));
+                return Err(Rejection::Unavailable(Reason::IntrospectionTimeout));
             }
         };
         if !answer.active() {
             metrics::introspection("inactive");
-            return Err(Rejection::Invalid("inactive"));
+            return Err(Rejection::Invalid(Reason::Inactive));
         }
         metrics::introspection("active");
         let (identity, exp) = self.identity(&answer, now)?;
@@ -324,22 +327,22 @@ impl Introspector {
         let now_s = unix(now) as i64;
         let exp = a.exp().map(|t| t.timestamp());
         if exp.is_some_and(|e| e <= now_s) {
-            return Err(Rejection::Invalid("expired"));
+            return Err(Rejection::Invalid(Reason::Expired));
         }
         if a.nbf().is_some_and(|t| t.timestamp() > now_s) {
-            return Err(Rejection::Invalid("not_yet_valid"));
+            return Err(Rejection::Invalid(Reason::NotYetValid));
         }
         if let Some(want) = &self.issuer
             && a.iss() != Some(want.as_str())
         {
-            return Err(Rejection::Invalid("wrong_issuer"));
+            return Err(Rejection::Invalid(Reason::WrongIssuer));
         }
         if !self.audiences.is_empty() {
             let ok = a
                 .aud()
                 .is_some_and(|auds| auds.iter().any(|x| self.audiences.contains(x)));
             if !ok {
-                return Err(Rejection::Invalid("wrong_audience"));
+                return Err(Rejection::Invalid(Reason::WrongAudience));
             }
         }
         let mut claims = a.extra_fields().members.clone();
@@ -375,7 +378,7 @@ impl Introspector {
 
         let subject = match claims.get(&self.claims.subject) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => return Err(Rejection::Invalid("missing_subject")),
+            _ => return Err(Rejection::Invalid(Reason::MissingSubject)),
         };
         let str_claim = |name: &Option<String>| match name.as_ref().and_then(|n| claims.get(n)) {
             Some(Value::String(s)) => Some(s.clone()),
@@ -464,7 +467,7 @@ mod tests {
         (code, axum::Json(v)).into_response()
     }
 
-    async fn setup(extra: &str) -> (Srv, Introspector, Arc<Mutex<SystemTime>>) {
+    async fn setup(extra: &str) -> (Srv, Introspector, Arc<tollgate_common::clock::ManualClock>) {
         let srv = Srv {
             answers: Default::default(),
             calls: Arc::new(AtomicUsize::new(0)),
@@ -506,10 +509,10 @@ mod tests {
             1,
             "second check from the cache"
         );
-        *clock.lock() = SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 30);
+        clock.set(SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 30));
         assert_eq!(
             i.verify("tok1").await.unwrap_err(),
-            Rejection::Invalid("expired")
+            Rejection::Invalid(Reason::Expired)
         );
         assert_eq!(srv.calls.load(Ordering::SeqCst), 2, "never cached past exp");
     }
@@ -519,11 +522,11 @@ mod tests {
         let (srv, i, _) = setup("").await;
         assert_eq!(
             i.verify("unknown").await.unwrap_err(),
-            Rejection::Invalid("inactive")
+            Rejection::Invalid(Reason::Inactive)
         );
         assert_eq!(
             i.verify("unknown").await.unwrap_err(),
-            Rejection::Invalid("inactive")
+            Rejection::Invalid(Reason::Inactive)
         );
         assert_eq!(srv.calls.load(Ordering::SeqCst), 2);
 
@@ -551,11 +554,11 @@ mod tests {
         );
         assert_eq!(
             i.verify("bad token").await.unwrap_err(),
-            Rejection::Invalid("malformed")
+            Rejection::Invalid(Reason::Malformed)
         );
         assert_eq!(
             i.verify(&"a".repeat(5000)).await.unwrap_err(),
-            Rejection::Invalid("token_too_large")
+            Rejection::Invalid(Reason::TokenTooLarge)
         );
     }
 
@@ -584,7 +587,7 @@ mod tests {
             })
             .collect();
         for t in tasks {
-            assert_eq!(t.await.unwrap(), Err(Rejection::Invalid("inactive")));
+            assert_eq!(t.await.unwrap(), Err(Rejection::Invalid(Reason::Inactive)));
         }
         assert_eq!(srv.calls.load(Ordering::SeqCst), 2);
         assert!(i.verify("nobody").await.is_err());
@@ -623,13 +626,13 @@ mod tests {
         srv.answers.lock().insert("tok".into(), active(T0 + 600));
         assert_eq!(
             i.verify("tok").await.unwrap_err(),
-            Rejection::Invalid("wrong_audience")
+            Rejection::Invalid(Reason::WrongAudience)
         );
         let (srv, i, _) = setup("issuer: https://else.test").await;
         srv.answers.lock().insert("tok".into(), active(T0 + 600));
         assert_eq!(
             i.verify("tok").await.unwrap_err(),
-            Rejection::Invalid("wrong_issuer")
+            Rejection::Invalid(Reason::WrongIssuer)
         );
     }
 }

@@ -19,6 +19,7 @@ use super::cache::{IdentityCache, hash_token};
 use super::jwks::{Jwks, JwksError, JwksSettings, KeyId, Source, VerifyKey};
 use super::{Clock, Identity, Method, Rejection, unix};
 use crate::metrics;
+use crate::reason::Reason;
 
 /// The `jwt:` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +257,7 @@ pub struct JwtVerifier {
     cache_max_ttl: Duration,
     max_token_bytes: usize,
     clock: Clock,
+    lookups: metrics::CacheCounters,
 }
 
 /// The claims needed before the signature is checked: which issuer's keys to use.
@@ -334,6 +336,7 @@ impl JwtVerifier {
             cache_max_ttl: cfg.cache_max_ttl,
             max_token_bytes: cfg.max_token_bytes,
             clock,
+            lookups: metrics::CacheCounters::new("jwt"),
         })
     }
 
@@ -373,15 +376,15 @@ impl JwtVerifier {
     /// Verifies a token, answering from the cache when it was verified before and has not expired.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Rejection> {
         if token.len() > self.max_token_bytes {
-            return Err(Rejection::Invalid("token_too_large"));
+            return Err(Rejection::Invalid(Reason::TokenTooLarge));
         }
-        let now = (self.clock)();
+        let now = self.clock.now();
         let key = hash_token(token);
         if let Some(id) = self.cache.get(&key, now) {
-            metrics::cache("jwt", true);
+            self.lookups.hit();
             return Ok(id);
         }
-        metrics::cache("jwt", false);
+        self.lookups.miss();
         let (identity, exp, verified_by) = self.verify_uncached(token, now).await?;
         let identity = Arc::new(identity);
         let until = match exp {
@@ -398,7 +401,7 @@ impl JwtVerifier {
         token: &str,
         now: SystemTime,
     ) -> Result<(Identity, Option<SystemTime>, KeyId), Rejection> {
-        const MALFORMED: Rejection = Rejection::Invalid("malformed");
+        const MALFORMED: Rejection = Rejection::Invalid(Reason::Malformed);
         if !Self::looks_like_jwt(token) {
             return Err(MALFORMED);
         }
@@ -407,26 +410,28 @@ impl JwtVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| MALFORMED)?;
         if header.crit.is_some() {
             // RFC 7515 §4.1.11: extensions we do not understand must be rejected.
-            return Err(Rejection::Invalid("unsupported_crit"));
+            return Err(Rejection::Invalid(Reason::UnsupportedCrit));
         }
         let unverified: Unverified =
             jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| MALFORMED)?;
-        let iss = unverified.iss.ok_or(Rejection::Invalid("missing_iss"))?;
+        let iss = unverified
+            .iss
+            .ok_or(Rejection::Invalid(Reason::MissingIss))?;
         let issuer = self
             .by_iss
             .get(&iss)
             .map(|&i| &self.issuers[i])
-            .ok_or(Rejection::Invalid("unknown_issuer"))?;
+            .ok_or(Rejection::Invalid(Reason::UnknownIssuer))?;
         let validation = issuer
             .validations
             .get(&header.alg)
-            .ok_or(Rejection::Invalid("algorithm_not_allowed"))?;
+            .ok_or(Rejection::Invalid(Reason::AlgorithmNotAllowed))?;
 
         let (claims, verified_by) = match header.kid.as_deref() {
             Some(kid) => {
                 let vk = self.key_for(issuer, kid).await?;
                 if !vk.algorithms.contains(&header.alg) {
-                    return Err(Rejection::Invalid("algorithm_not_allowed"));
+                    return Err(Rejection::Invalid(Reason::AlgorithmNotAllowed));
                 }
                 (decode(token, &vk, validation)?, vk.id)
             }
@@ -438,10 +443,10 @@ impl JwtVerifier {
                         issuer
                             .jwks
                             .keys()
-                            .ok_or(Rejection::Unavailable("no_keys"))?
+                            .ok_or(Rejection::Unavailable(Reason::NoKeys))?
                     }
                 };
-                let mut last = Rejection::Invalid("unknown_kid");
+                let mut last = Rejection::Invalid(Reason::UnknownKid);
                 let mut found = None;
                 for vk in keys.without_kid(header.alg).take(MAX_KIDLESS_CANDIDATES) {
                     match decode(token, vk, validation) {
@@ -470,8 +475,8 @@ impl JwtVerifier {
             Some(keys) => keys
                 .get(kid)
                 .cloned()
-                .ok_or(Rejection::Invalid("unknown_kid")),
-            None => Err(Rejection::Unavailable("no_keys")),
+                .ok_or(Rejection::Invalid(Reason::UnknownKid)),
+            None => Err(Rejection::Unavailable(Reason::NoKeys)),
         }
     }
 
@@ -483,24 +488,24 @@ impl JwtVerifier {
     ) -> Result<(Identity, Option<SystemTime>), Rejection> {
         let now_s = unix(now);
         let exp = match claims.get("exp") {
-            Some(v) => Some(numeric_date(v).ok_or(Rejection::Invalid("malformed_exp"))?),
-            None if issuer.require_exp => return Err(Rejection::Invalid("missing_exp")),
+            Some(v) => Some(numeric_date(v).ok_or(Rejection::Invalid(Reason::MalformedExp))?),
+            None if issuer.require_exp => return Err(Rejection::Invalid(Reason::MissingExp)),
             None => None,
         };
         if let Some(exp) = exp
             && exp.saturating_add(issuer.leeway) <= now_s
         {
-            return Err(Rejection::Invalid("expired"));
+            return Err(Rejection::Invalid(Reason::Expired));
         }
         if let Some(v) = claims.get("nbf") {
-            let nbf = numeric_date(v).ok_or(Rejection::Invalid("malformed_nbf"))?;
+            let nbf = numeric_date(v).ok_or(Rejection::Invalid(Reason::MalformedNbf))?;
             if nbf > now_s.saturating_add(issuer.leeway) {
-                return Err(Rejection::Invalid("not_yet_valid"));
+                return Err(Rejection::Invalid(Reason::NotYetValid));
             }
         }
         let subject = match claims.get(&issuer.claims.subject) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => return Err(Rejection::Invalid("missing_subject")),
+            _ => return Err(Rejection::Invalid(Reason::MissingSubject)),
         };
         let str_claim = |name: &Option<String>| match name.as_ref().and_then(|n| claims.get(n)) {
             Some(Value::String(s)) => Some(s.clone()),
@@ -537,13 +542,13 @@ fn decode(
     match jsonwebtoken::decode::<Map<String, Value>>(token, &vk.key, validation) {
         Ok(d) => Ok(d.claims),
         Err(e) => Err(Rejection::Invalid(match e.kind() {
-            ErrorKind::InvalidSignature => "bad_signature",
-            ErrorKind::InvalidAudience => "wrong_audience",
-            ErrorKind::InvalidIssuer => "wrong_issuer",
-            ErrorKind::MissingRequiredClaim(c) if c == "aud" => "wrong_audience",
-            ErrorKind::MissingRequiredClaim(c) if c == "exp" => "missing_exp",
-            ErrorKind::InvalidAlgorithm => "algorithm_not_allowed",
-            _ => "malformed",
+            ErrorKind::InvalidSignature => Reason::BadSignature,
+            ErrorKind::InvalidAudience => Reason::WrongAudience,
+            ErrorKind::InvalidIssuer => Reason::WrongIssuer,
+            ErrorKind::MissingRequiredClaim(c) if c == "aud" => Reason::WrongAudience,
+            ErrorKind::MissingRequiredClaim(c) if c == "exp" => Reason::MissingExp,
+            ErrorKind::InvalidAlgorithm => Reason::AlgorithmNotAllowed,
+            _ => Reason::Malformed,
         })),
     }
 }

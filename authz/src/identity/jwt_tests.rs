@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::identity::{Clock, Rejection};
+use crate::reason::Reason;
+use tollgate_common::clock::ManualClock;
 
 pub(crate) const RSA1: &[u8] = include_bytes!("testdata/rsa1.pem");
 pub(crate) const RSA1_PUB: &[u8] = include_bytes!("testdata/rsa1.pub.pem");
@@ -65,12 +67,11 @@ pub(crate) fn claims(now: u64) -> Value {
 }
 
 /// A manual clock.
-pub(crate) fn clock_at(secs: u64) -> (Clock, Arc<Mutex<SystemTime>>) {
-    let t = Arc::new(Mutex::new(
+pub(crate) fn clock_at(secs: u64) -> (Clock, Arc<ManualClock>) {
+    let t = Arc::new(ManualClock::new(
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
     ));
-    let c = t.clone();
-    (Arc::new(move || *c.lock()), t)
+    (t.clone(), t)
 }
 
 /// A JWKS endpoint whose document and health the test controls, counting fetches.
@@ -137,7 +138,7 @@ fn verifier(cfg: &JwtConfig, clock: Clock) -> JwtVerifier {
     JwtVerifier::new(cfg, reqwest::Client::new(), clock).unwrap()
 }
 
-async fn remote(extra: &str) -> (JwksServer, JwtVerifier, Arc<Mutex<SystemTime>>) {
+async fn remote(extra: &str) -> (JwksServer, JwtVerifier, Arc<ManualClock>) {
     let srv = JwksServer::start(vec![
         public_jwk(RSA1, Algorithm::RS256, "k1"),
         public_jwk(EC, Algorithm::ES256, "e1"),
@@ -364,7 +365,7 @@ async fn time_audience_and_issuer_are_always_checked() {
     c["exp"] = json!(T0 + 60);
     let t = sign(RSA1, Algorithm::RS256, Some("k1"), &c);
     assert_eq!(reason(v.verify(&t).await), "ok");
-    *clock.lock() = SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 60 + 31);
+    clock.set(SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + 60 + 31));
     assert_eq!(
         reason(v.verify(&t).await),
         "expired",
@@ -437,7 +438,10 @@ async fn keys_are_served_stale_while_the_issuer_is_down_and_cold_start_fails_clo
     srv.down.store(true, Ordering::SeqCst);
     let t = sign(RSA1, Algorithm::RS256, Some("k1"), &claims(T0));
     assert!(
-        matches!(v.verify(&t).await, Err(Rejection::Unavailable("no_keys"))),
+        matches!(
+            v.verify(&t).await,
+            Err(Rejection::Unavailable(Reason::NoKeys))
+        ),
         "cold start fails closed"
     );
 

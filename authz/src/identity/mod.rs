@@ -3,6 +3,8 @@
 
 use std::time::SystemTime;
 
+use crate::reason::Reason;
+
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,13 +79,9 @@ pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 
-/// The wall clock, injected so that expiry logic can be tested without waiting.
-pub type Clock = std::sync::Arc<dyn Fn() -> SystemTime + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    std::sync::Arc::new(SystemTime::now)
-}
+/// The one clock every identity method reads (`tollgate_common::clock`), shared so that tests
+/// move time for all of them at once.
+pub type Clock = std::sync::Arc<dyn tollgate_common::clock::Clock>;
 
 /// Why a presented token was not accepted. The variant picks the RFC 6750 answer; the
 /// [`Rejection::reason`] goes to logs and metrics only.
@@ -91,17 +89,22 @@ pub fn system_clock() -> Clock {
 pub enum Rejection {
     /// The credential is not acceptable (bad signature, expired, wrong audience, unknown, ...).
     #[error("invalid credential: {0}")]
-    Invalid(&'static str),
+    Invalid(Reason),
     /// The credential could not be checked (issuer or store unreachable, no keys yet): deny, retryable.
     #[error("credential check unavailable: {0}")]
-    Unavailable(&'static str),
+    Unavailable(Reason),
 }
 
 impl Rejection {
     /// The bounded reason label.
     pub fn reason(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The reason itself.
+    pub fn kind(&self) -> Reason {
         match self {
-            Rejection::Invalid(r) | Rejection::Unavailable(r) => r,
+            Rejection::Invalid(r) | Rejection::Unavailable(r) => *r,
         }
     }
 }
