@@ -212,6 +212,7 @@ fmt_ms() { awk -v us="$1" 'BEGIN { if (us == "nan") print "n/a"; else printf "%.
 if [[ $BUILD == 1 ]]; then
   pkgs=(-p tollgate-bench)
   [[ $STAND_IN == 1 ]] || pkgs+=(-p tollgate-authz -p tollgate-ratelimit)
+  [[ $MODE != envoy ]] || pkgs+=(-p tollgate-envoy)
   echo "building: cargo build --release ${pkgs[*]}" >&2
   if ! cargo build --release "${pkgs[@]}" >&2; then
     die "cargo build failed (use --stand-in to check the harness with noop-grpc in Tollgate's place)"
@@ -437,6 +438,39 @@ EOF
 EOF
       )
       ;;
+    inprocess)
+      # Tollgate in-process: the module's tollgate filter, the same limits (bench.yaml's
+      # `route: bench` limit, counted on every request) and the same store as variant (d).
+      local store="{type: memory}"
+      [[ $REDIS == 0 ]] || store="{type: redis, url: \"redis://127.0.0.1:$REDIS_PORT\"}"
+      filters=$(
+        cat <<EOF
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {name: tollgate_envoy, metrics_namespace: tollgate}
+              filter_name: tollgate
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: |
+                  failure_mode: deny
+                  rate_limit:
+                    domain: bench
+                    store: $store
+                    limits: {path: $WORK/config/limits}
+EOF
+      )
+      rate_limits=$(
+        cat <<'EOF'
+                typed_per_filter_config:
+                  envoy.filters.http.dynamic_modules:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute
+                    dynamic_module_config: {name: tollgate_envoy}
+                    filter_name: tollgate
+                    filter_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: "rule: bench"}
+EOF
+      )
+      ;;
   esac
   cat <<EOF
 admin:
@@ -482,11 +516,12 @@ declare -A CHECKS=(
   [native]="http.ingress.jwt_authn.allowed bench_local.http_local_rate_limit.ok"
   [noop]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
   [tollgate]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
+  [inprocess]="tollgate.ratelimit.decision.ok"
 )
 
 # stats_snapshot ADMIN_PORT: the counters of interest; counter FILE NAME: one value (0 if absent).
 stats_snapshot() {
-  curl -fsS --max-time 5 -G --data-urlencode 'filter=^(http\.ingress|cluster\.upstream|bench_local)\.' \
+  curl -fsS --max-time 5 -G --data-urlencode 'filter=^(http\.ingress|cluster\.upstream|bench_local|tollgate)\.' \
     "http://127.0.0.1:$1/stats"
 }
 counter() { awk -v n="$2:" '$1 == n { print $2; found = 1 } END { if (!found) print 0 }' "$1"; }
@@ -529,14 +564,19 @@ run_envoy_mode() {
   [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (run scripts/setup.sh, or set ENVOY=/path/to/envoy)"
 
   VARIANTS=(plain native noop tollgate)
+  [[ $STAND_IN == 1 ]] || VARIANTS+=(inprocess)
   declare -gA LABEL=(
     [plain]="(a) plain proxy"
     [native]="(b) jwt_authn + local_ratelimit"
     [noop]="(c) ext_authz+ratelimit: noop-grpc"
     [tollgate]="(d) ext_authz+ratelimit: $TG_LABEL"
+    [inprocess]="(e) in-process module: rate limit"
   )
   # Processes whose CPU each variant is charged with (beyond its own Envoy).
-  declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit")
+  declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit"
+    [inprocess]="upstream")
+  # Where Envoy finds the module (variant e).
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$REL
   declare -gA LISTEN=() ADMIN=()
 
   read -r UPSTREAM_PORT NOOP_PORT <<<"$(free_ports 2)"
@@ -674,7 +714,7 @@ run_envoy_mode() {
     "total CPU per request" "$(ratio "$(col tollgate 11)" "$(col noop 11)")"
   echo "Each variant / plain proxy:"
   printf '  %-38s %6s %6s %6s %6s %6s\n' "" req/s p50 p99 envoy total
-  for v in native noop tollgate; do
+  for v in "${VARIANTS[@]:1}"; do
     printf '  %-38s %6s %6s %6s %6s %6s\n' "${LABEL[$v]}" "$(ratio "$(col "$v" 3)" "$(col plain 3)")" \
       "$(ratio "$(col "$v" 4)" "$(col plain 4)")" "$(ratio "$(col "$v" 5)" "$(col plain 5)")" \
       "$(ratio "$(col "$v" 6)" "$(col plain 6)")" "$(ratio "$(col "$v" 11)" "$(col plain 11)")"
