@@ -49,6 +49,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* Whether a component runs as its own pods: enabled, and for ratelimit not folded into
+     Envoy (envoy.mode inprocess). Takes (dict "root" . "component" name). */}}
+{{- define "tollgate.runs" -}}
+{{- $v := index .root.Values .component }}
+{{- if and $v.enabled (not (and (eq .component "ratelimit") (include "tollgate.inprocess" .root))) }}true{{ end }}
+{{- end }}
+
+{{/* Whether the chart's Envoy rate-limits in-process (the dynamic module). */}}
+{{- define "tollgate.inprocess" -}}
+{{- if and .Values.envoy.enabled .Values.ratelimit.enabled (eq (default "services" .Values.envoy.mode) "inprocess") }}true{{ end }}
+{{- end }}
+
 {{/* The in-cluster DNS name of a component's Service. */}}
 {{- define "tollgate.serviceHost" -}}
 {{- printf "%s.%s.svc" (include "tollgate.component" .) .root.Release.Namespace }}
@@ -301,4 +313,26 @@ section is read at start and rolls the pods when it changes.
 {{- define "tollgate.mtlsSecret" -}}
 {{- $key := printf "%sSecret" .component }}
 {{- required (printf "mtls.enabled: set mtls.%s (a Secret with tls.crt, tls.key and ca.crt)" $key) (index .root.Values.mtls $key) }}
+{{- end }}
+
+{{/* The limiter's `store:` section, shared by tollgate-ratelimit and the in-process module.
+     Takes (dict "root" . "replicas" N "autoscaling" bool "who" "<values path of N>"): memory
+     counters are per pod, so more than one pod needs Redis. */}}
+{{- define "tollgate.ratelimit.store" -}}
+{{- $root := .root }}
+{{- $store := dict "type" "memory" }}
+{{- if eq $root.Values.redis.mode "standalone" }}
+{{- $store = dict "type" "redis" "url" (include "tollgate.redis.url" $root) }}
+{{- else if eq $root.Values.redis.mode "cluster" }}
+{{- if not $root.Values.redis.clusterNodes }}
+{{- fail "redis.mode is cluster: list the seed nodes in redis.clusterNodes" }}
+{{- end }}
+{{- $store = dict "type" "redis" "cluster_nodes" $root.Values.redis.clusterNodes }}
+{{- else if or (gt .replicas 1) .autoscaling }}
+{{- fail (printf "redis.mode is none: counters live in each pod's memory, so %s must be 1 without autoscaling (or use Redis)" .who) }}
+{{- end }}
+{{- if and $root.Values.redis.tls.caSecret (include "tollgate.redis.used" $root) }}
+{{- $_ := set $store "ca_file" "/etc/tollgate/redis-ca/ca.crt" }}
+{{- end }}
+{{- toJson $store }}
 {{- end }}

@@ -15,6 +15,7 @@ mod binaries;
 mod console;
 mod foundation;
 mod helm;
+mod helm_inprocess;
 mod helm_lifecycle;
 mod listeners;
 mod module;
