@@ -564,7 +564,7 @@ run_envoy_mode() {
   [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (run scripts/setup.sh, or set ENVOY=/path/to/envoy)"
 
   VARIANTS=(plain native noop tollgate)
-  [[ $STAND_IN == 1 ]] || VARIANTS+=(inprocess)
+  VARIANTS+=(inprocess)
   declare -gA LABEL=(
     [plain]="(a) plain proxy"
     [native]="(b) jwt_authn + local_ratelimit"
