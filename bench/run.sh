@@ -585,6 +585,9 @@ run_envoy_mode() {
   wait_ready upstream 20 tcp_open "$UPSTREAM_PORT"
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
+  # Variant (e) reads the limits itself (also with --stand-in, which copies none).
+  mkdir -p "$WORK/config"
+  [[ -d $WORK/config/limits ]] || cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"
   [[ $IDENTITY != api_key ]] || HEADERS+=("x-api-key: $API_KEY")
   local -a wrk_headers=()
   local h
