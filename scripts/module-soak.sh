@@ -20,7 +20,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk)" >&2; exit 1; }
-cargo build --release -p tollgate-envoy -p tollgate-bench >&2
+# One package at a time: built together, their features unify and both rebuild.
+cargo build --release -p tollgate-envoy >&2
+cargo build --release -p tollgate-bench >&2
 work=$(mktemp -d)
 pids=()
 cleanup() {
