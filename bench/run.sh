@@ -212,6 +212,7 @@ fmt_ms() { awk -v us="$1" 'BEGIN { if (us == "nan") print "n/a"; else printf "%.
 if [[ $BUILD == 1 ]]; then
   pkgs=(-p tollgate-bench)
   [[ $STAND_IN == 1 ]] || pkgs+=(-p tollgate-authz -p tollgate-ratelimit)
+  [[ $MODE != envoy ]] || pkgs+=(-p tollgate-envoy)
   echo "building: cargo build --release ${pkgs[*]}" >&2
   if ! cargo build --release "${pkgs[@]}" >&2; then
     die "cargo build failed (use --stand-in to check the harness with noop-grpc in Tollgate's place)"
@@ -280,7 +281,7 @@ start_tollgate() {
     -e "s|@ADMIN_ADDR@|127.0.0.1:$admin_port|" \
     -e "s|@ADMIN_TOKEN_FILE@|$WORK/admin-token|" \
     "$authz_src" >"$WORK/config/authz.yaml"
-  # The same service also answers Envoy's HTTP ext_authz, for the (e)/(f) comparison.
+  # The same service also answers Envoy's HTTP ext_authz, for the (g)/(h) comparison.
   printf 'http_authz:\n  addr: 127.0.0.1:%s\n  path_prefix: /check\n' "$AUTHZ_CHECK_PORT" >>"$WORK/config/authz.yaml"
   local store="type: memory"
   if [[ $REDIS == 1 ]]; then
@@ -529,6 +530,39 @@ EOF
 EOF
       )
       ;;
+    inprocess)
+      # Tollgate in-process: the module's tollgate filter, the same limits (bench.yaml's
+      # `route: bench` limit, counted on every request) and the same store as variant (d).
+      local store="{type: memory}"
+      [[ $REDIS == 0 ]] || store="{type: redis, url: \"redis://127.0.0.1:$REDIS_PORT\"}"
+      filters=$(
+        cat <<EOF
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {name: tollgate_envoy, metrics_namespace: tollgate}
+              filter_name: tollgate
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: |
+                  failure_mode: deny
+                  rate_limit:
+                    domain: bench
+                    store: $store
+                    limits: {path: $WORK/config/limits}
+EOF
+      )
+      rate_limits=$(
+        cat <<'EOF'
+                typed_per_filter_config:
+                  envoy.filters.http.dynamic_modules:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute
+                    dynamic_module_config: {name: tollgate_envoy}
+                    filter_name: tollgate
+                    filter_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: "rule: bench"}
+EOF
+      )
+      ;;
   esac
   cat <<EOF
 admin:
@@ -578,11 +612,12 @@ declare -A CHECKS=(
   [single]="http.ingress.ext_authz.ok"
   [authz-grpc]="http.ingress.ext_authz.ok"
   [authz-http]="http.ingress.ext_authz.ok"
+  [inprocess]="tollgate.ratelimit.decision.ok"
 )
 
 # stats_snapshot ADMIN_PORT: the counters of interest; counter FILE NAME: one value (0 if absent).
 stats_snapshot() {
-  curl -fsS --max-time 5 -G --data-urlencode 'filter=^(http\.ingress|cluster\.upstream|bench_local)\.' \
+  curl -fsS --max-time 5 -G --data-urlencode 'filter=^(http\.ingress|cluster\.upstream|bench_local|tollgate)\.' \
     "http://127.0.0.1:$1/stats"
 }
 counter() { awk -v n="$2:" '$1 == n { print $2; found = 1 } END { if (!found) print 0 }' "$1"; }
@@ -627,6 +662,7 @@ run_envoy_mode() {
   VARIANTS=(plain native noop tollgate noop1)
   # tollgate-authz alone, over each ext_authz flavour (noop-grpc speaks no HTTP ext_authz).
   [[ $STAND_IN == 1 ]] || VARIANTS+=(authz-grpc authz-http)
+  VARIANTS+=(inprocess)
   declare -gA LABEL=(
     [plain]="(a) plain proxy"
     [native]="(b) jwt_authn + local_ratelimit"
@@ -636,11 +672,15 @@ run_envoy_mode() {
     [single]="(f) single-call: $TG_LABEL"
     [authz-grpc]="(g) ext_authz gRPC: tollgate-authz"
     [authz-http]="(h) ext_authz HTTP: tollgate-authz"
+    [inprocess]="(i) in-process module: rate limit"
   )
   # Processes whose CPU each variant is charged with (beyond its own Envoy); the single-call
   # authz is reported in the authz column.
   declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit"
-    [noop1]="upstream noop" [single]="upstream single" [authz-grpc]="upstream authz" [authz-http]="upstream authz")
+    [noop1]="upstream noop" [single]="upstream single" [authz-grpc]="upstream authz" [authz-http]="upstream authz"
+    [inprocess]="upstream")
+  # Where Envoy finds the module (variant i).
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$REL
   declare -gA LISTEN=() ADMIN=()
 
   read -r UPSTREAM_PORT NOOP_PORT <<<"$(free_ports 2)"
@@ -650,6 +690,9 @@ run_envoy_mode() {
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
   [[ -z $SINGLE_PORT ]] || VARIANTS+=(single)
+  # Variant (i) reads the limits itself (also with --stand-in, which copies none).
+  mkdir -p "$WORK/config"
+  [[ -d $WORK/config/limits ]] || cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"
   [[ $IDENTITY != api_key ]] || HEADERS+=("x-api-key: $API_KEY")
   local -a wrk_headers=()
   local h

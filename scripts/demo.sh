@@ -5,6 +5,9 @@
 # `scripts/demo.sh single-call` runs the single-call shape instead: Envoy on
 # deploy/envoy/single-call.yaml and tollgate-authz alone, counting the limits itself.
 # Installs what is missing first. Ctrl-C stops everything.
+#
+# `scripts/demo.sh inprocess` runs Tollgate in-process instead: Envoy loads the dynamic module
+# (deploy/envoy/envoy-module.yaml) and rate-limits in its own workers, with no service.
 set -euo pipefail
 shape=${1:-pair}
 case $shape in
@@ -16,8 +19,16 @@ case $shape in
 esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
+shape=${1:-pair}
+case "$shape" in
+  pair | inprocess) ;;
+  *) echo "usage: scripts/demo.sh [inprocess]" >&2; exit 2 ;;
+esac
 
 scripts/setup.sh
+if [[ $shape == inprocess ]]; then
+  exec scripts/demo-inprocess.sh
+fi
 echo "demo: building the binaries (cargo's progress below; the first build takes a few minutes)…"
 cargo build -p tollgate-authz -p tollgate-ratelimit -p tollgate-tests --bin tollgate-authz \
   --bin tollgate-ratelimit --bin echo-upstream

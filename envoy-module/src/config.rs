@@ -9,12 +9,13 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::filter::{FailureMode, Filter};
+use crate::gate::Gate;
 use crate::probe::ProbeFilter;
 
 /// A rejected filter or per-route config. Envoy refuses the config; the message goes to its log.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
-    #[error("unknown filter_name `{0}` (this module provides: probe)")]
+    #[error("unknown filter_name `{0}` (this module provides: tollgate, probe)")]
     UnknownFilter(String),
     #[error("filter_config of `{filter}` is not UTF-8")]
     NotUtf8 { filter: String },
@@ -102,6 +103,11 @@ impl FilterConfig {
                 let mode = probe.failure_mode();
                 (Arc::new(probe), mode)
             }
+            "tollgate" => {
+                let gate = Gate::from_config(name, config)?;
+                let mode = gate.failure_mode();
+                (Arc::new(gate), mode)
+            }
             other => return Err(ConfigError::UnknownFilter(other.to_string())),
         };
         Ok(FilterConfig {
@@ -127,7 +133,7 @@ pub(crate) struct RouteSettings {
 impl RouteSettings {
     pub(crate) fn build(name: &str, config: &[u8]) -> Result<RouteSettings, ConfigError> {
         match name {
-            "probe" => parse(name, config),
+            "probe" | "tollgate" => parse(name, config),
             other => Err(ConfigError::UnknownFilter(other.to_string())),
         }
     }
@@ -142,7 +148,7 @@ mod tests {
         let err = FilterConfig::build("nope", b"").err().unwrap();
         assert_eq!(
             err.to_string(),
-            "unknown filter_name `nope` (this module provides: probe)"
+            "unknown filter_name `nope` (this module provides: tollgate, probe)"
         );
     }
 

@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use serde::Deserialize;
+
+use crate::host::Counter;
 
 /// A decision that runs in Envoy's worker thread, once per request, on the request headers.
 pub(crate) trait Filter: Send + Sync + 'static {
@@ -82,6 +85,28 @@ impl Pending {
     }
 }
 
+/// The verdict of `future` now, if it has one without waiting (a memory store, a cached
+/// answer), or [`Verdict::Pending`] with the same future to finish on the background runtime.
+///
+/// The one poll here runs on Envoy's worker inside the background runtime's context (its
+/// timers and I/O driver), with a waker that does nothing: a future that is not ready has
+/// registered nothing the worker waits for, and the background runtime polls it again at once,
+/// with its own waker, which every future re-registers on each poll.
+pub(crate) fn now_or_pending(
+    future: impl Future<Output = Verdict> + Send + 'static,
+    failure_mode: FailureMode,
+) -> Verdict {
+    let mut future: Pin<Box<dyn Future<Output = Verdict> + Send>> = Box::pin(future);
+    let Ok(_context) = crate::runtime::enter() else {
+        return failure_mode.verdict();
+    };
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(verdict) => verdict,
+        Poll::Pending => Verdict::Pending(Pending(future)),
+    }
+}
+
 /// Changes applied to a request that continues to the upstream. Applied in field order:
 /// removals first, so a filter can strip a client's copy of a header and set its own.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -96,6 +121,8 @@ pub(crate) struct Mutations {
     pub(crate) response_headers: Vec<(String, String)>,
     /// Dynamic metadata for later filters, access logs and the router.
     pub(crate) metadata: Vec<Metadata>,
+    /// The module's counters this verdict increments (bounded labels only).
+    pub(crate) counts: Vec<(Counter, &'static str)>,
 }
 
 /// One dynamic metadata entry: `key` under `namespace`.

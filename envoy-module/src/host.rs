@@ -72,6 +72,12 @@ pub(crate) enum Counter {
     /// Module failures answered with the failure mode, by `stage`: decide, hook, resume,
     /// background.
     Failures,
+    /// Local replies by `details` (the reply's response code details token, a constant).
+    Replies,
+    /// Rate-limit decisions of requests let through, by `decision`: ok, degraded (the store
+    /// failed and the limiter's failure mode allowed). Denials count as replies
+    /// (`tollgate_rate_limited`).
+    RateLimit,
 }
 
 /// The module's histograms.
@@ -82,7 +88,13 @@ pub(crate) enum Histogram {
 }
 
 impl Counter {
-    pub(crate) const ALL: [Counter; 3] = [Counter::Requests, Counter::Paused, Counter::Failures];
+    pub(crate) const ALL: [Counter; 5] = [
+        Counter::Requests,
+        Counter::Paused,
+        Counter::Failures,
+        Counter::Replies,
+        Counter::RateLimit,
+    ];
 
     /// The stat name and its one label (bounded values only, listed above).
     pub(crate) fn name_and_label(self) -> (&'static str, &'static str) {
@@ -90,6 +102,8 @@ impl Counter {
             Counter::Requests => ("requests", "verdict"),
             Counter::Paused => ("paused", "verdict"),
             Counter::Failures => ("failures", "stage"),
+            Counter::Replies => ("replies", "details"),
+            Counter::RateLimit => ("ratelimit", "decision"),
         }
     }
 }

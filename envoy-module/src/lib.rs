@@ -16,6 +16,11 @@
 //! - [`filter`]: the seam decision logic implements: `Request` in, `Verdict` out.
 //! - [`config`]: `filter_name` → filter, strict YAML with line and field in every error,
 //!   per-route settings.
+//! - [`gate`]: the Tollgate filter (`filter_name: tollgate`).
+//! - [`ratelimit`]: the limiter in the module: its config section, one limiter per filter
+//!   config shared by every worker, decisions as verdicts (429 and rate-limit headers).
+//! - [`descriptors`]: the descriptors a request is limited by (one function, the swap point
+//!   for the descriptor builder shared with single-call mode).
 //! - [`probe`]: the probe filter, the test vehicle for the FFI layer.
 //! - [`runtime`]: the background tokio runtime (lazy, process-wide).
 //! - [`log`]: `tracing` into Envoy's log.
@@ -25,11 +30,14 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 mod config;
+mod descriptors;
 #[cfg(not(test))]
 mod ffi;
 mod filter;
+mod gate;
 mod host;
 mod log;
 mod probe;
+mod ratelimit;
 mod runtime;
 mod stream;

@@ -104,6 +104,7 @@ impl ProbeFilter {
             add_headers: pairs(&c.add_headers),
             response_headers: pairs(&c.response_headers),
             metadata: Vec::new(),
+            counts: Vec::new(),
         };
         let values = request.header_values("x-probe-multi");
         if c.echo {

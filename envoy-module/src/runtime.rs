@@ -43,3 +43,15 @@ pub(crate) fn spawn(
 ) -> Result<AbortHandle, RuntimeUnavailable> {
     Ok(runtime()?.spawn(future).abort_handle())
 }
+
+/// Runs `future` to completion on the background runtime, blocking the calling thread. Only
+/// for config time (Envoy's main thread building a filter config), never on a worker.
+pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> Result<T, RuntimeUnavailable> {
+    Ok(runtime()?.block_on(future))
+}
+
+/// Makes the background runtime the current one for this thread until the guard drops, so a
+/// future polled here (once, on a worker, without waiting) finds its timers and I/O driver.
+pub(crate) fn enter() -> Result<tokio::runtime::EnterGuard<'static>, RuntimeUnavailable> {
+    Ok(runtime()?.enter())
+}

@@ -152,6 +152,7 @@ impl<S: Scheduler> Stream<S> {
             }
             Verdict::Respond(reply) => {
                 host.count(Counter::Requests, "respond");
+                host.count(Counter::Replies, reply.details);
                 self.reply(host, &reply);
                 Flow::Stop
             }
@@ -180,6 +181,9 @@ impl<S: Scheduler> Stream<S> {
         }
         for entry in &m.metadata {
             host.set_metadata(entry);
+        }
+        for (counter, label) in m.counts {
+            host.count(counter, label);
         }
         self.response_headers
             .borrow_mut()

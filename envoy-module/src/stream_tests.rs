@@ -140,6 +140,7 @@ fn mutations() -> Mutations {
             key: "k".into(),
             value: MetadataValue::Bool(true),
         }],
+        counts: vec![(Counter::RateLimit, "ok")],
     }
 }
 

@@ -100,6 +100,17 @@ impl Envoy {
         backends: Backends,
         env: &[(&str, &OsStr)],
     ) -> anyhow::Result<Envoy> {
+        Self::start_with_env_args(config, backends, env, &[]).await
+    }
+
+    /// As [`Envoy::start_with_env`], with extra command-line arguments (`--concurrency N`
+    /// replaces the default of one worker).
+    pub async fn start_with_env_args(
+        config: &str,
+        backends: Backends,
+        env: &[(&str, &OsStr)],
+        extra_args: &[String],
+    ) -> anyhow::Result<Envoy> {
         let listener = free_port();
         let admin = free_port();
         let ports: BTreeMap<u16, u16> = [
@@ -112,7 +123,7 @@ impl Envoy {
         .into();
         let config =
             rewrite_ports(config, &ports).replace("address: 0.0.0.0", "address: 127.0.0.1");
-        Self::start_raw_with_env(&config, listener, admin, env).await
+        Self::start_raw_full(&config, listener, admin, env, extra_args).await
     }
 
     /// Starts Envoy on a complete config whose listener and admin ports are already chosen.
@@ -157,9 +168,12 @@ impl Envoy {
         cmd.envs(env.iter().copied());
         cmd.arg("-c")
             .arg(&path)
+            .args(if extra_args.iter().any(|a| a == "--concurrency") {
+                &[][..]
+            } else {
+                &["--concurrency", "1"][..]
+            })
             .args([
-                "--concurrency",
-                "1",
                 "--disable-hot-restart",
                 "--log-level",
                 "warn",

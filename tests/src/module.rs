@@ -35,9 +35,18 @@ pub fn module_path() -> PathBuf {
 /// Starts Envoy on `config` (example port conventions, see [`Envoy::start_with`]) with the
 /// module on its search path.
 pub async fn start_envoy(config: &str, backends: Backends) -> anyhow::Result<Envoy> {
+    start_envoy_with(config, backends, &[]).await
+}
+
+/// [`start_envoy`] with extra command-line arguments (e.g. `--concurrency 4`).
+pub async fn start_envoy_with(
+    config: &str,
+    backends: Backends,
+    extra_args: &[String],
+) -> anyhow::Result<Envoy> {
     let dir = module_dir();
     let env = [("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir.as_os_str())];
-    Envoy::start_with_env(config, backends, &env).await
+    Envoy::start_with_env_args(config, backends, &env, extra_args).await
 }
 
 /// Runs `envoy --mode validate` on `config` with the module on the search path.

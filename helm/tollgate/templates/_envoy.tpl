@@ -26,7 +26,37 @@
     status_on_error: { code: ServiceUnavailable }
     include_peer_certificate: false
 {{- end }}
-{{- if include "tollgate.on" (dict "root" $ "component" "ratelimit") }}
+{{- if include "tollgate.inprocess" $ }}
+{{- $r := $.Values.ratelimit }}
+{{- if and (include "tollgate.redis.used" $) (include "tollgate.redis.passwordSecret" $) }}
+{{- fail "envoy.mode is inprocess: the module reads no Redis password from a Secret; use a Redis without one, or redis.mode none" }}
+{{- end }}
+{{- if include "tollgate.singleCall" $ }}
+{{- fail "envoy.mode inprocess and mode singleCall exclude each other: the module rate-limits in Envoy, single-call mode in tollgate-authz" }}
+{{- end }}
+{{- $store := include "tollgate.counterStore" (dict "root" $ "values" $e "component" "envoy") | fromJson }}
+{{- $module := dict
+  "failure_mode" $e.inprocess.failureMode
+  "rate_limit" (dict
+    "domain" $e.rateLimit.domain
+    "store" $store
+    "limits" (dict "path" "/etc/tollgate/limits")
+    "failure_mode" $r.failureMode
+    "default_algorithm" $r.defaultAlgorithm
+    "shadow_mode" $r.shadowMode
+    "headers" $r.headers) }}
+# Tollgate in-process: the dynamic module rate-limits in Envoy's workers with the limits
+# (mounted from the limits ConfigMap, reloaded on change) and the store of the ratelimit
+# section. Its stats are Envoy's: tollgate.* on /stats/prometheus.
+- name: envoy.filters.http.dynamic_modules
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+    dynamic_module_config: { name: tollgate_envoy, metrics_namespace: tollgate }
+    filter_name: tollgate
+    filter_config:
+      "@type": type.googleapis.com/google.protobuf.StringValue
+      value: {{ toJson $module | quote }}
+{{- else if include "tollgate.on" (dict "root" $ "component" "ratelimit") }}
 - name: envoy.filters.http.ratelimit
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit

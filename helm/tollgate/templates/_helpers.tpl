@@ -49,6 +49,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* Whether the chart's Envoy rate-limits in-process (the dynamic module). */}}
+{{- define "tollgate.inprocess" -}}
+{{- if and .Values.envoy.enabled .Values.ratelimit.enabled (eq (default "services" .Values.envoy.mode) "inprocess") }}true{{ end }}
+{{- end }}
+
 {{/* The in-cluster DNS name of a component's Service. */}}
 {{- define "tollgate.serviceHost" -}}
 {{- printf "%s.%s.svc" (include "tollgate.component" .) .root.Release.Namespace }}
@@ -335,11 +340,13 @@ section is read at start and rolls the pods when it changes.
 {{- if eq (default "pair" .Values.mode) "singleCall" }}true{{ end }}
 {{- end }}
 
-{{/* "true" when a component (authz, ratelimit, envoy) is rendered: enabled, and for
-     ratelimit not replaced by single-call mode. */}}
+{{/* "true" when a component (authz, ratelimit, envoy) runs as its own pods: enabled, and for
+     ratelimit not replaced by single-call mode (`mode: singleCall`) or by the in-process module
+     (`envoy.mode: inprocess`). Takes (dict "root" . "component" name). */}}
 {{- define "tollgate.on" -}}
 {{- $v := index .root.Values .component }}
-{{- if and $v.enabled (not (and (eq .component "ratelimit") (include "tollgate.singleCall" .root))) }}true{{ end }}
+{{- $replaced := and (eq .component "ratelimit") (or (include "tollgate.singleCall" .root) (include "tollgate.inprocess" .root)) }}
+{{- if and $v.enabled (not $replaced) }}true{{ end }}
 {{- end }}
 
 {{/* The counter store (the limiter's `store:`) for the pods that count: tollgate-ratelimit's,
