@@ -115,3 +115,20 @@ fn inprocess_mode_refuses_memory_counters_over_several_envoys() {
         .expect("two Envoy replicas with memory counters are refused");
     assert!(err.contains("envoy.replicas must be 1"), "{err}");
 }
+
+#[test]
+fn inprocess_mode_and_single_call_mode_exclude_each_other() {
+    let err = render(
+        &[],
+        &[
+            "envoy.mode=inprocess",
+            "mode=singleCall",
+            "redis.mode=none",
+            "envoy.replicas=1",
+        ],
+        &[],
+    )
+    .err()
+    .expect("the module and single-call mode cannot both rate-limit");
+    assert!(err.contains("exclude each other"), "{err}");
+}
