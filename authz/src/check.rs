@@ -38,7 +38,7 @@ use tollgate_proto::auth::{
 use tollgate_proto::metadata;
 use tollgate_proto::rpc_code;
 
-use crate::apikey::{ApiKeyError, ApiKeys};
+use crate::apikey::{ApiKeyError, ApiKeys, UsageOutcome};
 use crate::config::HeadersConfig;
 use crate::identity::introspection::Introspector;
 use crate::identity::jwt::JwtVerifier;
@@ -314,6 +314,7 @@ impl Authorizer {
             None => Vec::new(),
         };
         if let Some(unmet) = rule.unmet(&identity, &extra) {
+            self.count_usage(&identity, UsageOutcome::Denied);
             let (reason, scope) = match unmet {
                 Unmet::Scope(s) => ("insufficient_scope", Some(s)),
                 Unmet::Claim => ("claim_condition", None),
@@ -325,7 +326,15 @@ impl Authorizer {
                 scope,
             );
         }
+        self.count_usage(&identity, UsageOutcome::Allowed);
         self.allow(&identity, forwarded, Some(cred), "allowed")
+    }
+
+    /// Counts a decision on an API key caller in the key's usage (nothing for other callers).
+    fn count_usage(&self, identity: &Identity, outcome: UsageOutcome) {
+        if let Some(keys) = &self.api_keys {
+            keys.record_usage(identity, outcome);
+        }
     }
 
     /// The API key of the request: from the header or the query parameter, `Err` when it is
@@ -376,7 +385,7 @@ impl Authorizer {
                 None => {}
             }
         }
-        let mut fields = Vec::with_capacity(5);
+        let mut fields = Vec::with_capacity(6);
         fields.push(("method", metadata::string(id.method.as_str())));
         if !anonymous {
             fields.push(("subject", metadata::string(id.subject.clone())));
@@ -389,6 +398,10 @@ impl Authorizer {
         }
         if let Some(p) = &id.plan {
             fields.push(("plan", metadata::string(p.clone())));
+        }
+        // The key's own limit, as Envoy's rate limit `limit` override reads it.
+        if let (Some(l), Some(k)) = (&id.rate_limit, &id.key_id) {
+            fields.push(("rate_limit", l.metadata(k)));
         }
         let mut response = ok_response(set, remove, Some(metadata::structure(fields)));
         if let (Some(param), Some(HttpResponse::OkResponse(ok))) =

@@ -17,6 +17,9 @@ pub struct KeyRecord {
     pub tenant: Option<String>,
     pub scopes: Vec<String>,
     pub plan: Option<String>,
+    /// The key's own rate limit (absent in records written before it existed).
+    #[serde(default)]
+    pub rate_limit: Option<super::KeyLimit>,
     pub expires_at: Option<SystemTime>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,

@@ -25,12 +25,13 @@ pub(crate) fn new_key(name: &str) -> NewKey {
         tenant: Some("acme".into()),
         scopes: vec!["read".into(), "write".into()],
         plan: Some("gold".into()),
+        rate_limit: None,
         expires_at: None,
     }
 }
 
 /// Polls `f` until it returns true or `within` has passed; returns the time it took.
-async fn eventually<F, Fut>(within: Duration, mut f: F) -> Option<Duration>
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut f: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -431,6 +431,7 @@ async fn api_keys_and_ambiguous_credentials() {
             tenant: Some("acme".into()),
             scopes: vec!["read".into()],
             plan: Some("silver".into()),
+            rate_limit: None,
             expires_at: None,
         })
         .await
