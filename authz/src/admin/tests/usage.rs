@@ -215,7 +215,7 @@ async fn fake_config(hits: Arc<AtomicUsize>) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     let view = json!({"generation": 3, "loaded_at": "2025-03-01T00:00:00Z", "domains": [
         {"domain": "gateway", "file": "gateway.yaml", "limits": [
-            {"descriptor": "plan=silver/subject", "name": "plan-silver", "unlimited": false,
+            {"descriptor": "plan_silver.subject", "name": "plan-silver", "unlimited": false,
              "algorithm": "sliding_window", "limit": 3, "window": "1m", "shadow_mode": false}
         ]}
     ], "files": [], "errors": []});
