@@ -333,3 +333,50 @@ fn a_bad_ratelimit_config_url_is_refused_with_its_field() {
         "{e}"
     );
 }
+
+/// docs/api-products.md: its tollgate-authz config loads, its limits are the shipped file's, and
+/// the screenshots it shows exist.
+#[test]
+fn the_api_products_guide_examples_hold() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let page = std::fs::read_to_string(root.join("docs/api-products.md")).unwrap();
+    let blocks: Vec<&str> = page
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    assert_eq!(blocks.len(), 2);
+    let shipped = std::fs::read_to_string(root.join("deploy/config/limits/gateway.yaml")).unwrap();
+    assert!(
+        shipped.contains(blocks[0]),
+        "the limits are an excerpt of the shipped file"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let yaml = blocks[1]
+        .replace(
+            "/run/secrets/tollgate-admin-token",
+            &token.display().to_string(),
+        )
+        .replace("/var/lib/tollgate", &dir.path().display().to_string());
+    let file = dir.path().join("authz.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let config =
+        tollgate_common::config::load::<crate::Config>(&tollgate_common::config::Sources {
+            file: Some(file),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(config.api_keys.unwrap().usage.retention_days, 90);
+    assert_eq!(
+        config.admin.unwrap().ratelimit_config_url.as_deref(),
+        Some("http://127.0.0.1:8082/config")
+    );
+    for (i, _) in page.match_indices("](images/") {
+        let name = &page[i + 2..];
+        let name = &name[..name.find(')').unwrap()];
+        assert!(root.join("docs").join(name).exists(), "{name}");
+    }
+}
