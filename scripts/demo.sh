@@ -56,7 +56,8 @@ start echo-upstream "$bin/echo-upstream" 127.0.0.1:8000
 start ratelimit "$bin/tollgate-ratelimit" serve --config deploy/config/ratelimit.yaml
 start authz "$bin/tollgate-authz" serve --config deploy/config/authz.yaml \
   --set "admin.token_file=$state/admin-token" --set "api_keys.store.path=$state/keys.redb" \
-  --set "admin.ratelimit_metrics_url=http://127.0.0.1:8082/metrics"
+  --set "admin.ratelimit_metrics_url=http://127.0.0.1:8082/metrics" \
+  --set "admin.ratelimit_config_url=http://127.0.0.1:8082/config"
 wait_http ratelimit http://127.0.0.1:8082/readyz
 wait_http authz http://127.0.0.1:9002/readyz
 start envoy .venv/bin/envoy -c deploy/envoy/envoy.yaml --concurrency 1 --disable-hot-restart --log-level warn
