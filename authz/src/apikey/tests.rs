@@ -520,7 +520,8 @@ async fn open_fails_when_redis_is_unreachable() {
     assert!(ApiKeys::open(&cfg).await.is_err());
 }
 
-/// Cost of a verification served from the cache (a measurement, not an assertion):
+/// Cost of a verification served from the cache, and of counting a call in the key's usage (a
+/// measurement, not an assertion):
 /// `cargo test --release -p tollgate-authz --lib verify_cost -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "measurement; run in release"]
@@ -542,4 +543,11 @@ async fn verify_cost() {
     }
     let malformed = start.elapsed() / n;
     println!("verify (cached key): {hit:?} per call; malformed key: {malformed:?} per call");
+    let who = keys.verify(secret.expose()).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        keys.record_usage(&who, UsageOutcome::Allowed);
+    }
+    let counted = start.elapsed() / n;
+    println!("record_usage (one key, in memory): {counted:?} per call");
 }
