@@ -78,7 +78,8 @@ authz_sets=(--set "admin.token_file=$state/admin-token" --set "api_keys.store.pa
 if [[ $shape == pair ]]; then
   start ratelimit "$bin/tollgate-ratelimit" serve --config deploy/config/ratelimit.yaml
   start authz "$bin/tollgate-authz" serve --config deploy/config/authz.yaml "${authz_sets[@]}" \
-    --set "admin.ratelimit_metrics_url=http://127.0.0.1:8082/metrics"
+    --set "admin.ratelimit_metrics_url=http://127.0.0.1:8082/metrics" \
+    --set "admin.ratelimit_config_url=http://127.0.0.1:8082/config"
   wait_http ratelimit http://127.0.0.1:8082/readyz
   envoy_config=deploy/envoy/envoy.yaml
   limiter="tollgate-ratelimit     gRPC 127.0.0.1:8081   metrics http://127.0.0.1:8082/metrics   limits http://127.0.0.1:8082/config"

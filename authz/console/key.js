@@ -1,5 +1,5 @@
-// One key's page: its metadata, the edit form (PATCH), rotation with a grace period, revocation,
-// and its usage per day when the API serves it.
+// One key's page: its metadata (with its own rate limit), the edit form (PATCH), rotation with a
+// grace period, revocation, and its usage per day with totals when the API serves it.
 
 import { call, keyPath, optional } from './api.js';
 import { lastDays, fillDays, usageChart } from './chart.js';
@@ -49,6 +49,7 @@ function details(key) {
     ['Owner', key.owner],
     ['Tenant', key.tenant ?? '—'],
     ['Plan', key.plan ?? '—'],
+    ['Rate limit', key.rate_limit ? `${limitText(key.rate_limit)} (its own)` : 'the plan’s'],
     ['Scopes', key.scopes.length ? key.scopes.join(' ') : '—'],
     ['Created', when(key.created_at)],
     ['Updated', when(key.updated_at)],
@@ -60,7 +61,22 @@ function details(key) {
   return h('dl', { class: 'card details' }, rows.map(([k, v]) => [h('dt', { text: k }), h('dd', { text: v })]));
 }
 
-/** The fields of `form` that differ from `key`, as a PATCH body (`null` clears). */
+const UNITS = { s: 'second', sec: 'second', second: 'second', m: 'minute', min: 'minute', minute: 'minute', h: 'hour', hour: 'hour', d: 'day', day: 'day' };
+
+/** `{requests_per_unit, unit}` from `100/minute` (also `100/min`, `100/m`, `/s`, `/h`, `/d`); throws on anything else. */
+export function parseLimit(text) {
+  const m = /^\s*(\d+)\s*\/\s*([a-z]+)\s*$/i.exec(text);
+  const unit = m && UNITS[m[2].toLowerCase()];
+  if (!unit) throw new Error(`Rate limit: “${text.trim()}” is not like 100/minute (second, minute, hour or day).`);
+  return { requests_per_unit: Number(m[1]), unit };
+}
+
+/** `100/minute` for a key's own limit. */
+export function limitText(l) {
+  return `${l.requests_per_unit}/${l.unit}`;
+}
+
+/** The fields of `form` that differ from `key`, as a PATCH body (`null` clears); throws on a bad rate limit. */
 export function changes(key, form) {
   const out = {};
   const text = (name, { clearable }) => {
@@ -78,6 +94,10 @@ export function changes(key, form) {
   if (scopes.join(' ') !== key.scopes.join(' ')) out.scopes = scopes;
   const exp = form.expires_at.trim();
   if (exp !== (key.expires_at ?? '')) out.expires_at = exp === '' ? null : exp;
+  const limit = (form.rate_limit ?? '').trim();
+  if (limit !== (key.rate_limit ? limitText(key.rate_limit) : '')) {
+    out.rate_limit = limit === '' ? null : parseLimit(limit);
+  }
   return out;
 }
 
@@ -90,6 +110,7 @@ function editForm(key, msg, update) {
     plan: input('plan', key.plan),
     scopes: input('scopes', key.scopes.join(' ')),
     expires_at: input('expires_at', key.expires_at, { placeholder: '2030-01-01T00:00:00Z' }),
+    rate_limit: input('rate_limit', key.rate_limit ? limitText(key.rate_limit) : '', { placeholder: '100/minute' }),
   };
   return h(
     'form',
@@ -99,12 +120,12 @@ function editForm(key, msg, update) {
         ev.preventDefault();
         msg.clear();
         const values = Object.fromEntries(Object.entries(inputs).map(([k, el]) => [k, el.value]));
-        const body = changes(key, values);
-        if (Object.keys(body).length === 0) {
-          msg.show('Nothing to change.', 'ok');
-          return;
-        }
         try {
+          const body = changes(key, values);
+          if (Object.keys(body).length === 0) {
+            msg.show('Nothing to change.', 'ok');
+            return;
+          }
           update(await call('PATCH', keyPath(key.id), body), 'Saved.');
         } catch (e) {
           msg.show(e.message);
@@ -118,6 +139,7 @@ function editForm(key, msg, update) {
     field('Plan', inputs.plan, 'empty clears it'),
     field('Scopes', inputs.scopes, 'space or comma separated'),
     field('Expires at', inputs.expires_at, 'RFC 3339, e.g. 2030-01-01T00:00:00Z; empty: never'),
+    field('Rate limit', inputs.rate_limit, 'the key’s own, e.g. 100/minute; empty: none of its own'),
     h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', text: 'Save changes' })),
   );
 }
@@ -171,6 +193,12 @@ function revokeForm(key, msg, update) {
   return h('section', { class: 'card' }, h('h2', { text: 'Revoke' }), ask, confirmRow);
 }
 
+/** `12 allowed · 1 denied · 0 rate limited` for the usage answer's `totals`. */
+export function totalsText(t) {
+  const n = (v) => Number(v ?? 0).toLocaleString('en-US');
+  return `${n(t?.allowed)} allowed · ${n(t?.denied)} denied · ${n(t?.rate_limited)} rate limited`;
+}
+
 async function loadUsage(section, id) {
   const days = lastDays(USAGE_DAYS, Date.now());
   const title = h('h2', { text: 'Usage per day' });
@@ -180,8 +208,18 @@ async function loadUsage(section, id) {
       fill(section, title, h('p', { class: 'muted unavailable', text: 'Usage per day is not available on this version of tollgate-authz.' }));
       return;
     }
-    fill(section, title, h('p', { class: 'muted', text: `Last ${USAGE_DAYS} days, UTC.` }), usageChart(fillDays(days, answer)));
+    fill(
+      section,
+      title,
+      h('p', { class: 'totals' }, h('strong', { text: `Last ${USAGE_DAYS} days, UTC: ` }), totalsText(answer.totals)),
+      usageChart(fillDays(days, answer)),
+      h('p', {
+        class: 'muted',
+        text: `Rate limited counts the 429s tollgate-authz decides itself; in the service pair tollgate-ratelimit decides them, after tollgate-authz has counted the call as allowed. Days are kept ${answer.retention_days} days.`,
+      }),
+    );
   } catch (e) {
-    fill(section, title, h('p', { class: 'notice notice-error', role: 'alert', text: e.message }));
+    const off = e.code === 'not_configured';
+    fill(section, title, h('p', off ? { class: 'muted', text: e.message } : { class: 'notice notice-error', role: 'alert', text: e.message }));
   }
 }

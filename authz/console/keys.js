@@ -3,6 +3,7 @@
 
 import { call } from './api.js';
 import { badge, field, fill, h, keyState, notice, scopesOf, secretPanel, when } from './dom.js';
+import { parseLimit } from './key.js';
 
 const PAGE = 1000;
 
@@ -112,6 +113,7 @@ function createForm(area, msg, created) {
   const plan = input('plan');
   const scopes = input('scopes');
   const expires = input('expires_in', { placeholder: '90d' });
+  const limit = input('rate_limit', { placeholder: '100/minute' });
   const form = h(
     'form',
     {
@@ -124,6 +126,7 @@ function createForm(area, msg, created) {
         if (plan.value.trim()) body.plan = plan.value.trim();
         if (expires.value.trim()) body.expires_in = expires.value.trim();
         try {
+          if (limit.value.trim()) body.rate_limit = parseLimit(limit.value);
           const issued = await call('POST', '/v1/keys', body);
           fill(
             area,
@@ -145,6 +148,7 @@ function createForm(area, msg, created) {
     field('Plan', plan, 'optional, e.g. gold'),
     field('Scopes', scopes, 'space or comma separated'),
     field('Expires in', expires, 'optional, e.g. 90d; empty: never'),
+    field('Rate limit', limit, 'optional, e.g. 100/minute (second, minute, hour or day)'),
     h(
       'div',
       { class: 'actions' },

@@ -1,8 +1,30 @@
-// Plans and limits: the plans the keys are on (counted from the keys themselves) and the limits
-// in force, when this version of the API serves them (GET /v1/limits).
+// Plans and limits: the plans the keys are on (counted from the keys themselves) with their calls
+// over the last 30 days (GET /v1/usage?group_by=plan), and the limits in force (GET /v1/limits),
+// each when this version of the API serves it.
 
 import { allKeys, optional } from './api.js';
+import { lastDays } from './chart.js';
 import { fill, h, keyState, notice } from './dom.js';
+import { totalsText } from './key.js';
+
+const USAGE_DAYS = 30;
+
+/** `optional(path)`, with a route that is there but not configured (or whose source is down) as `{off: message}`. */
+async function configured(path) {
+  try {
+    return await optional(path);
+  } catch (e) {
+    if (e.code === 'not_configured' || e.code === 'limits_unavailable') return { off: e.message };
+    throw e;
+  }
+}
+
+/** Calls per plan name (`null`: keys without one) from a `/v1/usage?group_by=plan` answer. */
+export function usageByPlan(answer) {
+  const out = new Map();
+  for (const g of answer?.groups ?? []) out.set(g.name ?? null, g);
+  return out;
+}
 
 /** Per plan (`null`: keys without one): how many keys, how many usable, which tenants. */
 export function plansOf(keys, now = Date.now()) {
@@ -18,12 +40,16 @@ export function plansOf(keys, now = Date.now()) {
   return [...plans.values()].sort((a, b) => (a.plan ?? '\uffff').localeCompare(b.plan ?? '\uffff'));
 }
 
-/** Limits of the `/v1/limits` view whose descriptor names `plan` (e.g. `plan=gold/subject`). */
+/**
+ * Limits of the `/v1/limits` view whose descriptor names `plan`: tollgate-ratelimit writes a
+ * descriptor as its entries `key_value` (or `key` for any value) joined by dots, e.g.
+ * `plan_gold.subject`.
+ */
 export function limitsForPlan(view, plan) {
   const out = [];
   for (const d of view?.domains ?? []) {
     for (const l of d.limits ?? []) {
-      if (plan && new RegExp(`(^|[/,{ ])plan=${escape(plan)}($|[/,} ])`).test(l.descriptor ?? '')) {
+      if (plan && new RegExp(`(^|\\.)plan_${escape(plan)}(\\.|$)`).test(l.descriptor ?? '')) {
         out.push({ domain: d.domain, ...l });
       }
     }
@@ -52,17 +78,25 @@ export async function plansView(main) {
   fill(main, h('div', { class: 'heading' }, h('h1', { text: 'Plans & limits' })), msg.el, plansBox, limitsBox);
   let view = null;
   try {
-    const [{ keys, complete }, limits] = await Promise.all([allKeys(), optional('/v1/limits')]);
+    const days = lastDays(USAGE_DAYS, Date.now());
+    const [{ keys, complete }, limits, usage] = await Promise.all([
+      allKeys(),
+      configured('/v1/limits'),
+      configured(`/v1/usage?group_by=plan&from=${days[0]}&to=${days[days.length - 1]}`),
+    ]);
     view = limits;
-    renderPlans(plansBox, plansOf(keys), complete, view);
+    const calls = usage === null || usage.off ? null : usageByPlan(usage);
+    renderPlans(plansBox, plansOf(keys), complete, view?.off ? null : view, calls);
     renderLimits(limitsBox, view);
   } catch (e) {
     msg.show(e.message);
   }
 }
 
-function renderPlans(box, plans, complete, view) {
-  const head = ['Plan', 'Keys', 'Usable', 'Tenants'].concat(view ? ['Limits'] : []);
+function renderPlans(box, plans, complete, view, calls) {
+  const head = ['Plan', 'Keys', 'Usable', 'Tenants']
+    .concat(view ? ['Limits'] : [])
+    .concat(calls ? [`Calls, last ${USAGE_DAYS} days`] : []);
   fill(
     box,
     h('h2', { text: 'Plans in use' }),
@@ -85,6 +119,7 @@ function renderPlans(box, plans, complete, view) {
                 h('td', { text: p.usable }),
                 h('td', { text: [...p.tenants].sort().join(' ') || '—' }),
                 view ? h('td', { text: limitsForPlan(view, p.plan).map(limitText).join('; ') || '—' }) : null,
+                calls ? h('td', { text: totalsText(calls.get(p.plan)) }) : null,
               ),
             ),
           ),
@@ -98,6 +133,10 @@ function renderLimits(box, view) {
     fill(box, title, h('p', { class: 'muted unavailable', text: 'The limits in force are not available on this version of tollgate-authz.' }));
     return;
   }
+  if (view.off) {
+    fill(box, title, h('p', { class: 'muted unavailable', text: view.off }));
+    return;
+  }
   const rows = (view.domains ?? []).flatMap((d) =>
     (d.limits ?? []).map((l) => h('tr', {}, h('td', { text: d.domain }), h('td', { class: 'mono', text: l.descriptor }), h('td', { text: l.name }), h('td', { text: limitText(l) }))),
   );
@@ -105,6 +144,7 @@ function renderLimits(box, view) {
     box,
     title,
     view.loaded_at ? h('p', { class: 'muted', text: `Loaded ${view.loaded_at}.` }) : null,
+    h('p', { class: 'muted', text: 'A key with a rate limit of its own (on its page) gets that limit instead of its plan’s.' }),
     h(
       'table',
       {},

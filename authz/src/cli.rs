@@ -1,5 +1,6 @@
 //! The `keys` subcommand: an operator's client for the admin API (create, list, get, update,
-//! revoke, rotate) with readable output. The key itself is printed once, on create and rotate.
+//! revoke, rotate, usage) with readable output. The key itself is printed once, on create and
+//! rotate.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::admin::{IssuedKey, TOKEN_ENV};
-use crate::apikey::{KeyInfo, KeyPage};
+use crate::apikey::{KeyInfo, KeyLimit, KeyPage, KeyUsage};
 
 /// Where the admin API is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +50,10 @@ pub enum KeysCommand {
         /// Plan / tier, e.g. `gold`.
         #[arg(long)]
         plan: Option<String>,
+        /// The key's own rate limit, used instead of its plan's, e.g. `100/minute` (units:
+        /// second, minute, hour, day).
+        #[arg(long, value_parser = KeyLimit::parse)]
+        limit: Option<KeyLimit>,
         /// Lifetime from now, e.g. `90d`.
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
@@ -96,6 +101,12 @@ pub enum KeysCommand {
         /// Replace the scopes; repeat or separate with commas.
         #[arg(long = "scope", value_delimiter = ',')]
         scopes: Option<Vec<String>>,
+        /// Set the key's own rate limit, e.g. `100/minute`.
+        #[arg(long, value_parser = KeyLimit::parse, conflicts_with = "no_limit")]
+        limit: Option<KeyLimit>,
+        /// Remove the key's own rate limit: its plan's applies again.
+        #[arg(long)]
+        no_limit: bool,
         /// New lifetime from now, e.g. `30d`.
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<Duration>,
@@ -114,6 +125,20 @@ pub enum KeysCommand {
         /// How long the previous secret keeps working, e.g. `1h` (default: not at all).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         grace: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a key's calls per UTC day (allowed, denied, rate limited) and their totals.
+    Usage {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+        /// First day, YYYY-MM-DD (default: 29 days before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, YYYY-MM-DD, included (default: today, UTC).
+        #[arg(long)]
+        to: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -142,7 +167,8 @@ pub async fn run_keys_to(
         | KeysCommand::Get { admin, .. }
         | KeysCommand::Update { admin, .. }
         | KeysCommand::Revoke { admin, .. }
-        | KeysCommand::Rotate { admin, .. } => admin.clone(),
+        | KeysCommand::Rotate { admin, .. }
+        | KeysCommand::Usage { admin, .. } => admin.clone(),
     };
     let client = Client::new(&admin, env_token)?;
     match cmd {
@@ -152,11 +178,12 @@ pub async fn run_keys_to(
             tenant,
             scopes,
             plan,
+            limit,
             expires_in,
             json,
             ..
         } => {
-            let mut body = json!({"name": name, "owner": owner, "tenant": tenant, "scopes": scopes, "plan": plan});
+            let mut body = json!({"name": name, "owner": owner, "tenant": tenant, "scopes": scopes, "plan": plan, "rate_limit": limit});
             if let Some(d) = expires_in {
                 body["expires_in"] = json!(humantime::format_duration(d).to_string());
             }
@@ -223,6 +250,8 @@ pub async fn run_keys_to(
             tenant,
             plan,
             scopes,
+            limit,
+            no_limit,
             expires_in,
             ..
         } => {
@@ -241,13 +270,16 @@ pub async fn run_keys_to(
             if let Some(s) = scopes {
                 body.insert("scopes".into(), json!(s));
             }
+            if limit.is_some() || no_limit {
+                body.insert("rate_limit".into(), json!(limit));
+            }
             if let Some(d) = expires_in {
                 let at = humantime::format_rfc3339_seconds(SystemTime::now() + d).to_string();
                 body.insert("expires_at".into(), json!(at));
             }
             if body.is_empty() {
                 bail!(
-                    "nothing to change: give at least one of --name, --owner, --tenant, --plan, --scope, --expires-in"
+                    "nothing to change: give at least one of --name, --owner, --tenant, --plan, --scope, --limit, --no-limit, --expires-in"
                 );
             }
             let path = format!("/v1/keys/{}", encode(&id));
@@ -282,6 +314,24 @@ pub async fn run_keys_to(
                 )
                 .await?;
             print_issued(out, &issued, json, "Rotated")?;
+        }
+        KeysCommand::Usage {
+            id, from, to, json, ..
+        } => {
+            let mut path = format!("/v1/keys/{}/usage", encode(&id));
+            let range: Vec<String> = [("from", from), ("to", to)]
+                .into_iter()
+                .filter_map(|(name, v)| v.map(|v| format!("{name}={}", encode(&v))))
+                .collect();
+            if !range.is_empty() {
+                path = format!("{path}?{}", range.join("&"));
+            }
+            let usage: KeyUsage = client.send(reqwest::Method::GET, &path, None).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&usage)?)?;
+            } else {
+                write_usage(out, &usage)?;
+            }
         }
     }
     Ok(())
@@ -481,6 +531,11 @@ fn write_details(out: &mut Vec<u8>, k: &KeyInfo, now: SystemTime) -> std::io::Re
         ("tenant", opt(&k.tenant)),
         ("plan", opt(&k.plan)),
         (
+            "rate limit",
+            k.rate_limit
+                .map_or_else(|| "- (the plan's)".into(), |l| l.to_string()),
+        ),
+        (
             "scopes",
             if k.scopes.is_empty() {
                 "-".into()
@@ -502,13 +557,55 @@ fn write_details(out: &mut Vec<u8>, k: &KeyInfo, now: SystemTime) -> std::io::Re
     Ok(())
 }
 
+/// One line per day with calls, right-aligned counts, then the totals.
+fn write_usage(out: &mut Vec<u8>, u: &KeyUsage) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "Usage of key {} from {} to {} (UTC days; kept {} days)",
+        u.key_id, u.from, u.to, u.retention_days
+    )?;
+    writeln!(out)?;
+    if u.days.is_empty() {
+        return writeln!(out, "no calls");
+    }
+    let counts = |c: &crate::apikey::usage::Counts| [c.allowed, c.denied, c.rate_limited];
+    let rows: Vec<(String, [u64; 3])> = u
+        .days
+        .iter()
+        .map(|d| (d.date.to_string(), counts(&d.counts)))
+        .chain([("total".to_string(), counts(&u.totals))])
+        .collect();
+    let header = ["ALLOWED", "DENIED", "RATE LIMITED"];
+    let mut widths = header.map(str::len);
+    for (_, c) in &rows {
+        for (w, n) in widths.iter_mut().zip(c) {
+            *w = (*w).max(n.to_string().len());
+        }
+    }
+    let [a, d, r] = widths;
+    writeln!(
+        out,
+        "{:<10}  {:>a$}  {:>d$}  {:>r$}",
+        "DATE", header[0], header[1], header[2]
+    )?;
+    for (i, (day, [x, y, z])) in rows.iter().enumerate() {
+        if i + 1 == rows.len() {
+            writeln!(out, "{}", "-".repeat(10 + a + d + r + 6))?;
+        }
+        writeln!(out, "{day:<10}  {x:>a$}  {y:>d$}  {z:>r$}")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
     use tollgate_common::secret::Secret;
 
     use super::*;
-    use crate::apikey::{ApiKeyError, ApiKeys, ApiKeysConfig, EmbeddedStoreConfig, KeyStoreConfig};
+    use crate::apikey::{
+        ApiKeyError, ApiKeys, ApiKeysConfig, EmbeddedStoreConfig, KeyStoreConfig, UsageOutcome,
+    };
 
     const TOKEN: &str = "cli-test-token-0123456789";
 
@@ -677,6 +774,59 @@ mod tests {
             Err(ApiKeyError::Revoked)
         ));
         assert!(run(&s, &["list"]).await.unwrap().contains("revoked"));
+    }
+
+    #[tokio::test]
+    async fn a_keys_own_limit_and_its_usage_table() {
+        let s = server().await;
+        let args = [
+            "create", "--name", "n", "--owner", "o", "--plan", "gold", "--limit", "2/min",
+        ];
+        let key = secret_in(&run(&s, &args).await.unwrap());
+        let who = s.keys.verify(&key).await.unwrap();
+        assert_eq!(
+            who.rate_limit.map(|l| l.to_string()).as_deref(),
+            Some("2/minute")
+        );
+        let id = who.key_id.clone().unwrap();
+        let details = run(&s, &["get", &id]).await.unwrap();
+        assert!(details.contains("rate limit       2/minute"), "{details}");
+        let cleared = run(&s, &["update", &id, "--no-limit"]).await.unwrap();
+        assert!(cleared.contains("- (the plan's)"), "{cleared}");
+        assert!(s.keys.verify(&key).await.unwrap().rate_limit.is_none());
+        let err = run(&s, &["update", &id, "--limit", "5/month"])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown unit \"month\""), "{err}");
+
+        let empty = run(&s, &["usage", &id]).await.unwrap();
+        assert!(empty.contains("no calls"), "{empty}");
+        for (outcome, n) in [(UsageOutcome::Allowed, 1234), (UsageOutcome::Denied, 5)] {
+            for _ in 0..n {
+                s.keys.record_usage(&who, outcome);
+            }
+        }
+        let today = s.keys.today().to_string();
+        let table = run(&s, &["usage", &id, "--to", &today]).await.unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains(&format!("to {today}")), "{table}");
+        assert_eq!(
+            lines[2], "DATE        ALLOWED  DENIED  RATE LIMITED",
+            "{table}"
+        );
+        assert_eq!(
+            lines[3],
+            format!("{today}     1234       5             0"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[5], "total          1234       5             0",
+            "{table}"
+        );
+        let err = run(&s, &["usage", &id, "--from", "last week"])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("from must be a UTC date"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The service's Prometheus metrics. Every label takes a bounded value (a decision, a method, a
-//! reason from a fixed list, a cache name); never a subject, key id or token.
+//! reason from a fixed list, a cache name, one of at most 32 plans); never a subject, key id or
+//! token.
 //!
 //! What a Check records goes through handles bound once ([`CheckMetrics`], [`CacheCounters`]),
 //! not looked up by name on every call; each handle binds to the recorder installed when it is
@@ -24,6 +25,8 @@ pub const KEY_STORE_ERRORS: &str = "tollgate_authz_key_store_errors_total";
 pub const KEY_STORE_UP: &str = "tollgate_authz_key_store_up";
 pub const KEY_FEED_UP: &str = "tollgate_authz_key_feed_up";
 pub const API_KEY_STALE_DECISIONS: &str = "tollgate_authz_api_key_stale_decisions_total";
+/// Calls made with API keys by plan and outcome, added when a usage batch is taken.
+pub const API_KEY_USAGE: &str = "tollgate_authz_api_key_usage_total";
 
 /// Registers descriptions (once at startup; harmless to repeat).
 pub fn describe() {
@@ -61,6 +64,10 @@ pub fn describe() {
     describe_counter!(
         API_KEY_STALE_DECISIONS,
         "Checks accepted from a key's last known record while the key store could not answer"
+    );
+    describe_counter!(
+        API_KEY_USAGE,
+        "Calls made with API keys, by plan (the first 32 seen; later ones as `other`, none as `none`) and outcome (allowed, denied, rate_limited); added every usage flush"
     );
     // Health series exist (at 0) from the start, so dashboards and alerts see a rate of zero
     // rather than no data.

@@ -130,13 +130,14 @@ async function login({ token, refused = false }) {
   return { url: page.url() };
 }
 
-async function createKey({ name, owner, plan, tenant, scopes }) {
+async function createKey({ name, owner, plan, tenant, scopes, limit }) {
   await page.getByRole('button', { name: 'New key' }).click();
   await page.getByLabel('Name').fill(name);
   await page.getByLabel('Owner').fill(owner);
   if (tenant) await page.getByLabel('Tenant').fill(tenant);
   if (plan) await page.getByLabel('Plan').fill(plan);
   if (scopes) await page.getByLabel('Scopes').fill(scopes);
+  if (limit) await page.getByLabel('Rate limit').fill(limit);
   await page.getByRole('button', { name: 'Create key' }).click();
   const field = page.getByLabel('New API key');
   await field.waitFor();
@@ -176,17 +177,25 @@ async function storage() {
 
 /**
  * Opens a key's page. With `used`, reloads it (as a person would) until it shows a last use:
- * last-used times are written in batches, so the first look may come before the write.
+ * last-used times are written in batches, so the first look may come before the write. With
+ * `totals`, until the usage section's totals read so. Returns the details, the usage section's
+ * text and the days its chart draws with calls.
  */
-async function keyPage({ id, used = false }) {
+async function keyPage({ id, used = false, totals = null }) {
   const end = Date.now() + 10_000;
+  const usage = page.locator('section', { has: page.getByRole('heading', { name: 'Usage per day' }) });
   for (;;) {
     await visit(`${base}#/keys/${id}`);
     await page.getByRole('heading', { name: 'Usage per day' }).waitFor();
-    await page.locator('section', { has: page.getByRole('heading', { name: 'Usage per day' }) }).getByText(/not available|Last \d+ days/).waitFor();
+    await usage.getByText(/not available|not counted|Last \d+ days/).first().waitFor();
     const shown = await details();
-    if (!used || shown['Last used'] !== 'never' || Date.now() > end) {
-      return { details: shown, usage: await sectionText('Usage per day') };
+    const text = await usage.innerText();
+    const waiting = (used && shown['Last used'] === 'never') || (totals !== null && !text.includes(totals));
+    if (!waiting || Date.now() > end) {
+      const chart = await usage.locator('g.bar title').evaluateAll((ts) =>
+        ts.map((t) => t.textContent).filter((x) => !x.endsWith('Allowed 0, Denied 0, Rate limited (429) 0')),
+      );
+      return { details: shown, usage: text, chart };
     }
   }
 }

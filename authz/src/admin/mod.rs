@@ -1,6 +1,7 @@
 //! The admin HTTP API for API keys (axum, its own listener, loopback by default): create, list,
-//! get, update, revoke and rotate keys, the service's decision counters, the OpenAPI document
-//! that describes exactly these routes, and the web console that drives them. Every API route
+//! get, update, revoke and rotate keys, their usage per day and its totals per plan and tenant,
+//! the limits in force, the service's decision counters, the OpenAPI document that describes
+//! exactly these routes, and the web console that drives them. Every API route
 //! but the document needs the admin bearer credential, and every change is written to the
 //! `audit` log target (who, what, which key, when; never a secret).
 //!
@@ -11,14 +12,18 @@
 //! # Layout
 //! - this file: config, credential loading, the router and its authentication;
 //! - `routes`: the key handlers and JSON error responses;
+//! - `usage`: `GET /v1/keys/{id}/usage` and `GET /v1/usage`, and their date ranges;
+//! - `limits`: `GET /v1/limits`, the limits in force from a [`LimitsView`];
 //! - `stats`: `GET /v1/stats`, the decision counters;
 //! - `openapi`: the OpenAPI 3 document;
 //! - `console`: the web console's embedded files and the security headers.
 
 mod console;
+mod limits;
 mod openapi;
 mod routes;
 mod stats;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +41,7 @@ use tollgate_common::secret::Secret;
 
 use crate::apikey::ApiKeys;
 
+pub use limits::{LimitsError, LimitsView};
 pub use openapi::document as openapi_document;
 pub use routes::IssuedKey;
 
@@ -62,6 +68,10 @@ pub struct AdminConfig {
     /// over-limit (429) counts: in the service pair those are decided there, not here.
     #[serde(default)]
     pub ratelimit_metrics_url: Option<String>,
+    /// tollgate-ratelimit's `/config` URL. When set, `GET /v1/limits` (and the console's plans
+    /// page) shows the limits in force there.
+    #[serde(default)]
+    pub ratelimit_config_url: Option<String>,
     /// Most connections held open (also at most a quarter of the file-descriptor limit); past
     /// it a new one closes the oldest idle one.
     #[serde(default = "default_max_connections")]
@@ -78,6 +88,7 @@ impl Default for AdminConfig {
             token_file: None,
             console: default_console(),
             ratelimit_metrics_url: None,
+            ratelimit_config_url: None,
             max_connections: default_max_connections(),
             header_timeout: default_header_timeout(),
         }
@@ -120,16 +131,21 @@ impl Validate for AdminConfig {
         if self.header_timeout.is_zero() {
             errors.push(join(at, "header_timeout"), "must be greater than 0");
         }
-        if let Some(url) = &self.ratelimit_metrics_url
-            && let Err(reason) = metrics_url(url)
-        {
-            errors.push(join(at, "ratelimit_metrics_url"), reason);
+        for (field, url) in [
+            ("ratelimit_metrics_url", &self.ratelimit_metrics_url),
+            ("ratelimit_config_url", &self.ratelimit_config_url),
+        ] {
+            if let Some(url) = url
+                && let Err(reason) = http_url(url)
+            {
+                errors.push(join(at, field), reason);
+            }
         }
     }
 }
 
 /// An `http(s)://` URL, or why not.
-fn metrics_url(text: &str) -> Result<reqwest::Url, String> {
+fn http_url(text: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     match url.scheme() {
         "http" | "https" if url.host().is_some() => Ok(url),
@@ -165,23 +181,51 @@ pub fn load_token(cfg: &AdminConfig, env: &Env) -> Result<Secret, AdminError> {
     })
 }
 
-/// The admin router, with its credential from the config or the process environment.
-/// Refuses (Err) when there is no credential.
+/// The admin router, with its credential from the config or the process environment and the
+/// limits in force from `admin.ratelimit_config_url` (if set); `single_call` when this process
+/// rate-limits in its Checks. Refuses (Err) when there is no credential.
 pub fn router(keys: ApiKeys, cfg: &AdminConfig, single_call: bool) -> Result<Router, AdminError> {
-    let token = load_token(cfg, &process_env())?;
     // Validation has refused a bad URL before anything starts.
+    let limits = cfg
+        .ratelimit_config_url
+        .as_deref()
+        .and_then(|u| http_url(u).ok())
+        .map(|u| Arc::new(limits::RatelimitConfig::new(u)) as Arc<dyn LimitsView>);
+    router_with_limits(keys, cfg, limits, single_call)
+}
+
+/// [`router`] with the limits in force from `limits` (a process that rate-limits by itself
+/// passes its own view; `None`: `GET /v1/limits` answers 404 `not_configured`).
+pub fn router_with_limits(
+    keys: ApiKeys,
+    cfg: &AdminConfig,
+    limits: Option<Arc<dyn LimitsView>>,
+    single_call: bool,
+) -> Result<Router, AdminError> {
+    let token = load_token(cfg, &process_env())?;
     let ratelimit = cfg
         .ratelimit_metrics_url
         .as_deref()
-        .and_then(|u| metrics_url(u).ok());
+        .and_then(|u| http_url(u).ok());
     let stats = stats::Stats::new(ratelimit.as_ref()).single_call(single_call);
-    Ok(build(keys, token, stats, cfg.console)?.0)
+    let sources = Sources { stats, limits };
+    Ok(build(keys, token, sources, cfg.console)?.0)
 }
 
 /// The admin router with a given credential (and the console, without tollgate-ratelimit's
-/// counts).
+/// counts or limits).
 pub fn router_with_token(keys: ApiKeys, token: Secret) -> Result<Router, AdminError> {
-    Ok(build(keys, token, stats::Stats::new(None), true)?.0)
+    let sources = Sources {
+        stats: stats::Stats::new(None),
+        limits: None,
+    };
+    Ok(build(keys, token, sources, true)?.0)
+}
+
+/// Where the numbers that are not the key store's come from.
+struct Sources {
+    stats: stats::Stats,
+    limits: Option<Arc<dyn LimitsView>>,
 }
 
 /// A routed (method, path).
@@ -192,24 +236,27 @@ type Route = (Method, &'static str);
 fn build(
     keys: ApiKeys,
     token: Secret,
-    stats: stats::Stats,
+    sources: Sources,
     with_console: bool,
 ) -> Result<(Router, Vec<Route>), AdminError> {
     credential::check_strength(&token).map_err(|_| AdminError::WeakCredential)?;
     let state = AppState {
         keys,
         auth: Arc::new(Credential::new(token)),
-        stats: Arc::new(stats),
+        stats: Arc::new(sources.stats),
+        limits: sources.limits,
     };
     let (router, mut routes) = routes::table();
     let mut router = router
         .route(stats::PATH, axum::routing::get(stats::serve))
+        .route(limits::PATH, axum::routing::get(limits::serve))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ))
         .route(openapi::PATH, axum::routing::get(openapi::serve));
     routes.push((Method::GET, stats::PATH));
+    routes.push((Method::GET, limits::PATH));
     if with_console {
         router = router.merge(console::routes());
     }
@@ -250,6 +297,7 @@ struct AppState {
     keys: ApiKeys,
     auth: Arc<Credential>,
     stats: Arc<stats::Stats>,
+    limits: Option<Arc<dyn LimitsView>>,
 }
 
 /// The admin credential and the name audit lines give whoever presents it.

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Actor, AppState};
-use crate::apikey::{KeyInfo, KeyPage, KeyPatch, ManageError, NewKey};
+use crate::apikey::{KeyInfo, KeyLimit, KeyPage, KeyPatch, ManageError, NewKey};
 
 /// Longest grace period a rotation may give the old secret.
 pub(super) const MAX_GRACE: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -35,6 +35,12 @@ pub(super) fn table() -> (Router<AppState>, Vec<(Method, &'static str)>) {
     add(Method::PATCH, "/v1/keys/{id}", patch(update));
     add(Method::POST, "/v1/keys/{id}/revoke", post(revoke));
     add(Method::POST, "/v1/keys/{id}/rotate", post(rotate));
+    add(
+        Method::GET,
+        "/v1/keys/{id}/usage",
+        get(super::usage::key_usage),
+    );
+    add(Method::GET, "/v1/usage", get(super::usage::totals));
     (router, seen)
 }
 
@@ -47,7 +53,7 @@ pub(super) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -55,8 +61,13 @@ impl ApiError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    #[cfg(test)]
+    pub(super) fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -88,6 +99,9 @@ impl From<ManageError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "conflict", "the key is revoked")
             }
             ManageError::Busy => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ManageError::UsageOff => {
+                Self::new(StatusCode::NOT_FOUND, "not_configured", e.to_string())
+            }
             ManageError::Store(cause) => {
                 tracing::error!(error = %cause, "admin request failed: key store unavailable");
                 Self::new(
@@ -157,7 +171,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
 }
 
 /// The `{id}` path parameter.
-struct KeyId(String);
+pub(super) struct KeyId(pub(super) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for KeyId {
     type Rejection = ApiError;
@@ -208,6 +222,9 @@ pub(super) struct CreateRequest {
     scopes: Vec<String>,
     #[serde(default)]
     plan: Option<String>,
+    /// The key's own limit, e.g. `{"requests_per_unit": 100, "unit": "minute"}`.
+    #[serde(default)]
+    rate_limit: Option<KeyLimit>,
     /// RFC 3339.
     #[serde(default, with = "humantime_serde")]
     expires_at: Option<SystemTime>,
@@ -243,6 +260,7 @@ async fn create(
         tenant: req.tenant,
         scopes: req.scopes,
         plan: req.plan,
+        rate_limit: req.rate_limit,
         expires_at,
     };
     let (info, secret) = st.keys.create(new).await?;
@@ -295,6 +313,8 @@ struct UpdateRequest {
     scopes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "some")]
     plan: Option<Option<String>>,
+    #[serde(default, deserialize_with = "some")]
+    rate_limit: Option<Option<KeyLimit>>,
     #[serde(default, deserialize_with = "some_time")]
     expires_at: Option<Option<SystemTime>>,
 }
@@ -315,6 +335,7 @@ async fn update(
         tenant: req.tenant,
         scopes: req.scopes,
         plan: req.plan,
+        rate_limit: req.rate_limit,
         expires_at: req.expires_at,
     };
     if patch == KeyPatch::default() {

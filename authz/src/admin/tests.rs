@@ -682,7 +682,10 @@ async fn the_openapi_document_matches_the_router() {
     let (_, routes) = build(
         a.keys.clone(),
         Secret::new(TOKEN),
-        stats::Stats::with_source(Box::new(String::new), None),
+        Sources {
+            stats: stats::Stats::with_source(Box::new(String::new), None),
+            limits: None,
+        },
         true,
     )
     .unwrap();
@@ -786,3 +789,4 @@ async fn the_openapi_schemas_match_what_is_sent() {
 }
 
 mod console;
+mod usage;

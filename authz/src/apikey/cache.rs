@@ -266,6 +266,7 @@ mod tests {
             tenant: None,
             scopes: vec![],
             plan: None,
+            rate_limit: None,
             expires_at: None,
             created_at: now,
             updated_at: now,

@@ -1,6 +1,6 @@
 //! The `api_keys:` config section: where keys come from in a request, which store keeps them
-//! (embedded file, or Redis standalone, Sentinel or Cluster), the cache, and how long known
-//! keys keep working from memory while the store is unreachable.
+//! (embedded file, or Redis standalone, Sentinel or Cluster), the cache, how long known keys
+//! keep working from memory while the store is unreachable, and usage counting.
 //!
 //! The Redis fields mirror the counter store's (`url`, `cluster_nodes`, `username`,
 //! `password`, `ca_file`, `timeout`, `connect_timeout`) and add Sentinel as
@@ -41,7 +41,50 @@ pub struct ApiKeysConfig {
     /// closed at once. Only acceptances are served this way, never a refusal.
     #[serde(default = "default_serve_stale", with = "humantime_serde")]
     pub serve_stale: Duration,
+    /// Calls per key and day.
+    #[serde(default)]
+    pub usage: UsageConfig,
 }
+
+/// The `api_keys.usage:` section: calls per key and UTC day, kept in the key store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Count calls per key (on by default).
+    #[serde(default = "default_usage_enabled")]
+    pub enabled: bool,
+    /// Days kept, today included; older days are deleted.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// How often the counts gathered in memory are written to the store (also at shutdown).
+    #[serde(default = "default_usage_flush", with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_usage_enabled(),
+            retention_days: default_retention_days(),
+            flush_interval: default_usage_flush(),
+        }
+    }
+}
+
+fn default_usage_enabled() -> bool {
+    true
+}
+
+fn default_retention_days() -> u32 {
+    90
+}
+
+fn default_usage_flush() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The longest `usage.flush_interval`: counts wait in memory at most this long.
+const MAX_USAGE_FLUSH: Duration = Duration::from_secs(3600);
 
 impl Default for ApiKeysConfig {
     fn default() -> Self {
@@ -53,6 +96,7 @@ impl Default for ApiKeysConfig {
             cache: KeyCacheConfig::default(),
             last_used_flush: default_flush(),
             serve_stale: default_serve_stale(),
+            usage: UsageConfig::default(),
         }
     }
 }
@@ -293,6 +337,7 @@ impl Validate for ApiKeysConfig {
         if self.serve_stale > MAX_SERVE_STALE {
             errors.push(join(at, "serve_stale"), "must be at most 24h");
         }
+        self.usage.validate(&join(at, "usage"), errors);
         let store = join(at, "store");
         match &self.store {
             KeyStoreConfig::Embedded(e) => {
@@ -308,6 +353,24 @@ impl Validate for ApiKeysConfig {
         }
         if self.cache.ttl.is_zero() {
             errors.push(join(&cache, "ttl"), "must be greater than 0");
+        }
+    }
+}
+
+impl Validate for UsageConfig {
+    fn validate(&self, at: &str, errors: &mut Errors) {
+        let max = super::usage::MAX_RETENTION_DAYS;
+        if !(1..=max).contains(&self.retention_days) {
+            errors.push(
+                join(at, "retention_days"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+        if self.flush_interval.is_zero() || self.flush_interval > MAX_USAGE_FLUSH {
+            errors.push(
+                join(at, "flush_interval"),
+                "must be greater than 0 and at most 1h",
+            );
         }
     }
 }
@@ -512,5 +575,29 @@ mod tests {
         );
         let e = errors_of("store: {type: redis, url: 'redis://a', timeout: 0s}");
         assert!(e.contains("api_keys.store.timeout"), "{e}");
+    }
+
+    #[test]
+    fn usage_has_defaults_and_bounds() {
+        let cfg: ApiKeysConfig = serde_yaml::from_str("{}").unwrap();
+        assert!(cfg.usage.enabled);
+        assert_eq!(cfg.usage.retention_days, 90);
+        assert_eq!(cfg.usage.flush_interval, Duration::from_secs(10));
+        assert_eq!(
+            errors_of("usage: {retention_days: 1, flush_interval: 1h}"),
+            ""
+        );
+        let e = errors_of("usage: {retention_days: 0, flush_interval: 0s}");
+        assert!(
+            e.contains("api_keys.usage.retention_days: must be between 1 and 3660"),
+            "{e}"
+        );
+        assert!(e.contains("api_keys.usage.flush_interval"), "{e}");
+        let e = errors_of("usage: {retention_days: 3661, flush_interval: 2h}");
+        assert!(
+            e.contains("retention_days") && e.contains("at most 1h"),
+            "{e}"
+        );
+        assert!(serde_yaml::from_str::<ApiKeysConfig>("usage: {keep: 3}").is_err());
     }
 }

@@ -4,23 +4,28 @@
 //! # Layout
 //! - [`format`]: `tgk_<id>_<secret><checksum>`, generation, parsing, hashing;
 //! - [`record`]: what a store keeps per key (hashes, never secrets);
+//! - [`limit`]: a key's own rate limit and the dynamic metadata that carries it to Envoy;
+//! - [`usage`]: calls per key and UTC day, gathered in memory and written in batches;
 //! - `store`: the embedded redb store and the Redis store with its invalidation feed;
 //! - `cache`: the bounded cache that lets a Check skip the store.
 //!
-//! - `config`: the `api_keys:` section (stores and their topologies, cache, `serve_stale`);
+//! - `config`: the `api_keys:` section (stores and their topologies, cache, `serve_stale`,
+//!   `usage`);
 //! - `outage`: the store's health as Checks see it, and the serve-stale window.
 //!
 //! A Check parses the key (no store touched for malformed input), looks the id up in the cache
 //! (or the store on a miss), compares the SHA-256 of the presented key with the stored hashes in
-//! constant time, then checks revocation and expiry. Last-used times are collected in memory
-//! and written in batches, so a Check never writes to the store.
+//! constant time, then checks revocation and expiry. Last-used times and usage counts are
+//! collected in memory and written in batches, so a Check never writes to the store.
 //!
 //! When the store cannot answer, a key this replica verified before is still accepted from
 //! the record it last read, for `serve_stale` after it last knew that record current; anything
 //! else is refused as unavailable (503). See [`outage`] for when the store counts as down.
 
 pub mod format;
+pub mod limit;
 pub mod record;
+pub mod usage;
 
 mod cache;
 mod config;
@@ -43,10 +48,14 @@ use crate::metrics::CacheCounters;
 use cache::Caches;
 pub use config::{
     ApiKeysConfig, EmbeddedStoreConfig, KeyCacheConfig, KeyStoreConfig, RedisStoreConfig,
+    UsageConfig,
 };
+pub use limit::{KeyLimit, LimitUnit};
 use outage::{Ask, Outage};
 use record::{KeyRecord, KnownKey, StoredSecret};
 use store::{Replaced, Store};
+use usage::{Call, Usage};
+pub use usage::{Day, KeyUsage, UsageGroup, UsageOutcome, UsageTotals};
 
 /// A key store failure.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +122,9 @@ pub enum ManageError {
     Revoked,
     #[error("the key is being changed concurrently; retry")]
     Busy,
+    /// Usage is not counted (`api_keys.usage.enabled: false`).
+    #[error("usage is not counted: api_keys.usage.enabled is false")]
+    UsageOff,
     #[error(transparent)]
     Store(#[from] KeyStoreError),
 }
@@ -126,6 +138,8 @@ pub struct KeyInfo {
     pub tenant: Option<String>,
     pub scopes: Vec<String>,
     pub plan: Option<String>,
+    /// The key's own rate limit, used instead of its plan's.
+    pub rate_limit: Option<KeyLimit>,
     #[serde(with = "humantime_serde")]
     pub expires_at: Option<SystemTime>,
     #[serde(with = "humantime_serde")]
@@ -151,6 +165,7 @@ impl KeyInfo {
             tenant: rec.tenant.clone(),
             scopes: rec.scopes.clone(),
             plan: rec.plan.clone(),
+            rate_limit: rec.rate_limit,
             expires_at: rec.expires_at,
             created_at: rec.created_at,
             updated_at: rec.updated_at,
@@ -175,6 +190,7 @@ pub struct NewKey {
     pub tenant: Option<String>,
     pub scopes: Vec<String>,
     pub plan: Option<String>,
+    pub rate_limit: Option<KeyLimit>,
     pub expires_at: Option<SystemTime>,
 }
 
@@ -186,6 +202,7 @@ pub struct KeyPatch {
     pub tenant: Option<Option<String>>,
     pub scopes: Option<Vec<String>>,
     pub plan: Option<Option<String>>,
+    pub rate_limit: Option<Option<KeyLimit>>,
     pub expires_at: Option<Option<SystemTime>>,
 }
 
@@ -220,6 +237,8 @@ struct Inner {
     /// Last-used times not yet written.
     pending: Pending,
     lookups: CacheCounters,
+    /// Calls per key and day not yet written; `None` when usage is not counted.
+    usage: Option<Usage>,
     /// Dropped with the last clone, which ends the background tasks.
     _stop: watch::Sender<()>,
 }
@@ -274,9 +293,16 @@ impl ApiKeys {
             clock,
             pending: Pending::new(),
             lookups: CacheCounters::new("api_key"),
+            usage: cfg
+                .usage
+                .enabled
+                .then(|| Usage::new(cfg.usage.retention_days)),
             _stop: stop_tx,
         });
         spawn_flusher(Arc::downgrade(&inner), cfg.last_used_flush);
+        if inner.usage.is_some() {
+            spawn_usage_flusher(Arc::downgrade(&inner), cfg.usage.flush_interval);
+        }
         Ok(ApiKeys { inner })
     }
 
@@ -294,7 +320,21 @@ impl ApiKeys {
     pub async fn verify(&self, presented: &str) -> Result<Arc<Identity>, ApiKeyError> {
         let key = format::parse(presented).map_err(|_| ApiKeyError::Malformed)?;
         match self.lookup(key.id()).await {
-            Ok(Some(known)) => self.decide(&key, &known),
+            Ok(Some(known)) => {
+                let decided = self.decide(&key, &known);
+                // Only holders of a matching secret are told revoked or expired: those calls
+                // were made with this key. A wrong secret is not this key's use.
+                if matches!(decided, Err(ApiKeyError::Revoked | ApiKeyError::Expired)) {
+                    let rec = &known.record;
+                    self.count(
+                        &rec.id,
+                        rec.plan.as_deref(),
+                        rec.tenant.as_deref(),
+                        UsageOutcome::Denied,
+                    );
+                }
+                decided
+            }
             Ok(None) => Err(ApiKeyError::Unknown),
             Err(e) => self.decide_from_last_known(&key, e),
         }
@@ -383,6 +423,114 @@ impl ApiKeys {
         flush(&self.inner.store, &self.inner.pending).await
     }
 
+    /// Counts one call made with an API key, with its final outcome, in the key's usage: a
+    /// no-op for other identities and when usage is not counted. Call it once per Check that
+    /// authenticated an API key (a refusal for a revoked or expired key is counted by
+    /// [`ApiKeys::verify`] itself). Costs a lock on a small in-memory map, never a store write.
+    pub fn record_usage(&self, identity: &Identity, outcome: UsageOutcome) {
+        if let Some(id) = &identity.key_id {
+            self.count(
+                id,
+                identity.plan.as_deref(),
+                identity.tenant.as_deref(),
+                outcome,
+            );
+        }
+    }
+
+    fn count(&self, key_id: &str, plan: Option<&str>, tenant: Option<&str>, outcome: UsageOutcome) {
+        if let Some(usage) = &self.inner.usage {
+            let day = Day::of(self.inner.clock.now());
+            let call = Call {
+                key_id,
+                plan,
+                tenant,
+                day,
+            };
+            usage.record(&call, outcome);
+        }
+    }
+
+    /// Writes pending usage counts now (also done every `usage.flush_interval`).
+    pub async fn flush_usage(&self) -> Result<(), KeyStoreError> {
+        flush_usage(&self.inner).await
+    }
+
+    /// Writes everything gathered in memory (last-used times, usage counts): call it at
+    /// shutdown, once no more Checks arrive. Logs what could not be written.
+    pub async fn flush(&self) {
+        if let Err(e) = self.flush_last_used().await {
+            tracing::warn!(error = %e, "could not write last-used times at shutdown");
+        }
+        if let Err(e) = self.flush_usage().await {
+            let lost = match &self.inner.usage {
+                Some(u) => u.unwritten().await,
+                None => 0,
+            };
+            tracing::warn!(error = %e, calls = lost, "could not write usage counts at shutdown; these calls are not counted");
+        }
+    }
+
+    /// A key's calls per day on `from..=to` (UTC days), with this process's calls not yet
+    /// written. Days before the retention window are never listed.
+    pub async fn usage(&self, id: &str, from: Day, to: Day) -> Result<KeyUsage, ManageError> {
+        let usage = self.inner.usage.as_ref().ok_or(ManageError::UsageOff)?;
+        let key = self.get(id).await?;
+        let oldest = usage.oldest_kept(Day::of(self.inner.clock.now()));
+        let stored = if to < oldest {
+            Vec::new()
+        } else {
+            self.inner
+                .store
+                .key_usage(&key.id, from.max(oldest), to)
+                .await?
+        };
+        let days = usage.with_pending(&key.id, from.max(oldest), to, stored);
+        let mut totals = usage::Counts::default();
+        for d in &days {
+            totals.merge(d.counts);
+        }
+        Ok(KeyUsage {
+            key_id: key.id,
+            from,
+            to,
+            retention_days: usage.retention_days(),
+            days,
+            totals,
+        })
+    }
+
+    /// Calls per plan or tenant on `from..=to`, with this process's calls not yet written.
+    pub async fn usage_totals(
+        &self,
+        group: UsageGroup,
+        from: Day,
+        to: Day,
+    ) -> Result<UsageTotals, ManageError> {
+        let usage = self.inner.usage.as_ref().ok_or(ManageError::UsageOff)?;
+        let oldest = usage.oldest_kept(Day::of(self.inner.clock.now()));
+        let stored = if to < oldest {
+            Vec::new()
+        } else {
+            self.inner
+                .store
+                .group_usage(group, from.max(oldest), to)
+                .await?
+        };
+        Ok(UsageTotals {
+            group_by: group,
+            from,
+            to,
+            retention_days: usage.retention_days(),
+            groups: usage.groups_with_pending(group, from.max(oldest), to, stored),
+        })
+    }
+
+    /// The UTC day now (by the service's clock).
+    pub fn today(&self) -> Day {
+        Day::of(self.inner.clock.now())
+    }
+
     /// Creates a key. Returns its metadata and the key itself, which is shown this once.
     pub async fn create(&self, new: NewKey) -> Result<(KeyInfo, Secret), ManageError> {
         check_text("name", &new.name, true)?;
@@ -390,6 +538,7 @@ impl ApiKeys {
         check_opt("tenant", new.tenant.as_deref())?;
         check_opt("plan", new.plan.as_deref())?;
         check_scopes(&new.scopes)?;
+        check_limit(new.rate_limit.as_ref())?;
         let now = self.inner.clock.now();
         if new.expires_at.is_some_and(|t| t <= now) {
             return Err(ManageError::Invalid(
@@ -406,6 +555,7 @@ impl ApiKeys {
                 tenant: new.tenant.clone(),
                 scopes: new.scopes.clone(),
                 plan: new.plan.clone(),
+                rate_limit: new.rate_limit,
                 expires_at: new.expires_at,
                 created_at: now,
                 updated_at: now,
@@ -475,6 +625,9 @@ impl ApiKeys {
         if let Some(s) = &patch.scopes {
             check_scopes(s)?;
         }
+        if let Some(l) = &patch.rate_limit {
+            check_limit(l.as_ref())?;
+        }
         let (rec, ()) = self
             .modify(id, |rec, _| {
                 let p = patch.clone();
@@ -492,6 +645,9 @@ impl ApiKeys {
                 }
                 if let Some(v) = p.plan {
                     rec.plan = v;
+                }
+                if let Some(v) = p.rate_limit {
+                    rec.rate_limit = v;
                 }
                 if let Some(v) = p.expires_at {
                     rec.expires_at = v;
@@ -649,6 +805,30 @@ async fn flush(store: &Store, pending: &Pending) -> Result<(), KeyStoreError> {
     r
 }
 
+async fn flush_usage(inner: &Inner) -> Result<(), KeyStoreError> {
+    match &inner.usage {
+        Some(u) => u.flush(&inner.store, Day::of(inner.clock.now())).await,
+        None => Ok(()),
+    }
+}
+
+/// Writes usage counts every `every` (weakly held, as [`spawn_flusher`]). A failed write is
+/// retried at the next tick; the store's outage is logged by its own throttled lines.
+fn spawn_usage_flusher(inner: std::sync::Weak<Inner>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            if let Err(e) = flush_usage(&inner).await {
+                tracing::warn!(error = %e, "cannot write API key usage counts; retrying at the next flush");
+            }
+        }
+    });
+}
+
 /// Writes last-used times every `every`. Holds only a weak reference, so that dropping the
 /// last [`ApiKeys`] closes the store at once (the embedded file can then be reopened).
 fn spawn_flusher(inner: std::sync::Weak<Inner>, every: Duration) {
@@ -688,6 +868,10 @@ fn check_opt(field: &str, v: Option<&str>) -> Result<(), ManageError> {
     v.map_or(Ok(()), |v| check_text(field, v, true))
 }
 
+fn check_limit(limit: Option<&KeyLimit>) -> Result<(), ManageError> {
+    limit.map_or(Ok(()), |l| l.check().map_err(ManageError::Invalid))
+}
+
 fn check_scopes(scopes: &[String]) -> Result<(), ManageError> {
     if scopes.len() > MAX_SCOPES {
         return Err(ManageError::Invalid(format!("at most {MAX_SCOPES} scopes")));
@@ -712,3 +896,5 @@ mod outage_tests;
 pub(crate) mod tests;
 #[cfg(test)]
 mod topology_tests;
+#[cfg(test)]
+mod usage_tests;

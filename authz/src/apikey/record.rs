@@ -19,6 +19,9 @@ pub struct KeyRecord {
     pub tenant: Option<String>,
     pub scopes: Vec<String>,
     pub plan: Option<String>,
+    /// The key's own rate limit (absent in records written before it existed).
+    #[serde(default)]
+    pub rate_limit: Option<super::KeyLimit>,
     pub expires_at: Option<SystemTime>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
@@ -120,6 +123,7 @@ impl KnownKey {
                     key_id: Some(record.id.clone()),
                     tenant: record.tenant.clone(),
                     plan: record.plan.clone(),
+                    rate_limit: record.rate_limit,
                     scopes: record.scopes.clone(),
                     expires_at,
                     ..Identity::new(Method::ApiKey, record.owner.clone())

@@ -27,12 +27,13 @@ pub(crate) fn new_key(name: &str) -> NewKey {
         tenant: Some("acme".into()),
         scopes: vec!["read".into(), "write".into()],
         plan: Some("gold".into()),
+        rate_limit: None,
         expires_at: None,
     }
 }
 
 /// Polls `f` until it returns true or `within` has passed; returns the time it took.
-async fn eventually<F, Fut>(within: Duration, mut f: F) -> Option<Duration>
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut f: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -527,7 +528,8 @@ async fn open_fails_when_redis_is_unreachable() {
     assert!(ApiKeys::open(&cfg).await.is_err());
 }
 
-/// Cost of a verification served from the cache (a measurement, not an assertion):
+/// Cost of a verification served from the cache, and of counting a call in the key's usage (a
+/// measurement, not an assertion):
 /// `cargo test --release -p tollgate-authz --lib verify_cost -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "measurement; run in release"]
@@ -549,4 +551,11 @@ async fn verify_cost() {
     }
     let malformed = start.elapsed() / n;
     println!("verify (cached key): {hit:?} per call; malformed key: {malformed:?} per call");
+    let who = keys.verify(secret.expose()).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..n {
+        keys.record_usage(&who, UsageOutcome::Allowed);
+    }
+    let counted = start.elapsed() / n;
+    println!("record_usage (one key, in memory): {counted:?} per call");
 }

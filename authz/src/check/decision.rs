@@ -82,6 +82,9 @@ pub mod metadata_keys {
     pub const PLAN: &str = "plan";
     /// A struct: `domain`, `limit`, `remaining`, `shadow_limits`.
     pub const RATE_LIMIT: &str = "rate_limit";
+    /// An API key's own limit: `requests_per_unit`, `unit`, `key_id`, the shape of Envoy's
+    /// descriptor `limit` override.
+    pub const KEY_LIMIT: &str = "key_limit";
 }
 
 impl Decision {
@@ -136,6 +139,19 @@ fn identity_metadata<'a>(id: &'a Identity, out: &mut Vec<(&'static str, Metadata
         if let Some(v) = value {
             out.push((key, S(v)));
         }
+    }
+    if let (Some(limit), Some(key_id)) = (&id.rate_limit, &id.key_id) {
+        out.push((
+            metadata_keys::KEY_LIMIT,
+            MetadataValue::Struct(vec![
+                (
+                    "requests_per_unit",
+                    MetadataValue::Number(f64::from(limit.requests_per_unit)),
+                ),
+                ("unit", S(limit.unit.envoy_name())),
+                ("key_id", S(key_id)),
+            ]),
+        ));
     }
 }
 

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::apikey::{ApiKeyError, ApiKeys};
+use crate::apikey::{ApiKeyError, ApiKeys, UsageOutcome};
 use crate::config::HeadersConfig;
 use crate::identity::introspection::Introspector;
 use crate::identity::jwt::JwtVerifier;
@@ -229,11 +229,28 @@ impl Authorizer {
         } else {
             self.authenticate(req, &route, rule, &path).await
         };
-        match (&self.rate_limit, decision) {
-            (Some(limiter), Decision::Allow(allow)) => {
-                limiter.apply(allow, policy.rate_limits(rule), req).await
-            }
-            (_, decision) => decision,
+        let Decision::Allow(allow) = decision else {
+            return decision;
+        };
+        let Some(limiter) = &self.rate_limit else {
+            self.count_usage(&allow.identity, UsageOutcome::Allowed);
+            return Decision::Allow(allow);
+        };
+        let identity = allow.identity.clone();
+        let decision = limiter.apply(allow, policy.rate_limits(rule), req).await;
+        let outcome = match decision.reason() {
+            _ if decision.is_allowed() => UsageOutcome::Allowed,
+            Reason::RateLimited => UsageOutcome::RateLimited,
+            _ => UsageOutcome::Denied,
+        };
+        self.count_usage(&identity, outcome);
+        decision
+    }
+
+    /// Counts a decision on an API-key caller in the key's usage (nothing for other callers).
+    fn count_usage(&self, identity: &Identity, outcome: UsageOutcome) {
+        if let Some(keys) = &self.api_keys {
+            keys.record_usage(identity, outcome);
         }
     }
 
@@ -382,6 +399,7 @@ impl Authorizer {
             None => Vec::new(),
         };
         if let Some(unmet) = rule.unmet(&identity, &extra, facts) {
+            self.count_usage(&identity, UsageOutcome::Denied);
             let (reason, scope) = match unmet {
                 Unmet::Scope(s) => (Reason::InsufficientScope, Some(s)),
                 Unmet::Claim => (Reason::ClaimCondition, None),

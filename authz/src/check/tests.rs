@@ -435,6 +435,7 @@ async fn api_keys_and_ambiguous_credentials() {
             tenant: Some("acme".into()),
             scopes: vec!["read".into()],
             plan: Some("silver".into()),
+            rate_limit: None,
             expires_at: None,
         })
         .await
@@ -692,4 +693,59 @@ mod decision {
         assert!(fields.contains(&("subject", MetadataValue::String("alice"))));
         assert!(fields.contains(&("method", MetadataValue::String("jwt"))));
     }
+}
+
+/// A Check on an API key counts in the key's usage (allowed, or denied by a rule), and a key with
+/// its own limit carries it in the metadata, in the shape of Envoy's `limit` override.
+#[tokio::test]
+async fn api_key_checks_count_in_usage_and_carry_the_keys_own_limit() {
+    let f = fixture("").await;
+    let a = &f.grpc;
+    let keys = f.built.api_keys.as_ref().unwrap();
+    let (info, secret) = keys
+        .create(NewKey {
+            name: "own".into(),
+            owner: "team-b".into(),
+            tenant: Some("globex".into()),
+            rate_limit: Some(crate::apikey::KeyLimit::parse("2/minute").unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let key = secret.expose();
+    let r = a
+        .check(&req("GET", "/keys/x", &[("x-api-key", key)], &[]))
+        .await;
+    assert_eq!(status(&r), 200);
+    let md = r.dynamic_metadata.as_ref().unwrap();
+    use tollgate_proto::pb::google::protobuf::value::Kind;
+    let Some(Kind::StructValue(limit)) = md.fields["key_limit"].kind.as_ref() else {
+        panic!("key_limit is a struct: {md:?}");
+    };
+    assert_eq!(
+        limit.fields["requests_per_unit"].kind,
+        Some(Kind::NumberValue(2.0))
+    );
+    assert_eq!(
+        tollgate_proto::metadata::get_str(limit, "unit"),
+        Some("MINUTE")
+    );
+    assert_eq!(
+        tollgate_proto::metadata::get_str(limit, "key_id"),
+        Some(info.id.as_str())
+    );
+    let r = a
+        .check(&req("GET", "/acme/x", &[("x-api-key", key)], &[]))
+        .await;
+    assert_eq!(status(&r), 403, "not tenant acme");
+    let today = keys.today();
+    let usage = keys.usage(&info.id, today, today).await.unwrap();
+    assert_eq!(
+        (
+            usage.totals.allowed,
+            usage.totals.denied,
+            usage.totals.rate_limited
+        ),
+        (1, 1, 0)
+    );
 }

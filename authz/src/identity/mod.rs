@@ -47,6 +47,8 @@ pub struct Identity {
     pub tenant: Option<String>,
     /// Plan / tier, e.g. `gold`; rate limits can follow it through dynamic metadata.
     pub plan: Option<String>,
+    /// A rate limit of the caller's own (an API key's), replacing its plan's.
+    pub rate_limit: Option<crate::apikey::KeyLimit>,
     pub scopes: Vec<String>,
     /// Token claims (JWT payload or introspection response); empty for API keys.
     pub claims: serde_json::Map<String, serde_json::Value>,
@@ -66,6 +68,7 @@ impl Identity {
             key_id: None,
             tenant: None,
             plan: None,
+            rate_limit: None,
             scopes: Vec::new(),
             claims: serde_json::Map::new(),
             expires_at: None,

@@ -3,9 +3,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { keyState, scopesOf, when } from '../../../authz/console/dom.js';
-import { changes } from '../../../authz/console/key.js';
+import { changes, limitText as ownLimitText, parseLimit, totalsText } from '../../../authz/console/key.js';
 import { matches } from '../../../authz/console/keys.js';
-import { limitText, limitsForPlan, plansOf } from '../../../authz/console/plans.js';
+import { limitText, limitsForPlan, plansOf, usageByPlan } from '../../../authz/console/plans.js';
 
 const NOW = Date.parse('2025-03-01T12:00:00Z');
 const key = (extra = {}) => ({
@@ -49,6 +49,31 @@ test('the edit form sends only what changed; empty clears optional fields only',
   assert.deepEqual(changes(key({ expires_at: '2030-01-01T00:00:00Z' }), { ...form, expires_at: '' }), { expires_at: null });
 });
 
+test('a key’s own rate limit is written 100/minute, parsed strictly, sent only when changed', () => {
+  assert.deepEqual(parseLimit(' 100 / Min '), { requests_per_unit: 100, unit: 'minute' });
+  assert.deepEqual(parseLimit('2/s'), { requests_per_unit: 2, unit: 'second' });
+  assert.deepEqual(parseLimit('10/day'), { requests_per_unit: 10, unit: 'day' });
+  for (const bad of ['100', '100/month', 'x/minute', '-1/minute', '1.5/minute', '']) {
+    assert.throws(() => parseLimit(bad), /not like 100\/minute/, bad);
+  }
+  assert.equal(ownLimitText({ requests_per_unit: 5, unit: 'hour' }), '5/hour');
+  const own = key({ rate_limit: { requests_per_unit: 2, unit: 'minute' } });
+  const form = { name: 'ci deploy', owner: 'team-a', tenant: 'acme', plan: 'gold', scopes: 'read write', expires_at: '' };
+  assert.deepEqual(changes(own, { ...form, rate_limit: '2/minute' }), {});
+  assert.deepEqual(changes(own, { ...form, rate_limit: '' }), { rate_limit: null });
+  assert.deepEqual(changes(key(), { ...form, rate_limit: '7/h' }), { rate_limit: { requests_per_unit: 7, unit: 'hour' } });
+  assert.throws(() => changes(key(), { ...form, rate_limit: 'lots' }), /not like/);
+});
+
+test('usage totals read per plan, and as one line', () => {
+  const byPlan = usageByPlan({ groups: [{ name: null, allowed: 1, denied: 0, rate_limited: 0 }, { name: 'gold', allowed: 1200, denied: 3, rate_limited: 0 }] });
+  assert.equal(byPlan.get('gold').allowed, 1200);
+  assert.equal(byPlan.get(null).allowed, 1);
+  assert.equal(totalsText(byPlan.get('gold')), '1,200 allowed · 3 denied · 0 rate limited');
+  assert.equal(totalsText(undefined), '0 allowed · 0 denied · 0 rate limited');
+  assert.equal(usageByPlan(null).size, 0);
+});
+
 test('plans are counted from the keys, usable keys apart, no plan last', () => {
   const plans = plansOf(
     [
@@ -76,9 +101,9 @@ test('limits are matched to a plan by the plan entry of their descriptor', () =>
       {
         domain: 'gateway',
         limits: [
-          { descriptor: 'plan=gold/subject', name: 'plan-gold', unlimited: false, limit: 1000, window: '1m', algorithm: 'sliding_window', shadow_mode: false },
-          { descriptor: 'plan=golden/subject', name: 'x', unlimited: true, shadow_mode: false },
-          { descriptor: 'route=limited', name: 'demo', unlimited: false, limit: 5, window: '1m', shadow_mode: true },
+          { descriptor: 'plan_gold.subject', name: 'plan-gold', unlimited: false, limit: 1000, window: '1m', algorithm: 'sliding_window', shadow_mode: false },
+          { descriptor: 'plan_golden.subject', name: 'x', unlimited: true, shadow_mode: false },
+          { descriptor: 'route_limited', name: 'demo', unlimited: false, limit: 5, window: '1m', shadow_mode: true },
         ],
       },
     ],
@@ -86,6 +111,7 @@ test('limits are matched to a plan by the plan entry of their descriptor', () =>
   assert.deepEqual(limitsForPlan(view, 'gold').map((l) => l.name), ['plan-gold']);
   assert.deepEqual(limitsForPlan(view, 'golden').map((l) => l.name), ['x']);
   assert.deepEqual(limitsForPlan(view, 'g.ld'), [], 'a plan name is not a pattern');
+  assert.deepEqual(limitsForPlan(view, 'limited'), [], 'only the plan entry names a plan');
   assert.deepEqual(limitsForPlan(null, 'gold'), []);
   assert.equal(limitText(view.domains[0].limits[0]), '1000 per 1m, sliding_window');
   assert.equal(limitText(view.domains[0].limits[1]), 'unlimited');

@@ -1,8 +1,10 @@
 //! The web console on tollgate-authz's admin listener, in Debian's headless chromium, against
 //! the shipped example (real Envoy, tollgate-authz, tollgate-ratelimit, the echo upstream): an
 //! operator logs in, creates a key and reads its secret once, the key works through Envoy, the
-//! key's page, activity and plans pages show what happened, the key is edited, rotated with a
-//! grace period and revoked from the console, and Envoy refuses it. The console's pure logic
+//! key's page shows its calls per day with the exact counts, the activity and plans pages show
+//! what happened and the limits in force, the key is edited (its plan, a rate limit of its own
+//! that Envoy then applies), rotated with a grace period and revoked from the console, and Envoy
+//! refuses it. The console's pure logic
 //! (chart, rates, search, plans) runs under node's test runner.
 
 use std::path::PathBuf;
@@ -18,8 +20,9 @@ use tollgate_tests::paths::{node_bin, project_root};
 use tollgate_tests::process::wait_for;
 use tollgate_tests::stack::{Authz, Ratelimit};
 
-/// The example stack, with `/v1/stats` reading tollgate-ratelimit's over-limit counts and
-/// last-used times written every 200 ms (instead of 10 s) so the key's page shows them soon.
+/// The example stack, with `/v1/stats` and `/v1/limits` reading tollgate-ratelimit's over-limit
+/// counts and limits in force, and last-used times written every 200 ms (instead of 10 s) so the
+/// key's page shows them soon.
 struct Gateway {
     envoy: Envoy,
     authz: Authz,
@@ -34,6 +37,10 @@ impl Gateway {
         let authz = Authz::example(&[
             format!(
                 "admin.ratelimit_metrics_url=http://{}/metrics",
+                ratelimit.running.http_addr
+            ),
+            format!(
+                "admin.ratelimit_config_url=http://{}/config",
                 ratelimit.running.http_addr
             ),
             "api_keys.last_used_flush=200ms".into(),
@@ -87,33 +94,42 @@ impl Gateway {
 }
 
 /// Sends traffic of every kind through Envoy until stopped (at most 30 s): calls with `good`
-/// (allowed), `limited` (over its plan's limit) and `denied` (refused).
+/// (allowed), `limited` (over its plan's limit) and `denied` (refused). The task ends with the
+/// number of answers each key got, in that order.
 fn traffic(
     envoy_url: String,
     good: String,
     limited: String,
     denied: String,
-) -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<[u64; 3]>) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let task = tokio::spawn(async move {
         let c = reqwest::Client::new();
+        let mut answered = [0; 3];
         for _ in 0..300 {
             if flag.load(Ordering::Relaxed) {
                 break;
             }
-            for key in [&good, &limited, &denied] {
-                let _ = c
+            for (i, key) in [&good, &limited, &denied].into_iter().enumerate() {
+                let sent = c
                     .get(format!("{envoy_url}/api/orders"))
                     .header("x-api-key", key)
                     .send()
                     .await;
+                answered[i] += u64::from(sent.is_ok());
             }
             // Paces the load (a few calls a second), it synchronises nothing.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        answered
     });
     (stop, task)
+}
+
+/// `YYYY-MM-DD` of today, UTC.
+fn today() -> String {
+    tollgate_authz::apikey::Day::of(std::time::SystemTime::now()).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,10 +203,17 @@ async fn an_operator_manages_a_key_in_the_console_and_envoy_follows() {
     assert_eq!(echo.header("x-tollgate-key-id"), Some(id.as_str()));
     assert!(echo.header("x-api-key").is_none(), "{echo:?}");
 
-    // The key's page shows its use once the batched last-used time is written.
-    let page = b.step("key_page", json!({"id": id, "used": true})).await;
+    // The key's page shows its use once the batched last-used time is written, and its one
+    // call today (usage counts are read with the calls not yet written).
+    let page = b
+        .step(
+            "key_page",
+            json!({"id": id, "used": true, "totals": "1 allowed · 0 denied · 0 rate limited"}),
+        )
+        .await;
     assert_eq!(page["details"]["Owner"], "team-checkout");
     assert_eq!(page["details"]["Plan"], "silver");
+    assert_eq!(page["details"]["Rate limit"], "the plan’s");
     assert_eq!(page["details"]["Scopes"], "orders:read orders:write");
     assert_eq!(page["details"]["state"], "active");
     assert_ne!(page["details"]["Last used"], "never", "{page}");
@@ -198,10 +221,16 @@ async fn an_operator_manages_a_key_in_the_console_and_envoy_follows() {
         page["usage"]
             .as_str()
             .unwrap()
-            .contains("not available on this version"),
-        "no usage route on this version: {page}"
+            .contains("Last 30 days, UTC: 1 allowed · 0 denied · 0 rate limited"),
+        "{page}"
     );
-    b.screenshot("key-page").await;
+    assert_eq!(
+        page["chart"],
+        json!([format!(
+            "{}: Allowed 1, Denied 0, Rate limited (429) 0",
+            today()
+        )])
+    );
 
     // The chart that section draws once the API serves usage: the component itself, in this
     // page under its policy, on a usage answer of the documented shape.
@@ -266,7 +295,7 @@ async fn an_operator_manages_a_key_in_the_console_and_envoy_follows() {
         .await;
     b.screenshot("activity").await;
     stop.store(true, Ordering::Relaxed);
-    task.await.unwrap();
+    let [_, limited_calls, denied_calls] = task.await.unwrap();
     for label in ["Allowed", "Denied", "Over limit (429)"] {
         let rate = activity["rates"][label].as_str().unwrap();
         assert!(rate.ends_with("/s") && rate != "0/s", "{label}: {activity}");
@@ -283,17 +312,43 @@ async fn an_operator_manages_a_key_in_the_console_and_envoy_follows() {
         "{activity}"
     );
 
+    // Every call the traffic made is on the keys' pages: in the service pair tollgate-authz
+    // allowed the silver key's calls (the 429s are tollgate-ratelimit's) and denied the
+    // revoked key's.
+    let allowed = format!("{} allowed · 0 denied · 0 rate limited", 1 + limited_calls);
+    let page = b
+        .step("key_page", json!({"id": id, "totals": allowed}))
+        .await;
+    assert!(page["usage"].as_str().unwrap().contains(&allowed), "{page}");
+    b.screenshot("key-page").await;
+    let denied = format!("0 allowed · {denied_calls} denied · 0 rate limited");
+    let page = b
+        .step("key_page", json!({"id": old_id, "totals": denied}))
+        .await;
+    assert!(page["usage"].as_str().unwrap().contains(&denied), "{page}");
+
+    // The plans with their calls, and the limits in force read from tollgate-ratelimit.
     let plans = b.step("plans", json!({})).await;
     let table = plans["plans"].as_str().unwrap();
     assert!(
         table.contains("silver") && table.contains("gold"),
         "{plans}"
     );
+    assert!(table.contains("Calls, last 30 days"), "{plans}");
     assert!(
-        plans["limits"]
-            .as_str()
-            .unwrap()
-            .contains("not available on this version"),
+        table.contains("3 per 1m, sliding_window"),
+        "silver's limit: {plans}"
+    );
+    let silver_calls = format!(
+        "{} allowed · {denied_calls} denied · 0 rate limited",
+        1 + limited_calls
+    );
+    assert!(table.contains(&silver_calls), "{silver_calls}: {plans}");
+    let limits = plans["limits"].as_str().unwrap();
+    assert!(
+        limits.contains("Loaded ")
+            && limits.contains("plan_silver.subject")
+            && limits.contains("plan-silver"),
         "{plans}"
     );
     b.screenshot("plans").await;
@@ -323,6 +378,25 @@ async fn an_operator_manages_a_key_in_the_console_and_envoy_follows() {
             }
         },
     )
+    .await;
+
+    // A rate limit of the key's own, set in the console: Envoy applies it instead of gold's
+    // 1000 a minute. Cleared again, gold's applies.
+    let edited = b
+        .step("edit", json!({"fields": {"Rate limit": "2/minute"}}))
+        .await;
+    assert_eq!(edited["details"]["Rate limit"], "2/minute (its own)");
+    wait_for(
+        "the key's own limit through Envoy",
+        Duration::from_secs(5),
+        || async { (gw.call(&secret).await.0 == 429).then_some(()) },
+    )
+    .await;
+    let edited = b.step("edit", json!({"fields": {"Rate limit": ""}})).await;
+    assert_eq!(edited["details"]["Rate limit"], "the plan’s");
+    wait_for("gold's limit again", Duration::from_secs(5), || async {
+        (gw.call(&secret).await.0 == 200).then_some(())
+    })
     .await;
 
     // Rotate with a grace period: old and new secrets both work, the page says until when.

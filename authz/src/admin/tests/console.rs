@@ -172,7 +172,10 @@ async fn the_console_can_be_turned_off() {
     let (router, _) = build(
         a.keys.clone(),
         Secret::new(TOKEN),
-        stats::Stats::with_source(Box::new(String::new), None),
+        Sources {
+            stats: stats::Stats::with_source(Box::new(String::new), None),
+            limits: None,
+        },
         false,
     )
     .unwrap();
@@ -322,7 +325,10 @@ fn stats_router(keys: &ApiKeys, ratelimit: Option<&str>) -> Router {
     build(
         keys.clone(),
         Secret::new(TOKEN),
-        stats::Stats::with_source(Box::new(|| METRICS.to_string()), url.as_ref()),
+        Sources {
+            stats: stats::Stats::with_source(Box::new(|| METRICS.to_string()), url.as_ref()),
+            limits: None,
+        },
         true,
     )
     .unwrap()
@@ -394,7 +400,11 @@ async fn in_single_call_mode_stats_carry_the_embedded_limits_counts() {
     let router = build(
         a.keys.clone(),
         Secret::new(TOKEN),
-        stats::Stats::with_source(Box::new(|| METRICS.to_string()), None).single_call(true),
+        Sources {
+            stats: stats::Stats::with_source(Box::new(|| METRICS.to_string()), None)
+                .single_call(true),
+            limits: None,
+        },
         true,
     )
     .unwrap()

@@ -15,6 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::{Replaced, from_unix_ms, unix_ms};
 use crate::apikey::KeyStoreError;
 use crate::apikey::record::KeyRecord;
+use crate::apikey::usage::{Batch, Counts, Day, UsageGroup};
 
 /// Why a second process cannot open the file, and what to do about it.
 const IN_USE: &str = "another process holds it (its lock is released when that process \
@@ -23,6 +24,11 @@ const IN_USE: &str = "another process holds it (its lock is released when that p
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 const LAST_USED: TableDefinition<&str, u64> = TableDefinition::new("last_used");
+/// (key id, day) → (allowed, denied, rate limited).
+const USAGE: TableDefinition<(&str, u32), (u64, u64, u64)> = TableDefinition::new("usage");
+/// (group, day, name) → (allowed, denied, rate limited); name `""` for keys without one.
+const USAGE_GROUPS: TableDefinition<(&str, u32, &str), (u64, u64, u64)> =
+    TableDefinition::new("usage_groups");
 
 #[derive(Clone)]
 pub(crate) struct EmbeddedStore {
@@ -52,6 +58,8 @@ impl EmbeddedStore {
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(KEYS).map_err(err)?;
             txn.open_table(LAST_USED).map_err(err)?;
+            txn.open_table(USAGE).map_err(err)?;
+            txn.open_table(USAGE_GROUPS).map_err(err)?;
             txn.commit().map_err(err)?;
             Ok(Self { db: Arc::new(db) })
         })
@@ -175,6 +183,116 @@ impl EmbeddedStore {
         })
         .await
     }
+}
+
+impl EmbeddedStore {
+    /// One transaction: a batch is applied whole or not at all, so retrying a failed one never
+    /// counts twice (no sequence check needed, unlike Redis).
+    pub(crate) async fn add_usage(&self, batch: &Batch) -> Result<(), KeyStoreError> {
+        let db = self.db.clone();
+        let batch = batch.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut usage = txn.open_table(USAGE).map_err(err)?;
+                for (id, day, add) in &batch.keys {
+                    let key = (id.as_str(), day.0);
+                    let now = usage.get(key).map_err(err)?.map(|v| counts(v.value()));
+                    usage.insert(key, plus(now, *add)).map_err(err)?;
+                }
+                let mut groups = txn.open_table(USAGE_GROUPS).map_err(err)?;
+                for (group, day, name, add) in &batch.groups {
+                    let key = (group.name(), day.0, name.as_str());
+                    let now = groups.get(key).map_err(err)?.map(|v| counts(v.value()));
+                    groups.insert(key, plus(now, *add)).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn key_usage(
+        &self,
+        id: &str,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<(Day, Counts)>, KeyStoreError> {
+        let db = self.db.clone();
+        let id = id.to_string();
+        blocking(move || {
+            let txn = db.begin_read().map_err(err)?;
+            let usage = txn.open_table(USAGE).map_err(err)?;
+            let mut out = Vec::new();
+            for item in usage
+                .range((id.as_str(), from.0)..=(id.as_str(), to.0))
+                .map_err(err)?
+            {
+                let (k, v) = item.map_err(err)?;
+                out.push((Day(k.value().1), counts(v.value())));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn group_usage(
+        &self,
+        group: UsageGroup,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<(String, Counts)>, KeyStoreError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(err)?;
+            let groups = txn.open_table(USAGE_GROUPS).map_err(err)?;
+            let g = group.name();
+            let mut out = Vec::new();
+            // Ordered by (group, day, name): the range holds exactly the days asked for.
+            for item in groups
+                .range((g, from.0, "")..(g, to.0.saturating_add(1), ""))
+                .map_err(err)?
+            {
+                let (k, v) = item.map_err(err)?;
+                out.push((k.value().2.to_string(), counts(v.value())));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn purge_usage(&self, oldest: Day) -> Result<(), KeyStoreError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut usage = txn.open_table(USAGE).map_err(err)?;
+                usage.retain(|(_, day), _| day >= oldest.0).map_err(err)?;
+                let mut groups = txn.open_table(USAGE_GROUPS).map_err(err)?;
+                groups
+                    .retain(|(_, day, _), _| day >= oldest.0)
+                    .map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn counts((allowed, denied, rate_limited): (u64, u64, u64)) -> Counts {
+    Counts {
+        allowed,
+        denied,
+        rate_limited,
+    }
+}
+
+fn plus(now: Option<Counts>, add: Counts) -> (u64, u64, u64) {
+    let mut c = now.unwrap_or_default();
+    c.merge(add);
+    (c.allowed, c.denied, c.rate_limited)
 }
 
 /// redb is synchronous (and fsyncs on commit): keep it off the async workers.

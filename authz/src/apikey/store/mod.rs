@@ -1,7 +1,7 @@
 //! Key stores: the embedded on-disk database (default, one node) and Redis (shared by
 //! replicas: standalone, Sentinel or Cluster). Both keep records under a version number, so
-//! concurrent admin changes never overwrite each other silently, and keep last-used times apart
-//! so that those batched writes never conflict with a change.
+//! concurrent admin changes never overwrite each other silently, and keep last-used times and
+//! usage counters apart so that those batched writes never conflict with a change.
 //!
 //! # Layout
 //! - `embedded`: the redb file;
@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use super::KeyStoreError;
 use super::record::KeyRecord;
+use super::usage::{Batch, Counts, Day, UsageGroup, Write};
 
 /// The outcome of a versioned replace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,56 @@ impl Store {
             Store::Redis(s) => s.touch(used).await,
         };
         self.count_error("touch", r)
+    }
+
+    /// Adds a usage batch (idempotent per replica and sequence; see `usage`).
+    pub(crate) async fn add_usage(
+        &self,
+        batch: &Batch,
+        write: &Write<'_>,
+    ) -> Result<(), KeyStoreError> {
+        let r = match self {
+            Store::Embedded(s) => s.add_usage(batch).await,
+            Store::Redis(s) => s.add_usage(batch, write).await,
+        };
+        self.count_error("add_usage", r)
+    }
+
+    /// A key's stored counts per day on `from..=to`, days without calls left out.
+    pub(crate) async fn key_usage(
+        &self,
+        id: &str,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<(Day, Counts)>, KeyStoreError> {
+        let r = match self {
+            Store::Embedded(s) => s.key_usage(id, from, to).await,
+            Store::Redis(s) => s.key_usage(id, from, to).await,
+        };
+        self.count_error("key_usage", r)
+    }
+
+    /// Stored counts per name of `group` on `from..=to` (one entry per name and day).
+    pub(crate) async fn group_usage(
+        &self,
+        group: UsageGroup,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<(String, Counts)>, KeyStoreError> {
+        let r = match self {
+            Store::Embedded(s) => s.group_usage(group, from, to).await,
+            Store::Redis(s) => s.group_usage(group, from, to).await,
+        };
+        self.count_error("group_usage", r)
+    }
+
+    /// Deletes the counters of days before `oldest` (Redis expires them by itself).
+    pub(crate) async fn purge_usage(&self, oldest: Day) -> Result<(), KeyStoreError> {
+        let r = match self {
+            Store::Embedded(s) => s.purge_usage(oldest).await,
+            Store::Redis(_) => Ok(()),
+        };
+        self.count_error("purge_usage", r)
     }
 
     fn count_error<T>(

@@ -8,6 +8,12 @@
 //! same commands work on a Cluster, where the three live in different slots: a new id is added
 //! to `p ids` before its record is written, and paging skips ids without a record (left by an
 //! insert that failed half way), so a listing never misses a key.
+//!
+//! Usage lives in hashes, one per key and day, `p usage:<id>:<YYYY-MM-DD>` (fields `allowed`,
+//! `denied`, `rate_limited`), and one per group and day, `p usage_by_plan:<day>` and
+//! `p usage_by_tenant:<day>` (fields `allowed:<name>`, ...). Each also holds `seq:<replica>`, the
+//! last batch of that replica it took: [`ADD_USAGE`] adds a batch only once. Each expires
+//! `retention_days` after its day began.
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
@@ -21,6 +27,7 @@ use super::{Replaced, from_unix_ms, unix_ms};
 use crate::apikey::KeyStoreError;
 use crate::apikey::config::RedisStoreConfig;
 use crate::apikey::record::KeyRecord;
+use crate::apikey::usage::{Batch, Counts, Day, UsageGroup, Write};
 
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -59,6 +66,26 @@ end
 ",
     )
 });
+
+/// Adds to counters in one hash unless this replica's batch `seq` (or a later one) was added.
+/// KEYS[1] the hash; ARGV: the sequence field, seq, expiry (unix s), then field/increment pairs.
+static ADD_USAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if seen and seen >= tonumber(ARGV[2]) then return 0 end
+for i = 4, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Commands of one usage write or read sent in one store call (all in flight at once).
+const USAGE_CHUNK: usize = 256;
 
 #[derive(Clone)]
 pub(crate) struct RedisStore {
@@ -276,4 +303,192 @@ impl RedisStore {
         })
         .await
     }
+}
+
+/// Usage counters.
+impl RedisStore {
+    fn key_day(&self, id: &str, day: Day) -> String {
+        format!("{}usage:{id}:{day}", self.prefix)
+    }
+
+    fn group_day(&self, group: UsageGroup, day: Day) -> String {
+        format!("{}usage_by_{}:{day}", self.prefix, group.name())
+    }
+
+    /// One script call per hash, a chunk of them per store call; a chunk that fails leaves
+    /// the batch to be retried whole (the hashes already added skip it then).
+    pub(crate) async fn add_usage(
+        &self,
+        batch: &Batch,
+        write: &Write<'_>,
+    ) -> Result<(), KeyStoreError> {
+        let adds = self.usage_adds(batch, write);
+        for chunk in adds.chunks(USAGE_CHUNK) {
+            let chunk = chunk.to_vec();
+            self.call(move |c| {
+                async move {
+                    let sent = join_all(chunk.iter().map(|add| {
+                        let mut c = c.fork();
+                        let mut call = ADD_USAGE.key(&add.hash);
+                        for a in &add.args {
+                            call.arg(a);
+                        }
+                        async move { c.invoke::<i64>(&call).await }
+                    }));
+                    sent.await.into_iter().collect::<RedisResult<Vec<i64>>>()?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The script calls of a batch: one per key and day, one per group and day.
+    fn usage_adds(&self, batch: &Batch, write: &Write<'_>) -> Vec<UsageAdd> {
+        let add = |hash: String, day: Day, fields: Vec<(String, u64)>| {
+            let expires = unix_ms(write.expires_at(day)) / 1000;
+            let mut args = vec![
+                format!("seq:{}", write.replica),
+                batch.seq.to_string(),
+                expires.to_string(),
+            ];
+            for (f, n) in fields.into_iter().filter(|(_, n)| *n > 0) {
+                args.push(f);
+                args.push(n.to_string());
+            }
+            UsageAdd { hash, args }
+        };
+        let mut out = Vec::new();
+        for (id, day, c) in &batch.keys {
+            let fields = c.by_outcome().map(|(f, n)| (f.to_string(), n)).into();
+            out.push(add(self.key_day(id, *day), *day, fields));
+        }
+        let mut groups: std::collections::BTreeMap<(UsageGroup, Day), Vec<(String, u64)>> =
+            std::collections::BTreeMap::new();
+        for (group, day, name, c) in &batch.groups {
+            let fields = groups.entry((*group, *day)).or_default();
+            fields.extend(c.by_outcome().map(|(f, n)| (format!("{f}:{name}"), n)));
+        }
+        for ((group, day), fields) in groups {
+            out.push(add(self.group_day(group, day), day, fields));
+        }
+        out
+    }
+
+    pub(crate) async fn key_usage(
+        &self,
+        id: &str,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<(Day, Counts)>, KeyStoreError> {
+        let days: Vec<Day> = (from.0..=to.0).map(Day).collect();
+        let mut out = Vec::new();
+        for chunk in days.chunks(USAGE_CHUNK) {
+            let cmds: Vec<(Day, redis::Cmd)> = chunk
+                .iter()
+                .map(|day| {
+                    let mut hmget = redis::cmd("HMGET");
+                    hmget
+                        .arg(self.key_day(id, *day))
+                        .arg("allowed")
+                        .arg("denied")
+                        .arg("rate_limited");
+                    (*day, hmget)
+                })
+                .collect();
+            let got: Vec<(Day, [Option<u64>; 3])> = self
+                .call(move |c| {
+                    async move {
+                        let replies = join_all(cmds.iter().map(|(day, cmd)| {
+                            let mut c = c.fork();
+                            async move {
+                                let v: Vec<Option<u64>> = c.query(cmd).await?;
+                                Ok::<_, redis::RedisError>((*day, [v[0], v[1], v[2]]))
+                            }
+                        }));
+                        replies.await.into_iter().collect()
+                    }
+                    .boxed()
+                })
+                .await?;
+            out.extend(got.into_iter().filter_map(|(day, [a, d, r])| {
+                let c = Counts {
+                    allowed: a.unwrap_or(0),
+                    denied: d.unwrap_or(0),
+                    rate_limited: r.unwrap_or(0),
+                };
+                (!c.is_zero()).then_some((day, c))
+            }));
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn group_usage(
+        &self,
+        group: UsageGroup,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<(String, Counts)>, KeyStoreError> {
+        let days: Vec<Day> = (from.0..=to.0).map(Day).collect();
+        let mut out = Vec::new();
+        for chunk in days.chunks(USAGE_CHUNK) {
+            let cmds: Vec<redis::Cmd> = chunk
+                .iter()
+                .map(|day| redis::Cmd::hgetall(self.group_day(group, *day)))
+                .collect();
+            let hashes: Vec<Vec<(String, u64)>> = self
+                .call(move |c| {
+                    async move {
+                        let replies = join_all(cmds.iter().map(|cmd| {
+                            let mut c = c.fork();
+                            async move { c.query::<Vec<(String, u64)>>(cmd).await }
+                        }));
+                        replies.await.into_iter().collect()
+                    }
+                    .boxed()
+                })
+                .await?;
+            for fields in hashes {
+                out.extend(group_counts(fields));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One [`ADD_USAGE`] call: the hash and the script's arguments.
+#[derive(Clone)]
+struct UsageAdd {
+    hash: String,
+    args: Vec<String>,
+}
+
+/// `allowed:<name>` / `denied:<name>` / `rate_limited:<name>` fields as counts per name
+/// (sequence fields skipped).
+fn group_counts(fields: Vec<(String, u64)>) -> Vec<(String, Counts)> {
+    let mut by_name: std::collections::BTreeMap<String, Counts> = Default::default();
+    for (field, n) in fields {
+        let Some((outcome, name)) = field.split_once(':') else {
+            continue;
+        };
+        let add = match outcome {
+            "allowed" => Counts {
+                allowed: n,
+                ..Counts::default()
+            },
+            "denied" => Counts {
+                denied: n,
+                ..Counts::default()
+            },
+            "rate_limited" => Counts {
+                rate_limited: n,
+                ..Counts::default()
+            },
+            _ => continue,
+        };
+        by_name.entry(name.to_string()).or_default().merge(add);
+    }
+    by_name.into_iter().filter(|(_, c)| !c.is_zero()).collect()
 }
