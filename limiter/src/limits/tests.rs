@@ -832,8 +832,8 @@ descriptors:
       burst: 3
   - key: b
     rate_limit:
-      unit: day
-      requests_per_unit: 1000000000
+      unit: year
+      requests_per_unit: 4000000000
       algorithm: gcra
 ",
     );

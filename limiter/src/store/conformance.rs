@@ -67,6 +67,7 @@ pub(crate) async fn boundaries(s: &dyn Store, ns: &str) {
     sliding_window(s, &format!("{ns}:sw")).await;
     token_bucket(s, &format!("{ns}:tb")).await;
     gcra(s, &format!("{ns}:gcra")).await;
+    monthly_meters(s, &format!("{ns}:month")).await;
     all_or_nothing(s, &format!("{ns}:aon")).await;
     shadow_and_costs(s, &format!("{ns}:cost")).await;
 }
@@ -201,6 +202,44 @@ async fn gcra(s: &dyn Store, k: &str) {
     assert!(one(s, k, r, 1, t + 666_667).await.admitted);
     assert!(!one(s, k, r, 1, t + 999_999).await.admitted);
     assert!(one(s, k, r, 1, t + S).await.admitted);
+}
+
+/// Meters of a realistic monthly size (a million, a billion per 30 days) count exactly: the
+/// whole burst, then one request per emission interval, with no rounding in either direction.
+async fn monthly_meters(s: &dyn Store, k: &str) {
+    const MONTH: u64 = 30 * 86_400 * S;
+    for (limit, interval_us) in [(1_000_000u64, 2_592_000u64), (1_000_000_000, 2_592)] {
+        for alg in [Algorithm::TokenBucket, Algorithm::Gcra] {
+            let key = format!("{k}:{}:{limit}", alg.name());
+            let r = rule(alg, limit, Duration::from_micros(MONTH));
+            // Inside a tick, so the arithmetic's tick rounding shows if it is wrong.
+            let t = T0 + 11 * S + 123_456;
+            let o = one(s, &key, r, limit - 1, t).await;
+            assert!(o.admitted && o.remaining == 1, "{alg:?} {limit}: {o:?}");
+            assert!(one(s, &key, r, 1, t).await.admitted);
+            let o = one(s, &key, r, 1, t).await;
+            assert!(!o.admitted && o.remaining == 0, "{alg:?} {limit}: {o:?}");
+            let tick = r.meter_tick_us().unwrap();
+            let next = (t / tick) * tick + interval_us.div_ceil(tick) * tick;
+            assert_eq!(o.retry_after, Some(Duration::from_micros(next - t)));
+            assert_eq!(
+                o.reset_after,
+                Duration::from_micros((t / tick) * tick + MONTH - t)
+            );
+            assert!(!one(s, &key, r, 1, next - 1).await.admitted);
+            assert!(one(s, &key, r, 1, next).await.admitted, "{alg:?} {limit}");
+            // A day later exactly the tokens of the ticks since the burst are back, less the
+            // one taken at `next` (with one-second ticks, the burst's own tick counts whole).
+            let day = next + 86_400 * S;
+            let ticks = (day / tick - t / tick) as u128;
+            let refilled = (ticks * limit as u128 / (MONTH / tick) as u128) as u64 - 1;
+            assert!(refilled >= 86_400 * S / interval_us, "{refilled}");
+            let o = one(s, &key, r, refilled + 1, day).await;
+            assert!(!o.admitted, "{alg:?} {limit}: {o:?}");
+            let o = one(s, &key, r, refilled, day).await;
+            assert!(o.admitted, "{alg:?} {limit}: {o:?}");
+        }
+    }
 }
 
 async fn all_or_nothing(s: &dyn Store, ns: &str) {

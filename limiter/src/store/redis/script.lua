@@ -15,7 +15,8 @@
 -- every quantity stays below 2^52, see Rule::check):
 --   'F' window, count                      fixed_window
 --   'S' newest, count[1..13]               sliding_window; ring slot of sub-window i: i % 13 + 1
---   'M' tat_us, frac                       meters; TAT = tat_us + frac/limit µs
+--   'M' tat, frac                          meters; TAT = (tat + frac/limit) ticks of G µs, G
+--                                          derived from the rule as Rule::meter_tick_us does
 -- A reader meeting another format byte treats the counter as empty; a later layout adds its own
 -- byte and reads these. Every key expires (PX) when it can no longer matter.
 --
@@ -24,6 +25,7 @@
 local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
 local RING = K + D + 1
 local FIXED, SLIDING, METER = 70, 83, 77
+local EXACT, MAX_TICK = 2 ^ 52, 1000000 -- meters: every product below EXACT; ticks up to 1 s
 local SFMT = '<Bd' .. string.rep('d', RING)
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local pack, unpack_, byte = struct.pack, struct.unpack, string.byte
@@ -63,13 +65,17 @@ if mode == 1 then
           redis.call('SET', key, pack('<Bdd', FIXED, w, max(c - cost, 0)), 'KEEPTTL')
         end
       elseif alg >= 2 and f == METER then
+        local C = tonumber(ARGV[a + 3])
+        local G = 1 -- Rule::meter_tick_us
+        while G < MAX_TICK and W % (G * 10) == 0 and max(C, L) * (W / G) >= EXACT do G = G * 10 end
+        local nt, Wt = floor(now / G), W / G
         local _, t, fr = unpack_('<Bdd', v)
-        local d = (t - now) * L + fr - cost * W
+        local d = (t - nt) * L + fr - cost * Wt
         if d <= 0 then
           redis.call('DEL', key)
         else
           local q = floor(d / L)
-          redis.call('SET', key, pack('<Bdd', METER, now + q, d - q * L), 'KEEPTTL')
+          redis.call('SET', key, pack('<Bdd', METER, nt + q, d - q * L), 'KEEPTTL')
         end
       end
     end
@@ -208,26 +214,28 @@ for pass = 1, 2 do
           if kept then xexp = (kept + K + 1 + D) * b end
         end
       else
-        -- token_bucket and gcra: the exact meter
-        local bu, bf = now, 0
-        if A and (A > now or (A == now and B > 0)) then bu, bf = A, B end
-        local dist = (bu - now) * L + bf
-        local full = C * W
-        local newdist = dist + cost * W
+        -- token_bucket and gcra: the exact meter, in ticks of G µs (Rule::meter_tick_us)
+        local G = 1
+        while G < MAX_TICK and W % (G * 10) == 0 and max(C, L) * (W / G) >= EXACT do G = G * 10 end
+        local nt, Wt = floor(now / G), W / G
+        local bu, bf = nt, 0
+        if A and (A > nt or (A == nt and B > 0)) then bu, bf = A, B end
+        local dist = (bu - nt) * L + bf
+        local full = C * Wt
+        local newdist = dist + cost * Wt
         adm = cost <= C and newdist <= full
         local after = dist
         if adm then after = newdist end
         retry = -1
         if not adm then
-          if cost > C then retry = W else retry = ceil((newdist - full) / L) end
+          if cost > C then retry = W else retry = max((nt + ceil((newdist - full) / L)) * G - now, 1) end
         end
-        reset = ceil(after / L)
-        rem = floor(max(full - after, 0) / W)
+        reset = 0
+        if after > 0 then reset = (nt + ceil(after / L)) * G - now end
+        rem = floor(max(full - after, 0) / Wt)
         if adm and cost > 0 then
-          local q1 = floor(W / L)
-          local f = bf + cost * (W - q1 * L)
-          local carry = floor(f / L)
-          xa, xb = bu + cost * q1 + carry, f - carry * L
+          local q = floor(newdist / L)
+          xa, xb = nt + q, newdist - q * L
         end
         xexp = now + reset
       end
