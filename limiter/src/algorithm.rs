@@ -6,7 +6,8 @@
 //! injected clock), so tests control time and replicas sharing Redis agree within their clock
 //! skew. The guarantees each algorithm gives are in `docs/algorithms.md`.
 //!
-//! - `fixed_window`: one counter per aligned window (`[k·W, (k+1)·W)` since the epoch).
+//! - `fixed_window`: one counter per aligned window (`[k·W, (k+1)·W)` since the epoch), or, with
+//!   a calendar [`Period`], one per billing period (its bounds computed by the caller).
 //! - `sliding_window`: [`SLIDING_BUCKETS`] sub-window counters; a hit counts against the limit
 //!   until every instant of the window it could belong to has passed, so no interval of length
 //!   `W` ever holds more than `limit` admitted hits.
@@ -18,6 +19,8 @@
 //!   the Redis script are exact.
 
 use std::time::Duration;
+
+use crate::period::Period;
 
 /// Which algorithm counts a limit.
 #[derive(
@@ -61,6 +64,9 @@ impl Algorithm {
 /// - `gcra`: emission interval `window / limit`, burst tolerance `burst.unwrap_or(limit)`
 ///   requests (the number admitted at once from idle).
 ///
+/// - with a `period`: `fixed_window` counted per calendar period (`window` is then the
+///   longest such period, used only where no counter answers, e.g. a store failure).
+///
 /// Call [`Rule::check`] when loading config: stores assume a checked rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
@@ -68,6 +74,7 @@ pub struct Rule {
     pub limit: u64,
     pub window: Duration,
     pub burst: Option<u64>,
+    pub period: Option<Period>,
 }
 
 /// Why a [`Rule`] cannot be counted exactly.
@@ -79,6 +86,8 @@ pub enum RuleError {
     ZeroBurst,
     #[error("the window must be between 1ms and {MAX_WINDOW_DAYS} days")]
     Window,
+    #[error("a calendar period is counted by fixed_window only")]
+    PeriodAlgorithm,
     #[error(
         "limit/burst too large for this window: for token_bucket and gcra, (burst or limit) × window in seconds must stay below 2^52 (e.g. at most 1.7 billion per 30 days); use a window algorithm or a shorter window"
     )]
@@ -101,6 +110,17 @@ impl Rule {
             limit,
             window,
             burst: None,
+            period: None,
+        }
+    }
+
+    /// The code the stores' counters and the Redis script know the rule's counting by: the
+    /// algorithm's, or 4 for a calendar period.
+    pub fn store_code(&self) -> u8 {
+        if self.period.is_some() {
+            4
+        } else {
+            self.algorithm.code()
         }
     }
 
@@ -130,6 +150,9 @@ impl Rule {
             || self.window > Duration::from_secs(MAX_WINDOW_DAYS * 86_400)
         {
             return Err(RuleError::Window);
+        }
+        if self.period.is_some() && self.algorithm != Algorithm::FixedWindow {
+            return Err(RuleError::PeriodAlgorithm);
         }
         // Windows only compare counts and timestamps, both far below 2^52. Meters keep the
         // theoretical arrival time as `t + f/limit` ticks, computing `limit × window` products.
@@ -179,6 +202,8 @@ pub enum State {
     /// Counts of the sub-windows `newest-SLIDING_BUCKETS-SLIDING_SKEW_BUCKETS ..= newest`,
     /// ring-indexed by `index % (SLIDING_BUCKETS+SLIDING_SKEW_BUCKETS+1)`.
     Sliding { newest: u64, counts: [u64; RING] },
+    /// `count` hits in the calendar period starting at `start_us`.
+    Period { start_us: u64, count: u64 },
     /// Theoretical arrival time `tat + frac/limit` meter ticks ([`Rule::meter_tick_us`]) since
     /// the epoch.
     Meter { tat: u64, frac: u64 },
@@ -211,6 +236,9 @@ pub struct Evaluation {
 /// counting: admitted unless the counter is already beyond its limit (as Envoy's
 /// ratelimit and Limitador treat `hits_addend: 0`).
 pub fn evaluate(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    if let Some(p) = rule.period {
+        return period_window(rule.limit, p.bounds(now_us), state, now_us, cost);
+    }
     match rule.algorithm {
         Algorithm::FixedWindow => fixed_window(rule, state, now_us, cost),
         Algorithm::SlidingWindow => sliding_window(rule, state, now_us, cost),
@@ -262,6 +290,53 @@ pub fn fixed_window(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evalu
         },
         next: State::Fixed {
             window,
+            count: after,
+        },
+        expires_at_us: end,
+    }
+}
+
+/// A calendar period's fixed window: admitted while the period's count plus `cost` is at most
+/// the limit. The period `[start, end)` is the caller's (see [`Period::bounds`]), so the Redis
+/// script never does calendar math; a counter already in a later period (this caller's clock
+/// lags) is only checked, as for a fixed window.
+pub fn period_window(
+    l: u64,
+    (start, end): (u64, u64),
+    state: &State,
+    now_us: u64,
+    cost: u64,
+) -> Evaluation {
+    let count = match *state {
+        State::Period { start_us, count } if start_us == start => count,
+        State::Period { start_us, count } if start_us > start => {
+            return Evaluation {
+                decision: Decision {
+                    admitted: cost == 0 && count <= l,
+                    remaining: l.saturating_sub(count),
+                    reset_after_us: end - now_us,
+                    retry_after_us: (cost > 0).then(|| (start_us - now_us).max(1)),
+                },
+                next: *state,
+                expires_at_us: end,
+            };
+        }
+        _ => 0,
+    };
+    let admitted = count.saturating_add(cost) <= l;
+    let after = if admitted { count + cost } else { count };
+    let until_end = end - now_us;
+    Evaluation {
+        decision: Decision {
+            admitted,
+            remaining: l.saturating_sub(after),
+            reset_after_us: if after > 0 { until_end } else { 0 },
+            // A cost above the limit is never admitted; the next period is still the answer
+            // a client can act on.
+            retry_after_us: (!admitted).then_some(until_end),
+        },
+        next: State::Period {
+            start_us: start,
             count: after,
         },
         expires_at_us: end,
@@ -575,6 +650,7 @@ mod tests {
             limit: 1,
             window: Duration::from_secs(1),
             burst: Some(5),
+            period: None,
         };
         let mut st = State::Empty;
         for left in (0..5).rev() {

@@ -165,6 +165,7 @@ async fn token_bucket(s: &dyn Store, k: &str) {
         limit: 1,
         window: Duration::from_secs(1),
         burst: Some(5),
+        period: None,
     };
     let t = T0 + 7 * S;
     for left in (0..5).rev() {
@@ -527,7 +528,83 @@ pub(crate) async fn moving_clock(replicas: &[Arc<dyn Store>], ns: &str) {
     }
 }
 
+/// Calendar quotas through the engine, with an injected clock: a UTC month ends on the 1st at
+/// midnight, a Berlin day across the spring clock change lasts 23 hours, and the denial's
+/// `retry_after` / `reset_after` are the exact time to the reset.
+pub(crate) async fn calendar_quotas(store: Arc<dyn Store>, ns: &str) {
+    use crate::descriptor::Descriptor;
+    use crate::engine::{Code, Engine, EngineOptions};
+    use crate::limits::Limits;
+    use tollgate_common::clock::ManualClock;
+
+    let yaml = format!(
+        "domain: {ns}
+descriptors:
+  - key: plan
+    value: monthly
+    rate_limit: {{unit: month, requests_per_unit: 3, calendar: true}}
+  - key: plan
+    value: daily
+    rate_limit: {{unit: day, requests_per_unit: 2, calendar: true, time_zone: Europe/Berlin}}
+"
+    );
+    let utc = |y, mo, d, h, mi, s| {
+        use chrono::TimeZone;
+        let t = chrono::Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap();
+        at(t.timestamp_micros() as u64)
+    };
+    let clock = Arc::new(ManualClock::new(utc(2027, 1, 31, 23, 59, 58)));
+    let engine = Engine::new(
+        Limits::parse(&yaml, Algorithm::SlidingWindow).unwrap(),
+        store,
+        clock.clone(),
+        EngineOptions::default(),
+    );
+    let call = |plan: &'static str| {
+        let engine = &engine;
+        async move {
+            let d = [Descriptor::new([("plan", plan)])];
+            let mut dec = engine.should_rate_limit(ns, &d, 0).await.unwrap();
+            dec.statuses.remove(0)
+        }
+    };
+    for left in [2, 1, 0] {
+        let s = call("monthly").await;
+        assert_eq!((s.code, s.remaining), (Code::Ok, left));
+        assert_eq!(s.reset_after, Duration::from_secs(2));
+    }
+    let s = call("monthly").await;
+    assert_eq!(s.code, Code::OverLimit);
+    assert_eq!(
+        s.retry_after,
+        Some(Duration::from_secs(2)),
+        "until February 1st"
+    );
+    clock.set(utc(2027, 1, 31, 23, 59, 59) + Duration::from_micros(999_999));
+    assert_eq!(call("monthly").await.code, Code::OverLimit);
+    clock.set(utc(2027, 2, 1, 0, 0, 0));
+    let s = call("monthly").await;
+    assert_eq!((s.code, s.remaining), (Code::Ok, 2), "a new month");
+    assert_eq!(s.reset_after, Duration::from_secs(28 * 86_400));
+
+    // Berlin, Sunday 28 March 2027 (clocks go from 02:00 to 03:00): the day starts at 23:00
+    // UTC on Saturday and ends at 22:00 UTC on Sunday.
+    clock.set(utc(2027, 3, 27, 23, 30, 0));
+    assert_eq!(call("daily").await.code, Code::Ok);
+    assert_eq!(call("daily").await.code, Code::Ok);
+    let s = call("daily").await;
+    assert_eq!(s.code, Code::OverLimit);
+    assert_eq!(s.retry_after, Some(Duration::from_secs(22 * 3600 + 1800)));
+    clock.set(utc(2027, 3, 28, 21, 59, 59));
+    assert_eq!(call("daily").await.code, Code::OverLimit);
+    clock.set(utc(2027, 3, 28, 22, 0, 0));
+    let s = call("daily").await;
+    assert_eq!((s.code, s.remaining), (Code::Ok, 1), "Monday in Berlin");
+    assert_eq!(s.reset_after, Duration::from_secs(24 * 3600));
+}
+
 async fn whole_suite(single: &dyn Store, replicas: &[Arc<dyn Store>], test: &str) {
+    calendar_quotas(replicas[0].clone(), &ns(test)).await;
     boundaries(single, &ns(test)).await;
     contention(replicas, &ns(test)).await;
     moving_clock(replicas, &ns(test)).await;

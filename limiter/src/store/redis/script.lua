@@ -6,7 +6,9 @@
 -- KEYS: one per hit (duplicates allowed: a later hit sees the earlier one's count).
 -- ARGV: mode (0 = hit, 1 = refund hits counted at the same now), now_us, deadline_us (Redis'
 --       clock; 0 = none), then per key: algorithm (0 sliding, 1 fixed, 2/3 meter), limit,
---       window_us, capacity, cost, shadow.
+--       window_us, capacity, cost, shadow. Algorithm 4 is a calendar period: the caller does
+--       the calendar math and passes the period's start_us and end_us in place of window_us and
+--       capacity.
 -- Reply: Redis' clock (µs) first; then, mode 0, per key: admitted (0/1), remaining,
 --        reset_after_us, retry_after_us (-1 = none). A call that runs after its deadline
 --        changes nothing and replies with the clock alone.
@@ -15,6 +17,7 @@
 -- every quantity stays below 2^52, see Rule::check):
 --   'F' window, count                      fixed_window
 --   'S' newest, count[1..13]               sliding_window; ring slot of sub-window i: i % 13 + 1
+--   'P' start_us, count                    calendar periods
 --   'M' tat, frac                          meters; TAT = (tat + frac/limit) ticks of G µs, G
 --                                          derived from the rule as Rule::meter_tick_us does
 -- A reader meeting another format byte treats the counter as empty; a later layout adds its own
@@ -24,7 +27,7 @@
 -- every call.
 local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
 local RING = K + D + 1
-local FIXED, SLIDING, METER = 70, 83, 77
+local FIXED, SLIDING, METER, PERIOD = 70, 83, 77, 80
 local EXACT, MAX_TICK = 2 ^ 52, 1000000 -- meters: every product below EXACT; ticks up to 1 s
 local SFMT = '<Bd' .. string.rep('d', RING)
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
@@ -63,6 +66,11 @@ if mode == 1 then
         local _, w, c = unpack_('<Bdd', v)
         if w == floor(now / W) then
           redis.call('SET', key, pack('<Bdd', FIXED, w, max(c - cost, 0)), 'KEEPTTL')
+        end
+      elseif alg == 4 and f == PERIOD then
+        local _, ps, c = unpack_('<Bdd', v)
+        if ps == W then
+          redis.call('SET', key, pack('<Bdd', PERIOD, ps, max(c - cost, 0)), 'KEEPTTL')
         end
       elseif alg >= 2 and f == METER then
         local C = tonumber(ARGV[a + 3])
@@ -114,7 +122,8 @@ for pass = 1, 2 do
           if alg == 0 and f == SLIDING then
             local c = { unpack_(SFMT, v) }
             sa[i], sr[i] = c[2], { unpack(c, 3, RING + 2) }
-          elseif (alg == 1 and f == FIXED) or (alg >= 2 and f == METER) then
+          elseif (alg == 1 and f == FIXED) or (alg == 4 and f == PERIOD)
+              or (alg >= 2 and alg <= 3 and f == METER) then
             local _, x, y = unpack_('<Bdd', v)
             sa[i], sb[i] = x, y
           end
@@ -152,6 +161,25 @@ for pass = 1, 2 do
           rem, reset = max(L - after, 0), 0
           if after > 0 then reset = wend - now end
           xa, xb, xexp = w, after, wend
+        end
+      elseif alg == 4 then
+        -- calendar period [W, C): a fixed window whose bounds the caller computed
+        local count = 0
+        if A and A > W then
+          -- The counter is already in a later period (this caller's clock lags): check only.
+          adm = cost == 0 and B <= L
+          rem, reset, retry = max(L - B, 0), C - now, -1
+          if cost > 0 then retry = max(A - now, 1) end
+        else
+          if A == W then count = B end
+          adm = count + cost <= L
+          local after = count
+          if adm then after = count + cost end
+          retry = -1
+          if not adm then retry = C - now end
+          rem, reset = max(L - after, 0), 0
+          if after > 0 then reset = C - now end
+          xa, xb, xexp = W, after, C
         end
       elseif alg == 0 then
         -- sliding_window
@@ -274,6 +302,8 @@ for i = 1, n do
         v = pack(SFMT, SLIDING, na[i], unpack(nr[i], 1, RING))
       elseif alg == 1 then
         v = pack('<Bdd', FIXED, na[i], nb[i])
+      elseif alg == 4 then
+        v = pack('<Bdd', PERIOD, na[i], nb[i])
       else
         v = pack('<Bdd', METER, na[i], nb[i])
       end
