@@ -101,6 +101,8 @@ pub struct Limit {
     /// As reported to the caller; `None` when the window is not exactly one unit.
     pub unit: Option<Unit>,
     pub shadow: bool,
+    /// envoyproxy/ratelimit's `quota_mode` (see the engine's decision).
+    pub quota_mode: bool,
     pub detailed_metric: bool,
     pub domain: Arc<str>,
     /// The end of its counter keys: the limit's position on its descriptor (`#0`, `#1`; `#o`
@@ -138,6 +140,7 @@ impl Limit {
             requests_per_unit,
             unit,
             shadow: false,
+            quota_mode: false,
             detailed_metric: false,
             domain: domain.name.clone(),
             position: "#o".into(),
@@ -175,6 +178,8 @@ pub struct LimitSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub period: Option<String>,
     pub shadow_mode: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quota_mode: bool,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub replaces: Vec<String>,
 }
@@ -602,6 +607,7 @@ impl Compiler<'_> {
             burst: r.burst,
             period: period.map(|p| p.key_part()),
             shadow_mode: d.shadow_mode,
+            quota_mode: d.quota_mode,
             replaces: r.replaces.iter().map(|x| x.name.clone()).collect(),
         });
         Some(Limit {
@@ -618,6 +624,7 @@ impl Compiler<'_> {
             requests_per_unit: requests.min(u64::from(u32::MAX)) as u32,
             unit: exact_unit,
             shadow: d.shadow_mode,
+            quota_mode: d.quota_mode,
             detailed_metric: d.detailed_metric || d.value_to_metric,
             domain: self.domain.clone(),
             position: format!("#{position}").into(),

@@ -35,6 +35,10 @@ pub(crate) struct RawDescriptor {
     pub(crate) rate_limits: Vec<RawRateLimit>,
     #[serde(default)]
     pub(crate) shadow_mode: bool,
+    /// envoyproxy/ratelimit's soft limit: over its limit, the request still passes unless every
+    /// quota-mode descriptor of the request is over too.
+    #[serde(default)]
+    pub(crate) quota_mode: bool,
     #[serde(default)]
     pub(crate) detailed_metric: bool,
     /// Treated as `detailed_metric` for the limits on this descriptor.
