@@ -294,7 +294,10 @@ fn a_keys_own_limit_becomes_the_descriptors_override() {
     key.key_id = Some("k1".into());
     let plain = d.build(&request(), &key);
     assert_eq!(entries(&plain), [vec![("plan", "gold")]]);
-    assert_eq!(plain[0].limit, None, "no limit of its own: the plan's applies");
+    assert_eq!(
+        plain[0].limit, None,
+        "no limit of its own: the plan's applies"
+    );
     key.rate_limit = Some(crate::apikey::KeyLimit {
         requests_per_unit: 2,
         unit: crate::apikey::LimitUnit::Minute,

@@ -100,3 +100,102 @@ async fn both_shapes_on_one_redis_cluster_count_one_limit_exactly() {
     );
     both_shapes_admit_exactly_the_limit_together(&store).await;
 }
+
+/// A key's own `2/minute` replaces its gold plan's 1000 in single-call mode too (the shipped
+/// `deploy/config/authz-single-call.yaml` carries the route's `key_limit` entries): its third
+/// call is a 429 from the Check, another gold key of the same owner is not limited, and the
+/// key's usage counts the 429 as `rate_limited`.
+#[tokio::test]
+async fn a_keys_own_limit_replaces_its_plans_limit_in_single_call_mode() {
+    use serde_json::{Value, json};
+    use tollgate_tests::process::wait_for;
+
+    let upstream = EchoUpstream::start().await;
+    let authz = Shape::SingleCall
+        .authz(&["api_keys.usage.flush_interval=100ms".to_string()])
+        .await
+        .unwrap();
+    let envoy = Envoy::start_with(
+        &Shape::SingleCall.envoy_config(),
+        Backends {
+            upstream: upstream.port(),
+            authz: authz.grpc_port(),
+            ratelimit: free_port(),
+        },
+    )
+    .await
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let admin = authz.admin_url();
+    let create = |body: Value| {
+        let (client, admin, token) = (client.clone(), admin.clone(), authz.admin_token.clone());
+        async move {
+            let r = client
+                .post(format!("{admin}/v1/keys"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let own = create(json!({"name": "own", "owner": "team-a", "plan": "gold",
+        "scopes": ["read"], "rate_limit": {"requests_per_unit": 2, "unit": "minute"}}))
+    .await;
+    let plain = create(json!({"name": "plain", "owner": "team-a", "plan": "gold",
+        "scopes": ["read"]}))
+    .await;
+    let statuses = |key: String, n: usize| {
+        let (client, url) = (client.clone(), envoy.url("/api/orders"));
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let r = client
+                    .get(&url)
+                    .header("x-api-key", &key)
+                    .send()
+                    .await
+                    .unwrap();
+                out.push(r.status().as_u16());
+            }
+            out
+        }
+    };
+    let secret = |k: &Value| k["secret"].as_str().unwrap().to_string();
+    assert_eq!(statuses(secret(&own), 3).await, [200, 200, 429]);
+    assert_eq!(
+        statuses(secret(&plain), 5).await,
+        [200; 5],
+        "same owner and plan"
+    );
+
+    let id = own["key"]["id"].as_str().unwrap().to_string();
+    let usage_url = format!("{admin}/v1/keys/{id}/usage");
+    let want = json!({"allowed": 2, "denied": 0, "rate_limited": 1});
+    wait_for("the key's usage", Duration::from_secs(10), || {
+        let (client, url, token, want) = (
+            client.clone(),
+            usage_url.clone(),
+            authz.admin_token.clone(),
+            want.clone(),
+        );
+        async move {
+            let usage: Value = client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (usage["totals"] == want).then_some(())
+        }
+    })
+    .await;
+}
