@@ -604,18 +604,24 @@ descriptors:
 }
 
 async fn whole_suite(single: &dyn Store, replicas: &[Arc<dyn Store>], test: &str) {
-    calendar_quotas(replicas[0].clone(), &ns(test)).await;
     boundaries(single, &ns(test)).await;
     contention(replicas, &ns(test)).await;
     moving_clock(replicas, &ns(test)).await;
+    // Last: its clock runs months past T0, and the memory store sweeps what has expired by the
+    // latest time it was shown.
+    calendar_quotas(replicas[0].clone(), &ns(test)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_conforms() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(&MemoryOptions::default()));
-    // In memory the replicas are one process' tasks sharing the store.
+    // In memory the replicas are one process' tasks sharing the store. The boundaries run on
+    // a store of their own: their clock runs a day past T0 (monthly meters), and a memory store
+    // sweeps what has expired by the latest time it was shown, which the replicas' T0 counters
+    // would then be.
+    let single = MemoryStore::new(&MemoryOptions::default());
     let replicas = vec![store.clone(), store.clone(), store.clone()];
-    whole_suite(&*store, &replicas, "memory").await;
+    whole_suite(&single, &replicas, "memory").await;
 }
 
 /// Test configs allow more than the production default of 50 ms: the machine running the
