@@ -6,15 +6,21 @@
 //! injected clock), so tests control time and replicas sharing Redis agree within their clock
 //! skew. The guarantees each algorithm gives are in `docs/algorithms.md`.
 //!
-//! - `fixed_window`: one counter per aligned window (`[k·W, (k+1)·W)` since the epoch).
+//! - `fixed_window`: one counter per aligned window (`[k·W, (k+1)·W)` since the epoch), or, with
+//!   a calendar [`Period`], one per billing period (its bounds computed by the caller).
 //! - `sliding_window`: [`SLIDING_BUCKETS`] sub-window counters; a hit counts against the limit
 //!   until every instant of the window it could belong to has passed, so no interval of length
 //!   `W` ever holds more than `limit` admitted hits.
 //! - `token_bucket` and `gcra`: one exact meter (the theoretical arrival time, TAT) with an
 //!   emission interval of `W / limit` kept as an exact fraction; they are the same meter seen
-//!   as tokens (capacity + refill) or as a leaky bucket with a burst tolerance.
+//!   as tokens (capacity + refill) or as a leaky bucket with a burst tolerance. The meter counts
+//!   time in ticks of [`Rule::meter_tick_us`] (1 µs, or a coarser power of ten for long windows
+//!   with large limits) so that every product it forms stays below 2^52, where the doubles of
+//!   the Redis script are exact.
 
 use std::time::Duration;
+
+use crate::period::Period;
 
 /// Which algorithm counts a limit.
 #[derive(
@@ -58,6 +64,9 @@ impl Algorithm {
 /// - `gcra`: emission interval `window / limit`, burst tolerance `burst.unwrap_or(limit)`
 ///   requests (the number admitted at once from idle).
 ///
+/// - with a `period`: `fixed_window` counted per calendar period (`window` is then the
+///   longest such period, used only where no counter answers, e.g. a store failure).
+///
 /// Call [`Rule::check`] when loading config: stores assume a checked rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
@@ -65,6 +74,7 @@ pub struct Rule {
     pub limit: u64,
     pub window: Duration,
     pub burst: Option<u64>,
+    pub period: Option<Period>,
 }
 
 /// Why a [`Rule`] cannot be counted exactly.
@@ -76,8 +86,10 @@ pub enum RuleError {
     ZeroBurst,
     #[error("the window must be between 1ms and {MAX_WINDOW_DAYS} days")]
     Window,
+    #[error("a calendar period is counted by fixed_window only")]
+    PeriodAlgorithm,
     #[error(
-        "limit/burst too large for this window: for token_bucket and gcra, (burst or limit) × window in µs must stay below 2^52 (e.g. at most 52,000 per day); use a window algorithm or a shorter window"
+        "limit/burst too large for this window: for token_bucket and gcra, (burst or limit) × window in seconds must stay below 2^52 (e.g. at most 1.7 billion per 30 days); use a window algorithm or a shorter window"
     )]
     TooLarge,
 }
@@ -87,6 +99,8 @@ pub const MAX_WINDOW_DAYS: u64 = 366;
 
 /// Every quantity the Redis script computes stays below this, so Lua's doubles are exact.
 const EXACT: u128 = 1 << 52;
+/// The coarsest meter tick: one second.
+const MAX_TICK_US: u64 = 1_000_000;
 
 impl Rule {
     /// A rule with no burst.
@@ -96,6 +110,17 @@ impl Rule {
             limit,
             window,
             burst: None,
+            period: None,
+        }
+    }
+
+    /// The code the stores' counters and the Redis script know the rule's counting by: the
+    /// algorithm's, or 4 for a calendar period.
+    pub fn store_code(&self) -> u8 {
+        if self.period.is_some() {
+            4
+        } else {
+            self.algorithm.code()
         }
     }
 
@@ -126,18 +151,36 @@ impl Rule {
         {
             return Err(RuleError::Window);
         }
+        if self.period.is_some() && self.algorithm != Algorithm::FixedWindow {
+            return Err(RuleError::PeriodAlgorithm);
+        }
         // Windows only compare counts and timestamps, both far below 2^52. Meters keep the
-        // theoretical arrival time as `t + f/limit` µs, computing `limit × window` products.
-        let product = match self.algorithm {
-            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit as u128,
-            Algorithm::TokenBucket | Algorithm::Gcra => {
-                (self.capacity().max(self.limit) as u128) * self.window_us() as u128
-            }
+        // theoretical arrival time as `t + f/limit` ticks, computing `limit × window` products.
+        let too_large = match self.algorithm {
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit as u128 >= EXACT,
+            Algorithm::TokenBucket | Algorithm::Gcra => self.meter_tick_us().is_none(),
         };
-        if product >= EXACT {
+        if too_large {
             return Err(RuleError::TooLarge);
         }
         Ok(())
+    }
+
+    /// The meter's time step in µs: the smallest power of ten (1 µs up to 1 s) that divides the
+    /// window and keeps `max(capacity, limit) × window / tick` below 2^52, so the meter's
+    /// arithmetic is exact in doubles. Rules that were exact in microseconds keep 1 µs (their
+    /// stored state reads unchanged); a million per 30 days counts in milliseconds. `None`
+    /// when even one-second ticks are too fine. The Redis script derives the same tick.
+    pub fn meter_tick_us(&self) -> Option<u64> {
+        let (w, scale) = (self.window_us(), self.capacity().max(self.limit) as u128);
+        let mut tick = 1;
+        while tick <= MAX_TICK_US && w % tick == 0 {
+            if scale * ((w / tick) as u128) < EXACT {
+                return Some(tick);
+            }
+            tick *= 10;
+        }
+        None
     }
 }
 
@@ -159,8 +202,11 @@ pub enum State {
     /// Counts of the sub-windows `newest-SLIDING_BUCKETS-SLIDING_SKEW_BUCKETS ..= newest`,
     /// ring-indexed by `index % (SLIDING_BUCKETS+SLIDING_SKEW_BUCKETS+1)`.
     Sliding { newest: u64, counts: [u64; RING] },
-    /// Theoretical arrival time `tat_us + frac/limit` µs.
-    Meter { tat_us: u64, frac: u64 },
+    /// `count` hits in the calendar period starting at `start_us`.
+    Period { start_us: u64, count: u64 },
+    /// Theoretical arrival time `tat + frac/limit` meter ticks ([`Rule::meter_tick_us`]) since
+    /// the epoch.
+    Meter { tat: u64, frac: u64 },
 }
 
 /// The answer for one hit, in microseconds.
@@ -190,6 +236,9 @@ pub struct Evaluation {
 /// counting: admitted unless the counter is already beyond its limit (as Envoy's
 /// ratelimit and Limitador treat `hits_addend: 0`).
 pub fn evaluate(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    if let Some(p) = rule.period {
+        return period_window(rule.limit, p.bounds(now_us), state, now_us, cost);
+    }
     match rule.algorithm {
         Algorithm::FixedWindow => fixed_window(rule, state, now_us, cost),
         Algorithm::SlidingWindow => sliding_window(rule, state, now_us, cost),
@@ -241,6 +290,53 @@ pub fn fixed_window(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evalu
         },
         next: State::Fixed {
             window,
+            count: after,
+        },
+        expires_at_us: end,
+    }
+}
+
+/// A calendar period's fixed window: admitted while the period's count plus `cost` is at most
+/// the limit. The period `[start, end)` is the caller's (see [`Period::bounds`]), so the Redis
+/// script never does calendar math; a counter already in a later period (this caller's clock
+/// lags) is only checked, as for a fixed window.
+pub fn period_window(
+    l: u64,
+    (start, end): (u64, u64),
+    state: &State,
+    now_us: u64,
+    cost: u64,
+) -> Evaluation {
+    let count = match *state {
+        State::Period { start_us, count } if start_us == start => count,
+        State::Period { start_us, count } if start_us > start => {
+            return Evaluation {
+                decision: Decision {
+                    admitted: cost == 0 && count <= l,
+                    remaining: l.saturating_sub(count),
+                    reset_after_us: end - now_us,
+                    retry_after_us: (cost > 0).then(|| (start_us - now_us).max(1)),
+                },
+                next: *state,
+                expires_at_us: end,
+            };
+        }
+        _ => 0,
+    };
+    let admitted = count.saturating_add(cost) <= l;
+    let after = if admitted { count + cost } else { count };
+    let until_end = end - now_us;
+    Evaluation {
+        decision: Decision {
+            admitted,
+            remaining: l.saturating_sub(after),
+            reset_after_us: if after > 0 { until_end } else { 0 },
+            // A cost above the limit is never admitted; the next period is still the answer
+            // a client can act on.
+            retry_after_us: (!admitted).then_some(until_end),
+        },
+        next: State::Period {
+            start_us: start,
             count: after,
         },
         expires_at_us: end,
@@ -342,62 +438,56 @@ pub fn sliding_window(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Eva
 /// Token bucket: capacity `burst.unwrap_or(limit)`, refilled at `limit` per `window`.
 /// Implemented as the GCRA meter, which it is equivalent to.
 pub fn token_bucket(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
-    meter(
-        rule.limit,
-        rule.window_us(),
-        rule.capacity(),
-        state,
-        now_us,
-        cost,
-    )
+    meter(rule, state, now_us, cost)
 }
 
 /// GCRA: emission interval `window / limit`, burst tolerance `burst.unwrap_or(limit)`.
 pub fn gcra(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
-    meter(
-        rule.limit,
-        rule.window_us(),
-        rule.capacity(),
-        state,
-        now_us,
-        cost,
-    )
+    meter(rule, state, now_us, cost)
 }
 
-/// The exact meter. Distances from `now` are kept in units of `1/l` µs, so the emission
-/// interval `w/l` µs is exact: a hit of `cost` moves the TAT by `cost·w` units, and the
-/// meter admits while the TAT is at most `cap·w` units ahead of now.
-fn meter(l: u64, w: u64, cap: u64, state: &State, now_us: u64, cost: u64) -> Evaluation {
-    let (l128, w128) = (l as u128, w as u128);
-    let (base_us, base_frac) = match *state {
-        State::Meter { tat_us, frac } if (tat_us, frac) > (now_us, 0) => (tat_us, frac),
-        _ => (now_us, 0),
+/// The exact meter, in ticks of `g` µs ([`Rule::meter_tick_us`]). Distances from `now` are
+/// kept in units of `1/l` ticks, so the emission interval `w/l` ticks is exact: a hit of
+/// `cost` moves the TAT by `cost·w` units, and the meter admits while the TAT is at most
+/// `cap·w` units ahead of now. Every admitted distance stays below `cap·w < 2^52`.
+fn meter(rule: &Rule, state: &State, now_us: u64, cost: u64) -> Evaluation {
+    let g = rule.meter_tick_us().unwrap_or(MAX_TICK_US);
+    let (l, cap) = (rule.limit as u128, rule.capacity());
+    let w = (rule.window_us() / g) as u128;
+    let now = now_us / g;
+    let (base, base_frac) = match *state {
+        State::Meter { tat, frac } if (tat, frac) > (now, 0) => (tat, frac),
+        _ => (now, 0),
     };
-    let dist = (base_us - now_us) as u128 * l128 + base_frac as u128;
-    let full = cap as u128 * w128;
-    let new_dist = dist + cost as u128 * w128;
+    let dist = (base - now) as u128 * l + base_frac as u128;
+    let full = cap as u128 * w;
+    let new_dist = dist + cost as u128 * w;
     let admitted = cost <= cap && new_dist <= full;
     let after = if admitted { new_dist } else { dist };
     let next = if admitted && cost > 0 {
-        let frac = base_frac as u128 + cost as u128 * (w128 % l128);
-        let tat_us = base_us as u128 + cost as u128 * (w128 / l128) + frac / l128;
         State::Meter {
-            tat_us: tat_us as u64,
-            frac: (frac % l128) as u64,
+            tat: now + (new_dist / l) as u64,
+            frac: (new_dist % l) as u64,
         }
     } else {
         *state
     };
+    // Ticks from `now` back to µs from `now_us` (which may sit inside the tick).
+    let until = |ticks: u128| (now + ticks as u64) * g - now_us;
     let retry_after_us = match (admitted, cost > cap) {
         (true, _) => None,
-        (false, true) => Some(w),
-        (false, false) => Some((new_dist - full).div_ceil(l128) as u64),
+        (false, true) => Some(rule.window_us()),
+        (false, false) => Some(until((new_dist - full).div_ceil(l)).max(1)),
     };
-    let reset_after_us = after.div_ceil(l128) as u64;
+    let reset_after_us = if after == 0 {
+        0
+    } else {
+        until(after.div_ceil(l))
+    };
     Evaluation {
         decision: Decision {
             admitted,
-            remaining: (full.saturating_sub(after) / w128) as u64,
+            remaining: (full.saturating_sub(after) / w) as u64,
             reset_after_us,
             retry_after_us,
         },
@@ -511,12 +601,56 @@ mod tests {
     }
 
     #[test]
+    fn meter_ticks_stay_exact_and_keep_microseconds_where_they_fit() {
+        let rule = |limit, secs| Rule::new(Algorithm::Gcra, limit, Duration::from_secs(secs));
+        assert_eq!(rule(3, 1).meter_tick_us(), Some(1));
+        assert_eq!(rule(50_000, 86_400).meter_tick_us(), Some(1));
+        assert_eq!(rule(1_000_000, 30 * 86_400).meter_tick_us(), Some(1000));
+        assert_eq!(rule(1_000_000_000, 30 * 86_400).meter_tick_us(), Some(S));
+        assert_eq!(rule(2_000_000_000, 30 * 86_400).meter_tick_us(), None);
+    }
+
+    #[test]
+    fn a_million_a_month_is_admitted_exactly_and_refills_at_its_rate() {
+        // 1,000,000 per 30 days: one request every 2.592 s, a burst of 1,000,000 from idle.
+        let month = 30 * 86_400 * S;
+        let r = Rule::new(
+            Algorithm::TokenBucket,
+            1_000_000,
+            Duration::from_micros(month),
+        );
+        let t0 = 1_800_000_000 * S + 123_456;
+        let mut st = State::Empty;
+        let d = run(&r, &mut st, t0, 999_999);
+        assert!(d.admitted);
+        assert_eq!(d.remaining, 1);
+        assert!(run(&r, &mut st, t0, 1).admitted);
+        let d = run(&r, &mut st, t0, 1);
+        assert!(!d.admitted);
+        assert_eq!(d.remaining, 0);
+        // The next token is one emission interval (2.592 s) ahead, counted in whole ms.
+        assert_eq!(d.retry_after_us, Some(2_592_000 - 456));
+        assert_eq!(d.reset_after_us, month - 123_456 + 123_000);
+        assert!(!run(&r, &mut st, t0 + 2_592_000 - 457, 1).admitted);
+        assert!(run(&r, &mut st, t0 + 2_592_000 - 456, 1).admitted);
+        // Saturated for a day, exactly 86,400 / 2.592 = 33,333 more tokens get through.
+        let mut n = 0;
+        for s in 1..=86_400u64 {
+            if run(&r, &mut st, t0 + 2_592_000 - 456 + s * S, 1).admitted {
+                n += 1;
+            }
+        }
+        assert_eq!(n, 33_333);
+    }
+
+    #[test]
     fn token_bucket_capacity_and_refill() {
         let r = Rule {
             algorithm: Algorithm::TokenBucket,
             limit: 1,
             window: Duration::from_secs(1),
             burst: Some(5),
+            period: None,
         };
         let mut st = State::Empty;
         for left in (0..5).rev() {
@@ -550,6 +684,23 @@ mod tests {
             Rule::new(Algorithm::Gcra, 1 << 40, Duration::from_secs(86_400)).check(),
             Err(RuleError::TooLarge)
         );
+        // A window that no coarser tick divides keeps microseconds, and its bound.
+        assert_eq!(
+            Rule::new(
+                Algorithm::Gcra,
+                1_000_000,
+                Duration::from_micros(86_400_000_001)
+            )
+            .check(),
+            Err(RuleError::TooLarge)
+        );
+        // Monthly and yearly meters of realistic size are exact.
+        for (limit, days) in [(1_000_000, 30), (1_000_000_000, 30), (100_000_000, 365)] {
+            for alg in [Algorithm::TokenBucket, Algorithm::Gcra] {
+                let r = Rule::new(alg, limit, Duration::from_secs(days * 86_400));
+                assert_eq!(r.check(), Ok(()), "{limit} per {days} days");
+            }
+        }
         // envoyproxy/ratelimit configs with large daily limits load unchanged (window algorithms).
         for alg in [Algorithm::SlidingWindow, Algorithm::FixedWindow] {
             assert!(

@@ -83,6 +83,9 @@ pub struct Status {
     pub retry_after: Option<Duration>,
     /// A shadow-mode limit that would have denied this descriptor.
     pub shadow_fired: Option<Arc<Limit>>,
+    /// A `quota_mode` limit of this descriptor is over its limit (the descriptor stays OK
+    /// unless every quota-mode descriptor of the request is over).
+    pub quota_exceeded: bool,
 }
 
 impl Status {
@@ -95,6 +98,7 @@ impl Status {
             reset_after: Duration::ZERO,
             retry_after: None,
             shadow_fired: None,
+            quota_exceeded: false,
         }
     }
 }
@@ -174,6 +178,7 @@ struct Pending {
     limit: Arc<Limit>,
     key: CounterKey,
     cost: u64,
+    /// Never rejects the request in the store (shadow mode, or quota mode: decided after).
     shadow: bool,
 }
 
@@ -340,7 +345,7 @@ impl Engine {
                 key,
                 limit: limit.clone(),
                 cost,
-                shadow: limit.shadow || self.options.shadow_mode,
+                shadow: limit.shadow || limit.quota_mode || self.options.shadow_mode,
             })
         };
         for limit in found[..last].iter().filter(|l| !l.unlimited) {
@@ -440,6 +445,8 @@ impl Engine {
                 } else {
                     metrics::Decision::WithinLimit
                 }
+            } else if p.limit.quota_mode && !self.options.shadow_mode {
+                metrics::Decision::OverLimit
             } else if p.shadow {
                 metrics::Decision::ShadowOverLimit
             } else {
@@ -463,7 +470,9 @@ impl Engine {
                 s.retry_after = o.retry_after.or(Some(o.reset_after));
                 continue;
             }
-            if !o.admitted && s.shadow_fired.is_none() {
+            if !o.admitted && p.limit.quota_mode && !self.options.shadow_mode {
+                s.quota_exceeded = true;
+            } else if !o.admitted && s.shadow_fired.is_none() {
                 s.shadow_fired = Some(p.limit.clone());
             }
             if s.limit.is_none() || o.remaining < s.remaining {
@@ -471,6 +480,9 @@ impl Engine {
                 s.remaining = o.remaining;
                 s.reset_after = o.reset_after;
             }
+        }
+        if overall == Code::Ok {
+            overall = quota_mode_verdict(&mut statuses, pending, outcomes);
         }
         Decision {
             code: overall,
@@ -521,6 +533,34 @@ impl Engine {
             degraded: true,
         })
     }
+}
+
+/// envoyproxy/ratelimit's `quota_mode`: a quota-mode descriptor over its limit lets the request
+/// through (its status stays OK, flagged `quota_exceeded`), unless every quota-mode descriptor
+/// of the request is over, which denies the request with those descriptors OVER_LIMIT. Called
+/// when no other limit denied. Hits were all counted (quota-mode hits never reject in the
+/// store), as envoyproxy/ratelimit counts every hit.
+fn quota_mode_verdict(statuses: &mut [Status], pending: &[Pending], outcomes: &[Outcome]) -> Code {
+    let in_quota = |i: usize| {
+        pending
+            .iter()
+            .any(|p| p.descriptor == i && p.limit.quota_mode)
+    };
+    let mut quota = (0..statuses.len()).filter(|&i| in_quota(i)).peekable();
+    if quota.peek().is_none() || !quota.all(|i| statuses[i].quota_exceeded) {
+        return Code::Ok;
+    }
+    for (p, o) in pending.iter().zip(outcomes) {
+        let s = &mut statuses[p.descriptor];
+        if p.limit.quota_mode && !o.admitted && s.code == Code::Ok {
+            s.code = Code::OverLimit;
+            s.limit = Some(p.limit.clone());
+            s.remaining = 0;
+            s.reset_after = o.reset_after;
+            s.retry_after = o.retry_after.or(Some(o.reset_after));
+        }
+    }
+    Code::OverLimit
 }
 
 /// envoyproxy/ratelimit's rule: a limit named in another matched limit's `replaces` is not

@@ -19,6 +19,7 @@
 //! - [`engine`]: request → store hits → decision, with the injected clock.
 //! - [`algorithm`]: sliding_window, fixed_window, token_bucket, gcra, as pure functions.
 //! - [`unit`]: the units a limit is written in.
+//! - [`period`]: calendar billing periods (day, week, month, year) in UTC or an IANA zone.
 //! - [`store`]: the counter stores (memory, Redis, Redis Cluster, local over-limit cache) and
 //!   the conformance suite every store passes.
 //! - [`response`]: rate-limit headers and fired-limit metadata as plain data.
@@ -38,6 +39,7 @@ pub mod engine;
 mod key;
 pub mod limits;
 pub mod metrics;
+pub mod period;
 pub mod reload;
 pub mod response;
 pub mod store;

@@ -136,6 +136,10 @@ pub mod metadata_keys {
     pub const DESCRIPTOR: &str = "descriptor_index";
     /// Names of shadow-mode limits that would have denied.
     pub const SHADOW_LIMITS: &str = "shadow_limits";
+    /// Some limit of the request is in quota mode (envoyproxy/ratelimit's name).
+    pub const QUOTA_MODE_ENABLED: &str = "quotaModeEnabled";
+    /// Indices of the descriptors over a quota-mode limit (envoyproxy/ratelimit's name).
+    pub const QUOTA_MODE_VIOLATIONS: &str = "quotaModeViolations";
 }
 
 /// What a decision tells observers about the limits that fired.
@@ -146,6 +150,10 @@ pub struct Metadata<'a> {
     pub fired: Option<(&'a str, usize)>,
     /// Shadow-mode limits that would have denied, by name.
     pub shadow_limits: Vec<&'a str>,
+    /// Some limit of the request is in `quota_mode` (envoyproxy/ratelimit's `quotaModeEnabled`).
+    pub quota_mode: bool,
+    /// The request descriptors whose quota-mode limit is over (`quotaModeViolations`).
+    pub quota_violations: Vec<usize>,
 }
 
 /// The metadata of a decision in `domain`; `None` when no limit fired, shadow or enforced.
@@ -156,13 +164,23 @@ pub fn metadata<'a>(domain: &'a str, decision: &'a Decision) -> Option<Metadata<
         .iter()
         .filter_map(|s| s.shadow_fired.as_deref().map(|l| &*l.name))
         .collect();
-    if fired.is_none() && shadow_limits.is_empty() {
+    let quota_violations: Vec<usize> = (decision.statuses.iter().enumerate())
+        .filter(|(_, s)| s.quota_exceeded)
+        .map(|(i, _)| i)
+        .collect();
+    let quota_mode = decision
+        .statuses
+        .iter()
+        .any(|s| s.limit.as_ref().is_some_and(|l| l.quota_mode));
+    if fired.is_none() && shadow_limits.is_empty() && !quota_mode {
         return None;
     }
     Some(Metadata {
         domain,
         fired,
         shadow_limits,
+        quota_mode,
+        quota_violations,
     })
 }
 

@@ -204,6 +204,27 @@ fn dynamic_metadata(domain: &str, decision: &Decision) -> Option<Struct> {
             metadata::string_list(md.shadow_limits),
         ));
     }
+    if md.quota_mode {
+        use tollgate_proto::pb::google::protobuf::{ListValue, Value, value::Kind};
+        let violations = md
+            .quota_violations
+            .iter()
+            .map(|&i| metadata::number(i as f64));
+        fields.push((
+            metadata_keys::QUOTA_MODE_ENABLED,
+            Value {
+                kind: Some(Kind::BoolValue(true)),
+            },
+        ));
+        fields.push((
+            metadata_keys::QUOTA_MODE_VIOLATIONS,
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: violations.collect(),
+                })),
+            },
+        ));
+    }
     Some(metadata::structure(fields))
 }
 

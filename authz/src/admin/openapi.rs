@@ -389,7 +389,9 @@ fn usage_schemas() -> Value {
                         "limit": {"type": "integer"},
                         "window": {"type": "string"},
                         "burst": {"type": "integer"},
-                        "shadow_mode": {"type": "boolean"}
+                        "period": {"type": "string", "description": "A calendar quota's period and zone, e.g. `month@Europe/Berlin`"},
+                        "shadow_mode": {"type": "boolean"},
+                        "quota_mode": {"type": "boolean"}
                     }}}
                 }}}
             }

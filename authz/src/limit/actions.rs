@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 use tollgate_common::config::{Errors, join};
-use tollgate_limiter::Descriptor;
+use tollgate_limiter::{Descriptor, LimitOverride, Unit};
 
 use crate::check::RequestView;
 use crate::identity::{Identity, Method};
@@ -24,6 +24,24 @@ use crate::identity::{Identity, Method};
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub actions: Vec<ActionConfig>,
+    /// Envoy's descriptor `limit` override. The one form a Check knows is the key's own limit,
+    /// `dynamic_metadata` from ext_authz's `key_limit` entry: an API key with a `rate_limit`
+    /// of its own is then counted at that limit instead of the configured one, as in the pair.
+    #[serde(default)]
+    pub limit: Option<LimitOverrideConfig>,
+}
+
+/// Envoy's `RateLimit.Override`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrideConfig {
+    pub dynamic_metadata: DynamicMetadataOverrideConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicMetadataOverrideConfig {
+    pub metadata_key: MetadataKeyConfig,
 }
 
 /// One action, as Envoy's `RateLimit.Action` spells it (a map with one key naming the
@@ -201,7 +219,8 @@ pub struct StringMatchConfig {
 }
 
 /// Envoy's `metadata` action. Only ext_authz's own namespace is known here, and in it the
-/// identity fields Tollgate files there: `method`, `subject`, `key_id`, `tenant`, `plan`.
+/// identity fields Tollgate files there: `method`, `subject`, `key_id`, `tenant`, `plan`, and
+/// `key_limit.key_id` (the key id of a key with a limit of its own).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataConfig {
@@ -282,7 +301,15 @@ const EXT_AUTHZ_NAMESPACE: &str = "envoy.filters.http.ext_authz";
 /// The compiled `rate_limits` of one rule (or the policy's default).
 #[derive(Debug, Clone, Default)]
 pub struct Descriptors {
-    plans: Box<[Box<[Action]>]>,
+    plans: Box<[Plan]>,
+}
+
+/// One compiled entry of `rate_limits`.
+#[derive(Debug, Clone)]
+struct Plan {
+    actions: Box<[Action]>,
+    /// The descriptor carries the caller's own limit (`key_limit`) when it has one.
+    key_limit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -342,6 +369,8 @@ enum Field {
     KeyId,
     Tenant,
     Plan,
+    /// `key_limit.key_id`: the key id, only for a key with a limit of its own.
+    KeyLimitId,
     Claim(Box<[Box<str>]>),
 }
 
@@ -397,6 +426,16 @@ pub fn validate(list: &[RateLimitConfig], at: &str, errors: &mut Errors) {
         if rl.actions.is_empty() {
             errors.push(join(&at, "actions"), "must list at least one action");
         }
+        if let Some(l) = &rl.limit
+            && !is_key_limit(l)
+        {
+            errors.push(
+                join(&at, "limit.dynamic_metadata.metadata_key"),
+                format!(
+                    "the one override a Check knows is the key's own limit: `{{key: {EXT_AUTHZ_NAMESPACE}, path: [{{key: key_limit}}]}}`"
+                ),
+            );
+        }
         for (j, a) in rl.actions.iter().enumerate() {
             if let Err((field, msg)) = compile_action(a) {
                 let at = format!("{}[{j}]", join(&at, "actions"));
@@ -419,11 +458,13 @@ impl Descriptors {
         Self {
             plans: list
                 .iter()
-                .map(|rl| {
-                    rl.actions
+                .map(|rl| Plan {
+                    actions: rl
+                        .actions
                         .iter()
                         .filter_map(|a| compile_action(a).ok())
-                        .collect()
+                        .collect(),
+                    key_limit: rl.limit.as_ref().is_some_and(is_key_limit),
                 })
                 .collect(),
         }
@@ -437,8 +478,8 @@ impl Descriptors {
     pub fn build(&self, req: &dyn RequestView, identity: &Identity) -> Vec<Descriptor> {
         let mut out = Vec::with_capacity(self.plans.len());
         'plans: for plan in self.plans.iter() {
-            let mut entries = Vec::with_capacity(plan.len());
-            for action in plan.iter() {
+            let mut entries = Vec::with_capacity(plan.actions.len());
+            for action in plan.actions.iter() {
                 match action.entry(req, identity) {
                     Entry::Value(k, v) => entries.push((k.into_string(), v)),
                     Entry::Skip => {}
@@ -448,12 +489,29 @@ impl Descriptors {
             if !entries.is_empty() {
                 out.push(Descriptor {
                     entries,
+                    limit: plan.key_limit.then(|| key_limit(identity)).flatten(),
                     ..Default::default()
                 });
             }
         }
         out
     }
+}
+
+/// Whether an override is the key's own limit from ext_authz's metadata.
+fn is_key_limit(l: &LimitOverrideConfig) -> bool {
+    let k = &l.dynamic_metadata.metadata_key;
+    k.key == EXT_AUTHZ_NAMESPACE && matches!(&k.path[..], [one] if one.key == "key_limit")
+}
+
+/// The caller's own limit as the engine's descriptor override (API keys with a `rate_limit`).
+fn key_limit(id: &Identity) -> Option<LimitOverride> {
+    let limit = id.rate_limit.as_ref()?;
+    id.key_id.as_ref()?;
+    Some(LimitOverride {
+        requests_per_unit: limit.requests_per_unit,
+        unit: Unit::parse(limit.unit.name()),
+    })
 }
 
 type Invalid = (&'static str, String);
@@ -670,12 +728,14 @@ fn compile_metadata(m: &MetadataConfig) -> Result<Action, Invalid> {
     }
     let field = match &m.metadata_key.path[..] {
         [one] => identity_field(&one.key),
+        [a, b] if a.key == "key_limit" && b.key == "key_id" => Some(Field::KeyLimitId),
         _ => None,
     };
     let Some(field) = field else {
         return Err((
             "metadata.metadata_key.path",
-            "expected one segment: method, subject, key_id, tenant or plan".into(),
+            "expected one segment (method, subject, key_id, tenant or plan) or key_limit.key_id"
+                .into(),
         ));
     };
     Ok(Action::Identity {
@@ -813,6 +873,7 @@ fn identity_value(id: &Identity, field: &Field) -> Option<String> {
         // As in the dynamic metadata: an anonymous caller has no subject.
         Field::Subject => (!anonymous).then(|| id.subject.clone()),
         Field::KeyId => id.key_id.clone(),
+        Field::KeyLimitId => id.rate_limit.and(id.key_id.clone()),
         Field::Tenant => id.tenant.clone(),
         Field::Plan => id.plan.clone(),
         Field::Claim(path) => {

@@ -268,3 +268,60 @@ fn bad_actions_are_named_with_their_path() {
         serde_yaml::from_str("- actions: [{source_cluster: {}}]");
     assert!(r.unwrap_err().to_string().contains("source_cluster"));
 }
+
+/// Envoy's route form of a key's own limit, moved over as it is: (key_id, <id>) joins the
+/// descriptor and the key's `rate_limit` becomes its override, only for a key that has one.
+#[test]
+fn a_keys_own_limit_becomes_the_descriptors_override() {
+    let d = plans(
+        "
+- actions:
+  - metadata:
+      descriptor_key: plan
+      metadata_key: { key: envoy.filters.http.ext_authz, path: [{ key: plan }] }
+  - metadata:
+      descriptor_key: key_id
+      metadata_key: { key: envoy.filters.http.ext_authz, path: [{ key: key_limit }, { key: key_id }] }
+      source: DYNAMIC
+      skip_if_absent: true
+  limit:
+    dynamic_metadata:
+      metadata_key: { key: envoy.filters.http.ext_authz, path: [{ key: key_limit }] }
+",
+    );
+    let mut key = Identity::new(Method::ApiKey, "team-a");
+    key.plan = Some("gold".into());
+    key.key_id = Some("k1".into());
+    let plain = d.build(&request(), &key);
+    assert_eq!(entries(&plain), [vec![("plan", "gold")]]);
+    assert_eq!(
+        plain[0].limit, None,
+        "no limit of its own: the plan's applies"
+    );
+    key.rate_limit = Some(crate::apikey::KeyLimit {
+        requests_per_unit: 2,
+        unit: crate::apikey::LimitUnit::Minute,
+    });
+    let own = d.build(&request(), &key);
+    assert_eq!(entries(&own), [vec![("plan", "gold"), ("key_id", "k1")]]);
+    assert_eq!(
+        own[0].limit,
+        Some(LimitOverride {
+            requests_per_unit: 2,
+            unit: Some(Unit::Minute)
+        })
+    );
+    let bad = errors_of(
+        "
+- actions: [{generic_key: {descriptor_value: x}}]
+  limit:
+    dynamic_metadata:
+      metadata_key: { key: e2e.override, path: [{ key: limit }] }
+",
+    );
+    assert_eq!(bad.len(), 1);
+    assert_eq!(
+        bad[0].0,
+        "rate_limits[0].limit.dynamic_metadata.metadata_key"
+    );
+}

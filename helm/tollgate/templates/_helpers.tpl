@@ -260,23 +260,9 @@ section is read at start and rolls the pods when it changes.
 {{- $policy := deepCopy $a.policy }}
 {{- if include "tollgate.singleCall" . }}
 {{- if not (hasKey $policy "rate_limits") }}
-{{- /* The descriptors Envoy's routes would have built, now built by the Check. */}}
-{{- /* Without what only Envoy's ratelimit filter reads: a key's own limit (the `limit`
-     override and the `key_id` entry taken from the `key_limit` metadata) is not applied by the
-     Check yet, so those keys get their plan's limit in this mode. */}}
-{{- $limits := list }}
-{{- range .Values.envoy.defaultRateLimits }}
-{{- $actions := list }}
-{{- range .actions }}
-{{- if not (and .metadata (eq (index (first .metadata.metadata_key.path) "key") "key_limit")) }}
-{{- $actions = append $actions . }}
-{{- end }}
-{{- end }}
-{{- $entry := omit . "limit" }}
-{{- $_ := set $entry "actions" $actions }}
-{{- $limits = append $limits $entry }}
-{{- end }}
-{{- $_ := set $policy "rate_limits" $limits }}
+{{- /* The descriptors Envoy's routes would have built, now built by the Check, as they are
+     (a key's own limit included: the Check reads the same `key_limit` entries). */}}
+{{- $_ := set $policy "rate_limits" .Values.envoy.defaultRateLimits }}
 {{- end }}
 {{- range .Values.envoy.routes }}
 {{- if .rateLimits }}

@@ -597,3 +597,62 @@ descriptors:
         ]
     );
 }
+
+/// envoyproxy/ratelimit's `quota_mode`: a quota-mode descriptor over its limit lets the request
+/// through, flagged, until every quota-mode descriptor of the request is over; a normal
+/// descriptor still denies on its own.
+#[tokio::test]
+async fn quota_mode_passes_until_every_quota_descriptor_is_over() {
+    let (e, _) = engine_with(
+        "
+domain: d
+descriptors:
+  - key: backend
+    value: a
+    quota_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: backend
+    value: b
+    quota_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 2}
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 10}
+",
+        EngineOptions::default(),
+    );
+    let req = [
+        d(&[("backend", "a")]),
+        d(&[("backend", "b")]),
+        d(&[("user", "u")]),
+    ];
+    let flags = |dec: &Decision| {
+        dec.statuses
+            .iter()
+            .map(|s| s.quota_exceeded)
+            .collect::<Vec<_>>()
+    };
+    let dec = call(&e, &req).await;
+    assert_eq!(dec.code, Code::Ok);
+    assert_eq!(flags(&dec), [false, false, false]);
+    let dec = call(&e, &req).await;
+    assert_eq!(dec.code, Code::Ok, "b still has quota");
+    assert_eq!(flags(&dec), [true, false, false]);
+    assert_eq!(dec.statuses[0].code, Code::Ok);
+    let md = crate::response::metadata("d", &dec).unwrap();
+    assert!(md.quota_mode);
+    assert_eq!(md.quota_violations, [0]);
+    let dec = call(&e, &req).await;
+    assert_eq!(dec.code, Code::OverLimit, "every quota is over");
+    assert_eq!(
+        dec.statuses.iter().map(|s| s.code).collect::<Vec<_>>(),
+        [Code::OverLimit, Code::OverLimit, Code::Ok]
+    );
+    assert!(dec.statuses[0].retry_after.is_some());
+    // A request whose only quota-mode descriptor is over is denied.
+    assert_eq!(
+        call(&e, &[d(&[("backend", "a")]), d(&[("user", "u")])])
+            .await
+            .code,
+        Code::OverLimit
+    );
+}

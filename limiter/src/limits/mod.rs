@@ -41,6 +41,7 @@ use crate::algorithm::{Algorithm, Rule, RuleError};
 use crate::descriptor::DescriptorSource;
 use crate::key::{CounterKey, KeyBuilder};
 use crate::metrics::LimitMetrics;
+use crate::period::{CalendarUnit, Period};
 use crate::unit::Unit;
 use raw::{RawDescriptor, RawDomain, RawRateLimit};
 
@@ -100,6 +101,8 @@ pub struct Limit {
     /// As reported to the caller; `None` when the window is not exactly one unit.
     pub unit: Option<Unit>,
     pub shadow: bool,
+    /// envoyproxy/ratelimit's `quota_mode` (see the engine's decision).
+    pub quota_mode: bool,
     pub detailed_metric: bool,
     pub domain: Arc<str>,
     /// The end of its counter keys: the limit's position on its descriptor (`#0`, `#1`; `#o`
@@ -123,6 +126,7 @@ impl Limit {
             limit: u64::from(requests_per_unit),
             window,
             burst: None,
+            period: None,
         };
         if requests_per_unit > 0 && rule.check().is_err() {
             return None;
@@ -136,6 +140,7 @@ impl Limit {
             requests_per_unit,
             unit,
             shadow: false,
+            quota_mode: false,
             detailed_metric: false,
             domain: domain.name.clone(),
             position: "#o".into(),
@@ -169,7 +174,12 @@ pub struct LimitSummary {
     pub window: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
+    /// A calendar period's unit and zone (`month@Europe/Berlin`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
     pub shadow_mode: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quota_mode: bool,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub replaces: Vec<String>,
 }
@@ -535,7 +545,12 @@ impl Compiler<'_> {
                 }
             }
         };
-        let algorithm = r.algorithm.unwrap_or(self.default_algorithm);
+        let period = self.period(r, exact_unit, at);
+        let algorithm = match (period, r.algorithm) {
+            (_, Some(a)) => a,
+            (Some(_), None) => Algorithm::FixedWindow,
+            (None, None) => self.default_algorithm,
+        };
         if let Some(b) = r.burst {
             if matches!(algorithm, Algorithm::SlidingWindow | Algorithm::FixedWindow) {
                 self.err(
@@ -554,6 +569,7 @@ impl Compiler<'_> {
             limit: requests,
             window,
             burst: r.burst,
+            period,
         };
         // A zero limit is envoyproxy/ratelimit's block list: the engine denies it without a
         // store, so the store's bounds only apply from 1 up.
@@ -567,6 +583,7 @@ impl Compiler<'_> {
             let field = match e {
                 RuleError::Window => "window",
                 RuleError::ZeroBurst => "burst",
+                RuleError::PeriodAlgorithm => "algorithm",
                 _ => "requests_per_unit",
             };
             self.err(format!("{at}.{field}"), e.to_string());
@@ -588,7 +605,9 @@ impl Compiler<'_> {
             limit: (!r.unlimited).then_some(requests),
             window: (!r.unlimited).then(|| humantime::format_duration(window).to_string()),
             burst: r.burst,
+            period: period.map(|p| p.key_part()),
             shadow_mode: d.shadow_mode,
+            quota_mode: d.quota_mode,
             replaces: r.replaces.iter().map(|x| x.name.clone()).collect(),
         });
         Some(Limit {
@@ -605,10 +624,49 @@ impl Compiler<'_> {
             requests_per_unit: requests.min(u64::from(u32::MAX)) as u32,
             unit: exact_unit,
             shadow: d.shadow_mode,
+            quota_mode: d.quota_mode,
             detailed_metric: d.detailed_metric || d.value_to_metric,
             domain: self.domain.clone(),
             position: format!("#{position}").into(),
         })
+    }
+}
+
+impl Compiler<'_> {
+    /// The calendar period of a `calendar: true` limit (its unit must be one unit of day,
+    /// week, month or year), in `time_zone` or UTC.
+    fn period(&mut self, r: &RawRateLimit, unit: Option<Unit>, at: &str) -> Option<Period> {
+        let zone = match r.time_zone.as_deref() {
+            None => Some(chrono_tz::Tz::UTC),
+            Some(_) if !r.calendar => {
+                self.err(
+                    format!("{at}.time_zone"),
+                    "applies only with `calendar: true`",
+                );
+                None
+            }
+            Some(name) => match name.parse::<chrono_tz::Tz>() {
+                Ok(z) => Some(z),
+                Err(_) => {
+                    self.err(
+                        format!("{at}.time_zone"),
+                        format!("unknown time zone '{name}' (an IANA name such as Europe/Berlin, or UTC)"),
+                    );
+                    None
+                }
+            },
+        };
+        if !r.calendar {
+            return None;
+        }
+        let Some(cal) = unit.and_then(CalendarUnit::of) else {
+            self.err(
+                format!("{at}.calendar"),
+                "needs `unit` day, week, month or year (no `window`, no `unit_multiplier`, not unlimited)",
+            );
+            return None;
+        };
+        zone.map(|zone| Period { unit: cal, zone })
     }
 }
 

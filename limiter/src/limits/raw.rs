@@ -1,5 +1,6 @@
 //! The limits file as written: envoyproxy/ratelimit's YAML schema, field for field, plus this
-//! service's extensions (`algorithm`, `burst`, `unit_multiplier`, `window`, `rate_limits`).
+//! service's extensions (`algorithm`, `burst`, `unit_multiplier`, `window`, `rate_limits`,
+//! `calendar`, `time_zone`).
 //!
 //! Unknown fields are rejected, as envoyproxy/ratelimit does, so a typo never silently disables a
 //! limit.
@@ -34,6 +35,10 @@ pub(crate) struct RawDescriptor {
     pub(crate) rate_limits: Vec<RawRateLimit>,
     #[serde(default)]
     pub(crate) shadow_mode: bool,
+    /// envoyproxy/ratelimit's soft limit: over its limit, the request still passes unless every
+    /// quota-mode descriptor of the request is over too.
+    #[serde(default)]
+    pub(crate) quota_mode: bool,
     #[serde(default)]
     pub(crate) detailed_metric: bool,
     /// Treated as `detailed_metric` for the limits on this descriptor.
@@ -68,6 +73,12 @@ pub(crate) struct RawRateLimit {
     pub(crate) algorithm: Option<Algorithm>,
     /// Extension: token_bucket capacity / gcra burst tolerance.
     pub(crate) burst: Option<u64>,
+    /// Extension: count per calendar period of `unit` (day, week, month, year), resetting at
+    /// local midnight / Monday / the 1st / the 1st of January, instead of per window.
+    #[serde(default)]
+    pub(crate) calendar: bool,
+    /// Extension: the IANA time zone a calendar period follows; UTC when absent.
+    pub(crate) time_zone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -698,7 +698,8 @@ descriptors:
             algorithm: Algorithm::TokenBucket,
             limit: 10,
             window: Duration::from_secs(90),
-            burst: Some(20)
+            burst: Some(20),
+            period: None,
         }
     );
     let (names, _) = lookup(&l, "d", &[("c", "x")]);
@@ -832,8 +833,8 @@ descriptors:
       burst: 3
   - key: b
     rate_limit:
-      unit: day
-      requests_per_unit: 1000000000
+      unit: year
+      requests_per_unit: 4000000000
       algorithm: gcra
 ",
     );
@@ -845,4 +846,71 @@ descriptors:
             ("descriptors[1].rate_limit.requests_per_unit", Some(12)),
         ]
     );
+}
+
+#[test]
+fn calendar_periods_load_and_bad_ones_are_refused_with_their_field() {
+    let l = Limits::parse(
+        "domain: d
+descriptors:
+  - key: plan
+    rate_limit: {unit: month, requests_per_unit: 1000000, calendar: true, time_zone: Europe/Berlin}
+  - key: day
+    rate_limit: {unit: DAY, requests_per_unit: 5, calendar: true}
+",
+        Algorithm::SlidingWindow,
+    )
+    .unwrap();
+    let d = l.domain("d").unwrap();
+    let month = &d.summary()[0];
+    assert_eq!(month.algorithm, Some(Algorithm::FixedWindow));
+    assert_eq!(month.period.as_deref(), Some("month@Europe/Berlin"));
+    assert_eq!(d.summary()[1].period.as_deref(), Some("day@UTC"));
+    let e = errors(
+        "domain: d
+descriptors:
+  - key: a
+    rate_limit: {unit: minute, requests_per_unit: 1, calendar: true}
+  - key: b
+    rate_limit: {unit: month, requests_per_unit: 1, calendar: true, time_zone: Mars/Olympus}
+  - key: c
+    rate_limit: {unit: day, requests_per_unit: 1, time_zone: UTC}
+  - key: d
+    rate_limit: {unit: day, requests_per_unit: 1, calendar: true, algorithm: gcra}
+  - key: e
+    rate_limit: {unit: day, unit_multiplier: 2, requests_per_unit: 1, calendar: true}
+",
+    );
+    let got: Vec<_> = e.iter().map(|(f, l, _)| (f.as_str(), *l)).collect();
+    assert_eq!(
+        got,
+        [
+            ("descriptors[0].rate_limit.calendar", Some(4)),
+            ("descriptors[1].rate_limit.time_zone", Some(6)),
+            ("descriptors[2].rate_limit.time_zone", Some(8)),
+            ("descriptors[3].rate_limit.algorithm", Some(10)),
+            ("descriptors[4].rate_limit.calendar", Some(12)),
+        ]
+    );
+    assert!(e[1].2.contains("unknown time zone 'Mars/Olympus'"), "{e:?}");
+}
+
+/// The calendar examples of docs/ratelimit.md load as written.
+#[test]
+fn the_calendar_examples_in_the_docs_load() {
+    let doc = include_str!("../../../docs/ratelimit.md");
+    let blocks: Vec<&str> = doc
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains("calendar: true"))
+        .collect();
+    assert!(!blocks.is_empty());
+    for b in blocks {
+        let l = Limits::parse(b, Algorithm::SlidingWindow).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        assert!(
+            l.domains()
+                .any(|d| d.summary().iter().any(|s| s.period.is_some()))
+        );
+    }
 }

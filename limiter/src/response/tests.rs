@@ -95,6 +95,8 @@ async fn over_limit_gets_every_header_and_names_the_limit() {
             domain: "web",
             fired: Some(("per-client", 1)),
             shadow_limits: vec![],
+            quota_mode: false,
+            quota_violations: vec![],
         })
     );
 }

@@ -67,6 +67,7 @@ pub(crate) async fn boundaries(s: &dyn Store, ns: &str) {
     sliding_window(s, &format!("{ns}:sw")).await;
     token_bucket(s, &format!("{ns}:tb")).await;
     gcra(s, &format!("{ns}:gcra")).await;
+    monthly_meters(s, &format!("{ns}:month")).await;
     all_or_nothing(s, &format!("{ns}:aon")).await;
     shadow_and_costs(s, &format!("{ns}:cost")).await;
 }
@@ -164,6 +165,7 @@ async fn token_bucket(s: &dyn Store, k: &str) {
         limit: 1,
         window: Duration::from_secs(1),
         burst: Some(5),
+        period: None,
     };
     let t = T0 + 7 * S;
     for left in (0..5).rev() {
@@ -201,6 +203,44 @@ async fn gcra(s: &dyn Store, k: &str) {
     assert!(one(s, k, r, 1, t + 666_667).await.admitted);
     assert!(!one(s, k, r, 1, t + 999_999).await.admitted);
     assert!(one(s, k, r, 1, t + S).await.admitted);
+}
+
+/// Meters of a realistic monthly size (a million, a billion per 30 days) count exactly: the
+/// whole burst, then one request per emission interval, with no rounding in either direction.
+async fn monthly_meters(s: &dyn Store, k: &str) {
+    const MONTH: u64 = 30 * 86_400 * S;
+    for (limit, interval_us) in [(1_000_000u64, 2_592_000u64), (1_000_000_000, 2_592)] {
+        for alg in [Algorithm::TokenBucket, Algorithm::Gcra] {
+            let key = format!("{k}:{}:{limit}", alg.name());
+            let r = rule(alg, limit, Duration::from_micros(MONTH));
+            // Inside a tick, so the arithmetic's tick rounding shows if it is wrong.
+            let t = T0 + 11 * S + 123_456;
+            let o = one(s, &key, r, limit - 1, t).await;
+            assert!(o.admitted && o.remaining == 1, "{alg:?} {limit}: {o:?}");
+            assert!(one(s, &key, r, 1, t).await.admitted);
+            let o = one(s, &key, r, 1, t).await;
+            assert!(!o.admitted && o.remaining == 0, "{alg:?} {limit}: {o:?}");
+            let tick = r.meter_tick_us().unwrap();
+            let next = (t / tick) * tick + interval_us.div_ceil(tick) * tick;
+            assert_eq!(o.retry_after, Some(Duration::from_micros(next - t)));
+            assert_eq!(
+                o.reset_after,
+                Duration::from_micros((t / tick) * tick + MONTH - t)
+            );
+            assert!(!one(s, &key, r, 1, next - 1).await.admitted);
+            assert!(one(s, &key, r, 1, next).await.admitted, "{alg:?} {limit}");
+            // A day later exactly the tokens of the ticks since the burst are back, less the
+            // one taken at `next` (with one-second ticks, the burst's own tick counts whole).
+            let day = next + 86_400 * S;
+            let ticks = (day / tick - t / tick) as u128;
+            let refilled = (ticks * limit as u128 / (MONTH / tick) as u128) as u64 - 1;
+            assert!(refilled >= 86_400 * S / interval_us, "{refilled}");
+            let o = one(s, &key, r, refilled + 1, day).await;
+            assert!(!o.admitted, "{alg:?} {limit}: {o:?}");
+            let o = one(s, &key, r, refilled, day).await;
+            assert!(o.admitted, "{alg:?} {limit}: {o:?}");
+        }
+    }
 }
 
 async fn all_or_nothing(s: &dyn Store, ns: &str) {
@@ -488,18 +528,100 @@ pub(crate) async fn moving_clock(replicas: &[Arc<dyn Store>], ns: &str) {
     }
 }
 
+/// Calendar quotas through the engine, with an injected clock: a UTC month ends on the 1st at
+/// midnight, a Berlin day across the spring clock change lasts 23 hours, and the denial's
+/// `retry_after` / `reset_after` are the exact time to the reset.
+pub(crate) async fn calendar_quotas(store: Arc<dyn Store>, ns: &str) {
+    use crate::descriptor::Descriptor;
+    use crate::engine::{Code, Engine, EngineOptions};
+    use crate::limits::Limits;
+    use tollgate_common::clock::ManualClock;
+
+    let yaml = format!(
+        "domain: {ns}
+descriptors:
+  - key: plan
+    value: monthly
+    rate_limit: {{unit: month, requests_per_unit: 3, calendar: true}}
+  - key: plan
+    value: daily
+    rate_limit: {{unit: day, requests_per_unit: 2, calendar: true, time_zone: Europe/Berlin}}
+"
+    );
+    let utc = |y, mo, d, h, mi, s| {
+        use chrono::TimeZone;
+        let t = chrono::Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap();
+        at(t.timestamp_micros() as u64)
+    };
+    let clock = Arc::new(ManualClock::new(utc(2027, 1, 31, 23, 59, 58)));
+    let engine = Engine::new(
+        Limits::parse(&yaml, Algorithm::SlidingWindow).unwrap(),
+        store,
+        clock.clone(),
+        EngineOptions::default(),
+    );
+    let call = |plan: &'static str| {
+        let engine = &engine;
+        async move {
+            let d = [Descriptor::new([("plan", plan)])];
+            let mut dec = engine.should_rate_limit(ns, &d, 0).await.unwrap();
+            dec.statuses.remove(0)
+        }
+    };
+    for left in [2, 1, 0] {
+        let s = call("monthly").await;
+        assert_eq!((s.code, s.remaining), (Code::Ok, left));
+        assert_eq!(s.reset_after, Duration::from_secs(2));
+    }
+    let s = call("monthly").await;
+    assert_eq!(s.code, Code::OverLimit);
+    assert_eq!(
+        s.retry_after,
+        Some(Duration::from_secs(2)),
+        "until February 1st"
+    );
+    clock.set(utc(2027, 1, 31, 23, 59, 59) + Duration::from_micros(999_999));
+    assert_eq!(call("monthly").await.code, Code::OverLimit);
+    clock.set(utc(2027, 2, 1, 0, 0, 0));
+    let s = call("monthly").await;
+    assert_eq!((s.code, s.remaining), (Code::Ok, 2), "a new month");
+    assert_eq!(s.reset_after, Duration::from_secs(28 * 86_400));
+
+    // Berlin, Sunday 28 March 2027 (clocks go from 02:00 to 03:00): the day starts at 23:00
+    // UTC on Saturday and ends at 22:00 UTC on Sunday.
+    clock.set(utc(2027, 3, 27, 23, 30, 0));
+    assert_eq!(call("daily").await.code, Code::Ok);
+    assert_eq!(call("daily").await.code, Code::Ok);
+    let s = call("daily").await;
+    assert_eq!(s.code, Code::OverLimit);
+    assert_eq!(s.retry_after, Some(Duration::from_secs(22 * 3600 + 1800)));
+    clock.set(utc(2027, 3, 28, 21, 59, 59));
+    assert_eq!(call("daily").await.code, Code::OverLimit);
+    clock.set(utc(2027, 3, 28, 22, 0, 0));
+    let s = call("daily").await;
+    assert_eq!((s.code, s.remaining), (Code::Ok, 1), "Monday in Berlin");
+    assert_eq!(s.reset_after, Duration::from_secs(24 * 3600));
+}
+
 async fn whole_suite(single: &dyn Store, replicas: &[Arc<dyn Store>], test: &str) {
     boundaries(single, &ns(test)).await;
     contention(replicas, &ns(test)).await;
     moving_clock(replicas, &ns(test)).await;
+    // Last: its clock runs months past T0, and the memory store sweeps what has expired by the
+    // latest time it was shown.
+    calendar_quotas(replicas[0].clone(), &ns(test)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_conforms() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(&MemoryOptions::default()));
-    // In memory the replicas are one process' tasks sharing the store.
+    // In memory the replicas are one process' tasks sharing the store. The boundaries run on
+    // a store of their own: their clock runs a day past T0 (monthly meters), and a memory store
+    // sweeps what has expired by the latest time it was shown, which the replicas' T0 counters
+    // would then be.
+    let single = MemoryStore::new(&MemoryOptions::default());
     let replicas = vec![store.clone(), store.clone(), store.clone()];
-    whole_suite(&*store, &replicas, "memory").await;
+    whole_suite(&single, &replicas, "memory").await;
 }
 
 /// Test configs allow more than the production default of 50 ms: the machine running the

@@ -1353,6 +1353,16 @@ fn single_call_mode_moves_the_limits_into_authz_and_drops_the_ratelimit_filter()
             authz["policy"]["rate_limits"][0]["actions"][0]["remote_address"],
             Yaml::Mapping(Default::default())
         );
+        // A key's own limit, as the pair's routes send it: the Check reads the same entries.
+        let own = &authz["policy"]["rate_limits"][1];
+        assert_eq!(
+            own["limit"]["dynamic_metadata"]["metadata_key"]["path"][0]["key"],
+            "key_limit"
+        );
+        assert_eq!(
+            own["actions"][2]["metadata"]["metadata_key"]["path"][1]["key"],
+            "key_id"
+        );
         let out = check_config(&r, "edge-tollgate-authz/authz");
         assert!(
             out.status.success(),

@@ -31,6 +31,20 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              - match: { prefix: /quota }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_key: route, descriptor_value: quota }
+              - match: { prefix: /soft }
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions:
+                    - generic_key: { descriptor_key: backend, descriptor_value: primary }
+                  - actions:
+                    - generic_key: { descriptor_key: backend, descriptor_value: fallback }
               - match: { prefix: /generic }
                 route:
                   cluster: upstream
@@ -139,6 +153,22 @@ descriptors:
   - key: shadow
     shadow_mode: true
     rate_limit: {name: shadow-nested, unit: hour, requests_per_unit: 1}
+  - key: route
+    value: quota
+    rate_limit: {name: monthly, unit: month, requests_per_unit: 2, calendar: true}
+  # envoyproxy/ratelimit's quota mode, as its users write it.
+  - key: backend
+    value: primary
+    quota_mode: true
+    rate_limit:
+      unit: HOUR
+      requests_per_unit: 1
+  - key: backend
+    value: fallback
+    quota_mode: true
+    rate_limit:
+      unit: HOUR
+      requests_per_unit: 2
 ";
 
 struct Gateway {
@@ -241,6 +271,56 @@ async fn generic_key_limit_gives_429_with_retry_after_and_ietf_headers() {
         gw.envoy.stat("cluster.upstream.ratelimit.over_limit").await,
         1
     );
+}
+
+/// A calendar-month quota answers 429 once used up, with `Retry-After` and the `RateLimit`
+/// reset equal to the time until midnight UTC on the 1st of next month (the service runs on the
+/// real clock here; the boundary itself is tested with an injected clock in the limiter).
+#[tokio::test]
+async fn a_monthly_quota_is_refused_until_the_first_of_next_month() {
+    use chrono::{Datelike, TimeZone, Utc};
+    let gw = gateway(false).await;
+    let url = gw.envoy.url("/quota");
+    assert_eq!(get(&url, None).await.status(), 200);
+    assert_eq!(get(&url, None).await.status(), 200);
+    let denied = get(&url, None).await;
+    let now = Utc::now();
+    assert_eq!(denied.status(), 429);
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    let first = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).unwrap();
+    let expected = (first - now).num_seconds();
+    let retry: i64 = header(&denied, "retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(
+        (expected - 2..=expected + 2).contains(&retry),
+        "Retry-After {retry}, {expected} s to {first}"
+    );
+    let rl = header(&denied, "ratelimit").expect("RateLimit");
+    let t: i64 = rl.rsplit(";t=").next().unwrap().parse().unwrap();
+    assert!((expected - 2..=expected + 2).contains(&t), "{rl}");
+}
+
+/// envoyproxy/ratelimit's `quota_mode`: a request over one backend's quota still passes while
+/// another quota-mode descriptor has quota left, and is refused once every one is used up.
+#[tokio::test]
+async fn quota_mode_descriptors_pass_until_every_quota_is_used() {
+    let gw = gateway(false).await;
+    let url = gw.envoy.url("/soft");
+    assert_eq!(get(&url, None).await.status(), 200);
+    assert_eq!(
+        get(&url, None).await.status(),
+        200,
+        "primary is over its quota, fallback is not"
+    );
+    let denied = get(&url, None).await;
+    assert_eq!(denied.status(), 429, "both quotas used");
+    assert!(header(&denied, "retry-after").is_some());
 }
 
 #[tokio::test]

@@ -100,3 +100,146 @@ async fn both_shapes_on_one_redis_cluster_count_one_limit_exactly() {
     );
     both_shapes_admit_exactly_the_limit_together(&store).await;
 }
+
+/// The single-call shape with the shipped configs, usage flushed every 100 ms.
+struct OneCall {
+    _upstream: EchoUpstream,
+    authz: tollgate_tests::stack::Authz,
+    envoy: Envoy,
+    client: reqwest::Client,
+}
+
+impl OneCall {
+    async fn start() -> Self {
+        let upstream = EchoUpstream::start().await;
+        let authz = Shape::SingleCall
+            .authz(&["api_keys.usage.flush_interval=100ms".to_string()])
+            .await
+            .unwrap();
+        let envoy = Envoy::start_with(
+            &Shape::SingleCall.envoy_config(),
+            Backends {
+                upstream: upstream.port(),
+                authz: authz.grpc_port(),
+                ratelimit: free_port(),
+            },
+        )
+        .await
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Self {
+            _upstream: upstream,
+            authz,
+            envoy,
+            client,
+        }
+    }
+
+    /// `POST /v1/keys`: the issued key (`key.id`, `secret`).
+    async fn create(&self, body: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .client
+            .post(format!("{}/v1/keys", self.authz.admin_url()))
+            .bearer_auth(&self.authz.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn call(&self, key: &str) -> u16 {
+        let r = self
+            .client
+            .get(self.envoy.url("/api/orders"))
+            .header("x-api-key", key);
+        r.send().await.unwrap().status().as_u16()
+    }
+
+    /// Waits until the key's usage totals are `want` (usage is flushed in batches).
+    async fn usage_becomes(&self, key: &serde_json::Value, want: serde_json::Value) {
+        let url = format!(
+            "{}/v1/keys/{}/usage",
+            self.authz.admin_url(),
+            key["key"]["id"].as_str().unwrap()
+        );
+        let last = std::sync::Mutex::new(serde_json::Value::Null);
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let r = self.client.get(&url).bearer_auth(&self.authz.admin_token);
+                if let Ok(r) = r.send().await
+                    && let Ok(u) = r.json::<serde_json::Value>().await
+                {
+                    if u["totals"] == want {
+                        return;
+                    }
+                    *last.lock().unwrap() = u;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "usage never became {want}: {:?}",
+            last.lock().unwrap()
+        );
+    }
+}
+
+fn with_limit(name: &str, n: u32) -> serde_json::Value {
+    serde_json::json!({"name": name, "owner": "team-a", "plan": "gold", "scopes": ["read"],
+        "rate_limit": {"requests_per_unit": n, "unit": "minute"}})
+}
+
+/// A key's own `2/minute` replaces its gold plan's 1000 in single-call mode too (the shipped
+/// `deploy/config/authz-single-call.yaml` carries the route's `key_limit` entries): its third
+/// call is a 429 from the Check, another gold key of the same owner is not limited, and the
+/// key's usage counts the 429 as `rate_limited`.
+#[tokio::test]
+async fn a_keys_own_limit_replaces_its_plans_limit_in_single_call_mode() {
+    let gw = OneCall::start().await;
+    let own = gw.create(with_limit("own", 2)).await;
+    let plain = gw
+        .create(
+            serde_json::json!({"name": "plain", "owner": "team-a", "plan": "gold",
+            "scopes": ["read"]}),
+        )
+        .await;
+    let secret = |k: &serde_json::Value| k["secret"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(gw.call(&secret(&own)).await);
+    }
+    assert_eq!(seen, [200, 200, 429]);
+    for _ in 0..5 {
+        assert_eq!(gw.call(&secret(&plain)).await, 200, "same owner and plan");
+    }
+    gw.usage_becomes(
+        &own,
+        serde_json::json!({"allowed": 2, "denied": 0, "rate_limited": 1}),
+    )
+    .await;
+}
+
+/// 40 concurrent calls with a key limited to 7 a minute: exactly 7 pass, and the key's usage
+/// shows exactly 7 allowed and 33 rate limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_are_exact_under_concurrent_single_call_load() {
+    let gw = OneCall::start().await;
+    let key = gw.create(with_limit("busy", 7)).await;
+    let secret = key["secret"].as_str().unwrap();
+    let answers = join_all((0..40).map(|_| gw.call(secret))).await;
+    let ok = answers.iter().filter(|&&s| s == 200).count();
+    let limited = answers.iter().filter(|&&s| s == 429).count();
+    assert_eq!((ok, limited), (7, 33), "{answers:?}");
+    gw.usage_becomes(
+        &key,
+        serde_json::json!({"allowed": 7, "denied": 0, "rate_limited": 33}),
+    )
+    .await;
+}

@@ -345,7 +345,19 @@ fn the_api_products_guide_examples_hold() {
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .collect();
-    assert_eq!(blocks.len(), 2);
+    assert_eq!(blocks.len(), 3);
+    // The billing-period example loads as a limits file, with its monthly quota.
+    let quota = tollgate_limiter::limits::Limits::parse(
+        blocks[2],
+        tollgate_limiter::algorithm::Algorithm::SlidingWindow,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let summary = quota.domain("gateway").unwrap().summary();
+    assert_eq!(
+        summary[1].period.as_deref(),
+        Some("month@Europe/Berlin"),
+        "{summary:?}"
+    );
     let shipped = std::fs::read_to_string(root.join("deploy/config/limits/gateway.yaml")).unwrap();
     assert!(
         shipped.contains(blocks[0]),

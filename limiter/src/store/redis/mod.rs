@@ -538,15 +538,12 @@ pub fn key_of(prefix: &str, h: &Hit<'_>) -> String {
         s.push('}');
     }
     let r = &h.rule;
-    let _ = write!(
-        s,
-        ":v2:{}:{}:{}",
-        r.algorithm.code(),
-        r.window_us(),
-        r.limit
-    );
+    let _ = write!(s, ":v2:{}:{}:{}", r.store_code(), r.window_us(), r.limit);
     if let Some(b) = r.burst {
         let _ = write!(s, ":{b}");
+    }
+    if let Some(p) = r.period {
+        let _ = write!(s, ":{}", p.key_part());
     }
     s
 }

@@ -6,7 +6,9 @@
 -- KEYS: one per hit (duplicates allowed: a later hit sees the earlier one's count).
 -- ARGV: mode (0 = hit, 1 = refund hits counted at the same now), now_us, deadline_us (Redis'
 --       clock; 0 = none), then per key: algorithm (0 sliding, 1 fixed, 2/3 meter), limit,
---       window_us, capacity, cost, shadow.
+--       window_us, capacity, cost, shadow. Algorithm 4 is a calendar period: the caller does
+--       the calendar math and passes the period's start_us and end_us in place of window_us and
+--       capacity.
 -- Reply: Redis' clock (µs) first; then, mode 0, per key: admitted (0/1), remaining,
 --        reset_after_us, retry_after_us (-1 = none). A call that runs after its deadline
 --        changes nothing and replies with the clock alone.
@@ -15,7 +17,9 @@
 -- every quantity stays below 2^52, see Rule::check):
 --   'F' window, count                      fixed_window
 --   'S' newest, count[1..13]               sliding_window; ring slot of sub-window i: i % 13 + 1
---   'M' tat_us, frac                       meters; TAT = tat_us + frac/limit µs
+--   'P' start_us, count                    calendar periods
+--   'M' tat, frac                          meters; TAT = (tat + frac/limit) ticks of G µs, G
+--                                          derived from the rule as Rule::meter_tick_us does
 -- A reader meeting another format byte treats the counter as empty; a later layout adds its own
 -- byte and reads these. Every key expires (PX) when it can no longer matter.
 --
@@ -23,7 +27,8 @@
 -- every call.
 local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
 local RING = K + D + 1
-local FIXED, SLIDING, METER = 70, 83, 77
+local FIXED, SLIDING, METER, PERIOD = 70, 83, 77, 80
+local EXACT, MAX_TICK = 2 ^ 52, 1000000 -- meters: every product below EXACT; ticks up to 1 s
 local SFMT = '<Bd' .. string.rep('d', RING)
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local pack, unpack_, byte = struct.pack, struct.unpack, string.byte
@@ -62,14 +67,23 @@ if mode == 1 then
         if w == floor(now / W) then
           redis.call('SET', key, pack('<Bdd', FIXED, w, max(c - cost, 0)), 'KEEPTTL')
         end
+      elseif alg == 4 and f == PERIOD then
+        local _, ps, c = unpack_('<Bdd', v)
+        if ps == W then
+          redis.call('SET', key, pack('<Bdd', PERIOD, ps, max(c - cost, 0)), 'KEEPTTL')
+        end
       elseif alg >= 2 and f == METER then
+        local C = tonumber(ARGV[a + 3])
+        local G = 1 -- Rule::meter_tick_us
+        while G < MAX_TICK and W % (G * 10) == 0 and max(C, L) * (W / G) >= EXACT do G = G * 10 end
+        local nt, Wt = floor(now / G), W / G
         local _, t, fr = unpack_('<Bdd', v)
-        local d = (t - now) * L + fr - cost * W
+        local d = (t - nt) * L + fr - cost * Wt
         if d <= 0 then
           redis.call('DEL', key)
         else
           local q = floor(d / L)
-          redis.call('SET', key, pack('<Bdd', METER, now + q, d - q * L), 'KEEPTTL')
+          redis.call('SET', key, pack('<Bdd', METER, nt + q, d - q * L), 'KEEPTTL')
         end
       end
     end
@@ -108,7 +122,8 @@ for pass = 1, 2 do
           if alg == 0 and f == SLIDING then
             local c = { unpack_(SFMT, v) }
             sa[i], sr[i] = c[2], { unpack(c, 3, RING + 2) }
-          elseif (alg == 1 and f == FIXED) or (alg >= 2 and f == METER) then
+          elseif (alg == 1 and f == FIXED) or (alg == 4 and f == PERIOD)
+              or (alg >= 2 and alg <= 3 and f == METER) then
             local _, x, y = unpack_('<Bdd', v)
             sa[i], sb[i] = x, y
           end
@@ -146,6 +161,25 @@ for pass = 1, 2 do
           rem, reset = max(L - after, 0), 0
           if after > 0 then reset = wend - now end
           xa, xb, xexp = w, after, wend
+        end
+      elseif alg == 4 then
+        -- calendar period [W, C): a fixed window whose bounds the caller computed
+        local count = 0
+        if A and A > W then
+          -- The counter is already in a later period (this caller's clock lags): check only.
+          adm = cost == 0 and B <= L
+          rem, reset, retry = max(L - B, 0), C - now, -1
+          if cost > 0 then retry = max(A - now, 1) end
+        else
+          if A == W then count = B end
+          adm = count + cost <= L
+          local after = count
+          if adm then after = count + cost end
+          retry = -1
+          if not adm then retry = C - now end
+          rem, reset = max(L - after, 0), 0
+          if after > 0 then reset = C - now end
+          xa, xb, xexp = W, after, C
         end
       elseif alg == 0 then
         -- sliding_window
@@ -208,26 +242,28 @@ for pass = 1, 2 do
           if kept then xexp = (kept + K + 1 + D) * b end
         end
       else
-        -- token_bucket and gcra: the exact meter
-        local bu, bf = now, 0
-        if A and (A > now or (A == now and B > 0)) then bu, bf = A, B end
-        local dist = (bu - now) * L + bf
-        local full = C * W
-        local newdist = dist + cost * W
+        -- token_bucket and gcra: the exact meter, in ticks of G µs (Rule::meter_tick_us)
+        local G = 1
+        while G < MAX_TICK and W % (G * 10) == 0 and max(C, L) * (W / G) >= EXACT do G = G * 10 end
+        local nt, Wt = floor(now / G), W / G
+        local bu, bf = nt, 0
+        if A and (A > nt or (A == nt and B > 0)) then bu, bf = A, B end
+        local dist = (bu - nt) * L + bf
+        local full = C * Wt
+        local newdist = dist + cost * Wt
         adm = cost <= C and newdist <= full
         local after = dist
         if adm then after = newdist end
         retry = -1
         if not adm then
-          if cost > C then retry = W else retry = ceil((newdist - full) / L) end
+          if cost > C then retry = W else retry = max((nt + ceil((newdist - full) / L)) * G - now, 1) end
         end
-        reset = ceil(after / L)
-        rem = floor(max(full - after, 0) / W)
+        reset = 0
+        if after > 0 then reset = (nt + ceil(after / L)) * G - now end
+        rem = floor(max(full - after, 0) / Wt)
         if adm and cost > 0 then
-          local q1 = floor(W / L)
-          local f = bf + cost * (W - q1 * L)
-          local carry = floor(f / L)
-          xa, xb = bu + cost * q1 + carry, f - carry * L
+          local q = floor(newdist / L)
+          xa, xb = nt + q, newdist - q * L
         end
         xexp = now + reset
       end
@@ -266,6 +302,8 @@ for i = 1, n do
         v = pack(SFMT, SLIDING, na[i], unpack(nr[i], 1, RING))
       elseif alg == 1 then
         v = pack('<Bdd', FIXED, na[i], nb[i])
+      elseif alg == 4 then
+        v = pack('<Bdd', PERIOD, na[i], nb[i])
       else
         v = pack('<Bdd', METER, na[i], nb[i])
       end

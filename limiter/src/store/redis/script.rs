@@ -59,10 +59,21 @@ impl<'a, S: Iterator<Item = usize> + Clone> Call<'a, S> {
         arg(Arg::Num(self.deadline_us));
         for i in self.sel.clone() {
             let h = &self.hits[i];
-            arg(Arg::Num(h.rule.algorithm.code().into()));
+            arg(Arg::Num(h.rule.store_code().into()));
             arg(Arg::Num(h.rule.limit));
-            arg(Arg::Num(h.rule.window_us()));
-            arg(Arg::Num(h.rule.capacity()));
+            match h.rule.period {
+                // The script does no calendar math: a period's bounds take the window's and
+                // the capacity's places.
+                Some(p) => {
+                    let (start, end) = p.bounds(self.now_us);
+                    arg(Arg::Num(start));
+                    arg(Arg::Num(end));
+                }
+                None => {
+                    arg(Arg::Num(h.rule.window_us()));
+                    arg(Arg::Num(h.rule.capacity()));
+                }
+            }
             arg(Arg::Num(h.cost));
             arg(Arg::Num(u8::from(h.shadow).into()));
         }
