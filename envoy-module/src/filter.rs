@@ -17,6 +17,12 @@ pub(crate) trait Filter: Send + Sync + 'static {
     /// Decides about one request. Must not block: work that waits on I/O returns
     /// [`Verdict::Pending`] and runs on the module's background runtime.
     fn on_request(&self, request: &dyn Request) -> Verdict;
+
+    /// What a request gets on a route whose per-route config switches the filter off: a
+    /// filter that sets trusted request headers strips the client's copies of them there too.
+    fn on_disabled(&self) -> Mutations {
+        Mutations::default()
+    }
 }
 
 /// Read access to the request being decided, valid for the duration of [`Filter::on_request`].
@@ -28,6 +34,8 @@ pub(crate) trait Request {
     fn header(&self, name: &str) -> Option<&[u8]>;
     /// Every value of a request header, in order.
     fn header_values(&self, name: &str) -> Vec<&[u8]>;
+    /// Every request header (name, value), in order; a header sent twice appears twice.
+    fn headers(&self) -> Vec<(&[u8], &[u8])>;
     /// `:path` with the query string.
     fn path(&self) -> Option<&str>;
     /// `:method`.
@@ -221,6 +229,12 @@ pub(crate) mod testing {
                 .iter()
                 .filter(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_slice())
+                .collect()
+        }
+        fn headers(&self) -> Vec<(&[u8], &[u8])> {
+            self.headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice()))
                 .collect()
         }
         fn path(&self) -> Option<&str> {

@@ -69,6 +69,12 @@ impl Host for FakeHost {
             .map(|(_, v)| v.as_slice())
             .collect()
     }
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+            .collect()
+    }
     fn attribute(&self, attribute: Attribute) -> Option<String> {
         (attribute == Attribute::Path).then(|| "/p".to_string())
     }
