@@ -242,3 +242,20 @@ fn a_bad_limits_file_or_section_refuses_the_config_with_its_place() {
     // The shipped example, as shipped, loads.
     validate(&example(dir.path(), good.path(), "{ type: memory }")).unwrap();
 }
+
+#[test]
+fn the_in_process_example_has_single_call_modes_policy_and_limits() {
+    let read = |name: &str| -> serde_yaml::Value {
+        let text = std::fs::read_to_string(project_root().join("deploy/config").join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_yaml::from_str(&text).unwrap()
+    };
+    let (module, single) = (read("authz-inprocess.yaml"), read("authz-single-call.yaml"));
+    for section in ["policy", "rate_limit", "headers"] {
+        assert_eq!(module[section], single[section], "{section}");
+    }
+    // No listeners of its own: what only the service reads is not in the module's file.
+    for section in ["server", "admin", "http_authz"] {
+        assert!(module.get(section).is_none(), "{section}");
+    }
+}
