@@ -4,7 +4,9 @@
 //! in Envoy's workers, get their plan's limit (silver 3 a minute, gold 1000: the shipped
 //! limits), reach the upstream as identity headers the client cannot forge, and a key revoked
 //! through the admin API is refused by two Envoys within a second, although both had verified
-//! and cached it.
+//! and cached it. JWTs from the real OIDC provider (keys by discovery) are verified in Envoy's
+//! workers with the service's answers; a token signed by a key the module has not seen yet
+//! waits, off the worker, for the key set to be fetched again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tollgate_tests::echo::{Echo, EchoUpstream};
 use tollgate_tests::envoy::{Backends, Envoy};
-use tollgate_tests::module::{example_in, start_envoy};
+use tollgate_tests::issuer::{AUDIENCE, ISSUER, Issuer};
+use tollgate_tests::module::{example_envoy, example_in, start_envoy};
+use tollgate_tests::oidc::{API_RESOURCE, APP_GOLD, OidcProvider};
 use tollgate_tests::process::wait_for;
 use tollgate_tests::redis::RedisServer;
 use tollgate_tests::stack::{Authz, load_config};
@@ -173,4 +177,124 @@ async fn a_key_revoked_through_the_admin_api_is_refused_by_two_envoys_within_a_s
     }
     let took = revoked.elapsed();
     assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+}
+
+/// Envoy with the module on the in-process example's Envoy config, loading `authz` (a whole
+/// authz config, written to a temp dir).
+async fn gateway_on(authz: &str, upstream: &EchoUpstream) -> (tempfile::TempDir, Envoy) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authz.yaml");
+    std::fs::write(&path, authz).unwrap();
+    let backends = Backends {
+        upstream: upstream.port(),
+        authz: 0,
+        ratelimit: 0,
+    };
+    let envoy = start_envoy(&example_envoy(&path), backends).await.unwrap();
+    (dir, envoy)
+}
+
+async fn bearer(envoy: &Envoy, path: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(envoy.url(path))
+        .bearer_auth(token)
+        .header("x-tollgate-subject", "someone-else")
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn jwts_from_the_oidc_provider_are_verified_in_the_worker_with_the_services_answers() {
+    let oidc = OidcProvider::start().await.unwrap();
+    let upstream = EchoUpstream::start().await;
+    let config = format!(
+        "policy:
+  rules:
+    - name: admin
+      path: {{prefix: /admin}}
+      conditions:
+        - scope: admin
+    - name: api
+      path: {{prefix: /}}
+jwt:
+  issuers:
+    - issuer: {issuer}
+      discovery: true
+      audiences: [{API_RESOURCE}]
+      algorithms: [RS256, ES256]
+",
+        issuer = oidc.issuer()
+    );
+    let (_dir, envoy) = gateway_on(&config, &upstream).await;
+    let token = oidc
+        .client_credentials(APP_GOLD.id, APP_GOLD.secret, "read", Some(API_RESOURCE))
+        .await
+        .unwrap();
+
+    for _ in 0..3 {
+        let resp = bearer(&envoy, "/orders", &token).await;
+        assert_eq!(resp.status(), 200);
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.header("x-tollgate-auth-method"), Some("jwt"));
+        assert_eq!(
+            echo.header("x-tollgate-subject"),
+            Some(APP_GOLD.id),
+            "{echo:?}"
+        );
+    }
+    // The rule's scope condition: the service's 403 with its challenge.
+    let resp = bearer(&envoy, "/admin/users", &token).await;
+    assert_eq!(resp.status(), 403);
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+    // A token that does not verify: 401 invalid_token.
+    let resp = bearer(&envoy, "/orders", &format!("{token}x")).await;
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    // The issuer's keys were fetched before Envoy took the config: every decision was made
+    // on the worker, none waited on the background runtime.
+    assert_eq!(envoy.stat("tollgate.paused.verdict.pending").await, 0);
+    assert_eq!(envoy.stat("tollgate.decisions.reason.allowed").await, 3);
+}
+
+#[tokio::test]
+async fn a_token_signed_by_a_new_key_waits_for_the_key_set_off_the_worker() {
+    let issuer = Issuer::start(&["old", "new"]).await;
+    issuer.publish(&["old"]);
+    let upstream = EchoUpstream::start().await;
+    let config = format!(
+        "policy:
+  rules:
+    - name: api
+      path: {{prefix: /}}
+jwt:
+  issuers:
+    - issuer: {ISSUER}
+      jwks_url: {jwks}
+      audiences: [{AUDIENCE}]
+      algorithms: [ES256]
+      min_refetch_interval: 0s
+",
+        jwks = issuer.jwks_url()
+    );
+    let (_dir, envoy) = gateway_on(&config, &upstream).await;
+    let old = issuer.token("old", "alice", json!({}));
+    assert_eq!(bearer(&envoy, "/orders", &old).await.status(), 200);
+    assert_eq!(envoy.stat("tollgate.paused.verdict.pending").await, 0);
+
+    // The issuer rotates: a token signed by the new key is an unknown kid, the key set is
+    // fetched again on the background runtime while the request waits, then it verifies.
+    issuer.publish(&["old", "new"]);
+    let new = issuer.token("new", "bob", json!({}));
+    let resp = bearer(&envoy, "/orders", &new).await;
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header("x-tollgate-subject"), Some("bob"));
+    assert_eq!(envoy.stat("tollgate.paused.verdict.pending").await, 1);
+    // Now known: decided on the worker again.
+    assert_eq!(bearer(&envoy, "/orders", &new).await.status(), 200);
+    assert_eq!(envoy.stat("tollgate.paused.verdict.pending").await, 1);
 }
