@@ -48,6 +48,15 @@ pub(crate) trait Request {
     fn tls_peer(&self) -> Option<TlsPeer<'_>>;
     /// The rule name the route's per-route config names, if any.
     fn route_rule(&self) -> Option<&str>;
+    /// The identity methods the route's per-route config puts in place of the rule's
+    /// (comma-separated, in order), if any.
+    fn route_identity(&self) -> Option<&str> {
+        None
+    }
+    /// The scopes the route's per-route config requires on top of the rule's (space-separated).
+    fn route_scopes(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What Envoy reports about a downstream client certificate.
@@ -201,6 +210,8 @@ pub(crate) mod testing {
         pub(crate) source: Option<String>,
         pub(crate) peer_subject: Option<String>,
         pub(crate) rule: Option<String>,
+        pub(crate) identity: Option<String>,
+        pub(crate) scopes: Option<String>,
     }
 
     impl FakeRequest {
@@ -257,6 +268,12 @@ pub(crate) mod testing {
         }
         fn route_rule(&self) -> Option<&str> {
             self.rule.as_deref()
+        }
+        fn route_identity(&self) -> Option<&str> {
+            self.identity.as_deref()
+        }
+        fn route_scopes(&self) -> Option<&str> {
+            self.scopes.as_deref()
         }
     }
 }

@@ -196,6 +196,12 @@ impl<H: Host> Request for RequestView<'_, H> {
     fn route_rule(&self) -> Option<&str> {
         self.route.and_then(|r| r.rule.as_deref())
     }
+    fn route_identity(&self) -> Option<&str> {
+        self.route.and_then(|r| r.identity.as_deref())
+    }
+    fn route_scopes(&self) -> Option<&str> {
+        self.route.and_then(|r| r.scopes.as_deref())
+    }
 }
 
 #[cfg(test)]

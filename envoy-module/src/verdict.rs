@@ -38,6 +38,8 @@ pub(crate) fn owned_request(request: &dyn Request) -> OwnedRequest {
             })
             .collect(),
         rule: request.route_rule().map(str::to_string),
+        identity: request.route_identity().map(str::to_string),
+        scopes: request.route_scopes().map(str::to_string),
         source_address: request
             .source_address()
             .map(|a| address_without_port(a).to_string()),

@@ -173,3 +173,21 @@ fn filter_configs_naming_one_file_share_one_authorizer_and_its_key_store() {
         Verdict::Respond(r) if r.status == 401
     ));
 }
+
+#[test]
+fn the_routes_identity_methods_reach_the_decision() {
+    let (_dir, gate) = with_limits(POLICY);
+    let status = |identity: Option<&str>| {
+        let mut req = FakeRequest::get("/api/x");
+        req.identity = identity.map(str::to_string);
+        match gate.on_request(&req) {
+            Verdict::Respond(reply) => reply.status,
+            other => panic!("denied expected: {other:?}"),
+        }
+    };
+    // No credential for the rule's methods: 401; a route naming methods that are not methods
+    // is a misconfiguration, denied with 403 as the service denies it.
+    assert_eq!(status(None), 401);
+    assert_eq!(status(Some("api_key")), 401);
+    assert_eq!(status(Some("passwords")), 403);
+}
