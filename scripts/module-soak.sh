@@ -11,10 +11,11 @@
 # percent between the end of the warm-up and the end of the run.
 #
 #   scripts/module-soak.sh [--seconds 60] [--redis] [--max-growth 20] [--tokens 200] [--keys 50]
+#                          [--no-build]   (use the release binaries already in target/release)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
-SECONDS_TOTAL=60 REDIS=0 MAX_GROWTH=20 TOKENS=200 KEYS=50
+SECONDS_TOTAL=60 REDIS=0 MAX_GROWTH=20 TOKENS=200 KEYS=50 BUILD=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --seconds) SECONDS_TOTAL=$2; shift 2 ;;
@@ -22,16 +23,17 @@ while [[ $# -gt 0 ]]; do
     --max-growth) MAX_GROWTH=$2; shift 2 ;;
     --tokens) TOKENS=$2; shift 2 ;;
     --keys) KEYS=$2; shift 2 ;;
-    *) echo "usage: $0 [--seconds N] [--redis] [--max-growth PCT] [--tokens N] [--keys N]" >&2; exit 2 ;;
+    --no-build) BUILD=0; shift ;;
+    *) echo "usage: $0 [--seconds N] [--redis] [--max-growth PCT] [--tokens N] [--keys N] [--no-build]" >&2; exit 2 ;;
   esac
 done
 for tool in wrk redis-server openssl xxd; do
   command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
-# One package at a time: built together, their features unify and both rebuild.
-cargo build --release -p tollgate-envoy >&2
-cargo build --release -p tollgate-authz >&2
-cargo build --release -p tollgate-bench >&2
+if [[ $BUILD == 1 ]]; then
+  # As bench/run.sh builds them (together), so one serves both.
+  cargo build --release -p tollgate-bench -p tollgate-authz -p tollgate-ratelimit -p tollgate-envoy >&2
+fi
 rel=$root/target/release
 work=$(mktemp -d)
 pids=()
