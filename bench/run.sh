@@ -531,10 +531,9 @@ EOF
       )
       ;;
     inprocess)
-      # Tollgate in-process: the module's tollgate filter, the same limits (bench.yaml's
-      # `route: bench` limit, counted on every request) and the same store as variant (d).
-      local store="{type: memory}"
-      [[ $REDIS == 0 ]] || store="{type: redis, url: \"redis://127.0.0.1:$REDIS_PORT\"}"
+      # Tollgate in-process: the module's tollgate filter on a tollgate-authz config (written
+      # by write_inprocess_config): the same identity as the authz variants, the same
+      # descriptors, limits and counter store as single-call (f).
       filters=$(
         cat <<EOF
           - name: envoy.filters.http.dynamic_modules
@@ -546,20 +545,7 @@ EOF
                 "@type": type.googleapis.com/google.protobuf.StringValue
                 value: |
                   failure_mode: deny
-                  rate_limit:
-                    domain: bench
-                    store: $store
-                    limits: {path: $WORK/config/limits}
-EOF
-      )
-      rate_limits=$(
-        cat <<'EOF'
-                typed_per_filter_config:
-                  envoy.filters.http.dynamic_modules:
-                    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute
-                    dynamic_module_config: {name: tollgate_envoy}
-                    filter_name: tollgate
-                    filter_config: {"@type": type.googleapis.com/google.protobuf.StringValue, value: "rule: bench"}
+                  config: $WORK/config/authz-inprocess.yaml
 EOF
       )
       ;;
@@ -655,6 +641,28 @@ wrk_fields() {
     END { printf "%s %s %s %s %d %d\n", rps, reqs, p50, p99, non2xx, serr }' "$1"
 }
 
+# write_inprocess_config: $WORK/config/authz-inprocess.yaml, the tollgate-authz config variant (i)'s
+# module loads: bench/config's file for --identity (the key set, the policy), the descriptors
+# single-call (f) builds (generic_key=bench, remote_address) and its rate_limit section on the
+# same limits and counter store. With api_key the module opens a copy of the key store the
+# bench key was just created in (an embedded store has one owner: the authz variants' service).
+write_inprocess_config() {
+  local src=$ROOT/bench/config/authz.yaml store="type: memory"
+  [[ $IDENTITY == public ]] || src=$ROOT/bench/config/authz-$IDENTITY.yaml
+  [[ $REDIS == 0 ]] || store="type: redis\n    url: redis://127.0.0.1:$REDIS_PORT"
+  if [[ $IDENTITY == api_key && $STAND_IN == 0 ]]; then
+    cp "$WORK/keys.redb" "$WORK/module-keys.redb"
+  fi
+  sed -e '/^server:/,/^[a-z]/{/^server:/d;/^  /d}' -e '/^admin:/,$d' \
+    -e "s|@JWK@|$JWK|" -e "s|@KEYS_DB@|$WORK/module-keys.redb|" \
+    -e 's|^policy:$|policy:\n  rate_limits:\n    - actions: [{generic_key: {descriptor_value: bench}}]\n    - actions: [{remote_address: {}}]|' \
+    "$src" >"$WORK/config/authz-inprocess.yaml"
+  printf 'rate_limit:\n  domain: bench\n  store:\n    %b\n  limits: {path: %s}\n' \
+    "$store" "$WORK/config/limits" >>"$WORK/config/authz-inprocess.yaml"
+  # Variant (i) authenticates in the module: its allowed decisions grow by one a request too.
+  [[ $IDENTITY == public ]] || CHECKS[inprocess]+=" tollgate.decisions.reason.allowed"
+}
+
 run_envoy_mode() {
   command -v wrk >/dev/null || die "wrk not found (apt-get install -y wrk)"
   [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (run scripts/setup.sh, or set ENVOY=/path/to/envoy)"
@@ -672,7 +680,7 @@ run_envoy_mode() {
     [single]="(f) single-call: $TG_LABEL"
     [authz-grpc]="(g) ext_authz gRPC: tollgate-authz"
     [authz-http]="(h) ext_authz HTTP: tollgate-authz"
-    [inprocess]="(i) in-process module: rate limit"
+    [inprocess]="(i) in-process: $TG_LABEL module"
   )
   # Processes whose CPU each variant is charged with (beyond its own Envoy); the single-call
   # authz is reported in the authz column.
@@ -693,6 +701,7 @@ run_envoy_mode() {
   # Variant (i) reads the limits itself (also with --stand-in, which copies none).
   mkdir -p "$WORK/config"
   [[ -d $WORK/config/limits ]] || cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"
+  write_inprocess_config
   [[ $IDENTITY != api_key ]] || HEADERS+=("x-api-key: $API_KEY")
   local -a wrk_headers=()
   local h

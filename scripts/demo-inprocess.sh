@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `scripts/demo.sh inprocess`: Envoy with Tollgate in-process (the `tollgate_envoy` dynamic
-# module on deploy/envoy/envoy-module.yaml) in front of the demo echo upstream. Rate limits from
+# module on deploy/envoy/envoy-module.yaml, loading deploy/config/authz-inprocess.yaml) in front
+# of the demo echo upstream. The authz policy and API keys in the module, rate limits from
 # deploy/config/limits, counters in memory, no service to run. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,8 +26,8 @@ trap 'cleanup; exit 0' INT TERM
 bin="$root/target/debug"
 "$bin/echo-upstream" 127.0.0.1:8000 >"$logs/echo-upstream.log" 2>&1 &
 pids+=($!)
-# The example's limits path (deploy/config/limits) is relative to Envoy's working directory:
-# the project root.
+# The example's paths (its authz config, limits and key store) are relative to Envoy's working
+# directory: the project root.
 ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$bin" .venv/bin/envoy -c deploy/envoy/envoy-module.yaml \
   --concurrency 2 --disable-hot-restart --log-level warn >"$logs/envoy.log" 2>&1 &
 pids+=($!)
@@ -52,6 +53,8 @@ Try:
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:10000/limited; done
   curl -i http://127.0.0.1:10000/limited
   # change deploy/config/limits/gateway.yaml: the module reloads it without a restart
+  # the policy: /api needs a credential (401 with its WWW-Authenticate challenge)
+  curl -i http://127.0.0.1:10000/api/orders
 
 Press Ctrl-C to stop.
 MSG

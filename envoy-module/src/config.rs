@@ -128,6 +128,14 @@ pub(crate) struct RouteSettings {
     /// The rule this route's requests are decided by (filter-specific meaning).
     #[serde(default)]
     pub(crate) rule: Option<String>,
+    /// The tollgate filter: the identity methods, comma-separated in order, in place of the
+    /// rule's (the pair's `tollgate.identity` context extension).
+    #[serde(default)]
+    pub(crate) identity: Option<String>,
+    /// The tollgate filter: scopes required on top of the rule's, space-separated (the pair's
+    /// `tollgate.scopes`).
+    #[serde(default)]
+    pub(crate) scopes: Option<String>,
 }
 
 impl RouteSettings {

@@ -17,6 +17,12 @@ pub(crate) trait Filter: Send + Sync + 'static {
     /// Decides about one request. Must not block: work that waits on I/O returns
     /// [`Verdict::Pending`] and runs on the module's background runtime.
     fn on_request(&self, request: &dyn Request) -> Verdict;
+
+    /// What a request gets on a route whose per-route config switches the filter off: a
+    /// filter that sets trusted request headers strips the client's copies of them there too.
+    fn on_disabled(&self) -> Mutations {
+        Mutations::default()
+    }
 }
 
 /// Read access to the request being decided, valid for the duration of [`Filter::on_request`].
@@ -28,6 +34,8 @@ pub(crate) trait Request {
     fn header(&self, name: &str) -> Option<&[u8]>;
     /// Every value of a request header, in order.
     fn header_values(&self, name: &str) -> Vec<&[u8]>;
+    /// Every request header (name, value), in order; a header sent twice appears twice.
+    fn headers(&self) -> Vec<(&[u8], &[u8])>;
     /// `:path` with the query string.
     fn path(&self) -> Option<&str>;
     /// `:method`.
@@ -40,6 +48,15 @@ pub(crate) trait Request {
     fn tls_peer(&self) -> Option<TlsPeer<'_>>;
     /// The rule name the route's per-route config names, if any.
     fn route_rule(&self) -> Option<&str>;
+    /// The identity methods the route's per-route config puts in place of the rule's
+    /// (comma-separated, in order), if any.
+    fn route_identity(&self) -> Option<&str> {
+        None
+    }
+    /// The scopes the route's per-route config requires on top of the rule's (space-separated).
+    fn route_scopes(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What Envoy reports about a downstream client certificate.
@@ -193,6 +210,8 @@ pub(crate) mod testing {
         pub(crate) source: Option<String>,
         pub(crate) peer_subject: Option<String>,
         pub(crate) rule: Option<String>,
+        pub(crate) identity: Option<String>,
+        pub(crate) scopes: Option<String>,
     }
 
     impl FakeRequest {
@@ -223,6 +242,12 @@ pub(crate) mod testing {
                 .map(|(_, v)| v.as_slice())
                 .collect()
         }
+        fn headers(&self) -> Vec<(&[u8], &[u8])> {
+            self.headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+                .collect()
+        }
         fn path(&self) -> Option<&str> {
             self.path.as_deref()
         }
@@ -243,6 +268,12 @@ pub(crate) mod testing {
         }
         fn route_rule(&self) -> Option<&str> {
             self.rule.as_deref()
+        }
+        fn route_identity(&self) -> Option<&str> {
+            self.identity.as_deref()
+        }
+        fn route_scopes(&self) -> Option<&str> {
+            self.scopes.as_deref()
         }
     }
 }

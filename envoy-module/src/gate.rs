@@ -1,66 +1,118 @@
-//! The Tollgate filter (`filter_name: tollgate`): the product filter of the module. Today it
-//! rate-limits every request with the limiter (see [`crate::ratelimit`]) by the descriptors of
-//! [`crate::descriptors`]; with a memory store the decision is made on Envoy's worker, with a
-//! Redis store the request is paused while the background runtime asks Redis.
+//! The Tollgate filter (`filter_name: tollgate`): tollgate-authz's decision in Envoy's worker.
+//! It loads the service's own config file (policy, JWT issuers, introspection, API keys, token
+//! sources, conditions, identity headers, and the `rate_limit:` section of single-call mode)
+//! and runs the same [`Authorizer`] on every request, so one config file means the same
+//! answers in every shape.
 //!
 //! ```yaml
-//! failure_mode: deny          # a module failure or an undecided limit: 503 (or allow)
-//! rate_limit:
-//!   domain: gateway
-//!   store: {type: memory}
-//!   limits: {path: /etc/tollgate/limits}
+//! failure_mode: deny                      # a module failure: 503 (or allow)
+//! config: /etc/tollgate/authz.yaml        # tollgate-authz's config file
 //! ```
+//!
+//! A decision is polled once on the worker: a cached token or key, a public rule and memory
+//! counters finish there. One that waits on I/O (a key set or key store to ask, an
+//! introspection call, Redis counters) continues on the background runtime while the request is
+//! paused. The background tasks the service runs (key-set refresh, the key store's revocation
+//! feed, usage batching, the limits and policy watchers) run on that runtime too, for as long
+//! as Envoy keeps the filter config.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use serde::Deserialize;
+use tollgate_authz::apikey::ApiKeys;
+use tollgate_authz::check::OwnedRequest;
+use tollgate_authz::{Authorizer, Decision, reload};
+use tollgate_common::Shutdown;
+use tollgate_common::config::{Sources, load, process_env};
 
-use crate::config::{self, ConfigError};
-use crate::descriptors;
+use crate::config::{self, ConfigError, FieldError};
 use crate::filter::{FailureMode, Filter, Mutations, Request, Verdict, now_or_pending};
-use crate::ratelimit::{RateLimit, RateLimitSection};
+use crate::verdict;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GateConfig {
     #[serde(default)]
     failure_mode: FailureMode,
-    #[serde(default)]
-    rate_limit: Option<RateLimitSection>,
+    /// tollgate-authz's config file (relative paths: to Envoy's working directory).
+    config: PathBuf,
 }
 
 /// The Tollgate filter built from its config.
 #[derive(Debug)]
 pub(crate) struct Gate {
     failure_mode: FailureMode,
-    rate_limit: Option<RateLimit>,
+    started: Arc<Started>,
 }
 
+/// An authorizer built from one authz config file, with its background tasks. Shared by every
+/// filter config that names the same file while one of them is alive: Envoy builds a listener's
+/// new filter config before it drops the old one, and an embedded key store opens in one
+/// place only. Dropped with the last of them, which stops its tasks.
+struct Started {
+    authorizer: Arc<Authorizer>,
+    api_keys: Option<ApiKeys>,
+    /// What a route that switches the filter off still gets: every identity header removed.
+    disabled: Mutations,
+    shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").finish_non_exhaustive()
+    }
+}
+
+/// The live [`Started`] of each config file, by its path.
+static STARTED: Mutex<BTreeMap<PathBuf, Weak<Started>>> = Mutex::new(BTreeMap::new());
+
 impl Gate {
+    /// Loads the authz config (every error with its file, line and field) and builds the
+    /// authorizer on the background runtime, or shares the one already built from the same
+    /// file. Runs on Envoy's main thread at config time; the issuers' key sets are fetched
+    /// before it returns, as the service does before it reports ready, so the first tokens
+    /// verify.
     pub(crate) fn from_config(name: &str, text: &[u8]) -> Result<Gate, ConfigError> {
-        let config: GateConfig = config::parse(name, text)?;
-        let invalid = |errors| ConfigError::Invalid {
+        let gate: GateConfig = config::parse(name, text)?;
+        let invalid = |reason: String| ConfigError::Invalid {
             filter: name.to_string(),
-            errors,
+            errors: vec![FieldError {
+                line: None,
+                field: "config".into(),
+                reason,
+            }],
         };
-        let rate_limit = match &config.rate_limit {
-            None => None,
-            Some(section) => {
-                let errors = section.validate(&String::from_utf8_lossy(text));
-                if !errors.is_empty() {
-                    return Err(invalid(errors));
-                }
-                let built = RateLimit::build(section).map_err(|reason| {
-                    invalid(vec![config::FieldError {
-                        line: None,
-                        field: "rate_limit".into(),
-                        reason,
-                    }])
-                })?;
-                Some(built)
-            }
+        let key = std::fs::canonicalize(&gate.config).unwrap_or_else(|_| gate.config.clone());
+        let mut live = STARTED.lock().unwrap_or_else(PoisonError::into_inner);
+        live.retain(|_, started| started.strong_count() > 0);
+        if let Some(started) = live.get(&key).and_then(Weak::upgrade) {
+            return Ok(Gate {
+                failure_mode: gate.failure_mode,
+                started,
+            });
+        }
+        let sources = Sources {
+            file: Some(gate.config.clone()),
+            env: process_env(),
+            ..Default::default()
         };
+        let authz: tollgate_authz::Config = load(&sources).map_err(|e| invalid(e.to_string()))?;
+        let shutdown = Shutdown::new();
+        let built = crate::runtime::block_on(start(authz, sources, shutdown.clone()))
+            .map_err(|e| invalid(e.to_string()))?;
+        let (authorizer, api_keys) = built.map_err(invalid)?;
+        let started = Arc::new(Started {
+            disabled: disabled_mutations(&authorizer),
+            authorizer,
+            api_keys,
+            shutdown,
+        });
+        live.insert(key, Arc::downgrade(&started));
         Ok(Gate {
-            failure_mode: config.failure_mode,
-            rate_limit,
+            failure_mode: gate.failure_mode,
+            started,
         })
     }
 
@@ -69,55 +121,76 @@ impl Gate {
     }
 }
 
+/// Builds the authorizer and starts what the service starts beside it, until `shutdown`.
+async fn start(
+    config: tollgate_authz::Config,
+    sources: Sources,
+    shutdown: Shutdown,
+) -> Result<(Arc<Authorizer>, Option<ApiKeys>), String> {
+    let built = tollgate_authz::build(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let authorizer = built.authorizer;
+    if let Some(jwt) = authorizer.jwt() {
+        for (issuer, e) in jwt.refresh_all().await {
+            tracing::warn!(%issuer, error = %e, "no keys for this issuer yet; its tokens are denied until a fetch succeeds");
+        }
+        jwt.spawn_refresh(shutdown.clone());
+    }
+    if let Some(rl) = authorizer.rate_limit() {
+        rl.limiter()
+            .watch(shutdown.clone())
+            .map_err(|e| format!("rate_limit: cannot watch the limits: {e}"))?;
+    }
+    let reloader = Arc::new(reload::Reloader::new(authorizer.clone(), sources, &config));
+    reload::spawn(reloader, shutdown).map_err(|e| format!("cannot watch the config file: {e}"))?;
+    Ok((authorizer, built.api_keys))
+}
+
+/// The removals of a decision on a disabled route: the same for every request (only the
+/// identity header names, fixed at startup, go into it).
+fn disabled_mutations(authorizer: &Authorizer) -> Mutations {
+    let request = OwnedRequest {
+        disabled: true,
+        ..OwnedRequest::new("GET", "/")
+    };
+    let decided = futures::executor::block_on(authorizer.check(&request));
+    match verdict::from_decision(decided, &request) {
+        Verdict::Continue(m) => Mutations {
+            remove_headers: m.remove_headers,
+            ..Mutations::default()
+        },
+        _ => Mutations::default(),
+    }
+}
+
 impl Filter for Gate {
     fn on_request(&self, request: &dyn Request) -> Verdict {
-        let Some(rate_limit) = &self.rate_limit else {
-            return Verdict::Continue(Mutations::default());
-        };
-        let decision = rate_limit.decide(descriptors::build(request), self.failure_mode);
-        now_or_pending(decision, self.failure_mode)
+        let owned = verdict::owned_request(request);
+        let authorizer = Arc::clone(&self.started.authorizer);
+        now_or_pending(
+            async move {
+                let decided: Decision = authorizer.check(&owned).await;
+                verdict::from_decision(decided, &owned)
+            },
+            self.failure_mode,
+        )
+    }
+
+    fn on_disabled(&self) -> Mutations {
+        self.started.disabled.clone()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(keys) = self.api_keys.take() {
+            // The last usage counts and last-used times of this config are written out.
+            let _ = crate::runtime::spawn(async move { keys.flush().await });
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::filter::testing::FakeRequest;
-
-    #[test]
-    fn without_a_rate_limit_section_every_request_continues() {
-        let gate = Gate::from_config("tollgate", b"").unwrap();
-        assert!(matches!(
-            gate.on_request(&FakeRequest::get("/")),
-            Verdict::Continue(_)
-        ));
-    }
-
-    #[test]
-    fn bad_limits_refuse_the_config_with_file_and_line() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("gw.yaml"),
-            "domain: gw\ndescriptors:\n  - key: rule\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
-        )
-        .unwrap();
-        let text = format!(
-            "rate_limit:\n  domain: gw\n  limits: {{path: {}}}\n",
-            dir.path().display()
-        );
-        let err = Gate::from_config("tollgate", text.as_bytes())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("gw.yaml:4"), "{err}");
-        assert!(err.contains("rate_limit: bad limits"), "{err}");
-    }
-
-    #[test]
-    fn unknown_fields_of_the_section_are_rejected_with_their_line() {
-        let err = Gate::from_config("tollgate", b"rate_limit:\n  domain: gw\n  stroe: {}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 3: rate_limit.stroe: "), "{err}");
-        assert!(err.contains("unknown field `stroe`"), "{err}");
-    }
-}
+mod tests;

@@ -16,6 +16,8 @@ pub(crate) trait Host {
     fn header(&self, name: &str) -> Option<&[u8]>;
     /// Every value of a request header.
     fn header_values(&self, name: &str) -> Vec<&[u8]>;
+    /// Every request header (name, value), in order; a header sent twice appears twice.
+    fn headers(&self) -> Vec<(&[u8], &[u8])>;
     /// A string attribute of the request or connection, copied (Envoy may build an attribute
     /// in a scratch buffer that its next attribute read reuses). Empty values read as `None`.
     fn attribute(&self, attribute: Attribute) -> Option<String>;
@@ -74,10 +76,13 @@ pub(crate) enum Counter {
     Failures,
     /// Local replies by `details` (the reply's response code details token, a constant).
     Replies,
-    /// Rate-limit decisions of requests let through, by `decision`: ok, degraded (the store
-    /// failed and the limiter's failure mode allowed). Denials count as replies
-    /// (`tollgate_rate_limited`).
+    /// Requests let through that a rate limit applied to (`decision` label: always `ok`).
+    /// Denials count as replies (`tollgate_rate_limited`).
     RateLimit,
+    /// Authorization decisions of requests let through, by `reason` (tollgate-authz's
+    /// reasons: allowed, public, route_disabled, ...). Denials count as replies
+    /// (`tollgate_denied`, `tollgate_rate_limited`, `tollgate_unavailable`).
+    Decisions,
 }
 
 /// The module's histograms.
@@ -88,12 +93,13 @@ pub(crate) enum Histogram {
 }
 
 impl Counter {
-    pub(crate) const ALL: [Counter; 5] = [
+    pub(crate) const ALL: [Counter; 6] = [
         Counter::Requests,
         Counter::Paused,
         Counter::Failures,
         Counter::Replies,
         Counter::RateLimit,
+        Counter::Decisions,
     ];
 
     /// The stat name and its one label (bounded values only, listed above).
@@ -104,6 +110,7 @@ impl Counter {
             Counter::Failures => ("failures", "stage"),
             Counter::Replies => ("replies", "details"),
             Counter::RateLimit => ("ratelimit", "decision"),
+            Counter::Decisions => ("decisions", "reason"),
         }
     }
 }
@@ -161,6 +168,9 @@ impl<H: Host> Request for RequestView<'_, H> {
     fn header_values(&self, name: &str) -> Vec<&[u8]> {
         self.host.header_values(name)
     }
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        self.host.headers()
+    }
     fn path(&self) -> Option<&str> {
         self.attribute(Attribute::Path)
     }
@@ -185,6 +195,12 @@ impl<H: Host> Request for RequestView<'_, H> {
     }
     fn route_rule(&self) -> Option<&str> {
         self.route.and_then(|r| r.rule.as_deref())
+    }
+    fn route_identity(&self) -> Option<&str> {
+        self.route.and_then(|r| r.identity.as_deref())
+    }
+    fn route_scopes(&self) -> Option<&str> {
+        self.route.and_then(|r| r.scopes.as_deref())
     }
 }
 

@@ -16,11 +16,9 @@
 //! - [`filter`]: the seam decision logic implements: `Request` in, `Verdict` out.
 //! - [`config`]: `filter_name` → filter, strict YAML with line and field in every error,
 //!   per-route settings.
-//! - [`gate`]: the Tollgate filter (`filter_name: tollgate`).
-//! - [`ratelimit`]: the limiter in the module: its config section, one limiter per filter
-//!   config shared by every worker, decisions as verdicts (429 and rate-limit headers).
-//! - [`descriptors`]: the descriptors a request is limited by (one function, the swap point
-//!   for the descriptor builder shared with single-call mode).
+//! - [`gate`]: the Tollgate filter (`filter_name: tollgate`): tollgate-authz's decision, with
+//!   the rate limits of single-call mode, from the service's own config file.
+//! - [`verdict`]: Envoy's request as authz reads it, authz's decision as a verdict.
 //! - [`probe`]: the probe filter, the test vehicle for the FFI layer.
 //! - [`runtime`]: the background tokio runtime (lazy, process-wide).
 //! - [`log`]: `tracing` into Envoy's log.
@@ -30,7 +28,6 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
 mod config;
-mod descriptors;
 #[cfg(not(test))]
 mod ffi;
 mod filter;
@@ -38,6 +35,6 @@ mod gate;
 mod host;
 mod log;
 mod probe;
-mod ratelimit;
 mod runtime;
 mod stream;
+mod verdict;

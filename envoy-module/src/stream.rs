@@ -82,6 +82,14 @@ impl<S: Scheduler> Stream<S> {
         let route = host.route();
         if route.as_ref().is_some_and(|r| r.disabled) {
             host.count(Counter::Requests, "disabled");
+            let mutations = catch_unwind(AssertUnwindSafe(|| self.config.filter.on_disabled()));
+            match mutations {
+                Ok(m) => self.mutate(host, m),
+                Err(_) => {
+                    host.count(Counter::Failures, "decide");
+                    return self.apply(host, self.config.failure_mode.verdict(), false);
+                }
+            }
             return Flow::Continue;
         }
         let decided = catch_unwind(AssertUnwindSafe(|| {

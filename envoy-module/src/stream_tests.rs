@@ -69,6 +69,12 @@ impl Host for FakeHost {
             .map(|(_, v)| v.as_slice())
             .collect()
     }
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+            .collect()
+    }
     fn attribute(&self, attribute: Attribute) -> Option<String> {
         (attribute == Attribute::Path).then(|| "/p".to_string())
     }
@@ -202,7 +208,7 @@ fn a_disabled_route_skips_the_filter() {
     let mut host = FakeHost {
         route: Some(Arc::new(RouteSettings {
             disabled: true,
-            rule: None,
+            ..RouteSettings::default()
         })),
         ..Default::default()
     };
@@ -211,9 +217,11 @@ fn a_disabled_route_skips_the_filter() {
 }
 
 #[test]
-fn the_route_rule_reaches_the_filter() {
+fn the_route_settings_reach_the_filter() {
     let s = stream(FailureMode::Deny, |r| {
         assert_eq!(r.route_rule(), Some("admin"));
+        assert_eq!(r.route_identity(), Some("api_key"));
+        assert_eq!(r.route_scopes(), Some("orders:write"));
         assert_eq!(r.path(), Some("/p"));
         Verdict::Continue(Mutations::default())
     });
@@ -221,6 +229,8 @@ fn the_route_rule_reaches_the_filter() {
         route: Some(Arc::new(RouteSettings {
             disabled: false,
             rule: Some("admin".into()),
+            identity: Some("api_key".into()),
+            scopes: Some("orders:write".into()),
         })),
         ..Default::default()
     };

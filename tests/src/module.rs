@@ -60,3 +60,50 @@ pub fn validate(config: &str) -> anyhow::Result<()> {
         &[("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", OsStr::new(&dir))],
     )
 }
+
+/// The in-process example's authz config (`deploy/config/authz-inprocess.yaml`) as a test runs
+/// it: its key store in `dir`, its limits the shipped ones by absolute path (Envoy's working
+/// directory is the test's), then `edit` applied.
+pub fn example_authz(dir: &Path, edit: impl FnOnce(String) -> String) -> String {
+    let text = std::fs::read_to_string(crate::paths::project_root().join(EXAMPLE_AUTHZ))
+        .expect("the in-process authz example is readable");
+    let store = "path: .tollgate/module-keys.redb";
+    let limits = "limits: { path: deploy/config/limits }";
+    assert!(
+        text.contains(store) && text.contains(limits),
+        "the example moved"
+    );
+    let root = crate::paths::project_root();
+    let text = text
+        .replace(
+            store,
+            &format!("path: {}", dir.join("module-keys.redb").display()),
+        )
+        .replace(
+            limits,
+            &format!(
+                "limits: {{ path: {} }}",
+                root.join("deploy/config/limits").display()
+            ),
+        );
+    edit(text)
+}
+
+/// The shipped in-process Envoy config (`deploy/envoy/envoy-module.yaml`) loading the authz
+/// config `authz` (a file) instead of the example's.
+pub fn example_envoy(authz: &Path) -> String {
+    let text = crate::envoy::example_file("envoy-module.yaml");
+    let shipped = format!("config: {EXAMPLE_AUTHZ}");
+    assert!(text.contains(&shipped), "the example moved");
+    text.replace(&shipped, &format!("config: {}", authz.display()))
+}
+
+/// [`example_authz`] written to `dir/authz.yaml`, and the Envoy config that loads it.
+pub fn example_in(dir: &Path, edit: impl FnOnce(String) -> String) -> String {
+    let path = dir.join("authz.yaml");
+    std::fs::write(&path, example_authz(dir, edit)).expect("writing the authz config");
+    example_envoy(&path)
+}
+
+/// The authz config the shipped in-process example loads.
+pub const EXAMPLE_AUTHZ: &str = "deploy/config/authz-inprocess.yaml";

@@ -1,8 +1,9 @@
 //! The whole gateway for one test: the echo upstream, tollgate-ratelimit and tollgate-authz
 //! in-process (loaded from the shipped example configs in `deploy/config/` unless a test
 //! passes its own), and real Envoy on the shipped `deploy/envoy/envoy.yaml` — or, in the
-//! single-call [`Shape`], tollgate-authz alone on `deploy/envoy/single-call.yaml`, and for the
-//! HTTP ext_authz [`Flavour`], `deploy/envoy/envoy-http-authz.yaml`.
+//! single-call [`Shape`], tollgate-authz alone on `deploy/envoy/single-call.yaml`; in-process,
+//! Envoy alone with the module on `deploy/envoy/envoy-module.yaml`; and for the HTTP ext_authz
+//! [`Flavour`], `deploy/envoy/envoy-http-authz.yaml`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -264,6 +265,8 @@ pub struct Stack {
     pub authz: Option<Authz>,
     pub ratelimit: Option<Ratelimit>,
     pub upstream: EchoUpstream,
+    /// In-process: the module's authz config and key store.
+    _state: Option<tempfile::TempDir>,
 }
 
 /// How Envoy consults Tollgate: the shipped examples of each.
@@ -275,24 +278,31 @@ pub enum Shape {
     /// One ext_authz call: tollgate-authz authenticates and rate-limits
     /// (`deploy/envoy/single-call.yaml`, `deploy/config/authz-single-call.yaml`).
     SingleCall,
+    /// No call: the Envoy module decides and rate-limits in Envoy's workers
+    /// (`deploy/envoy/envoy-module.yaml`, `deploy/config/authz-inprocess.yaml`).
+    InProcess,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 2] = [Shape::Pair, Shape::SingleCall];
+    pub const ALL: [Shape; 3] = [Shape::Pair, Shape::SingleCall, Shape::InProcess];
 
-    /// The shipped Envoy config of this shape.
+    /// The shipped Envoy config of this shape (in-process: loading the shipped authz example
+    /// from the project root; [`crate::module::example_in`] for a test's own copy).
     pub fn envoy_config(self) -> String {
         match self {
             Shape::Pair => crate::envoy::example_config(),
             Shape::SingleCall => crate::envoy::example_file("single-call.yaml"),
+            Shape::InProcess => crate::envoy::example_file("envoy-module.yaml"),
         }
     }
 
-    /// The shipped authz example of this shape, with extra overrides.
+    /// The shipped authz example of this shape, with extra overrides (in-process runs no
+    /// service: the module loads its config itself).
     pub async fn authz(self, sets: &[String]) -> anyhow::Result<Authz> {
         match self {
             Shape::Pair => Authz::example(sets).await,
             Shape::SingleCall => Authz::example_single_call(sets).await,
+            Shape::InProcess => anyhow::bail!("the in-process shape runs no tollgate-authz"),
         }
     }
 
@@ -301,6 +311,15 @@ impl Shape {
         match self {
             Shape::Pair => "cluster.upstream.ratelimit.over_limit",
             Shape::SingleCall => "http.gateway.ext_authz.denied",
+            Shape::InProcess => "tollgate.replies.details.tollgate_rate_limited",
+        }
+    }
+
+    /// The Envoy counter that goes up for each request Tollgate let through.
+    pub fn allowed_stat(self) -> &'static str {
+        match self {
+            Shape::Pair | Shape::SingleCall => "cluster.tollgate_authz.upstream_rq_200",
+            Shape::InProcess => "tollgate.requests.verdict.continue",
         }
     }
 }
@@ -311,12 +330,30 @@ impl Stack {
         Self::example_shaped(Shape::Pair).await
     }
 
-    /// The shipped example of `shape` end to end (no tollgate-ratelimit in single-call).
+    /// The shipped example of `shape` end to end (no tollgate-ratelimit in single-call, no
+    /// service at all in-process).
     pub async fn example_shaped(shape: Shape) -> anyhow::Result<Stack> {
         let upstream = EchoUpstream::start().await;
+        if shape == Shape::InProcess {
+            let state = tempfile::tempdir()?;
+            let config = crate::module::example_in(state.path(), |text| text);
+            let backends = Backends {
+                upstream: upstream.port(),
+                authz: 0,
+                ratelimit: 0,
+            };
+            let envoy = crate::module::start_envoy(&config, backends).await?;
+            return Ok(Stack {
+                envoy,
+                authz: None,
+                ratelimit: None,
+                upstream,
+                _state: Some(state),
+            });
+        }
         let ratelimit = match shape {
             Shape::Pair => Some(Ratelimit::example(&[]).await?),
-            Shape::SingleCall => None,
+            Shape::SingleCall | Shape::InProcess => None,
         };
         let authz = shape.authz(&[]).await?;
         let envoy = Envoy::start_with(
@@ -335,6 +372,7 @@ impl Stack {
             authz: Some(authz),
             ratelimit,
             upstream,
+            _state: None,
         })
     }
 
@@ -362,6 +400,7 @@ impl Stack {
             authz: az,
             ratelimit: rl,
             upstream,
+            _state: None,
         })
     }
 

@@ -51,7 +51,8 @@ pub(crate) struct ModuleHeader {
     pub(crate) value_length: usize,
 }
 
-/// A header owned by Envoy (used only in hook signatures the module ignores).
+/// A header owned by Envoy: in hook signatures the module ignores, and filled in by
+/// `http_get_headers` (valid like an [`EnvoyBuffer`] of a header view).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EnvoyHeader {
@@ -125,6 +126,17 @@ unsafe extern "C" {
         result: *mut EnvoyBuffer,
         index: usize,
         optional_size: *mut usize,
+    ) -> bool;
+    /// How many entries the header map has (a header sent twice counts twice).
+    pub(crate) fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+    ) -> usize;
+    /// Fills `result` (room for `get_headers_size` entries) with views of every entry.
+    pub(crate) fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        result: *mut EnvoyHeader,
     ) -> bool;
     pub(crate) fn envoy_dynamic_module_callback_http_set_header(
         filter: FilterEnvoyPtr,

@@ -166,6 +166,52 @@ impl HeaderMap<'_> {
         values
     }
 
+    /// Every entry of the map, in order, as (name, value) views.
+    pub(super) fn entries(&self) -> Vec<(&[u8], &[u8])> {
+        // SAFETY: `filter` is valid for 'hook.
+        let size = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers_size(self.filter, self.kind)
+        };
+        if size == 0 {
+            return Vec::new();
+        }
+        let empty = abi::EnvoyHeader {
+            key_ptr: std::ptr::null(),
+            key_length: 0,
+            value_ptr: std::ptr::null(),
+            value_length: 0,
+        };
+        let mut raw = vec![empty; size];
+        // SAFETY: `filter` is valid for 'hook and `raw` has room for the `size` entries Envoy
+        // fills; nothing modifies the map between the two calls (both take `&self`).
+        let filled = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers(
+                self.filter,
+                self.kind,
+                raw.as_mut_ptr(),
+            )
+        };
+        if !filled {
+            return Vec::new();
+        }
+        raw.iter()
+            .filter_map(|h| {
+                let name = EnvoyBuffer {
+                    ptr: h.key_ptr,
+                    length: h.key_length,
+                };
+                let value = EnvoyBuffer {
+                    ptr: h.value_ptr,
+                    length: h.value_length,
+                };
+                // SAFETY: views into the map, valid until it is modified, which needs
+                // `&mut self` and so cannot happen while the borrow of `self` lives.
+                let name = unsafe { envoy_bytes(name) }?;
+                Some((name, unsafe { envoy_bytes(value) }.unwrap_or_default()))
+            })
+            .collect()
+    }
+
     /// Replaces every value of `name` with `value`.
     pub(super) fn set(&mut self, name: &str, value: &str) {
         // SAFETY: `filter` is valid for 'hook; both buffers are alive for the call and copied.
@@ -289,6 +335,10 @@ impl Host for EnvoyStream<'_> {
 
     fn header_values(&self, name: &str) -> Vec<&[u8]> {
         self.request.get_all(name)
+    }
+
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        self.request.entries()
     }
 
     fn attribute(&self, attribute: Attribute) -> Option<String> {

@@ -37,17 +37,11 @@
 {{- $store := include "tollgate.counterStore" (dict "root" $ "values" $e "component" "envoy") | fromJson }}
 {{- $module := dict
   "failure_mode" $e.inprocess.failureMode
-  "rate_limit" (dict
-    "domain" $e.rateLimit.domain
-    "store" $store
-    "limits" (dict "path" "/etc/tollgate/limits")
-    "failure_mode" $r.failureMode
-    "default_algorithm" $r.defaultAlgorithm
-    "shadow_mode" $r.shadowMode
-    "headers" $r.headers) }}
-# Tollgate in-process: the dynamic module rate-limits in Envoy's workers with the limits
-# (mounted from the limits ConfigMap, reloaded on change) and the store of the ratelimit
-# section. Its stats are Envoy's: tollgate.* on /stats/prometheus.
+  "config" "/etc/envoy/tollgate-authz.yaml" }}
+# Tollgate in-process: the dynamic module decides in Envoy's workers with the authz config
+# beside this file (tollgate-authz.yaml: envoy.defaultRateLimits as its policy's rate_limits,
+# the limits mounted from the limits ConfigMap, reloaded on change, and the store of the
+# ratelimit section). Its stats are Envoy's: tollgate.* on /stats/prometheus.
 - name: envoy.filters.http.dynamic_modules
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
@@ -166,4 +160,41 @@ resources:
     name: tollgate_ca
     validation_context:
       trusted_ca: { filename: /etc/envoy-tls/ca.crt }
+{{- end }}
+
+{{/* The tollgate-authz config the in-process module loads (/etc/envoy/tollgate-authz.yaml):
+     every request public, rate-limited by envoy.defaultRateLimits (Envoy's rate_limits
+     actions, which the module's descriptor builder reads as they are) against the limits
+     ConfigMap, with the ratelimit section's settings and the chart's counter store. */}}
+{{- define "tollgate.envoy.moduleAuthz" -}}
+{{- $e := .Values.envoy }}
+{{- $r := .Values.ratelimit }}
+{{- $store := include "tollgate.counterStore" (dict "root" $ "values" $e "component" "envoy") | fromJson }}
+{{- $rule := dict "name" "all" "path" (dict "prefix" "/") "public" true }}
+{{- /* As in single-call mode: without the `limit` override and the `key_limit` entries,
+     which only Envoy's ratelimit filter reads. */}}
+{{- $limits := list }}
+{{- range $e.defaultRateLimits }}
+{{- $actions := list }}
+{{- range .actions }}
+{{- if not (and .metadata (eq (index (first .metadata.metadata_key.path) "key") "key_limit")) }}
+{{- $actions = append $actions . }}
+{{- end }}
+{{- end }}
+{{- $entry := omit . "limit" }}
+{{- $_ := set $entry "actions" $actions }}
+{{- $limits = append $limits $entry }}
+{{- end }}
+{{- $policy := dict "rules" (list $rule) "rate_limits" $limits }}
+{{- $config := dict
+  "policy" $policy
+  "rate_limit" (dict
+    "domain" $e.rateLimit.domain
+    "store" $store
+    "limits" (dict "path" "/etc/tollgate/limits")
+    "failure_mode" $r.failureMode
+    "default_algorithm" $r.defaultAlgorithm
+    "shadow_mode" $r.shadowMode
+    "headers" $r.headers) }}
+{{- toYaml $config }}
 {{- end }}

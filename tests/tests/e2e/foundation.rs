@@ -1,5 +1,6 @@
 //! The gateway wiring itself: an allowed request reaches the upstream, a denial and a 429 reach
-//! the client — in both shapes (`Shape`: the ext_authz + ratelimit pair, and single-call) —,
+//! the client — in every shape (`Shape`: the ext_authz + ratelimit pair, single-call, and
+//! in-process in Envoy's module) —,
 //! each service's outage gives the failure mode the shipped Envoy configs choose, TLS/mTLS
 //! between Envoy and the services, and graceful shutdown.
 
@@ -11,7 +12,8 @@ use tollgate_tests::process::free_port;
 use tollgate_tests::process::wait_for;
 use tollgate_tests::stack::{Authz, Ratelimit, Shape, Stack};
 
-/// One test per [`Shape`] of the async fn `$name(shape)`: `$name::pair`, `$name::single_call`.
+/// One test per [`Shape`] of the async fn `$name(shape)`: `$name::pair`, `$name::single_call`,
+/// `$name::in_process`.
 macro_rules! each_shape {
     ($name:ident) => {
         mod $name {
@@ -22,6 +24,10 @@ macro_rules! each_shape {
             #[tokio::test]
             async fn single_call() {
                 super::$name(super::Shape::SingleCall).await
+            }
+            #[tokio::test]
+            async fn in_process() {
+                super::$name(super::Shape::InProcess).await
             }
         }
     };
@@ -51,13 +57,7 @@ async fn allowed_request_reaches_the_upstream_without_spoofed_identity_headers(s
     // The client's copies of identity headers never reach the upstream.
     assert_eq!(echo.header("x-tollgate-subject"), None, "{echo:?}");
     assert_eq!(echo.header("x-tollgate-plan"), None, "{echo:?}");
-    assert!(
-        stack
-            .envoy
-            .stat("cluster.tollgate_authz.upstream_rq_200")
-            .await
-            >= 1
-    );
+    assert!(stack.envoy.stat(shape.allowed_stat()).await >= 1);
 }
 
 each_shape!(authz_denial_gives_the_client_its_status_and_body);
@@ -91,7 +91,7 @@ async fn over_the_limit_gives_429_with_rate_limit_headers(shape: Shape) {
     for i in 0..5 {
         let r = c.get(stack.url("/limited")).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i}");
-        if shape == Shape::SingleCall {
+        if shape != Shape::Pair {
             // Within the limit, the client is told how much is left.
             let state = r.headers().get("ratelimit").map(|v| v.to_str().unwrap());
             let want = format!("\"demo-limited\";r={};", 4 - i);

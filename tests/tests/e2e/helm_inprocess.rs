@@ -1,7 +1,8 @@
 //! The chart with `envoy.mode: inprocess`: Envoy runs the image that carries the module, mounts
 //! the limits ConfigMap and rate-limits in its workers; no tollgate-ratelimit pods, cluster or
-//! route `rate_limits` are rendered. The rendered Envoy config then runs in real Envoy 1.40 with
-//! the module: a 429 with the rate-limit headers after the rendered limit, `/healthz` skipped.
+//! route `rate_limits` are rendered (the module's authz config, beside envoy.yaml, carries
+//! them). The rendered Envoy config then runs in real Envoy 1.40 with the module: a 429 with
+//! the rate-limit headers after the rendered limit, `/healthz` skipped.
 
 use std::time::Duration;
 
@@ -70,11 +71,18 @@ async fn inprocess_mode_runs_the_module_in_envoy_with_the_charts_limits() {
     assert!(!clusters.contains(&"tollgate_ratelimit"), "{clusters:?}");
 
     // The rendered config through real Envoy with the module, the limits from the rendered
-    // ConfigMap in place of its mount.
+    // ConfigMap in place of its mount, and the module's authz config beside envoy.yaml.
     let limits = r.file("edge-tollgate-limits", "gateway.yaml");
-    let text = text.replace(
+    let authz = r.file("edge-tollgate-envoy", "tollgate-authz.yaml");
+    let authz_text = std::fs::read_to_string(&authz).unwrap().replace(
         "/etc/tollgate/limits",
         &limits.parent().unwrap().display().to_string(),
+    );
+    std::fs::write(&authz, authz_text).unwrap();
+    assert!(text.contains("/etc/envoy/tollgate-authz.yaml"), "{text}");
+    let text = text.replace(
+        "/etc/envoy/tollgate-authz.yaml",
+        &authz.display().to_string(),
     );
     let upstream = EchoUpstream::start().await;
     let ports = EnvoyPorts {

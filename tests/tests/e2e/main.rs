@@ -21,6 +21,7 @@ mod helm_inprocess;
 mod helm_lifecycle;
 mod listeners;
 mod module;
+mod module_authz;
 mod module_ratelimit;
 mod observability;
 mod observability_logs;

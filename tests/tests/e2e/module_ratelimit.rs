@@ -1,6 +1,7 @@
 //! Tollgate in-process, rate limiting: the module's `tollgate` filter on the shipped example
-//! (`deploy/envoy/envoy-module.yaml`) with the shipped limits (`deploy/config/limits`) through
-//! real Envoy 1.40. Memory counters are one per filter config, shared by all of Envoy's
+//! (`deploy/envoy/envoy-module.yaml`, loading `deploy/config/authz-inprocess.yaml`: single-call
+//! mode's policy and `rate_limit` section) with the shipped limits (`deploy/config/limits`)
+//! through real Envoy 1.40. Memory counters are one per filter config, shared by all of Envoy's
 //! workers; Redis counters are shared by two Envoys, decided on the background runtime while
 //! the request is paused; limits reload on change and keep the last good file; a bad limits
 //! file refuses the config with its file and line in Envoy's log.
@@ -27,15 +28,21 @@ fn limits_copy() -> TempDir {
     dir
 }
 
-/// The example config with its limits at `limits` and the given `store:` value.
-fn example(limits: &Path, store: &str) -> String {
-    let text = std::fs::read_to_string(project_root().join("deploy/envoy/envoy-module.yaml"))
-        .expect("deploy/envoy/envoy-module.yaml is readable");
-    let path = "limits: {path: deploy/config/limits}";
-    let memory = "store: {type: memory}";
-    assert!(text.contains(path) && text.contains(memory));
-    text.replace(path, &format!("limits: {{path: {}}}", limits.display()))
-        .replace(memory, &format!("store: {store}"))
+/// The example config with its limits at `limits` and the given `store:` value for the
+/// counters; the authz config it loads lives in `dir`.
+fn example(dir: &Path, limits: &Path, store: &str) -> String {
+    tollgate_tests::module::example_in(dir, |text| edit_limits(text, limits, store))
+}
+
+fn edit_limits(text: String, limits: &Path, store: &str) -> String {
+    let memory = "store: { type: memory }";
+    assert!(text.contains(memory), "the example moved");
+    let text = text.replace(memory, &format!("store: {store}"));
+    let shipped = project_root().join("deploy/config/limits");
+    text.replace(
+        &format!("limits: {{ path: {} }}", shipped.display()),
+        &format!("limits: {{ path: {} }}", limits.display()),
+    )
 }
 
 struct Gateway {
@@ -77,7 +84,8 @@ fn fresh_client() -> reqwest::Client {
         .unwrap()
 }
 
-/// Asserts the 429 a client gets over the limit: the rate-limit headers and the JSON body.
+/// Asserts the 429 a client gets over the limit: the rate-limit headers and the JSON body,
+/// as single-call mode answers it.
 async fn assert_over_limit(resp: reqwest::Response) {
     assert_eq!(resp.status(), 429);
     let h = resp.headers();
@@ -89,7 +97,6 @@ async fn assert_over_limit(resp: reqwest::Response) {
     assert_eq!(h["content-type"], "application/json");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "rate_limited");
-    assert_eq!(body["retry_after"], retry);
 }
 
 /// The statuses of `n` requests to `path`, spread over `gateways` in turn.
@@ -104,7 +111,8 @@ async fn statuses(gateways: &[&Gateway], path: &str, n: usize) -> Vec<reqwest::R
 #[tokio::test]
 async fn memory_counters_are_shared_by_every_worker_and_limits_reload() {
     let limits = limits_copy();
-    let gw = Gateway::start(&example(limits.path(), "{type: memory}"), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&example(dir.path(), limits.path(), "{type: memory}"), 4).await;
 
     // /limited: 5 a minute (route, limited) whichever worker takes the connection.
     let responses = statuses(&[&gw], "/limited", 12).await;
@@ -168,12 +176,11 @@ async fn memory_counters_are_shared_by_every_worker_and_limits_reload() {
 async fn redis_counters_are_shared_by_two_envoys_and_a_redis_outage_answers_the_failure_mode() {
     let mut redis = RedisServer::start();
     let limits = limits_copy();
-    let config = example(
-        limits.path(),
-        &format!("{{type: redis, url: \"{}\"}}", redis.url()),
-    );
-    let a = Gateway::start(&config, 2).await;
-    let b = Gateway::start(&config, 2).await;
+    let store = format!("{{type: redis, url: \"{}\"}}", redis.url());
+    // Each Envoy has its own embedded key store (one process owns one).
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(&example(dir_a.path(), limits.path(), &store), 2).await;
+    let b = Gateway::start(&example(dir_b.path(), limits.path(), &store), 2).await;
 
     // One limit (5 a minute on /limited) counted together by both Envoys.
     let responses = statuses(&[&a, &b], "/limited", 10).await;
@@ -200,12 +207,11 @@ async fn redis_counters_are_shared_by_two_envoys_and_a_redis_outage_answers_the_
     // The counters are in Redis: one script call per request that reached it.
     assert!(redis.command_calls("evalsha") + redis.command_calls("eval") >= 5);
 
-    // Redis gone: the limiter's failure_mode `error` leaves it to the module's, `allow`
-    // (on a key that is not over its limit: those the over-limit cache still answers 429).
+    // Redis gone: the limiter's failure_mode `allow` lets requests through (on a key that
+    // is not over its limit: those the over-limit cache still answers 429).
     redis.kill();
     let resp = a.get("/orders").await;
     assert_eq!(resp.status(), 200);
-    assert!(!resp.headers().contains_key("ratelimit-policy"));
     assert_over_limit(a.get("/limited").await).await;
 }
 
@@ -217,19 +223,39 @@ fn a_bad_limits_file_or_section_refuses_the_config_with_its_place() {
         "domain: broken\ndescriptors:\n  - key: route\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
     )
     .unwrap();
-    let err = validate(&example(limits.path(), "{type: memory}"))
+    let dir = tempfile::tempdir().unwrap();
+    let err = validate(&example(dir.path(), limits.path(), "{ type: memory }"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("tollgate: filter config rejected"), "{err}");
     assert!(err.contains("broken.yaml:4"), "{err}");
 
     let good = limits_copy();
-    let typo =
-        example(good.path(), "{type: memory}").replace("failure_mode: error", "failure_mod: error");
+    let typo = tollgate_tests::module::example_in(dir.path(), |text| {
+        edit_limits(text, good.path(), "{ type: memory }")
+            .replace("failure_mode: allow", "failure_mod: allow")
+    });
     let err = validate(&typo).unwrap_err().to_string();
+    assert!(err.contains("authz.yaml"), "{err}");
     assert!(err.contains("rate_limit.failure_mod"), "{err}");
-    assert!(err.contains("unknown field `failure_mod`"), "{err}");
 
     // The shipped example, as shipped, loads.
-    validate(&example(good.path(), "{type: memory}")).unwrap();
+    validate(&example(dir.path(), good.path(), "{ type: memory }")).unwrap();
+}
+
+#[test]
+fn the_in_process_example_has_single_call_modes_policy_and_limits() {
+    let read = |name: &str| -> serde_yaml::Value {
+        let text = std::fs::read_to_string(project_root().join("deploy/config").join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_yaml::from_str(&text).unwrap()
+    };
+    let (module, single) = (read("authz-inprocess.yaml"), read("authz-single-call.yaml"));
+    for section in ["policy", "rate_limit", "headers"] {
+        assert_eq!(module[section], single[section], "{section}");
+    }
+    // No listeners of its own: what only the service reads is not in the module's file.
+    for section in ["server", "admin", "http_authz"] {
+        assert!(module.get(section).is_none(), "{section}");
+    }
 }
