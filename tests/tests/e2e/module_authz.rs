@@ -2,11 +2,12 @@
 //! in-process example (`deploy/config/authz-inprocess.yaml`), its key store the Redis store of a
 //! tollgate-authz that serves the admin API. Keys created through that admin API are verified
 //! in Envoy's workers, get their plan's limit (silver 3 a minute, gold 1000: the shipped
-//! limits), reach the upstream as identity headers the client cannot forge, and a key revoked
-//! through the admin API is refused by two Envoys within a second, although both had verified
-//! and cached it. JWTs from the real OIDC provider (keys by discovery) are verified in Envoy's
-//! workers with the service's answers; a token signed by a key the module has not seen yet
-//! verifies once the key set is fetched again, and is decided on the worker after that.
+//! limits) or their own (a limit on the key record replaces its plan's), reach the upstream as
+//! identity headers the client cannot forge, and a key revoked through the admin API is refused
+//! by two Envoys within a second, although both had verified and cached it. JWTs from the real
+//! OIDC provider (keys by discovery) are verified in Envoy's workers with the service's answers;
+//! a token signed by a key the module has not seen yet verifies once the key set is fetched
+//! again, and is decided on the worker after that.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,10 +70,19 @@ async fn gateway(redis: &RedisServer, upstream: &EchoUpstream) -> (tempfile::Tem
 
 /// A key created through the admin API: (id, secret).
 async fn create_key(admin: &Authz, owner: &str, plan: &str) -> (String, String) {
+    create(
+        admin,
+        json!({"name": owner, "owner": owner, "plan": plan, "scopes": ["read"]}),
+    )
+    .await
+}
+
+/// A key created through the admin API from `body`: (id, secret).
+async fn create(admin: &Authz, body: Value) -> (String, String) {
     let r: Value = reqwest::Client::new()
         .post(format!("{}/v1/keys", admin_url(admin)))
         .bearer_auth(TOKEN)
-        .json(&json!({"name": owner, "owner": owner, "plan": plan, "scopes": ["read"]}))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -133,6 +143,19 @@ async fn keys_from_the_admin_api_get_their_plans_limit_and_identity_headers() {
     for _ in 0..5 {
         assert_eq!(status(&envoy, &gold).await, 200);
     }
+    // A gold key with its own limit of 2 a minute (on its record): that limit replaces its
+    // plan's in the module too, through the `key_limit` override of the shipped descriptors.
+    let (_, own) = create(
+        &admin,
+        json!({"name": "own", "owner": "gold-owner", "plan": "gold", "scopes": ["read"],
+            "rate_limit": {"requests_per_unit": 2, "unit": "minute"}}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(status(&envoy, &own).await);
+    }
+    assert_eq!(seen, [200, 200, 429], "a key's own limit");
     // An unknown key: the service's 401 with its challenge.
     let denied = get(&envoy, "tgk_unknown_0000000000000000000000000000").await;
     assert_eq!(denied.status(), 401);
@@ -142,7 +165,7 @@ async fn keys_from_the_admin_api_get_their_plans_limit_and_identity_headers() {
         envoy.stat("tollgate.replies.details.tollgate_denied").await,
         1
     );
-    assert_eq!(envoy.stat("tollgate.decisions.reason.allowed").await, 8);
+    assert_eq!(envoy.stat("tollgate.decisions.reason.allowed").await, 10);
 }
 
 #[tokio::test]
