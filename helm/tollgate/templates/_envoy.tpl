@@ -24,7 +24,10 @@
       timeout: {{ $e.extAuthz.timeout }}
     failure_mode_allow: {{ $e.extAuthz.failureModeAllow }}
     status_on_error: { code: ServiceUnavailable }
-    include_peer_certificate: false
+    # TRUST: the client certificate the gateway listener verified goes to tollgate-authz
+    # (attributes.source.certificate) only when that listener asks for one
+    # (envoy.clientCertificates): `identity: [mtls]` rules read it.
+    include_peer_certificate: {{ $e.clientCertificates.enabled }}
 {{- end }}
 {{- if include "tollgate.inprocess" $ }}
 {{- $r := $.Values.ratelimit }}
@@ -166,4 +169,49 @@ resources:
     name: tollgate_ca
     validation_context:
       trusted_ca: { filename: /etc/envoy-tls/ca.crt }
+{{- end }}
+
+{{/* The gateway listener's TLS with client certificates (envoy.clientCertificates): its own
+     certificate and the clients' CA, read through file-based SDS from their Secrets' mounts. */}}
+{{- define "tollgate.envoy.clientTls" -}}
+{{- $c := .Values.envoy.clientCertificates -}}
+name: envoy.transport_sockets.tls
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+  # TRUST: false lets a client without a certificate reach tollgate-authz (401 on `mtls`
+  # rules); a certificate that is presented must chain to the clients' CA, or the handshake
+  # fails: tollgate-authz only sees certificates this listener verified.
+  require_client_certificate: {{ $c.require }}
+  common_tls_context:
+    tls_certificate_sds_secret_configs:
+      - name: gateway_listener
+        sds_config:
+          resource_api_version: V3
+          path_config_source:
+            path: /etc/envoy/tollgate-sds-listener.yaml
+            watched_directory: { path: /etc/envoy-listener-tls }
+    validation_context_sds_secret_config:
+      name: gateway_clients_ca
+      sds_config:
+        resource_api_version: V3
+        path_config_source:
+          path: /etc/envoy/tollgate-sds-clients-ca.yaml
+          watched_directory: { path: /etc/envoy-clients-ca }
+{{- end }}
+
+{{- define "tollgate.envoy.sdsListener" -}}
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: gateway_listener
+    tls_certificate:
+      certificate_chain: { filename: /etc/envoy-listener-tls/tls.crt }
+      private_key: { filename: /etc/envoy-listener-tls/tls.key }
+{{- end }}
+
+{{- define "tollgate.envoy.sdsClientsCa" -}}
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: gateway_clients_ca
+    validation_context:
+      trusted_ca: { filename: /etc/envoy-clients-ca/ca.crt }
 {{- end }}
