@@ -46,7 +46,9 @@ fn measure(name: &str, expr: &str, id: &Identity) {
         black_box(c.eval(black_box(&facts), id).unwrap());
     }
     let per = start.elapsed() / ROUNDS;
-    let cpu = cpu_seconds().zip(cpu).map(|(b, a)| (b - a) * 1e6 / f64::from(ROUNDS));
+    let cpu = cpu_seconds()
+        .zip(cpu)
+        .map(|(b, a)| (b - a) * 1e6 / f64::from(ROUNDS));
     println!(
         "{name:<40} {:>8.2} µs per evaluation (wall), {} µs CPU",
         per.as_nanos() as f64 / 1000.0,
