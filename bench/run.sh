@@ -28,6 +28,8 @@ usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--t
                         commands per call (from INFO commandstats)
   --stand-in            run noop-grpc in place of the two Tollgate binaries (checks the harness
                         itself while the services are unavailable; results are labelled)
+  --variants LIST       envoy: only these variants, comma-separated, in the usual order
+                        (e.g. plain,authz-grpc,authz-http); ratios to a variant left out read n/a
   --no-build            do not run cargo build
   --keep                keep the temp dir (configs, logs) and print its path
 EOF
@@ -41,7 +43,7 @@ case "$MODE" in
 esac
 
 ROUNDS=5 DURATION=10 WARMUP=2 CONNECTIONS=32 WRK_THREADS=2 CONCURRENCY=32 GRPC_CONNECTIONS=1
-STAND_IN=0 BUILD=1 KEEP=0 REDIS=0 IDENTITY=jwt
+STAND_IN=0 BUILD=1 KEEP=0 REDIS=0 IDENTITY=jwt ONLY=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -54,6 +56,7 @@ while [[ $# -gt 0 ]]; do
     --stand-in) STAND_IN=1; shift ;;
     --redis) REDIS=1; shift ;;
     --identity) IDENTITY=$2; shift 2 ;;
+    --variants) ONLY=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -212,7 +215,8 @@ fmt_ms() { awk -v us="$1" 'BEGIN { if (us == "nan") print "n/a"; else printf "%.
 if [[ $BUILD == 1 ]]; then
   pkgs=(-p tollgate-bench)
   [[ $STAND_IN == 1 ]] || pkgs+=(-p tollgate-authz -p tollgate-ratelimit)
-  [[ $MODE != envoy ]] || pkgs+=(-p tollgate-envoy)
+  # The module only for variant (i).
+  [[ $MODE != envoy || (-n $ONLY && ,$ONLY, != *,inprocess,*) ]] || pkgs+=(-p tollgate-envoy)
   echo "building: cargo build --release ${pkgs[*]}" >&2
   if ! cargo build --release "${pkgs[@]}" >&2; then
     die "cargo build failed (use --stand-in to check the harness with noop-grpc in Tollgate's place)"
@@ -317,8 +321,10 @@ SINGLE_PORT='' single_http=''
 start_single_call() {
   [[ $IDENTITY != api_key ]] || return 0
   read -r SINGLE_PORT single_http <<<"$(free_ports 2)"
+  # Without authz's HTTP ext_authz listener (its port is taken by authz itself).
   sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$SINGLE_PORT|" \
     -e "s|http_addr:.*|http_addr: 127.0.0.1:$single_http|" \
+    -e '/^http_authz:$/,+2d' \
     -e 's|^policy:$|policy:\n  rate_limits:\n    - actions: [{generic_key: {descriptor_value: bench}}]\n    - actions: [{remote_address: {}}]|' \
     "$WORK/config/authz.yaml" >"$WORK/config/authz-single.yaml"
   # STORE is `type: memory` or `type: redis\n  url: ...`, as written for ratelimit.yaml.
@@ -698,6 +704,12 @@ run_envoy_mode() {
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
   [[ -z $SINGLE_PORT ]] || VARIANTS+=(single)
+  if [[ -n $ONLY ]]; then
+    local -a kept=()
+    for v in "${VARIANTS[@]}"; do [[ ,$ONLY, != *,$v,* ]] || kept+=("$v"); done
+    [[ ${#kept[@]} -gt 0 ]] || die "--variants $ONLY names none of: ${VARIANTS[*]}"
+    VARIANTS=("${kept[@]}")
+  fi
   # Variant (i) reads the limits itself (also with --stand-in, which copies none).
   mkdir -p "$WORK/config"
   [[ -d $WORK/config/limits ]] || cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"

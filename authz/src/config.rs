@@ -661,7 +661,7 @@ mod tests {
     #[test]
     fn cel_errors_name_file_line_and_expression() {
         let e = load_str(
-            "api_keys:\n  store: {type: embedded, path: /tmp/tollgate-cel-test.redb}\npolicy:\n  rules:\n    - name: a\n      conditions:\n        - cel: request.method ==\n    - name: b\n      conditions:\n        - scope: x\n        - cel: 'user.name == \"x\"'\n        - cel: claims.org == 'acme'\n          scope: y\n",
+            "api_keys:\n  store: {type: embedded, path: /tmp/tollgate-cel-test.redb}\npolicy:\n  rules:\n    - name: a\n      conditions:\n        - cel: request.method ==\n    - name: b\n      conditions:\n        - scope: x\n        - cel: 'user.name == \"x\"'\n        - cel: claims.org == 'acme'\n          scope: y\n    - name: c\n      conditions:\n        - cel: identity.cert.spiffe == 'x'\n",
         )
         .unwrap_err();
         for want in [
@@ -669,6 +669,7 @@ mod tests {
             "in `request.method ==`",
             "authz.yaml:11: policy.rules[1].conditions[1].cel: unknown variable `user` (known: request, identity, claims), in `user.name == \"x\"`",
             "authz.yaml:12: policy.rules[1].conditions[2]: a `cel` condition takes no",
+            "authz.yaml:16: policy.rules[2].conditions[0].cel: `identity.cert` has no field `spiffe` (fields: subject, principal, fingerprint, dns, uris, emails, spiffe_id), in `identity.cert.spiffe == 'x'`",
         ] {
             assert!(e.contains(want), "missing {want:?} in\n{e}");
         }

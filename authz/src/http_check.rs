@@ -30,12 +30,18 @@ use serde::Deserialize;
 use tollgate_common::config::{Errors, Validate, join};
 use tollgate_server::tls::TlsConfig;
 
-use crate::check::{Authorizer, Decision, MetadataValue, RequestView};
+use crate::check::{Authorizer, Decision, MetadataValue, PeerCertificate, RequestView};
 
 /// The check-request header carrying the client's address. Envoy sets it from
 /// `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%` (`authorization_request.headers_to_add`, which
 /// overwrites a client's own): the address gRPC mode gets as the request's `source`.
 pub const SOURCE_ADDRESS_HEADER: &str = "x-tollgate-source-address";
+
+/// The check-request header carrying the client certificate the proxy verified, URL-encoded
+/// PEM. Envoy sets it from `%DOWNSTREAM_PEER_CERT%` (`authorization_request.headers_to_add`,
+/// overwriting a client's own; empty, and so not sent, without a certificate): what gRPC mode
+/// gets with `include_peer_certificate`.
+pub const PEER_CERTIFICATE_HEADER: &str = "x-tollgate-peer-certificate";
 
 /// The prefix of the answer headers that carry dynamic metadata (`x-tollgate-metadata-plan`,
 /// ...; a struct's fields as `<key>.<field>`). Envoy files each under its header name in the
@@ -126,7 +132,10 @@ impl HttpAuthzConfig {
     /// Whether `name` (an identity header) would be read by Envoy as something else.
     pub(crate) fn reserved(name: &str) -> bool {
         let n = name.to_ascii_lowercase();
-        n.starts_with(METADATA_PREFIX) || n == HEADERS_TO_REMOVE || n == SOURCE_ADDRESS_HEADER
+        n.starts_with(METADATA_PREFIX)
+            || n == HEADERS_TO_REMOVE
+            || n == SOURCE_ADDRESS_HEADER
+            || n == PEER_CERTIFICATE_HEADER
     }
 }
 
@@ -296,6 +305,17 @@ impl RequestView for Http<'_> {
     fn source_address(&self) -> Option<&str> {
         let v = self.header(SOURCE_ADDRESS_HEADER)?;
         v.parse::<IpAddr>().is_ok().then_some(v)
+    }
+    fn peer_certificate(&self) -> Option<PeerCertificate<'_>> {
+        // No principal over HTTP: the identity takes Envoy's (first URI SAN, else DNS SAN,
+        // else subject) from the certificate itself.
+        let pem = self
+            .header(PEER_CERTIFICATE_HEADER)
+            .filter(|v| !v.is_empty())?;
+        Some(PeerCertificate {
+            principal: "",
+            pem: Some(pem),
+        })
     }
 }
 

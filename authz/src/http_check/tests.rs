@@ -274,3 +274,28 @@ http_authz:
         "{e}"
     );
 }
+
+#[test]
+fn the_client_certificate_is_envoys_header_when_not_empty() {
+    let parts = |v: Option<&str>| {
+        let mut b = Request::builder().uri("/a");
+        if let Some(v) = v {
+            b = b.header(PEER_CERTIFICATE_HEADER, v);
+        }
+        b.body(()).unwrap().into_parts().0
+    };
+    let p = parts(None);
+    assert_eq!(Http::of(&p, "").unwrap().peer_certificate(), None);
+    let p = parts(Some(""));
+    assert_eq!(Http::of(&p, "").unwrap().peer_certificate(), None);
+    let p = parts(Some("-----BEGIN%20CERTIFICATE-----%0A"));
+    assert_eq!(
+        Http::of(&p, "").unwrap().peer_certificate(),
+        Some(PeerCertificate {
+            principal: "",
+            pem: Some("-----BEGIN%20CERTIFICATE-----%0A")
+        })
+    );
+    // Its name is Envoy's: an identity header of that name is refused at load.
+    assert!(HttpAuthzConfig::reserved("X-Tollgate-Peer-Certificate"));
+}

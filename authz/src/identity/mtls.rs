@@ -152,6 +152,16 @@ fn parse(principal: &str, pem: &str, now: SystemTime) -> Result<PeerCert, Reject
     } else if x509.subject_alternative_name().is_err() {
         return Err(bad());
     }
+    if cert.principal.is_empty() {
+        // Not named by the proxy (HTTP mode): Envoy's choice, first URI SAN, else DNS SAN,
+        // else the subject.
+        cert.principal = cert
+            .uris
+            .first()
+            .or(cert.dns.first())
+            .unwrap_or(&cert.subject)
+            .clone();
+    }
     let mut spiffe = cert.uris.iter().filter(|u| u.starts_with("spiffe://"));
     cert.spiffe_id = spiffe.next().cloned();
     if spiffe.next().is_some() {
@@ -241,6 +251,24 @@ mod tests {
         assert_eq!(c.spiffe_id.as_deref(), Some("spiffe://acme.test/ns/web"));
         assert_eq!(c.fingerprint.len(), 64);
         assert_eq!(c.principal, "spiffe://acme.test/ns/web");
+    }
+
+    #[test]
+    fn without_a_principal_from_the_proxy_it_is_envoys_choice() {
+        let v = verifier(&[]);
+        let principal = |sans| {
+            v.verify("", &cert(sans))
+                .unwrap()
+                .cert
+                .unwrap()
+                .principal
+                .clone()
+        };
+        let uri = || SanType::URI("spiffe://acme.test/ns/web".try_into().unwrap());
+        let dns = || SanType::DnsName("web.acme.test".try_into().unwrap());
+        assert_eq!(principal(vec![dns(), uri()]), "spiffe://acme.test/ns/web");
+        assert_eq!(principal(vec![dns()]), "web.acme.test");
+        assert_eq!(principal(vec![]), "CN=web, O=Acme");
     }
 
     #[test]

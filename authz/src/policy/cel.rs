@@ -23,7 +23,12 @@ use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
-use cel::objects::{Key, Map};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
+    CelUInt,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 
 use crate::identity::{Identity, PeerCert};
@@ -50,6 +55,16 @@ const REQUEST_FIELDS: [&str; 7] = [
 ];
 const IDENTITY_FIELDS: [&str; 8] = [
     "method", "subject", "issuer", "tenant", "plan", "key_id", "scopes", "cert",
+];
+/// The fields of `identity.cert` (see `cert`).
+const CERT_FIELDS: [&str; 7] = [
+    "subject",
+    "principal",
+    "fingerprint",
+    "dns",
+    "uris",
+    "emails",
+    "spiffe_id",
 ];
 /// Identifiers CEL itself defines (type names for `type(x) == string`).
 const CEL_IDENTS: [&str; 10] = [
@@ -196,131 +211,171 @@ impl CelCondition {
     /// Evaluates the condition: `Ok(true)` allows, anything else denies.
     pub fn eval(&self, facts: &Facts<'_>, id: &Identity) -> Result<bool, EvalError> {
         let mut budget = Budget::default();
+        let activation = Activation {
+            request: self.wanted(&self.uses.request, || self.request(facts))?,
+            identity: self.wanted(&self.uses.identity, || self.identity(id, &mut budget))?,
+            claims: match self.uses.claims.is_empty() {
+                true => None,
+                false => Some(self.claims(id, &mut budget)?),
+            },
+        };
         let mut ctx = Context::with_env(ENV.clone());
-        if !self.uses.request.is_empty() {
-            ctx.add_variable_from_value("request", self.request(facts)?);
-        }
-        if !self.uses.identity.is_empty() {
-            ctx.add_variable_from_value("identity", self.identity(id, &mut budget)?);
-        }
-        if !self.uses.claims.is_empty() {
-            let mut m = HashMap::with_capacity(self.uses.claims.len());
-            for name in &self.uses.claims {
-                if let Some(v) = id.claims.get(name) {
-                    m.insert(key(name), json(v, &mut budget, 0)?);
-                }
-            }
-            ctx.add_variable_from_value("claims", map(m));
-        }
-        match catch_unwind(AssertUnwindSafe(|| self.program.execute(&ctx))) {
-            Ok(Ok(Value::Bool(b))) => Ok(b),
-            Ok(Ok(_)) => Err(EvalError::NotBool),
+        ctx.set_variable_resolver(&activation);
+        let run = || {
+            Value::resolve_val(self.program.expression(), &ctx)
+                .map(|v| v.downcast_ref::<CelBool>().map(|b| *b.inner()))
+        };
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(Some(b))) => Ok(b),
+            Ok(Ok(None)) => Err(EvalError::NotBool),
             Ok(Err(_)) | Err(_) => Err(EvalError::Failed),
         }
     }
 
-    fn request(&self, f: &Facts<'_>) -> Result<Value, EvalError> {
-        let mut m = HashMap::with_capacity(self.uses.request.len());
+    /// Builds a variable only when the expression reads one of its fields.
+    fn wanted<'v, T>(
+        &self,
+        fields: &BTreeSet<T>,
+        build: impl FnOnce() -> Result<Lent<'v>, EvalError>,
+    ) -> Result<Option<Lent<'v>>, EvalError> {
+        match fields.is_empty() {
+            true => Ok(None),
+            false => build().map(Some),
+        }
+    }
+
+    fn request<'v>(&'v self, f: &'v Facts<'_>) -> Result<Lent<'v>, EvalError> {
+        let mut m = Fields::with_capacity(self.uses.request.len());
         for field in &self.uses.request {
-            let v = match *field {
-                "method" => string(f.method),
-                "path" => string(f.path),
-                "host" => Value::String(Arc::new(f.host.to_ascii_lowercase())),
+            let v: Lent<'v> = match *field {
+                "method" => lend(f.method),
+                "path" => lend(f.path),
+                "host" if f.host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    Box::new(CelString::from(f.host.to_ascii_lowercase()))
+                }
+                "host" => lend(f.host),
                 "source" => match f.source {
-                    Some(s) => string(s),
+                    Some(s) => lend(s),
                     None => continue,
                 },
                 "time" => {
                     let t: chrono::DateTime<chrono::Utc> = f.now.into();
-                    Value::Timestamp(t.fixed_offset())
+                    Box::new(CelTimestamp::from(t.fixed_offset()))
                 }
                 "headers" => {
-                    let h: HashMap<Key, Value> = self
-                        .uses
-                        .headers
-                        .iter()
-                        .filter_map(|n| (f.headers)(n).map(|v| (key(n), string(v))))
-                        .collect();
-                    map(h)
+                    let h = self.uses.headers.iter();
+                    record(h.filter_map(|n| (f.headers)(n).map(|v| (n.as_str(), lend(v)))))
                 }
                 "query" => {
-                    let mut q = HashMap::new();
+                    let mut q = Fields::with_capacity(self.uses.query.len());
                     for n in &self.uses.query {
                         if let Some(v) = query_param(f.query, n)? {
-                            q.insert(key(n), Value::String(Arc::new(v)));
+                            q.push((n.as_str(), Box::new(CelString::from(v))));
                         }
                     }
-                    map(q)
+                    record(q)
                 }
                 _ => continue,
             };
-            m.insert(key(field), v);
+            m.push((field, v));
         }
-        Ok(map(m))
+        Ok(record(m))
     }
 
-    fn identity(&self, id: &Identity, budget: &mut Budget) -> Result<Value, EvalError> {
-        let mut m = HashMap::with_capacity(self.uses.identity.len());
+    fn identity<'v>(&self, id: &'v Identity, budget: &mut Budget) -> Result<Lent<'v>, EvalError> {
+        let mut m = Fields::with_capacity(self.uses.identity.len());
         for field in &self.uses.identity {
             let v = match *field {
-                "method" => string(id.method.as_str()),
-                "subject" => string(&id.subject),
-                "issuer" => opt(&id.issuer),
-                "tenant" => opt(&id.tenant),
-                "plan" => opt(&id.plan),
-                "key_id" => opt(&id.key_id),
+                "method" => Some(lend(id.method.as_str())),
+                "subject" => Some(lend(&id.subject)),
+                "issuer" => id.issuer.as_deref().map(lend),
+                "tenant" => id.tenant.as_deref().map(lend),
+                "plan" => id.plan.as_deref().map(lend),
+                "key_id" => id.key_id.as_deref().map(lend),
                 "scopes" => {
-                    let mut l = Vec::with_capacity(id.scopes.len());
+                    let mut l = Vec::with_capacity(id.scopes.len().min(budget.values));
                     for s in &id.scopes {
                         budget.take(s.len())?;
-                        l.push(string(s));
+                        l.push(lend(s));
                     }
-                    Value::List(Arc::new(l))
+                    Some(Box::new(CelList::from(l)) as Lent<'v>)
                 }
-                "cert" => match &id.cert {
-                    Some(c) => cert(c),
-                    None => continue,
-                },
-                _ => continue,
+                "cert" => id.cert.as_deref().map(cert),
+                _ => None,
             };
-            if !matches!(v, Value::Null) {
-                m.insert(key(field), v);
+            if let Some(v) = v {
+                m.push((field, v));
             }
         }
-        Ok(map(m))
+        Ok(record(m))
     }
+
+    /// The claims the expression names, and only those.
+    fn claims<'v>(&'v self, id: &'v Identity, budget: &mut Budget) -> Result<Lent<'v>, EvalError> {
+        let mut m = Fields::with_capacity(self.uses.claims.len());
+        for name in &self.uses.claims {
+            if let Some(v) = id.claims.get(name) {
+                m.push((name.as_str(), json(v, budget, 0)?));
+            }
+        }
+        Ok(record(m))
+    }
+}
+
+/// A CEL value that borrows from the request, the identity or the compiled condition for one
+/// evaluation: strings are lent, not copied.
+type Lent<'v> = Box<dyn Val + 'v>;
+type Fields<'v> = Vec<(&'v str, Lent<'v>)>;
+
+/// The three variables of one evaluation, looked up by the interpreter by name.
+struct Activation<'v> {
+    request: Option<Lent<'v>>,
+    identity: Option<Lent<'v>>,
+    claims: Option<Lent<'v>>,
+}
+
+impl VariableResolver for Activation<'_> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        let v = match name {
+            "request" => &self.request,
+            "identity" => &self.identity,
+            "claims" => &self.claims,
+            _ => return None,
+        };
+        v.as_deref().map(CowVal::Borrowed)
+    }
+}
+
+fn lend(s: &str) -> Lent<'_> {
+    Box::new(CelString::from(s))
+}
+
+/// A CEL map with string keys.
+fn record<'v>(fields: impl IntoIterator<Item = (&'v str, Lent<'v>)>) -> Lent<'v> {
+    let m: HashMap<CelMapKey<'v>, Lent<'v>> = fields
+        .into_iter()
+        .map(|(k, v)| (CelMapKey::String(CelString::from(k)), v))
+        .collect();
+    Box::new(CelMap::from(m))
 }
 
 /// The client certificate as `identity.cert`.
-fn cert(c: &PeerCert) -> Value {
-    let list = |l: &[String]| Value::List(Arc::new(l.iter().map(|s| string(s)).collect()));
-    let mut m = HashMap::with_capacity(7);
-    m.insert(key("subject"), string(&c.subject));
-    m.insert(key("principal"), string(&c.principal));
-    m.insert(key("fingerprint"), string(&c.fingerprint));
-    m.insert(key("dns"), list(&c.dns));
-    m.insert(key("uris"), list(&c.uris));
-    m.insert(key("emails"), list(&c.emails));
-    if let Some(s) = &c.spiffe_id {
-        m.insert(key("spiffe_id"), string(s));
+fn cert(c: &PeerCert) -> Lent<'_> {
+    fn list(l: &[String]) -> Lent<'_> {
+        Box::new(CelList::from(l.iter().map(|s| lend(s)).collect::<Vec<_>>()))
     }
-    map(m)
-}
-
-fn string(s: &str) -> Value {
-    Value::String(Arc::new(s.to_string()))
-}
-
-fn opt(s: &Option<String>) -> Value {
-    s.as_deref().map_or(Value::Null, string)
-}
-
-fn key(s: &str) -> Key {
-    Key::String(Arc::new(s.to_string()))
-}
-
-fn map(m: HashMap<Key, Value>) -> Value {
-    Value::Map(Map { map: Arc::new(m) })
+    let mut m: Fields<'_> = vec![
+        ("subject", lend(&c.subject)),
+        ("principal", lend(&c.principal)),
+        ("fingerprint", lend(&c.fingerprint)),
+        ("dns", list(&c.dns)),
+        ("uris", list(&c.uris)),
+        ("emails", list(&c.emails)),
+    ];
+    if let Some(s) = &c.spiffe_id {
+        m.push(("spiffe_id", lend(s)));
+    }
+    record(m)
 }
 
 /// What is left to convert in one evaluation.
@@ -346,8 +401,13 @@ impl Budget {
     }
 }
 
-/// A JSON claim as a CEL value, within the budget.
-fn json(v: &serde_json::Value, budget: &mut Budget, depth: usize) -> Result<Value, EvalError> {
+/// A JSON claim as a CEL value, within the budget (its strings lent, but a huge claim still
+/// costs a value per element: the budget bounds that work).
+fn json<'v>(
+    v: &'v serde_json::Value,
+    budget: &mut Budget,
+    depth: usize,
+) -> Result<Lent<'v>, EvalError> {
     use serde_json::Value as J;
     if depth > MAX_CLAIM_DEPTH {
         return Err(EvalError::Input);
@@ -355,25 +415,25 @@ fn json(v: &serde_json::Value, budget: &mut Budget, depth: usize) -> Result<Valu
     Ok(match v {
         J::Null => {
             budget.take(0)?;
-            Value::Null
+            Box::new(CelNull)
         }
         J::Bool(b) => {
             budget.take(0)?;
-            Value::Bool(*b)
+            Box::new(CelBool::from(*b))
         }
         J::Number(n) => {
             budget.take(0)?;
             if let Some(i) = n.as_i64() {
-                Value::Int(i)
+                Box::new(CelInt::from(i))
             } else if let Some(u) = n.as_u64() {
-                Value::UInt(u)
+                Box::new(CelUInt::from(u))
             } else {
-                Value::Float(n.as_f64().unwrap_or(f64::NAN))
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
             }
         }
         J::String(s) => {
             budget.take(s.len())?;
-            string(s)
+            lend(s)
         }
         J::Array(items) => {
             budget.take(0)?;
@@ -381,16 +441,16 @@ fn json(v: &serde_json::Value, budget: &mut Budget, depth: usize) -> Result<Valu
             for i in items {
                 l.push(json(i, budget, depth + 1)?);
             }
-            Value::List(Arc::new(l))
+            Box::new(CelList::from(l))
         }
         J::Object(o) => {
             budget.take(0)?;
-            let mut m = HashMap::with_capacity(o.len().min(budget.values));
+            let mut m = Fields::with_capacity(o.len().min(budget.values));
             for (k, v) in o {
                 budget.take(k.len())?;
-                m.insert(key(k), json(v, budget, depth + 1)?);
+                m.push((k.as_str(), json(v, budget, depth + 1)?));
             }
-            map(m)
+            record(m)
         }
     })
 }
@@ -476,6 +536,10 @@ impl Walk<'_> {
                 if let Some(n) = self.named(&s.operand) {
                     return self.read(n, &s.field);
                 }
+                if self.is_cert(&s.operand) {
+                    cert_field(&s.field)?;
+                    return self.field("identity", "cert");
+                }
                 if let Expr::Ident(root) = &s.operand.expr
                     && !self.is_bound(root)
                 {
@@ -503,6 +567,24 @@ impl Walk<'_> {
                     return match literal(&c.args[0]) {
                         Some(name) => self.read(n, name),
                         None => Err(format!("{} are read by a constant name", n.what())),
+                    };
+                }
+                // `identity.cert["dns"]`, `"dns" in identity.cert`: a field named at load too.
+                let at = match f {
+                    operators::INDEX | operators::OPT_INDEX | operators::OPT_SELECT => Some((0, 1)),
+                    operators::IN => Some((1, 0)),
+                    _ => None,
+                };
+                if let Some((container, name)) = at
+                    && c.args.len() == 2
+                    && self.is_cert(&c.args[container])
+                {
+                    return match literal(&c.args[name]) {
+                        Some(field) => {
+                            cert_field(field)?;
+                            self.field("identity", "cert")
+                        }
+                        None => Err("identity.cert is read by a constant field name".into()),
                     };
                 }
                 if let Some(t) = &c.target {
@@ -541,6 +623,12 @@ impl Walk<'_> {
             Expr::Struct(_) => Err("message literals are not supported".into()),
             Expr::Literal(_) | Expr::Unspecified => Ok(()),
         }
+    }
+
+    /// Whether `e` is `identity.cert`.
+    fn is_cert(&self, e: &IdedExpr) -> bool {
+        matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "cert"
+            && matches!(&s.operand.expr, Expr::Ident(r) if r == "identity" && !self.is_bound(r)))
     }
 
     fn is_bound(&self, name: &str) -> bool {
@@ -636,6 +724,17 @@ impl Named {
             Named::Query => "request.query",
             Named::Claims => "claims",
         }
+    }
+}
+
+/// A field of `identity.cert`, or the load error naming the ones there are.
+fn cert_field(field: &str) -> Result<(), String> {
+    match CERT_FIELDS.contains(&field) {
+        true => Ok(()),
+        false => Err(format!(
+            "`identity.cert` has no field `{field}` (fields: {})",
+            CERT_FIELDS.join(", ")
+        )),
     }
 }
 

@@ -238,3 +238,30 @@ fn hostile_claims_are_capped_not_converted() {
     );
     assert_eq!(c.eval(&facts("GET", ""), &id), Ok(true));
 }
+
+#[test]
+fn certificate_fields_are_checked_at_load() {
+    for expr in [
+        "identity.cert.spiffe == 'x'",
+        "has(identity.cert.sans)",
+        "identity.cert['issuer'] == 'x'",
+        "'serial' in identity.cert",
+    ] {
+        let e = compile_error(expr);
+        assert!(e.contains("`identity.cert` has no field"), "{expr}: {e}");
+        assert!(e.contains("spiffe_id"), "names the fields there are: {e}");
+    }
+    assert!(
+        compile_error("identity.cert[identity.subject] == 'x'").contains("constant field name")
+    );
+    for expr in [
+        "has(identity.cert.spiffe_id)",
+        "'dns' in identity.cert",
+        "identity.cert['fingerprint'] != ''",
+        "has(identity.cert)",
+        // A comprehension variable of that name is not the identity.
+        "[{'cert': {'x': 1}}].all(identity, identity.cert.x == 1)",
+    ] {
+        assert!(CelCondition::compile(expr).is_ok(), "{expr}");
+    }
+}

@@ -24,7 +24,10 @@
       timeout: {{ $e.extAuthz.timeout }}
     failure_mode_allow: {{ $e.extAuthz.failureModeAllow }}
     status_on_error: { code: ServiceUnavailable }
-    include_peer_certificate: false
+    # TRUST: the client certificate the gateway listener verified goes to tollgate-authz
+    # (attributes.source.certificate) only when that listener asks for one
+    # (envoy.clientCertificates): `identity: [mtls]` rules read it.
+    include_peer_certificate: {{ $e.clientCertificates.enabled }}
 {{- end }}
 {{- if include "tollgate.inprocess" $ }}
 {{- $r := $.Values.ratelimit }}
@@ -171,20 +174,9 @@ resources:
 {{- $r := .Values.ratelimit }}
 {{- $store := include "tollgate.counterStore" (dict "root" $ "values" $e "component" "envoy") | fromJson }}
 {{- $rule := dict "name" "all" "path" (dict "prefix" "/") "public" true }}
-{{- /* As in single-call mode: without the `limit` override and the `key_limit` entries,
-     which only Envoy's ratelimit filter reads. */}}
-{{- $limits := list }}
-{{- range $e.defaultRateLimits }}
-{{- $actions := list }}
-{{- range .actions }}
-{{- if not (and .metadata (eq (index (first .metadata.metadata_key.path) "key") "key_limit")) }}
-{{- $actions = append $actions . }}
-{{- end }}
-{{- end }}
-{{- $entry := omit . "limit" }}
-{{- $_ := set $entry "actions" $actions }}
-{{- $limits = append $limits $entry }}
-{{- end }}
+{{- /* As in single-call mode: the descriptors as they are, a key's own limit included (the
+     module reads the same `key_limit` entries and `limit` override). */}}
+{{- $limits := $e.defaultRateLimits }}
 {{- $policy := dict "rules" (list $rule) "rate_limits" $limits }}
 {{- $config := dict
   "policy" $policy
@@ -197,4 +189,48 @@ resources:
     "shadow_mode" $r.shadowMode
     "headers" $r.headers) }}
 {{- toYaml $config }}
+
+{{/* The gateway listener's TLS with client certificates (envoy.clientCertificates): its own
+     certificate and the clients' CA, read through file-based SDS from their Secrets' mounts. */}}
+{{- define "tollgate.envoy.clientTls" -}}
+{{- $c := .Values.envoy.clientCertificates -}}
+name: envoy.transport_sockets.tls
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+  # TRUST: false lets a client without a certificate reach tollgate-authz (401 on `mtls`
+  # rules); a certificate that is presented must chain to the clients' CA, or the handshake
+  # fails: tollgate-authz only sees certificates this listener verified.
+  require_client_certificate: {{ $c.require }}
+  common_tls_context:
+    tls_certificate_sds_secret_configs:
+      - name: gateway_listener
+        sds_config:
+          resource_api_version: V3
+          path_config_source:
+            path: /etc/envoy/tollgate-sds-listener.yaml
+            watched_directory: { path: /etc/envoy-listener-tls }
+    validation_context_sds_secret_config:
+      name: gateway_clients_ca
+      sds_config:
+        resource_api_version: V3
+        path_config_source:
+          path: /etc/envoy/tollgate-sds-clients-ca.yaml
+          watched_directory: { path: /etc/envoy-clients-ca }
+{{- end }}
+
+{{- define "tollgate.envoy.sdsListener" -}}
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: gateway_listener
+    tls_certificate:
+      certificate_chain: { filename: /etc/envoy-listener-tls/tls.crt }
+      private_key: { filename: /etc/envoy-listener-tls/tls.key }
+{{- end }}
+
+{{- define "tollgate.envoy.sdsClientsCa" -}}
+resources:
+  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+    name: gateway_clients_ca
+    validation_context:
+      trusted_ca: { filename: /etc/envoy-clients-ca/ca.crt }
 {{- end }}

@@ -280,6 +280,7 @@ section is read at start and rolls the pods when it changes.
 {{- end }}
 {{- with $a.jwt }}{{ $_ := set $c "jwt" . }}{{ end }}
 {{- with $a.introspection }}{{ $_ := set $c "introspection" . }}{{ end }}
+{{- if .Values.envoy.clientCertificates.enabled }}{{ $_ := set $c "mtls" $a.mtls }}{{ end }}
 {{- include "tollgate.checkCheckDeadlines" . }}
 {{- if $a.apiKeys.enabled }}
 {{- $store := dict "type" "embedded" "path" "/var/lib/tollgate/keys.redb" }}
