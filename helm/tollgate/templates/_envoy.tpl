@@ -189,6 +189,7 @@ resources:
     "shadow_mode" $r.shadowMode
     "headers" $r.headers) }}
 {{- toYaml $config }}
+{{- end }}
 
 {{/* The gateway listener's TLS with client certificates (envoy.clientCertificates): its own
      certificate and the clients' CA, read through file-based SDS from their Secrets' mounts. */}}
