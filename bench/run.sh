@@ -28,6 +28,9 @@ usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--t
                         commands per call (from INFO commandstats)
   --stand-in            run noop-grpc in place of the two Tollgate binaries (checks the harness
                         itself while the services are unavailable; results are labelled)
+  --variants A,B,...    run only these variants (envoy: plain native noop tollgate noop1 single
+                        authz-grpc authz-http inprocess; direct: noop-check tollgate-check
+                        noop-ratelimit tollgate-ratelimit tollgate-ratelimit-<algorithm> single-check)
   --no-build            do not run cargo build
   --keep                keep the temp dir (configs, logs) and print its path
 EOF
@@ -41,7 +44,7 @@ case "$MODE" in
 esac
 
 ROUNDS=5 DURATION=10 WARMUP=2 CONNECTIONS=32 WRK_THREADS=2 CONCURRENCY=32 GRPC_CONNECTIONS=1
-STAND_IN=0 BUILD=1 KEEP=0 REDIS=0 IDENTITY=jwt
+STAND_IN=0 BUILD=1 KEEP=0 REDIS=0 IDENTITY=jwt ONLY=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -54,6 +57,7 @@ while [[ $# -gt 0 ]]; do
     --stand-in) STAND_IN=1; shift ;;
     --redis) REDIS=1; shift ;;
     --identity) IDENTITY=$2; shift 2 ;;
+    --variants) ONLY=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -228,6 +232,22 @@ for b in noop-grpc grpc-load http-upstream; do
 done
 
 # ---------------------------------------------------------------- shared setup
+
+# pick_variants ARRAY: keeps those of ARRAY's names that --variants lists (all of them without
+# it), in their own order; a name in --variants that is not among them aborts the run.
+pick_variants() {
+  local -n names=$1
+  [[ -n $ONLY ]] || return 0
+  local want v kept=()
+  for want in ${ONLY//,/ }; do
+    [[ " ${names[*]} " == *" $want "* ]] || die "--variants: no variant '$want' in this run (there are: ${names[*]})"
+  done
+  for v in "${names[@]}"; do
+    [[ ",$ONLY," != *",$v,"* ]] || kept+=("$v")
+  done
+  ((${#kept[@]} > 0)) || die "--variants: nothing to run"
+  names=("${kept[@]}")
+}
 
 # A JWT signed with a fresh RSA key; Envoy's jwt_authn validates it against an inline JWKS. The
 # same header goes to every variant so the client's work is identical.
@@ -690,6 +710,7 @@ run_envoy_mode() {
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
   [[ -z $SINGLE_PORT ]] || VARIANTS+=(single)
+  pick_variants VARIANTS
   # Variant (i) reads the limits itself (also with --stand-in, which copies none).
   mkdir -p "$WORK/config"
   [[ -d $WORK/config/limits ]] || cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"
@@ -902,6 +923,7 @@ run_direct_mode() {
   fi
   # single-check: Check on the single-call tollgate-authz, the embedded limit counted in it.
   [[ -z $SINGLE_PORT ]] || keys+=(single-check)
+  pick_variants keys
   echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
     "$(nproc) cores; CLK_TCK=$HZ; identity $IDENTITY"
   [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: the tollgate-* targets are two noop-grpc processes, not Tollgate's services"
