@@ -88,7 +88,10 @@ async fn agrees_with_the_reference(s: &dyn Store, k: &str) {
     for alg in ALL {
         let reference = MemoryStore::new(&MemoryOptions::default());
         let r = rule(alg, 5, Duration::from_secs(1));
-        let (a, b) = (format!("{k}:{}:a", alg.name()), format!("{k}:{}:b", alg.name()));
+        let (a, b) = (
+            format!("{k}:{}:a", alg.name()),
+            format!("{k}:{}:b", alg.name()),
+        );
         let mut now = T0 + 37;
         for step in 0..600 {
             now = match next(20) {

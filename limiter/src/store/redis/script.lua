@@ -7,9 +7,10 @@
 -- ARGV: mode (0 = hit, 1 = refund hits counted at the same now), now_us, deadline_us (Redis'
 --       clock; 0 = none), then per key: algorithm (0 sliding, 1 fixed, 2/3 meter), limit,
 --       window_us, capacity, cost, shadow.
--- Reply: Redis' clock (µs) first; then, mode 0, per key: admitted (0/1), remaining,
---        reset_after_us, retry_after_us (-1 = none). A call that runs after its deadline
---        changes nothing and replies with the clock alone.
+-- Reply: one string of little-endian doubles (cheaper for Redis to reply than an array, whose
+--        every element it converts): Redis' clock (µs) first; then, mode 0, per key: admitted
+--        (0/1), remaining, reset_after_us, retry_after_us (-1 = none). A call that runs after
+--        its deadline changes nothing and replies with the clock alone.
 --
 -- Values: one string per counter, a format byte then little-endian doubles (exact below 2^53;
 -- every quantity stays below 2^52, see Rule::check):
@@ -25,6 +26,7 @@ local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
 local RING = K + D + 1
 local FIXED, SLIDING, METER = 70, 83, 77
 local SFMT = '<Bdddddddddddddd' -- format byte, newest, RING counts
+local R1 = '<ddddd' -- the reply to one hit
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local pack, unpack_, byte = struct.pack, struct.unpack, string.byte
 
@@ -37,7 +39,7 @@ end
 local clock = redis.call('TIME')
 local rnow = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 if deadline ~= '0' and rnow > tonumber(deadline) then
-  return { rnow }
+  return pack('<d', rnow)
 end
 local n = #KEYS
 
@@ -77,7 +79,8 @@ if mode == 0 and n == 1 then
         if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
       end
       if cost > 0 then retry = max((top - D) * b - now, 1) end
-      return { rnow, (cost == 0 and counted <= L) and 1 or 0, max(L - counted, 0), reset, retry }
+      local adm = (cost == 0 and counted <= L) and 1 or 0
+      return pack(R1, rnow, adm, max(L - counted, 0), reset, retry)
     end
     local from = max(cur - K, 0)
     -- Every kept sub-window, less those older than the window's.
@@ -100,7 +103,7 @@ if mode == 0 and n == 1 then
       for idx = top, from, -1 do
         if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
       end
-      return { rnow, 0, max(L - counted, 0), reset, retry }
+      return pack(R1, rnow, 0, max(L - counted, 0), reset, retry)
     end
     local s = cur % RING + 3
     c[s] = c[s] + cost
@@ -119,7 +122,7 @@ if mode == 0 and n == 1 then
       redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'PX',
         max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1))
     end
-    return { rnow, 1, L - counted - cost, reset, -1 }
+    return pack(R1, rnow, 1, L - counted - cost, reset, -1)
   elseif alg == '1' then
     -- fixed_window
     local L, W, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[8]
@@ -136,7 +139,8 @@ if mode == 0 and n == 1 then
       -- The counter is already in a later window (this caller's clock lags): check only.
       local retry = -1
       if cost > 0 then retry = max(A * W - now, 1) end
-      return { rnow, (cost == 0 and B <= L) and 1 or 0, max(L - B, 0), (A + 1) * W - now, retry }
+      local adm = (cost == 0 and B <= L) and 1 or 0
+      return pack(R1, rnow, adm, max(L - B, 0), (A + 1) * W - now, retry)
     end
     local count = 0
     if A == w then count = B end
@@ -146,7 +150,7 @@ if mode == 0 and n == 1 then
       if cost > L then retry = W end
       local reset = 0
       if count > 0 then reset = wend - now end
-      return { rnow, 0, max(L - count, 0), reset, retry }
+      return pack(R1, rnow, 0, max(L - count, 0), reset, retry)
     end
     local after = count + cost
     local reset = 0
@@ -154,7 +158,7 @@ if mode == 0 and n == 1 then
     if cost > 0 then
       redis.call('SET', key, pack('<Bdd', FIXED, w, after), 'PX', max(ceil((wend - now) / 1000), 1))
     end
-    return { rnow, 1, L - after, reset, -1 }
+    return pack(R1, rnow, 1, L - after, reset, -1)
   end
 end
 
@@ -193,7 +197,7 @@ if mode == 1 then
       end
     end
   end
-  return { rnow }
+  return pack('<d', rnow)
 end
 
 -- Per hit: the stored state of its key (a = window / newest / tat, b = count / frac, r =
@@ -369,7 +373,7 @@ for pass = 1, 2 do
   if not rejected then break end
 end
 if rejected then
-  return res
+  return pack('<' .. string.rep('d', #res), unpack(res))
 end
 
 -- Commit: one SET per key, with the state after its last counted hit.
@@ -392,4 +396,4 @@ for i = 1, n do
     end
   end
 end
-return res
+return pack('<' .. string.rep('d', #res), unpack(res))
