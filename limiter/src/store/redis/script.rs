@@ -82,7 +82,7 @@ pub(super) struct Reply {
 /// The reply's integers, from the string of little-endian doubles the script answers (each
 /// an integer below 2^53, so exact).
 pub(super) fn values(bytes: &[u8]) -> Result<Vec<i64>, StoreError> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(StoreError::Unavailable(format!(
             "script reply of {} bytes",
             bytes.len()
