@@ -337,8 +337,10 @@ SINGLE_PORT='' single_http=''
 start_single_call() {
   [[ $IDENTITY != api_key ]] || return 0
   read -r SINGLE_PORT single_http <<<"$(free_ports 2)"
+  # Without the pair's HTTP ext_authz listener (its port is the first authz's).
   sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$SINGLE_PORT|" \
     -e "s|http_addr:.*|http_addr: 127.0.0.1:$single_http|" \
+    -e '/^http_authz:$/,/^  path_prefix:/d' \
     -e 's|^policy:$|policy:\n  rate_limits:\n    - actions: [{generic_key: {descriptor_value: bench}}]\n    - actions: [{remote_address: {}}]|' \
     "$WORK/config/authz.yaml" >"$WORK/config/authz-single.yaml"
   # STORE is `type: memory` or `type: redis\n  url: ...`, as written for ratelimit.yaml.
