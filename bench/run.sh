@@ -28,8 +28,9 @@ usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--t
                         commands per call (from INFO commandstats)
   --stand-in            run noop-grpc in place of the two Tollgate binaries (checks the harness
                         itself while the services are unavailable; results are labelled)
-  --variants LIST       envoy: only these variants, comma-separated, in the usual order
-                        (e.g. plain,authz-grpc,authz-http); ratios to a variant left out read n/a
+  --variants A,B,...    run only these variants (envoy: plain native noop tollgate noop1 single
+                        authz-grpc authz-http inprocess; direct: noop-check tollgate-check
+                        noop-ratelimit tollgate-ratelimit tollgate-ratelimit-<algorithm> single-check)
   --no-build            do not run cargo build
   --keep                keep the temp dir (configs, logs) and print its path
 EOF
@@ -233,6 +234,22 @@ done
 
 # ---------------------------------------------------------------- shared setup
 
+# pick_variants ARRAY: keeps those of ARRAY's names that --variants lists (all of them without
+# it), in their own order; a name in --variants that is not among them aborts the run.
+pick_variants() {
+  local -n names=$1
+  [[ -n $ONLY ]] || return 0
+  local want v kept=()
+  for want in ${ONLY//,/ }; do
+    [[ " ${names[*]} " == *" $want "* ]] || die "--variants: no variant '$want' in this run (there are: ${names[*]})"
+  done
+  for v in "${names[@]}"; do
+    [[ ",$ONLY," != *",$v,"* ]] || kept+=("$v")
+  done
+  ((${#kept[@]} > 0)) || die "--variants: nothing to run"
+  names=("${kept[@]}")
+}
+
 # A JWT signed with a fresh RSA key; Envoy's jwt_authn validates it against an inline JWKS. The
 # same header goes to every variant so the client's work is identical.
 b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
@@ -321,10 +338,10 @@ SINGLE_PORT='' single_http=''
 start_single_call() {
   [[ $IDENTITY != api_key ]] || return 0
   read -r SINGLE_PORT single_http <<<"$(free_ports 2)"
-  # Without authz's HTTP ext_authz listener (its port is taken by authz itself).
+  # Without the pair's HTTP ext_authz listener (its port is the first authz's).
   sed -e "s|grpc_addr:.*|grpc_addr: 127.0.0.1:$SINGLE_PORT|" \
     -e "s|http_addr:.*|http_addr: 127.0.0.1:$single_http|" \
-    -e '/^http_authz:$/,+2d' \
+    -e '/^http_authz:$/,/^  path_prefix:/d' \
     -e 's|^policy:$|policy:\n  rate_limits:\n    - actions: [{generic_key: {descriptor_value: bench}}]\n    - actions: [{remote_address: {}}]|' \
     "$WORK/config/authz.yaml" >"$WORK/config/authz-single.yaml"
   # STORE is `type: memory` or `type: redis\n  url: ...`, as written for ratelimit.yaml.
@@ -704,12 +721,7 @@ run_envoy_mode() {
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate
   [[ -z $SINGLE_PORT ]] || VARIANTS+=(single)
-  if [[ -n $ONLY ]]; then
-    local -a kept=()
-    for v in "${VARIANTS[@]}"; do [[ ,$ONLY, != *,$v,* ]] || kept+=("$v"); done
-    [[ ${#kept[@]} -gt 0 ]] || die "--variants $ONLY names none of: ${VARIANTS[*]}"
-    VARIANTS=("${kept[@]}")
-  fi
+  pick_variants VARIANTS
   # Variant (i) reads the limits itself (also with --stand-in, which copies none).
   mkdir -p "$WORK/config"
   [[ -d $WORK/config/limits ]] || cp -r "$ROOT/bench/config/limits" "$WORK/config/limits"
@@ -923,6 +935,7 @@ run_direct_mode() {
   fi
   # single-check: Check on the single-call tollgate-authz, the embedded limit counted in it.
   [[ -z $SINGLE_PORT ]] || keys+=(single-check)
+  pick_variants keys
   echo "grpc-load --concurrency $CONCURRENCY --connections $GRPC_CONNECTIONS -d ${DURATION}s; $ROUNDS interleaved rounds;" \
     "$(nproc) cores; CLK_TCK=$HZ; identity $IDENTITY"
   [[ $STAND_IN == 0 ]] || echo "NOTE --stand-in: the tollgate-* targets are two noop-grpc processes, not Tollgate's services"

@@ -428,14 +428,14 @@ where
         });
         cmd
     };
-    let reply: Result<Vec<i64>, RedisError> = build("EVALSHA", &SCRIPT_SHA).query_async(conn).await;
+    let reply: Result<Vec<u8>, RedisError> = build("EVALSHA", &SCRIPT_SHA).query_async(conn).await;
     let reply = match reply {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             build("EVAL", SCRIPT).query_async(conn).await
         }
         r => r,
     };
-    let values = reply.map_err(store_error)?;
+    let values = script::values(&reply.map_err(store_error)?)?;
     script::reply(&values, call.len(), call.mode)
 }
 

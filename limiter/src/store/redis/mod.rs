@@ -484,13 +484,7 @@ impl RedisStore {
         }
         let received = Instant::now();
         let values = match reply {
-            resp::Value::Array(items) => items
-                .into_iter()
-                .map(|v| match v {
-                    resp::Value::Int(i) => Ok(i),
-                    other => Err(unexpected(&other)),
-                })
-                .collect::<Result<Vec<i64>, _>>()?,
+            resp::Value::Bulk(bytes) => script::values(&bytes)?,
             resp::Value::Error(e) => return Err(StoreError::Unavailable(format!("redis: {e}"))),
             other => return Err(unexpected(&other)),
         };

@@ -9,9 +9,10 @@
 --       window_us, capacity, cost, shadow. Algorithm 4 is a calendar period: the caller does
 --       the calendar math and passes the period's start_us and end_us in place of window_us and
 --       capacity.
--- Reply: Redis' clock (µs) first; then, mode 0, per key: admitted (0/1), remaining,
---        reset_after_us, retry_after_us (-1 = none). A call that runs after its deadline
---        changes nothing and replies with the clock alone.
+-- Reply: one string of little-endian doubles (cheaper for Redis to reply than an array, whose
+--        every element it converts): Redis' clock (µs) first; then, mode 0, per key: admitted
+--        (0/1), remaining, reset_after_us, retry_after_us (-1 = none). A call that runs after
+--        its deadline changes nothing and replies with the clock alone.
 --
 -- Values: one string per counter, a format byte then little-endian doubles (exact below 2^53;
 -- every quantity stays below 2^52, see Rule::check):
@@ -29,20 +30,142 @@ local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
 local RING = K + D + 1
 local FIXED, SLIDING, METER, PERIOD = 70, 83, 77, 80
 local EXACT, MAX_TICK = 2 ^ 52, 1000000 -- meters: every product below EXACT; ticks up to 1 s
-local SFMT = '<Bd' .. string.rep('d', RING)
+local SFMT = '<Bdddddddddddddd' -- format byte, newest, RING counts
+local R1 = '<ddddd' -- the reply to one hit
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 local pack, unpack_, byte = struct.pack, struct.unpack, string.byte
 
-local mode, now, deadline = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Numbers are parsed only where needed (tonumber is strtod, a large part of a call's cost);
+-- small codes are compared as strings.
+local mode, now, deadline = ARGV[1] == '1' and 1 or 0, tonumber(ARGV[2]), ARGV[3]
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis 5/6: writes after TIME are replicated as effects
 end
 local clock = redis.call('TIME')
 local rnow = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-if deadline > 0 and rnow > deadline then
-  return { rnow }
+if deadline ~= '0' and rnow > tonumber(deadline) then
+  return pack('<d', rnow)
 end
 local n = #KEYS
+
+-- The common shape, one window hit: evaluated straight from the stored value into the reply, no
+-- per-hit tables. The general loop below gives the same answers (algorithm.rs is the
+-- reference for both); a request with one key has no duplicate to scan for and nothing to
+-- report as stored when rejected, since a rejected hit changes nothing.
+if mode == 0 and n == 1 then
+  local alg = ARGV[4]
+  if alg == '0' then
+    -- sliding_window. c: what struct.unpack returns (c[1] format, c[2] newest, c[3..RING+2]
+    -- the ring, sub-window i at slot i % RING + 3).
+    local L, W, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[8]
+    cost = cost == '1' and 1 or tonumber(cost)
+    local key = KEYS[1]
+    local b = floor((W + K - 1) / K)
+    local cur = floor(now / b)
+    local v = redis.call('GET', key)
+    local c, same
+    if v and byte(v, 1) == SLIDING then c = { unpack_(SFMT, v) } end
+    if c and c[2] == cur then
+      same = true
+    elseif not c or cur - c[2] >= RING then
+      -- Empty, or every sub-window slid out.
+      c = { SLIDING, cur, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    elseif cur > c[2] then
+      for s = c[2] + 1, cur do c[s % RING + 3] = 0 end
+      c[2] = cur
+    end
+    local top = c[2]
+    local held = max(top - K - D, 0)
+    if cur + D < top then
+      -- This caller's clock lags the newest writer's beyond what is kept: check only.
+      local counted, reset, retry = 0, 0, -1
+      for s = 3, RING + 2 do counted = counted + c[s] end
+      for idx = top, held, -1 do
+        if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
+      end
+      if cost > 0 then retry = max((top - D) * b - now, 1) end
+      local adm = (cost == 0 and counted <= L) and 1 or 0
+      return pack(R1, rnow, adm, max(L - counted, 0), reset, retry)
+    end
+    local from = max(cur - K, 0)
+    -- Every kept sub-window, less those older than the window's.
+    local counted = c[3] + c[4] + c[5] + c[6] + c[7] + c[8] + c[9] + c[10] + c[11] + c[12] + c[13]
+      + c[14] + c[15]
+    for idx = top - RING + 1, from - 1 do counted = counted - c[idx % RING + 3] end
+    if counted + cost > L then
+      local retry = W
+      if cost <= L then
+        local need, freed = counted + cost - L, 0
+        for idx = from, top do
+          freed = freed + c[idx % RING + 3]
+          if freed >= need then
+            retry = max((idx + K + 1) * b - now, 0)
+            break
+          end
+        end
+      end
+      local reset = 0
+      for idx = top, from, -1 do
+        if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
+      end
+      return pack(R1, rnow, 0, max(L - counted, 0), reset, retry)
+    end
+    local s = cur % RING + 3
+    c[s] = c[s] + cost
+    -- The newest counted sub-window gives the reset; the newest kept one, the expiry.
+    local reset, kept = 0, nil
+    for idx = top, held, -1 do
+      if c[idx % RING + 3] > 0 then kept = idx break end
+    end
+    if kept and kept >= from then reset = max((kept + K + 1) * b - now, 0) end
+    if cost == 0 then
+    elseif same then
+      -- Still the newest sub-window: only its count changes, and the expiry set when it became
+      -- the newest still holds (kept = top).
+      redis.call('SETRANGE', key, 8 * s - 15, pack('<d', c[s]))
+    else
+      redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'PX',
+        max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1))
+    end
+    return pack(R1, rnow, 1, L - counted - cost, reset, -1)
+  elseif alg == '1' then
+    -- fixed_window
+    local L, W, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[8]
+    cost = cost == '1' and 1 or tonumber(cost)
+    local key = KEYS[1]
+    local w = floor(now / W)
+    local v = redis.call('GET', key)
+    local A, B
+    if v and byte(v, 1) == FIXED then
+      local _
+      _, A, B = unpack_('<Bdd', v)
+    end
+    if A and A > w then
+      -- The counter is already in a later window (this caller's clock lags): check only.
+      local retry = -1
+      if cost > 0 then retry = max(A * W - now, 1) end
+      local adm = (cost == 0 and B <= L) and 1 or 0
+      return pack(R1, rnow, adm, max(L - B, 0), (A + 1) * W - now, retry)
+    end
+    local count = 0
+    if A == w then count = B end
+    local wend = (w + 1) * W
+    if count + cost > L then
+      local retry = wend - now
+      if cost > L then retry = W end
+      local reset = 0
+      if count > 0 then reset = wend - now end
+      return pack(R1, rnow, 0, max(L - count, 0), reset, retry)
+    end
+    local after = count + cost
+    local reset = 0
+    if after > 0 then reset = wend - now end
+    if cost > 0 then
+      redis.call('SET', key, pack('<Bdd', FIXED, w, after), 'PX', max(ceil((wend - now) / 1000), 1))
+    end
+    return pack(R1, rnow, 1, L - after, reset, -1)
+  end
+end
 
 if mode == 1 then
   -- Undo hits counted by an earlier call with the same now (Redis Cluster: another slot of the
@@ -88,7 +211,7 @@ if mode == 1 then
       end
     end
   end
-  return { rnow }
+  return pack('<d', rnow)
 end
 
 -- Per hit: the stored state of its key (a = window / newest / tat, b = count / frac, r =
@@ -286,7 +409,7 @@ for pass = 1, 2 do
   if not rejected then break end
 end
 if rejected then
-  return res
+  return pack('<' .. string.rep('d', #res), unpack(res))
 end
 
 -- Commit: one SET per key, with the state after its last counted hit.
@@ -311,4 +434,4 @@ for i = 1, n do
     end
   end
 end
-return res
+return pack('<' .. string.rep('d', #res), unpack(res))

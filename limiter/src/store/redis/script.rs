@@ -90,6 +90,30 @@ pub(super) struct Reply {
     pub(super) outcomes: Option<Vec<Outcome>>,
 }
 
+/// The reply's integers, from the string of little-endian doubles the script answers (each
+/// an integer below 2^53, so exact).
+pub(super) fn values(bytes: &[u8]) -> Result<Vec<i64>, StoreError> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(StoreError::Unavailable(format!(
+            "script reply of {} bytes",
+            bytes.len()
+        )));
+    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let v = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+            if v.fract() == 0.0 && v.abs() < (1u64 << 53) as f64 {
+                Ok(v as i64)
+            } else {
+                Err(StoreError::Unavailable(
+                    "script reply value out of range".into(),
+                ))
+            }
+        })
+        .collect()
+}
+
 /// Reads the reply's integers: Redis' clock, then four per hit.
 pub(super) fn reply(values: &[i64], hits: usize, mode: Mode) -> Result<Reply, StoreError> {
     let Some((&redis_us, rest)) = values.split_first() else {
@@ -143,5 +167,18 @@ mod tests {
         assert!(reply(&[7, 1, 2], 1, Mode::Hit).is_err());
         assert!(reply(&[], 1, Mode::Hit).is_err());
         assert_eq!(reply(&[7], 1, Mode::Refund).unwrap().outcomes, None);
+    }
+
+    #[test]
+    fn reply_values_are_little_endian_doubles() {
+        let bytes: Vec<u8> = [1.8e15, 1.0, -1.0, 0.0]
+            .iter()
+            .flat_map(|v: &f64| v.to_le_bytes())
+            .collect();
+        assert_eq!(values(&bytes).unwrap(), [1_800_000_000_000_000, 1, -1, 0]);
+        assert!(values(&bytes[1..]).is_err(), "not whole doubles");
+        assert!(values(&0.5f64.to_le_bytes()).is_err());
+        assert!(values(&f64::NAN.to_le_bytes()).is_err());
+        assert!(values(&[]).unwrap().is_empty());
     }
 }
