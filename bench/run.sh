@@ -343,7 +343,7 @@ start_single_call() {
     -e "s|http_addr:.*|http_addr: 127.0.0.1:$single_http|" \
     -e '/^http_authz:$/,/^  path_prefix:/d' \
     -e 's|^policy:$|policy:\n  rate_limits:\n    - actions: [{generic_key: {descriptor_value: bench}}]\n    - actions: [{remote_address: {}}]|' \
-    -e '/^http_authz:/,$d' "$WORK/config/authz.yaml" >"$WORK/config/authz-single.yaml"
+    "$WORK/config/authz.yaml" >"$WORK/config/authz-single.yaml"
   # STORE is `type: memory` or `type: redis\n  url: ...`, as written for ratelimit.yaml.
   printf 'rate_limit:\n  domain: bench\n  store:\n    %b\n  limits: {path: %s}\n' \
     "${1//\\n  /\\n    }" "$WORK/config/limits" >>"$WORK/config/authz-single.yaml"
