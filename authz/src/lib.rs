@@ -199,6 +199,25 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
     })
 }
 
+/// Starts what an authorizer needs running beside it, until `shutdown`, wherever it is hosted
+/// (the service, the Envoy module): the issuers' keys, fetched once before returning so the
+/// first tokens after a rollout verify (an issuer that is down only makes its tokens fail
+/// closed until it is back) and then refreshed; the embedded rate limiter's limits watcher.
+pub async fn start_background(authorizer: &Authorizer, shutdown: &Shutdown) -> Result<(), Error> {
+    if let Some(jwt) = authorizer.jwt() {
+        for (issuer, e) in jwt.refresh_all().await {
+            tracing::warn!(%issuer, error = %e, "no keys for this issuer yet; its tokens are denied until a fetch succeeds");
+        }
+        jwt.spawn_refresh(shutdown.clone());
+    }
+    if let Some(rl) = authorizer.rate_limit() {
+        rl.limiter()
+            .watch(shutdown.clone())
+            .map_err(Error::LimitsWatch)?;
+    }
+    Ok(())
+}
+
 /// Binds the gRPC, side HTTP and (when configured) admin listeners, then serves in the
 /// background until `shutdown` triggers. The policy stays as `config` has it.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, Error> {
@@ -269,19 +288,7 @@ async fn serve(
     };
     let http_authz_addr = http_authz.as_ref().map(|l| l.addr);
 
-    if let Some(jwt) = authorizer.jwt() {
-        // Fetch the issuers' keys before reporting ready, so the first tokens after a rollout
-        // verify; an issuer that is down only makes its tokens fail closed until it is back.
-        for (issuer, e) in jwt.refresh_all().await {
-            tracing::warn!(%issuer, error = %e, "no keys for this issuer yet; its tokens are denied until a fetch succeeds");
-        }
-        jwt.spawn_refresh(shutdown.clone());
-    }
-    if let Some(rl) = authorizer.rate_limit() {
-        rl.limiter()
-            .watch(shutdown.clone())
-            .map_err(Error::LimitsWatch)?;
-    }
+    start_background(&authorizer, &shutdown).await?;
     if let Some(r) = &reloader {
         reload::describe();
         reload::spawn(r.clone(), shutdown.clone())?;

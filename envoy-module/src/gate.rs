@@ -131,17 +131,9 @@ async fn start(
         .await
         .map_err(|e| e.to_string())?;
     let authorizer = built.authorizer;
-    if let Some(jwt) = authorizer.jwt() {
-        for (issuer, e) in jwt.refresh_all().await {
-            tracing::warn!(%issuer, error = %e, "no keys for this issuer yet; its tokens are denied until a fetch succeeds");
-        }
-        jwt.spawn_refresh(shutdown.clone());
-    }
-    if let Some(rl) = authorizer.rate_limit() {
-        rl.limiter()
-            .watch(shutdown.clone())
-            .map_err(|e| format!("rate_limit: cannot watch the limits: {e}"))?;
-    }
+    tollgate_authz::start_background(&authorizer, &shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
     let reloader = Arc::new(reload::Reloader::new(authorizer.clone(), sources, &config));
     reload::spawn(reloader, shutdown).map_err(|e| format!("cannot watch the config file: {e}"))?;
     Ok((authorizer, built.api_keys))

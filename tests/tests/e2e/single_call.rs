@@ -11,7 +11,22 @@ use tollgate_tests::echo::EchoUpstream;
 use tollgate_tests::envoy::{Backends, Envoy};
 use tollgate_tests::process::free_port;
 use tollgate_tests::redis::{RedisCluster, RedisServer};
-use tollgate_tests::stack::{Ratelimit, Shape};
+use tollgate_tests::stack::{Authz, Ratelimit, Shape};
+
+/// Envoy on the shipped single-call config in front of `upstream`, asking `authz` (the
+/// ratelimit backend is a free port: that config has no ratelimit filter).
+async fn single_call_envoy(upstream: &EchoUpstream, authz: &Authz) -> Envoy {
+    Envoy::start_with(
+        &Shape::SingleCall.envoy_config(),
+        Backends {
+            upstream: upstream.port(),
+            authz: authz.grpc_port(),
+            ratelimit: free_port(),
+        },
+    )
+    .await
+    .unwrap()
+}
 
 /// `store:` as a `--set` value: the same counters for both services.
 async fn both_shapes_admit_exactly_the_limit_together(store: &str) {
@@ -34,16 +49,7 @@ async fn both_shapes_admit_exactly_the_limit_together(store: &str) {
     )
     .await
     .unwrap();
-    let one_call = Envoy::start_with(
-        &Shape::SingleCall.envoy_config(),
-        Backends {
-            upstream: upstream.port(),
-            authz: single.grpc_port(),
-            ratelimit: free_port(),
-        },
-    )
-    .await
-    .unwrap();
+    let one_call = single_call_envoy(&upstream, &single).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -104,7 +110,7 @@ async fn both_shapes_on_one_redis_cluster_count_one_limit_exactly() {
 /// The single-call shape with the shipped configs, usage flushed every 100 ms.
 struct OneCall {
     _upstream: EchoUpstream,
-    authz: tollgate_tests::stack::Authz,
+    authz: Authz,
     envoy: Envoy,
     client: reqwest::Client,
 }
@@ -116,16 +122,7 @@ impl OneCall {
             .authz(&["api_keys.usage.flush_interval=100ms".to_string()])
             .await
             .unwrap();
-        let envoy = Envoy::start_with(
-            &Shape::SingleCall.envoy_config(),
-            Backends {
-                upstream: upstream.port(),
-                authz: authz.grpc_port(),
-                ratelimit: free_port(),
-            },
-        )
-        .await
-        .unwrap();
+        let envoy = single_call_envoy(&upstream, &authz).await;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
