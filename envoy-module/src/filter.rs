@@ -209,6 +209,8 @@ pub(crate) mod testing {
         pub(crate) host: Option<String>,
         pub(crate) source: Option<String>,
         pub(crate) peer_subject: Option<String>,
+        pub(crate) peer_dns_san: Option<String>,
+        pub(crate) peer_sha256: Option<String>,
         pub(crate) rule: Option<String>,
         pub(crate) identity: Option<String>,
         pub(crate) scopes: Option<String>,
@@ -263,6 +265,8 @@ pub(crate) mod testing {
         fn tls_peer(&self) -> Option<TlsPeer<'_>> {
             self.peer_subject.as_deref().map(|s| TlsPeer {
                 subject: Some(s),
+                dns_san: self.peer_dns_san.as_deref(),
+                sha256: self.peer_sha256.as_deref(),
                 ..TlsPeer::default()
             })
         }

@@ -29,7 +29,7 @@ use tollgate_common::config::{Sources, load, process_env};
 
 use crate::config::{self, ConfigError, FieldError};
 use crate::filter::{FailureMode, Filter, Mutations, Request, Verdict, now_or_pending};
-use crate::verdict;
+use crate::verdict::{self, ModuleRequest, PEER_CERTIFICATE_HEADER};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,22 +148,34 @@ fn disabled_mutations(authorizer: &Authorizer) -> Mutations {
     };
     let decided = futures::executor::block_on(authorizer.check(&request));
     match verdict::from_decision(decided, &request) {
-        Verdict::Continue(m) => Mutations {
-            remove_headers: m.remove_headers,
+        Verdict::Continue(mut m) => {
+            m.remove_headers.push(PEER_CERTIFICATE_HEADER.into());
+            Mutations {
+                remove_headers: m.remove_headers,
+                ..Mutations::default()
+            }
+        }
+        _ => Mutations {
+            remove_headers: vec![PEER_CERTIFICATE_HEADER.into()],
             ..Mutations::default()
         },
-        _ => Mutations::default(),
     }
 }
 
 impl Filter for Gate {
     fn on_request(&self, request: &dyn Request) -> Verdict {
-        let owned = verdict::owned_request(request);
+        let owned = ModuleRequest::copy(request);
         let authorizer = Arc::clone(&self.started.authorizer);
         now_or_pending(
             async move {
                 let decided: Decision = authorizer.check(&owned).await;
-                verdict::from_decision(decided, &owned)
+                let mut verdict = verdict::from_decision(decided, &owned);
+                if owned.carries_peer_header()
+                    && let Verdict::Continue(m) = &mut verdict
+                {
+                    m.remove_headers.push(PEER_CERTIFICATE_HEADER.into());
+                }
+                verdict
             },
             self.failure_mode,
         )

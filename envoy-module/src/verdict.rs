@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use tollgate_authz::Decision;
-use tollgate_authz::check::{MetadataValue as AuthzValue, OwnedRequest};
+use tollgate_authz::RequestView;
+use tollgate_authz::check::{MetadataValue as AuthzValue, PeerCertificate, RouteSettings};
 
 use crate::filter::{LocalReply, Metadata, MetadataValue, Mutations, Request, Verdict};
 use crate::host::Counter;
@@ -16,34 +17,200 @@ use crate::host::Counter;
 /// Where the identity is filed, as Envoy's ext_authz filter files a Check's metadata.
 const NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
-/// The request as the decision reads it. Header values that are not UTF-8 are read lossily:
-/// a credential never has such bytes, and a condition on such a header sees what it can.
-pub(crate) fn owned_request(request: &dyn Request) -> OwnedRequest {
-    let (path, query) = request
-        .path()
-        .map_or(("", ""), |p| p.split_once('?').unwrap_or((p, "")));
-    OwnedRequest {
-        method: request.method().unwrap_or_default().to_string(),
-        host: request.host().unwrap_or_default().to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers: request
-            .headers()
-            .into_iter()
-            .map(|(name, value)| {
+/// The request header that carries the client certificate (URL-encoded PEM) to the module: a
+/// `header_mutation` filter ahead of it sets it from `%DOWNSTREAM_PEER_CERT%`, as the HTTP
+/// flavour of ext_authz does. It is only believed when its fingerprint is the one Envoy reports
+/// for the connection, so a client's own copy is worth nothing; it never reaches the upstream.
+pub(crate) const PEER_CERTIFICATE_HEADER: &str =
+    tollgate_authz::http_check::PEER_CERTIFICATE_HEADER;
+
+/// A piece of [`ModuleRequest::text`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// The request as the decision reads it, copied out of Envoy (a decision may finish on the
+/// background runtime, after the hook that could read Envoy's header map has returned). Every
+/// string lives in one buffer, so a request costs two allocations whatever its header count.
+/// Header values that are not UTF-8 are read lossily: a credential never has such bytes, and a
+/// condition on such a header sees what it can.
+#[derive(Debug, Default)]
+pub(crate) struct ModuleRequest {
+    text: String,
+    method: Span,
+    host: Span,
+    path: Span,
+    query: Span,
+    /// Lower-case names; a name listed twice was sent twice.
+    headers: Vec<(Span, Span)>,
+    rule: Option<Span>,
+    identity: Option<Span>,
+    scopes: Option<Span>,
+    source_address: Option<Span>,
+    /// The principal Envoy names for the peer, and the forwarded certificate when it is the
+    /// connection's.
+    peer: Option<(Span, Option<Span>)>,
+    /// The client sent a certificate header (believed or not): the upstream must not get it.
+    peer_header: bool,
+}
+
+impl ModuleRequest {
+    /// Copies what the decision reads out of `request`.
+    pub(crate) fn copy(request: &dyn Request) -> Self {
+        let headers = request.headers();
+        let size: usize = headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+            + 256;
+        let mut r = ModuleRequest {
+            text: String::with_capacity(size),
+            headers: Vec::with_capacity(headers.len()),
+            ..ModuleRequest::default()
+        };
+        for (name, value) in headers {
+            let name = r.push_bytes(name);
+            let start = name.start as usize;
+            r.text[start..].make_ascii_lowercase();
+            let value = r.push_bytes(value);
+            r.headers.push((name, value));
+        }
+        // Envoy's request attributes for these are its pseudo-headers, already copied: read
+        // them from there, and ask Envoy only when one is missing.
+        r.method = match r.find(":method") {
+            Some(v) => v,
+            None => r.push(request.method().unwrap_or_default()),
+        };
+        r.host = match r.find(":authority") {
+            Some(v) => v,
+            None => r.push(request.host().unwrap_or_default()),
+        };
+        let full = match r.find(":path") {
+            Some(v) => v,
+            None => r.push(request.path().unwrap_or_default()),
+        };
+        (r.path, r.query) = match r.get(full).find('?') {
+            Some(at) => {
+                let at = full.start + at as u32;
+                let path = Span {
+                    start: full.start,
+                    end: at,
+                };
                 (
-                    String::from_utf8_lossy(name).to_ascii_lowercase(),
-                    String::from_utf8_lossy(value).into_owned(),
+                    path,
+                    Span {
+                        start: at + 1,
+                        end: full.end,
+                    },
                 )
-            })
-            .collect(),
-        rule: request.route_rule().map(str::to_string),
-        identity: request.route_identity().map(str::to_string),
-        scopes: request.route_scopes().map(str::to_string),
-        source_address: request
+            }
+            None => (
+                full,
+                Span {
+                    start: full.end,
+                    end: full.end,
+                },
+            ),
+        };
+        r.rule = request.route_rule().map(|v| r.push(v));
+        r.identity = request.route_identity().map(|v| r.push(v));
+        r.scopes = request.route_scopes().map(|v| r.push(v));
+        r.source_address = request
             .source_address()
-            .map(|a| address_without_port(a).to_string()),
-        ..OwnedRequest::default()
+            .map(|a| r.push(address_without_port(a)));
+        r.peer_header = r.find(PEER_CERTIFICATE_HEADER).is_some();
+        if let Some(peer) = request.tls_peer() {
+            // Envoy's name for the peer: the first URI SAN, else the first DNS SAN, else the
+            // subject (what ext_authz sends as the source principal).
+            let principal = peer.uri_san.or(peer.dns_san).or(peer.subject);
+            let principal = r.push(principal.unwrap_or_default());
+            let pem = r.find(PEER_CERTIFICATE_HEADER).filter(|pem| {
+                let pem = r.get(*pem);
+                !pem.is_empty()
+                    && peer.sha256.is_some_and(|want| {
+                        tollgate_authz::identity::mtls::fingerprint(pem)
+                            .is_some_and(|got| got.eq_ignore_ascii_case(want))
+                    })
+            });
+            r.peer = Some((principal, pem));
+        }
+        r
+    }
+
+    fn push(&mut self, s: &str) -> Span {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        Span {
+            start,
+            end: self.text.len() as u32,
+        }
+    }
+
+    fn push_bytes(&mut self, b: &[u8]) -> Span {
+        self.push(&String::from_utf8_lossy(b))
+    }
+
+    fn get(&self, span: Span) -> &str {
+        &self.text[span.start as usize..span.end as usize]
+    }
+
+    /// The first value of header `name` (lower case).
+    fn find(&self, name: &str) -> Option<Span> {
+        self.headers
+            .iter()
+            .find(|(n, _)| self.get(*n) == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// Whether the upstream must be kept from the certificate header the request carries.
+    pub(crate) fn carries_peer_header(&self) -> bool {
+        self.peer_header
+    }
+}
+
+impl RequestView for ModuleRequest {
+    fn method(&self) -> &str {
+        self.get(self.method)
+    }
+    fn host(&self) -> &str {
+        self.get(self.host)
+    }
+    fn path(&self) -> &str {
+        self.get(self.path)
+    }
+    fn query(&self) -> &str {
+        self.get(self.query)
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.find(name).map(|v| self.get(v))
+    }
+    fn header_repeated(&self, name: &str) -> bool {
+        let mut values = self.headers.iter().filter(|(n, _)| self.get(*n) == name);
+        match (values.next(), values.next()) {
+            (Some(_), Some(_)) => true,
+            (Some((_, v)), None) => self.get(*v).contains(','),
+            _ => false,
+        }
+    }
+    fn route(&self) -> RouteSettings<'_> {
+        RouteSettings {
+            rule: self.rule.map(|s| self.get(s)),
+            identity: self.identity.map(|s| self.get(s)),
+            scopes: self.scopes.map(|s| self.get(s)),
+            disabled: false,
+        }
+    }
+    fn source_address(&self) -> Option<&str> {
+        self.source_address.map(|s| self.get(s))
+    }
+    fn peer_certificate(&self) -> Option<PeerCertificate<'_>> {
+        let (principal, pem) = self.peer?;
+        Some(PeerCertificate {
+            principal: self.get(principal),
+            pem: pem.map(|p| self.get(p)),
+        })
     }
 }
 
@@ -59,7 +226,7 @@ fn address_without_port(address: &str) -> &str {
 }
 
 /// The verdict the client and the upstream see for `decision` on `request`.
-pub(crate) fn from_decision(decision: Decision, request: &OwnedRequest) -> Verdict {
+pub(crate) fn from_decision(decision: Decision, request: &dyn RequestView) -> Verdict {
     let reason = decision.reason().as_str();
     let metadata = metadata(&decision);
     match decision {
@@ -70,10 +237,10 @@ pub(crate) fn from_decision(decision: Decision, request: &OwnedRequest) -> Verdi
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect();
             if !a.remove_query.is_empty() {
-                let query = without_params(&request.query, &a.remove_query);
+                let query = without_params(request.query(), &a.remove_query);
                 let path = match query.is_empty() {
-                    true => request.path.clone(),
-                    false => format!("{}?{query}", request.path),
+                    true => request.path().to_string(),
+                    false => format!("{}?{query}", request.path()),
                 };
                 set_headers.push((":path".into(), path));
             }
@@ -166,19 +333,88 @@ mod tests {
             .with("x-multi", "b");
         req.rule = Some("orders".into());
         req.source = Some("10.0.0.7:51234".into());
-        let owned = owned_request(&req);
-        assert_eq!(owned.path, "/orders/7");
-        assert_eq!(owned.query, "page=2&key=k");
-        assert_eq!(owned.method, "GET");
-        assert_eq!(owned.host, "example.test");
-        assert_eq!(owned.rule.as_deref(), Some("orders"));
-        assert_eq!(owned.source_address.as_deref(), Some("10.0.0.7"));
+        let owned = ModuleRequest::copy(&req);
+        assert_eq!(owned.path(), "/orders/7");
+        assert_eq!(owned.query(), "page=2&key=k");
+        assert_eq!(owned.method(), "GET");
+        assert_eq!(owned.host(), "example.test");
+        assert_eq!(owned.route().rule, Some("orders"));
+        assert_eq!(owned.source_address(), Some("10.0.0.7"));
         assert_eq!(owned.headers.len(), 3);
-        use tollgate_authz::RequestView;
         assert!(owned.header_repeated("x-multi"));
+        assert!(!owned.header_repeated("authorization"));
+        assert_eq!(owned.header("authorization"), Some("Bearer t"));
+        assert_eq!(owned.header("x-absent"), None);
+        assert_eq!(owned.peer_certificate(), None);
+        assert!(!owned.carries_peer_header());
+    }
+
+    #[test]
+    fn envoys_pseudo_headers_stand_for_its_attributes() {
+        let req = FakeRequest::default()
+            .with(":method", "POST")
+            .with(":authority", "a.test")
+            .with(":path", "/p/q?x=1&y");
+        let r = ModuleRequest::copy(&req);
         assert_eq!(
-            RequestView::header(&owned, "authorization"),
-            Some("Bearer t")
+            (r.method(), r.host(), r.path(), r.query()),
+            ("POST", "a.test", "/p/q", "x=1&y")
+        );
+        let r = ModuleRequest::copy(&FakeRequest::default().with(":path", "/bare"));
+        assert_eq!((r.path(), r.query(), r.method()), ("/bare", "", ""));
+    }
+
+    fn certificate(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        pem.replace('\n', "%0A")
+            .replace(' ', "%20")
+            .replace('+', "%2B")
+    }
+
+    fn with_peer(pem: &str, sha256: Option<&str>) -> ModuleRequest {
+        let mut req = FakeRequest::get("/").with(PEER_CERTIFICATE_HEADER, pem);
+        req.peer_subject = sha256.map(|_| "CN=web".to_string());
+        req.peer_dns_san = sha256.map(|_| "web.test".to_string());
+        req.peer_sha256 = sha256.map(str::to_string);
+        ModuleRequest::copy(&req)
+    }
+
+    #[test]
+    fn a_forwarded_certificate_counts_only_when_it_is_the_connections() {
+        let pem = certificate("web.test");
+        let own = tollgate_authz::identity::mtls::fingerprint(&pem).unwrap();
+        let r = with_peer(&pem, Some(&own));
+        let peer = r.peer_certificate().unwrap();
+        assert_eq!(
+            peer.principal, "web.test",
+            "Envoy's name: the DNS SAN before the subject"
+        );
+        assert_eq!(peer.pem, Some(pem.as_str()));
+        assert!(r.carries_peer_header());
+
+        let other = tollgate_authz::identity::mtls::fingerprint(&certificate("x.test")).unwrap();
+        let forged = with_peer(&pem, Some(&other));
+        assert_eq!(
+            forged.peer_certificate().map(|p| p.pem),
+            Some(None),
+            "another certificate than the handshake's is not believed"
+        );
+        assert!(forged.carries_peer_header());
+
+        let plain = with_peer(&pem, None);
+        assert_eq!(
+            plain.peer_certificate(),
+            None,
+            "no TLS peer, no certificate"
+        );
+        assert!(
+            plain.carries_peer_header(),
+            "and the client's copy is still stripped"
         );
     }
 

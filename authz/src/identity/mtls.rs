@@ -171,6 +171,16 @@ fn parse(principal: &str, pem: &str, now: SystemTime) -> Result<PeerCert, Reject
     Ok(cert)
 }
 
+/// The SHA-256 fingerprint (lower-case hex, of the DER) of a URL-encoded PEM certificate, as
+/// Envoy reports a peer's (`%DOWNSTREAM_PEER_FINGERPRINT_256%`, the module's connection
+/// attribute): what binds a certificate read from a header to the one the TLS handshake
+/// verified. `None` when it is not one PEM certificate.
+pub fn fingerprint(pem: &str) -> Option<String> {
+    let text = percent_decode(pem);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).ok()?;
+    (pem.label == "CERTIFICATE").then(|| hex(&Sha256::digest(&pem.contents)))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -251,6 +261,20 @@ mod tests {
         assert_eq!(c.spiffe_id.as_deref(), Some("spiffe://acme.test/ns/web"));
         assert_eq!(c.fingerprint.len(), 64);
         assert_eq!(c.principal, "spiffe://acme.test/ns/web");
+    }
+
+    #[test]
+    fn the_fingerprint_is_the_identitys_and_needs_one_certificate() {
+        let pem = cert(vec![]);
+        let id = verifier(&[]).verify("", &pem).unwrap();
+        assert_eq!(
+            fingerprint(&pem),
+            Some(id.cert.unwrap().fingerprint.clone())
+        );
+        assert_ne!(fingerprint(&cert(vec![])), fingerprint(&pem));
+        assert_eq!(fingerprint("not a certificate"), None);
+        let key = url_encode("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        assert_eq!(fingerprint(&key), None);
     }
 
     #[test]

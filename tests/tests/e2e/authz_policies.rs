@@ -1,7 +1,8 @@
 //! Policies people write elsewhere, through real Envoy: a CEL condition on a claim, a header and
 //! the method; bearer tokens from a cookie and the query as well as `Authorization`; and
 //! client-certificate identity on Envoy's mTLS example (`deploy/envoy/envoy-mtls.yaml`) with
-//! a real TLS client holding certificates with SPIFFE IDs, over both ext_authz flavours.
+//! a real TLS client holding certificates with SPIFFE IDs, over both ext_authz flavours and in
+//! process (`deploy/envoy/envoy-module-mtls.yaml`).
 
 use std::collections::BTreeMap;
 
@@ -167,12 +168,43 @@ policy:
 
 #[tokio::test]
 async fn client_certificates_through_envoy_grpc() {
-    client_certificates_through_envoy(Flavour::Grpc).await;
+    client_certificates_through_envoy(Shape::Service(Flavour::Grpc)).await;
 }
 
 #[tokio::test]
 async fn client_certificates_through_envoy_http() {
-    client_certificates_through_envoy(Flavour::Http).await;
+    client_certificates_through_envoy(Shape::Service(Flavour::Http)).await;
+}
+
+#[tokio::test]
+async fn client_certificates_in_process() {
+    client_certificates_through_envoy(Shape::Module).await;
+}
+
+/// Who decides on the certificate: tollgate-authz over an ext_authz flavour, or the module
+/// (`deploy/envoy/envoy-module-mtls.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Service(Flavour),
+    Module,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Service(f) => f.name(),
+            Shape::Module => "module",
+        }
+    }
+}
+
+/// The module's mTLS example loading the authz config `authz` (a file).
+fn module_mtls_config(authz: &std::path::Path, ports: &BTreeMap<u16, u16>) -> String {
+    let text = tollgate_tests::envoy::example_file("envoy-module-mtls.yaml");
+    let shipped = "config: /etc/tollgate/authz.yaml";
+    assert!(text.contains(shipped), "the example moved");
+    let text = text.replace(shipped, &format!("config: {}", authz.display()));
+    rewrite_ports(&text, ports).replace("address: 0.0.0.0", "address: 127.0.0.1")
 }
 
 /// The Envoy config of `flavour` terminating mTLS: `deploy/envoy/envoy-mtls.yaml` for gRPC;
@@ -214,7 +246,7 @@ fn url_encoded(pem: &[u8]) -> String {
         .collect()
 }
 
-async fn client_certificates_through_envoy(flavour: Flavour) {
+async fn client_certificates_through_envoy(shape: Shape) {
     let dir = tempfile::tempdir().unwrap();
     let (pki, clients) = tollgate_tests::pki::generate_with_clients(
         dir.path(),
@@ -224,35 +256,47 @@ async fn client_certificates_through_envoy(flavour: Flavour) {
     );
     let file = dir.path().join("authz.yaml");
     std::fs::write(&file, MTLS_POLICY).unwrap();
-    let authz = Authz::start(load_config(&file, &flavour.authz_sets()).unwrap())
-        .await
-        .unwrap();
     let upstream = EchoUpstream::start().await;
     let (port, admin) = (free_port(), free_port());
-    // The HTTP-mode config's listener is on 10000 and rate-limits (no limiter here: its
-    // failure mode lets requests through).
-    let ports = BTreeMap::from([
-        (10443, port),
-        (10000, port),
-        (9901, admin),
-        (8000, upstream.port()),
-        (9001, authz.grpc_port()),
-        (8081, free_port()),
-    ]);
-    let config = mtls_config(flavour, &authz, &ports)
-        .replace(
-            "/etc/tollgate/tls/server.pem",
-            &pki.server_cert.display().to_string(),
-        )
-        .replace(
-            "/etc/tollgate/tls/server.key",
-            &pki.server_key.display().to_string(),
-        )
-        .replace(
-            "/etc/tollgate/tls/clients-ca.pem",
-            &pki.ca_cert.display().to_string(),
-        );
-    let _envoy = Envoy::start_raw(&config, port, admin).await.unwrap();
+    let mut ports = BTreeMap::from([(10443, port), (9901, admin), (8000, upstream.port())]);
+    let tls_files = |config: String| {
+        config
+            .replace(
+                "/etc/tollgate/tls/server.pem",
+                &pki.server_cert.display().to_string(),
+            )
+            .replace(
+                "/etc/tollgate/tls/server.key",
+                &pki.server_key.display().to_string(),
+            )
+            .replace(
+                "/etc/tollgate/tls/clients-ca.pem",
+                &pki.ca_cert.display().to_string(),
+            )
+    };
+    let module_env = tollgate_tests::module::module_dir();
+    let module_env = [("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_env.as_os_str())];
+    let (_authz, config, env): (_, _, &[(&str, &std::ffi::OsStr)]) = match shape {
+        Shape::Service(flavour) => {
+            let authz = Authz::start(load_config(&file, &flavour.authz_sets()).unwrap())
+                .await
+                .unwrap();
+            // The HTTP-mode config's listener is on 10000 and rate-limits (no limiter here:
+            // its failure mode lets requests through).
+            ports.extend([
+                (10000, port),
+                (9001, authz.grpc_port()),
+                (8081, free_port()),
+            ]);
+            let config = mtls_config(flavour, &authz, &ports);
+            (Some(authz), config, &[])
+        }
+        Shape::Module => (None, module_mtls_config(&file, &ports), &module_env),
+    };
+    let config = tls_files(config);
+    let envoy = Envoy::start_raw_with_env(&config, port, admin, env)
+        .await
+        .unwrap();
 
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_cert).unwrap()).unwrap();
     let client_for = |cert: Option<&(std::path::PathBuf, std::path::PathBuf)>| {
@@ -316,16 +360,41 @@ async fn client_certificates_through_envoy(flavour: Flavour) {
             .send()
     };
     let r = forge(client_for(None), "/orders/1").await.unwrap();
-    assert_eq!(r.status(), 401, "{}", flavour.name());
+    assert_eq!(r.status(), 401, "{}", shape.name());
     let r = forge(client_for(Some(&clients[1])), "/other")
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let echo: Echo = r.json().await.unwrap();
     assert_eq!(echo.header("x-tollgate-subject"), Some(DB));
-    if flavour == Flavour::Http {
+    if shape != Shape::Service(Flavour::Grpc) {
         assert_eq!(echo.header("x-tollgate-peer-certificate"), None);
     }
+    if shape != Shape::Module {
+        return;
+    }
+
+    // Without the header_mutation filter (an operator who dropped it), the client's header
+    // reaches the module: it is still not believed, since it is not the certificate of the
+    // connection, and the upstream still never sees it.
+    drop(envoy);
+    let filter = config
+        .find("          - name: envoy.filters.http.header_mutation\n")
+        .expect("the example's header_mutation filter");
+    let next = filter
+        + config[filter..]
+            .find("          - name: envoy.filters.http.dynamic_modules")
+            .unwrap();
+    let bare = format!("{}{}", &config[..filter], &config[next..]);
+    let _envoy = Envoy::start_raw_with_env(&bare, port, admin, env)
+        .await
+        .unwrap();
+    let r = forge(client_for(None), "/orders/1").await.unwrap();
+    assert_eq!(r.status(), 401, "no certificate on the connection");
+    let r = forge(client_for(Some(&clients[1])), "/other")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "another certificate than the connection's");
 }
 
 /// The chart's values for a gateway that takes client certificates, as docs/authz.md shows
