@@ -170,10 +170,8 @@ impl Filter for Gate {
             async move {
                 let decided: Decision = authorizer.check(&owned).await;
                 let mut verdict = verdict::from_decision(decided, &owned);
-                if owned.carries_peer_header()
-                    && let Verdict::Continue(m) = &mut verdict
-                {
-                    m.remove_headers.push(PEER_CERTIFICATE_HEADER.into());
+                if let Verdict::Continue(m) = &mut verdict {
+                    owned.prune_removals(m);
                 }
                 verdict
             },

@@ -29,7 +29,10 @@ pub(crate) trait Host {
     fn add_header(&mut self, name: &str, value: &str);
     /// Adds a header to the response headers (only meaningful in the response-headers hook).
     fn add_response_header(&mut self, name: &str, value: &str);
-    fn set_metadata(&mut self, entry: &Metadata);
+    /// Sets dynamic metadata: `entries`, all under one namespace, in one call where the ABI
+    /// allows (Envoy merges each call into the stream's metadata, and a call costs more than
+    /// a field).
+    fn set_metadata(&mut self, entries: &[Metadata]);
     /// Answers the client; Envoy stops the request's way to the upstream.
     fn send_response(&mut self, reply: &LocalReply);
     /// Resumes a request paused by an earlier hook.

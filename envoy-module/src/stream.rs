@@ -187,8 +187,8 @@ impl<S: Scheduler> Stream<S> {
         for (name, value) in &m.add_headers {
             host.add_header(name, value);
         }
-        for entry in &m.metadata {
-            host.set_metadata(entry);
+        for entries in m.metadata.chunk_by(|a, b| a.namespace == b.namespace) {
+            host.set_metadata(entries);
         }
         for (counter, label) in m.counts {
             host.count(counter, label);

@@ -93,8 +93,9 @@ impl Host for FakeHost {
     fn add_response_header(&mut self, name: &str, value: &str) {
         self.ops.push(Op::Response(name.into(), value.into()));
     }
-    fn set_metadata(&mut self, entry: &Metadata) {
-        self.ops.push(Op::Meta(entry.key.clone()));
+    fn set_metadata(&mut self, entries: &[Metadata]) {
+        let keys = entries.iter().map(|e| e.key.as_str());
+        self.ops.push(Op::Meta(keys.collect::<Vec<_>>().join(",")));
     }
     fn send_response(&mut self, reply: &LocalReply) {
         self.ops.push(Op::Reply(reply.status));

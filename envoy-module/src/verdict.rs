@@ -164,9 +164,16 @@ impl ModuleRequest {
             .map(|(_, v)| *v)
     }
 
-    /// Whether the upstream must be kept from the certificate header the request carries.
-    pub(crate) fn carries_peer_header(&self) -> bool {
-        self.peer_header
+    /// `m`'s removals cut to the headers this request carries and `m` does not set anyway (a
+    /// set replaces every value), plus the certificate header if the client sent one: each
+    /// removal is a call into Envoy's header map, and most requests carry none of them.
+    pub(crate) fn prune_removals(&self, m: &mut Mutations) {
+        let set = &m.set_headers;
+        m.remove_headers
+            .retain(|h| self.find(h).is_some() && !set.iter().any(|(n, _)| n == h));
+        if self.peer_header {
+            m.remove_headers.push(PEER_CERTIFICATE_HEADER.into());
+        }
     }
 }
 
@@ -346,7 +353,7 @@ mod tests {
         assert_eq!(owned.header("authorization"), Some("Bearer t"));
         assert_eq!(owned.header("x-absent"), None);
         assert_eq!(owned.peer_certificate(), None);
-        assert!(!owned.carries_peer_header());
+        assert!(!strips_peer_header(&owned));
     }
 
     #[test]
@@ -362,6 +369,35 @@ mod tests {
         );
         let r = ModuleRequest::copy(&FakeRequest::default().with(":path", "/bare"));
         assert_eq!((r.path(), r.query(), r.method()), ("/bare", "", ""));
+    }
+
+    fn strips_peer_header(r: &ModuleRequest) -> bool {
+        let mut m = Mutations::default();
+        r.prune_removals(&mut m);
+        m.remove_headers == [PEER_CERTIFICATE_HEADER]
+    }
+
+    #[test]
+    fn only_headers_the_request_carries_and_no_set_one_are_removed() {
+        let r = ModuleRequest::copy(
+            &FakeRequest::get("/")
+                .with("X-Tollgate-Subject", "forged")
+                .with("x-tollgate-auth-method", "forged")
+                .with("x-other", "kept"),
+        );
+        let mut m = Mutations {
+            remove_headers: [
+                "x-tollgate-subject",
+                "x-tollgate-plan",
+                "x-tollgate-auth-method",
+            ]
+            .map(String::from)
+            .to_vec(),
+            set_headers: vec![("x-tollgate-auth-method".into(), "jwt".into())],
+            ..Mutations::default()
+        };
+        r.prune_removals(&mut m);
+        assert_eq!(m.remove_headers, ["x-tollgate-subject"]);
     }
 
     fn certificate(name: &str) -> String {
@@ -395,7 +431,7 @@ mod tests {
             "Envoy's name: the DNS SAN before the subject"
         );
         assert_eq!(peer.pem, Some(pem.as_str()));
-        assert!(r.carries_peer_header());
+        assert!(strips_peer_header(&r));
 
         let other = tollgate_authz::identity::mtls::fingerprint(&certificate("x.test")).unwrap();
         let forged = with_peer(&pem, Some(&other));
@@ -404,7 +440,7 @@ mod tests {
             Some(None),
             "another certificate than the handshake's is not believed"
         );
-        assert!(forged.carries_peer_header());
+        assert!(strips_peer_header(&forged));
 
         let plain = with_peer(&pem, None);
         assert_eq!(
@@ -413,7 +449,7 @@ mod tests {
             "no TLS peer, no certificate"
         );
         assert!(
-            plain.carries_peer_header(),
+            strips_peer_header(&plain),
             "and the client's copy is still stripped"
         );
     }

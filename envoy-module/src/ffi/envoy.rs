@@ -295,15 +295,21 @@ impl<'hook> EnvoyStream<'hook> {
         }
     }
 
-    fn set_metadata_struct(&mut self, entry: &Metadata) {
-        let mut fields = std::collections::BTreeMap::new();
-        fields.insert(entry.key.clone(), to_proto(&entry.value));
+    /// Every entry in one call: a `Struct` of their keys, merged into the namespace.
+    fn set_metadata_struct(&mut self, entries: &[Metadata]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let fields = entries
+            .iter()
+            .map(|e| (e.key.clone(), to_proto(&e.value)))
+            .collect();
         let encoded = prost_types::Struct { fields }.encode_to_vec();
         // SAFETY: `filter` is valid for 'hook; the buffers are alive for the call and copied.
         unsafe {
             abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_struct(
                 self.filter,
-                buf(entry.namespace.as_bytes()),
+                buf(first.namespace.as_bytes()),
                 buf(&encoded),
             );
         }
@@ -396,7 +402,10 @@ impl Host for EnvoyStream<'_> {
         self.response.add(name, value);
     }
 
-    fn set_metadata(&mut self, entry: &Metadata) {
+    fn set_metadata(&mut self, entries: &[Metadata]) {
+        let [entry] = entries else {
+            return self.set_metadata_struct(entries);
+        };
         let (ns, key) = (buf(entry.namespace.as_bytes()), buf(entry.key.as_bytes()));
         // SAFETY (each arm): `filter` is valid for 'hook; every buffer is alive for the call
         // and Envoy copies it into the stream's metadata.
@@ -425,7 +434,7 @@ impl Host for EnvoyStream<'_> {
                     *b,
                 )
             },
-            MetadataValue::List(_) | MetadataValue::Struct(_) => self.set_metadata_struct(entry),
+            MetadataValue::List(_) | MetadataValue::Struct(_) => self.set_metadata_struct(entries),
         }
     }
 

@@ -63,7 +63,8 @@ fn with_limits(yaml: &str) -> (tempfile::TempDir, Gate) {
 fn a_public_rule_is_decided_on_the_worker_and_rate_limited_with_429_and_headers() {
     let (_dir, gate) = with_limits(POLICY);
     for _ in 0..2 {
-        let Verdict::Continue(m) = gate.on_request(&FakeRequest::get("/open")) else {
+        let forged = FakeRequest::get("/open").with("x-tollgate-subject", "someone");
+        let Verdict::Continue(m) = gate.on_request(&forged) else {
             panic!("allowed expected")
         };
         assert!(
