@@ -672,7 +672,15 @@ wrk_fields() {
 write_inprocess_config() {
   local src=$ROOT/bench/config/authz.yaml store="type: memory"
   [[ $IDENTITY == public ]] || src=$ROOT/bench/config/authz-$IDENTITY.yaml
+  # TOLLGATE_BENCH_STORE_TIMEOUT: the module's Redis call deadline (default the store's 50ms).
+  # On a machine shared with builds redis-server can be starved past 50 ms: the module then
+  # answers 503 (failure_mode error) and the run aborts on non-2xx; a longer deadline keeps
+  # the run measuring throughput. The script says when it is set.
   [[ $REDIS == 0 ]] || store="type: redis\n    url: redis://127.0.0.1:$REDIS_PORT"
+  if [[ $REDIS == 1 && -n ${TOLLGATE_BENCH_STORE_TIMEOUT:-} ]]; then
+    store+="\n    timeout: $TOLLGATE_BENCH_STORE_TIMEOUT"
+    echo "NOTE (i): the module's Redis store.timeout is $TOLLGATE_BENCH_STORE_TIMEOUT (TOLLGATE_BENCH_STORE_TIMEOUT)"
+  fi
   if [[ $IDENTITY == api_key && $STAND_IN == 0 ]]; then
     cp "$WORK/keys.redb" "$WORK/module-keys.redb"
   fi

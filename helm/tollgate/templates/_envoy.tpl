@@ -14,7 +14,7 @@
         {{- range $identity }}
         - remove: {{ . | quote }}
         {{- end }}
-{{- if $.Values.authz.enabled }}
+{{- if and $.Values.authz.enabled (not (include "tollgate.inprocess" $)) }}
 - name: envoy.filters.http.ext_authz
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
@@ -30,21 +30,17 @@
     include_peer_certificate: {{ $e.clientCertificates.enabled }}
 {{- end }}
 {{- if include "tollgate.inprocess" $ }}
-{{- $r := $.Values.ratelimit }}
-{{- if and (include "tollgate.redis.used" $) (include "tollgate.redis.passwordSecret" $) }}
-{{- fail "envoy.mode is inprocess: the module reads no Redis password from a Secret; use a Redis without one, or redis.mode none" }}
-{{- end }}
 {{- if include "tollgate.singleCall" $ }}
-{{- fail "envoy.mode inprocess and mode singleCall exclude each other: the module rate-limits in Envoy, single-call mode in tollgate-authz" }}
+{{- fail "envoy.mode inprocess and mode singleCall exclude each other: the module decides and rate-limits in Envoy, single-call mode in tollgate-authz" }}
 {{- end }}
-{{- $store := include "tollgate.counterStore" (dict "root" $ "values" $e "component" "envoy") | fromJson }}
 {{- $module := dict
   "failure_mode" $e.inprocess.failureMode
   "config" "/etc/envoy/tollgate-authz.yaml" }}
-# Tollgate in-process: the dynamic module decides in Envoy's workers with the authz config
-# beside this file (tollgate-authz.yaml: envoy.defaultRateLimits as its policy's rate_limits,
-# the limits mounted from the limits ConfigMap, reloaded on change, and the store of the
-# ratelimit section). Its stats are Envoy's: tollgate.* on /stats/prometheus.
+# Tollgate in-process: the dynamic module decides in Envoy's workers, with no ext_authz or
+# rate-limit call, from the authz config beside this file (tollgate-authz.yaml: rendered from
+# authz.* by the same template as tollgate-authz's own, with single-call mode's rate_limit
+# section: the limits ConfigMap mounted and reloaded on change, the counter store of redis.*).
+# Its stats are Envoy's: tollgate.* on /stats/prometheus.
 - name: envoy.filters.http.dynamic_modules
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
@@ -76,7 +72,8 @@
 {{- $e := .Values.envoy }}
 {{- range $component := list "authz" "ratelimit" }}
 {{- $v := index $.Values $component }}
-{{- if include "tollgate.on" (dict "root" $ "component" $component) }}
+{{- /* In-process the module decides: Envoy calls neither service. */}}
+{{- if and (include "tollgate.on" (dict "root" $ "component" $component)) (not (include "tollgate.inprocess" $)) }}
 - name: {{ printf "tollgate_%s" $component }}
   type: STRICT_DNS
   dns_lookup_family: V4_PREFERRED
@@ -165,30 +162,41 @@ resources:
       trusted_ca: { filename: /etc/envoy-tls/ca.crt }
 {{- end }}
 
-{{/* The tollgate-authz config the in-process module loads (/etc/envoy/tollgate-authz.yaml):
-     every request public, rate-limited by envoy.defaultRateLimits (Envoy's rate_limits
-     actions, which the module's descriptor builder reads as they are) against the limits
-     ConfigMap, with the ratelimit section's settings and the chart's counter store. */}}
-{{- define "tollgate.envoy.moduleAuthz" -}}
-{{- $e := .Values.envoy }}
-{{- $r := .Values.ratelimit }}
-{{- $store := include "tollgate.counterStore" (dict "root" $ "values" $e "component" "envoy") | fromJson }}
-{{- $rule := dict "name" "all" "path" (dict "prefix" "/") "public" true }}
-{{- /* As in single-call mode: the descriptors as they are, a key's own limit included (the
-     module reads the same `key_limit` entries and `limit` override). */}}
-{{- $limits := $e.defaultRateLimits }}
-{{- $policy := dict "rules" (list $rule) "rate_limits" $limits }}
-{{- $config := dict
-  "policy" $policy
-  "rate_limit" (dict
-    "domain" $e.rateLimit.domain
-    "store" $store
-    "limits" (dict "path" "/etc/tollgate/limits")
-    "failure_mode" $r.failureMode
-    "default_algorithm" $r.defaultAlgorithm
-    "shadow_mode" $r.shadowMode
-    "headers" $r.headers) }}
-{{- toYaml $config }}
+{{/* The per-route config of the in-process module for one route of envoy.routes (with the
+     root as `root`), as a JSON object, or nothing when the route needs none: `disabled` on a
+     route that skips authz (authz.enabled false: the decision and its limits are skipped, the
+     identity headers still removed), or with authz.enabled=false on a route with
+     `rateLimits: []`; else the route's `rule`, `identity`, `scopes` (the pair's
+     context_extensions). */}}
+{{- define "tollgate.envoy.moduleRoute" -}}
+{{- $authz := default dict .route.authz }}
+{{- $settings := dict }}
+{{- if .root.Values.authz.enabled }}
+{{- if and (hasKey $authz "enabled") (not $authz.enabled) }}
+{{- $settings = dict "disabled" true }}
+{{- else }}
+{{- if and (hasKey .route "rateLimits") (kindIs "slice" .route.rateLimits) (empty .route.rateLimits) }}
+{{- fail (printf "envoy.mode inprocess: route %s has rateLimits: [] but runs authz, and the module skips both or neither on a route; give it a policy rule without limits (authz.rule, with rate_limits: [] on that rule) or authz.enabled: false" .route.name) }}
+{{- end }}
+{{- with $authz.rule }}{{ $_ := set $settings "rule" . }}{{ end }}
+{{- with $authz.identity }}{{ $_ := set $settings "identity" . }}{{ end }}
+{{- with $authz.scopes }}{{ $_ := set $settings "scopes" . }}{{ end }}
+{{- end }}
+{{- else if and (hasKey .route "rateLimits") (kindIs "slice" .route.rateLimits) (empty .route.rateLimits) }}
+{{- $settings = dict "disabled" true }}
+{{- end }}
+{{- if $settings }}{{ toJson $settings }}{{ end }}
+{{- end }}
+
+{{/* The module's per-route filter config carrying `settings` (a JSON object). */}}
+{{- define "tollgate.envoy.modulePerRoute" -}}
+envoy.filters.http.dynamic_modules:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute
+  dynamic_module_config: { name: tollgate_envoy }
+  filter_name: tollgate
+  filter_config:
+    "@type": type.googleapis.com/google.protobuf.StringValue
+    value: {{ . | quote }}
 {{- end }}
 
 {{/* The gateway listener's TLS with client certificates (envoy.clientCertificates): its own

@@ -49,9 +49,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Whether the chart's Envoy rate-limits in-process (the dynamic module). */}}
+{{/* Whether the chart's Envoy decides in-process (the dynamic module): authz from authz.*
+     and the rate limits, with no ext_authz or rate-limit call. */}}
 {{- define "tollgate.inprocess" -}}
-{{- if and .Values.envoy.enabled .Values.ratelimit.enabled (eq (default "services" .Values.envoy.mode) "inprocess") }}true{{ end }}
+{{- if and .Values.envoy.enabled (eq (default "services" .Values.envoy.mode) "inprocess") }}true{{ end }}
 {{- end }}
 
 {{/* The in-cluster DNS name of a component's Service. */}}
@@ -256,54 +257,87 @@ The tollgate-authz config file as JSON (docs/authz.md). The Deployment's checksu
 section is read at start and rolls the pods when it changes.
 */}}
 {{- define "tollgate.authzConfig" -}}
-{{- $a := .Values.authz }}
+{{- include "tollgate.authzConfigFor" (dict "root" . "module" false) }}
+{{- end }}
+
+{{/* The same file for the in-process module (envoy.mode inprocess, beside envoy.yaml): the
+     same policy, issuers, introspection, API keys, token sources, mtls and identity headers
+     from authz.*, and single-call mode's `rate_limit:` section counted in Envoy's pods. The
+     module has no listener and logs into Envoy's log, so `server`, `admin` and `log` are left
+     out. With authz.enabled=false it only rate-limits: every route public. */}}
+{{- define "tollgate.moduleAuthzConfig" -}}
+{{- include "tollgate.authzConfigFor" (dict "root" . "module" true) }}
+{{- end }}
+
+{{/* tollgate.authzConfigFor (dict "root" $ "module" bool): the one template of both. */}}
+{{- define "tollgate.authzConfigFor" -}}
+{{- $root := .root }}
+{{- $module := .module }}
+{{- $a := $root.Values.authz }}
+{{- $e := $root.Values.envoy }}
+{{- /* Who counts the limits from the policy's descriptors: authz in single-call mode, the
+     module in Envoy (when ratelimit is enabled). */}}
+{{- $counts := ternary $root.Values.ratelimit.enabled (include "tollgate.singleCall" $root | eq "true") $module }}
+{{- $mode := ternary "envoy.mode inprocess" "mode singleCall" $module }}
 {{- $policy := deepCopy $a.policy }}
-{{- if include "tollgate.singleCall" . }}
+{{- if and $module (not $a.enabled) }}
+{{- $policy = dict "rules" (list (dict "name" "all" "path" (dict "prefix" "/") "public" true)) }}
+{{- end }}
+{{- if $counts }}
 {{- if not (hasKey $policy "rate_limits") }}
 {{- /* The descriptors Envoy's routes would have built, now built by the Check, as they are
      (a key's own limit included: the Check reads the same `key_limit` entries). */}}
-{{- $_ := set $policy "rate_limits" .Values.envoy.defaultRateLimits }}
+{{- $_ := set $policy "rate_limits" $e.defaultRateLimits }}
 {{- end }}
-{{- range .Values.envoy.routes }}
+{{- range $e.routes }}
 {{- if .rateLimits }}
-{{- fail (printf "mode singleCall: route %s sets rateLimits, which only Envoy's ratelimit filter reads; put them on its policy rule (authz.policy.rules[].rate_limits)" .name) }}
+{{- fail (printf "%s: route %s sets rateLimits, which only Envoy's ratelimit filter reads; put them on its policy rule (authz.policy.rules[].rate_limits)" $mode .name) }}
 {{- end }}
 {{- end }}
 {{- end }}
-{{- $c := dict
-  "server" (include "tollgate.serverConfig" (dict "root" . "values" $a) | fromJson)
-  "log" $a.log
-  "policy" $policy
-  "headers" $a.headers }}
-{{- if include "tollgate.singleCall" . }}
-{{- $_ := set $c "rate_limit" (include "tollgate.authzRateLimit" . | fromJson) }}
+{{- $c := dict "policy" $policy "headers" $a.headers }}
+{{- if not $module }}
+{{- $_ := set $c "server" (include "tollgate.serverConfig" (dict "root" $root "values" $a) | fromJson) }}
+{{- $_ := set $c "log" $a.log }}
 {{- end }}
+{{- if $counts }}
+{{- $_ := set $c "rate_limit" (include "tollgate.authzRateLimit" (dict "root" $root "module" $module) | fromJson) }}
+{{- end }}
+{{- if or $a.enabled (not $module) }}
 {{- with $a.jwt }}{{ $_ := set $c "jwt" . }}{{ end }}
 {{- with $a.introspection }}{{ $_ := set $c "introspection" . }}{{ end }}
-{{- if .Values.envoy.clientCertificates.enabled }}{{ $_ := set $c "mtls" $a.mtls }}{{ end }}
-{{- include "tollgate.checkCheckDeadlines" . }}
+{{- if $e.clientCertificates.enabled }}{{ $_ := set $c "mtls" $a.mtls }}{{ end }}
+{{- if not $module }}
+{{- include "tollgate.checkCheckDeadlines" $root }}
+{{- end }}
 {{- if $a.apiKeys.enabled }}
 {{- $store := dict "type" "embedded" "path" "/var/lib/tollgate/keys.redb" }}
-{{- if include "tollgate.redis.used" . }}
-{{- $store = include "tollgate.redis.keyStore" . | fromJson }}
+{{- if include "tollgate.redis.used" $root }}
+{{- $store = include "tollgate.redis.keyStore" $root | fromJson }}
 {{- $_ := set $store "timeout" $a.apiKeys.storeTimeout }}
-{{- if .Values.redis.tls.caSecret }}
+{{- if $root.Values.redis.tls.caSecret }}
 {{- $_ := set $store "ca_file" "/etc/tollgate/redis-ca/ca.crt" }}
 {{- end }}
+{{- else if $module }}
+{{- fail "envoy.mode is inprocess with authz.apiKeys.enabled: the module serves no admin API and an embedded key file is one process's, so its keys must live in the Redis store tollgate-authz's admin API writes to (redis.mode standalone, sentinel or cluster), or set authz.apiKeys.enabled=false" }}
 {{- else if and (gt (int $a.replicas) 1) (not $a.autoscaling.enabled) }}
 {{- fail "redis.mode is none: API keys live in a file per pod, so authz.replicas must be 1 (or use Redis)" }}
 {{- end }}
-{{- if and $a.autoscaling.enabled (not (include "tollgate.redis.used" .)) }}
+{{- if and $a.autoscaling.enabled (not (include "tollgate.redis.used" $root)) (not $module) }}
 {{- fail "redis.mode is none: API keys live in a file per pod, so authz.autoscaling cannot be enabled (use Redis)" }}
 {{- end }}
 {{- $_ := set $c "api_keys" (dict "header" $a.apiKeys.header "store" $store "serve_stale" $a.apiKeys.serveStale) }}
-{{- if $a.admin.enabled }}
+{{- if and $a.admin.enabled (not $module) }}
 {{- $_ := set $c "admin" (dict "addr" (printf "0.0.0.0:%d" (int $a.ports.admin)) "token_file" "/etc/tollgate/admin/token") }}
 {{- end }}
 {{- else if $a.admin.enabled }}
 {{- fail "authz.admin.enabled needs authz.apiKeys.enabled: the admin API manages API keys" }}
 {{- end }}
 {{- $c = mergeOverwrite (deepCopy $c) (deepCopy $a.extraConfig) }}
+{{- end }}
+{{- if $module }}
+{{- $c = omit $c "server" "log" "admin" "http_authz" }}
+{{- end }}
 {{- toJson $c }}
 {{- end }}
 
@@ -380,19 +414,26 @@ section is read at start and rolls the pods when it changes.
 {{- toJson $store }}
 {{- end }}
 
-{{/* The `rate_limit:` section of tollgate-authz in single-call mode: the settings
-     tollgate-ratelimit would have (ratelimit.*), the limits ConfigMap, and the domain Envoy's
-     ratelimit filter would have sent (envoy.rateLimit.domain). */}}
+{{/* The `rate_limit:` section of tollgate-authz in single-call mode (module false) or of the
+     in-process module (module true): the settings tollgate-ratelimit would have
+     (ratelimit.*), the limits ConfigMap, and the domain Envoy's ratelimit filter would have
+     sent (envoy.rateLimit.domain). The counters are the pods' that count: authz's, or
+     Envoy's in-process (replicas/autoscaling theirs). */}}
 {{- define "tollgate.authzRateLimit" -}}
-{{- $r := .Values.ratelimit }}
-{{- /* `error` hands the choice to Envoy in the pair; in one call, make Envoy's choice here. */}}
+{{- $root := .root }}
+{{- $r := $root.Values.ratelimit }}
 {{- $failure := $r.failureMode }}
-{{- if eq $failure "error" }}
-{{- $failure = ternary "deny" "allow" .Values.envoy.rateLimit.failureModeDeny }}
+{{- $pods := ternary "envoy" "authz" (eq .module true) }}
+{{- $store := include "tollgate.counterStore" (dict "root" $root "values" (index $root.Values $pods) "component" $pods) | fromJson }}
+{{- if .module }}
+{{- /* In Envoy `error` stays: the module answers 503 when the store fails. */}}
+{{- else if eq $failure "error" }}
+{{- /* `error` hands the choice to Envoy in the pair; in one call, make Envoy's choice here. */}}
+{{- $failure = ternary "deny" "allow" $root.Values.envoy.rateLimit.failureModeDeny }}
 {{- end }}
 {{- toJson (dict
-  "domain" .Values.envoy.rateLimit.domain
-  "store" (include "tollgate.counterStore" (dict "root" . "values" .Values.authz "component" "authz") | fromJson)
+  "domain" $root.Values.envoy.rateLimit.domain
+  "store" $store
   "limits" (dict "path" "/etc/tollgate/limits")
   "failure_mode" $failure
   "default_algorithm" $r.defaultAlgorithm
