@@ -462,16 +462,18 @@ impl RedisStore {
             .deadline(give_up, self.timeout)
             .ok_or_else(|| StoreError::Unavailable("redis: no connection yet".into()))?;
         let n = call.len();
+        let argv = call.argv();
         let encode = |verb: &'static [u8], body: &'static [u8]| {
-            let call = &call;
+            let (call, argv) = (&call, &argv);
             move |buf: &mut Vec<u8>| {
-                resp::array(buf, 3 + n + script::FIXED_ARGS + script::PER_HIT * n);
+                resp::array(buf, 4 + n);
                 resp::bulk(buf, verb);
                 resp::bulk(buf, body);
-                call.args(|a| match a {
-                    script::Arg::Str(s) => resp::bulk(buf, s.as_bytes()),
-                    script::Arg::Num(v) => resp::int(buf, v),
-                });
+                resp::int(buf, n);
+                for k in call.keys() {
+                    resp::bulk(buf, k.as_bytes());
+                }
+                resp::bulk(buf, argv);
             }
         };
         let mut reply = pipeline
