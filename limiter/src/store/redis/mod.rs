@@ -4,9 +4,11 @@
 //! # One round trip, atomic, never read-then-write
 //! Every hit of a call goes into one invocation of `script.lua`, which reads, decides and
 //! writes inside Redis: one `GET` per counter, then one `SET … PX` per counted counter of a
-//! packed value (the layout is in the script's header). The script is sent by SHA
-//! (`EVALSHA`); on `NOSCRIPT` (a restarted or flushed Redis) the same call is resent once as
-//! `EVAL`, which also caches it again.
+//! packed value (the layout is in the script's header). The call's arguments travel as one
+//! packed binary string and the reply comes back as one, since Redis spends more on each
+//! argument and each array element than on the bytes. The script is sent by SHA (`EVALSHA`);
+//! on `NOSCRIPT` (a restarted or flushed Redis) the same call is resent once as `EVAL`, which
+//! also caches it again.
 //!
 //! # Time
 //! The caller's `now` (its injected clock) goes to the script in microseconds and is the only
