@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # bench/redis-script-cost.sh: Redis' own CPU per call of the rate-limit script, per algorithm,
-# for the working tree's script and the one at a git revision (default: the last counter
-# layout 1 script), in interleaved rounds. One hit per call (the common case: one descriptor
-# matches), 1,000 keys, `redis-benchmark -c 32 -P 16` as a pipelined client. Also prints the
-# floor on this machine: an EVALSHA that does nothing, and one that does a GET and a SET PX.
+# for the working tree's script and the one at a git revision (default: the last script that
+# took its arguments as separate strings), in interleaved rounds. One hit per call (the common
+# case: one descriptor matches) on one of 1,000 existing keys, with a deadline as the service
+# sends one. The calls are generated as RESP (the packed argument is binary, which
+# redis-benchmark cannot send) and fed by `redis-cli --pipe`. Also prints the floor on this machine: an EVALSHA that does nothing
+# (with one short argument), one that reads TIME, and one that reads TIME, GETs and SETs PX.
 # With --instructions, Redis runs under valgrind's callgrind and the figure is the instructions
 # it executes per call: slower, but the same on a busy machine as on a quiet one (user space
-# only: the read/write syscalls are not in it), so small changes can be compared.
+# only: the read/write syscalls are not in it), so small changes can be compared; Redis then
+# runs its timer at 1 Hz, since valgrind's slowness would otherwise inflate the timer's share.
 #
 #   bench/redis-script-cost.sh [--rounds N] [--calls N] [--instructions] [REV]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-ROUNDS=3 CALLS=200000 REV=246a7a3 INSTR=0
+ROUNDS=3 CALLS=200000 REV=11e2380 INSTR=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
     --calls) CALLS=$2; shift 2 ;;
     --instructions) INSTR=1; shift ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) REV=$1; shift ;;
   esac
 done
@@ -31,18 +34,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-old_path=limiter/src/store/script.lua
-git show "$REV:$old_path" >"$WORK/old.lua" 2>/dev/null || git show "$REV:limiter/src/store/redis/script.lua" >"$WORK/old.lua"
+git show "$REV:limiter/src/store/redis/script.lua" >"$WORK/old.lua" 2>/dev/null ||
+  git show "$REV:limiter/src/store/script.lua" >"$WORK/old.lua"
 cp limiter/src/store/redis/script.lua "$WORK/new.lua"
-# Layout 2 takes a deadline after now; layout 1 does not.
-old_extra=() new_extra=(0)
-grep -q deadline_us "$WORK/old.lua" && old_extra=(0)
+# How a script takes its arguments: one packed string, or strings (with a deadline from
+# counter layout 2 on).
+format() {
+  if grep -q 'local P = ARGV\[1\]' "$1"; then echo packed
+  elif grep -q deadline_us "$1"; then echo strings
+  else echo strings-nodeadline; fi
+}
 
+[[ $INSTR == 0 ]] || { [[ $CALLS -le 20000 ]] || CALLS=5000; }
 if [[ $INSTR == 1 ]]; then
   command -v callgrind_control >/dev/null || { echo "--instructions needs valgrind" >&2; exit 2; }
-  [[ $CALLS -le 20000 ]] || CALLS=5000
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" redis-server --port "$PORT" \
-    --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+    --bind 127.0.0.1 --save "" --appendonly no --hz 1 >"$WORK/redis.log" 2>&1 &
   echo $! >"$WORK/redis.pid"
 else
   redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
@@ -56,9 +63,9 @@ cpu() {
   if [[ $INSTR == 0 ]]; then
     cli INFO cpu | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.6f", s }'
   elif [[ ${1:-} == start ]]; then
-    callgrind_control -z "$(cat "$WORK/redis.pid")" >/dev/null && echo 0
+    callgrind_control -z "$(cat "$WORK/redis.pid")" >/dev/null 2>&1 && echo 0
   else
-    callgrind_control -d "$(cat "$WORK/redis.pid")" >/dev/null
+    callgrind_control -d "$(cat "$WORK/redis.pid")" >/dev/null 2>&1
     local dump
     dump=$(ls -t "$WORK"/cg.*.* | head -1)
     awk '/^(summary|totals):/ { print $2 * 1e-9; exit }' "$dump"
@@ -71,28 +78,64 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 OLD=$(cli SCRIPT LOAD "$(cat "$WORK/old.lua")")
 NEW=$(cli SCRIPT LOAD "$(cat "$WORK/new.lua")")
 NOOP=$(cli SCRIPT LOAD 'return 1')
-GETSET=$(cli SCRIPT LOAD "redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], string.rep('x', 17), 'PX', 60000) return 1")
-NOW=1800000000000000
+TIME=$(cli SCRIPT LOAD "local t = redis.call('TIME') return t[1]")
+GETSET=$(cli SCRIPT LOAD "local t = redis.call('TIME') redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], string.rep('x', 17), 'PX', 60000) return t[1]")
 
-run() { # run NAME SHA ARGS...: one measurement, appended to results
-  local name=$1 sha=$2 c0 c1
-  shift 2
+# calls FILE SHA FORMAT ALGORITHM: CALLS script calls as RESP, one hit each on one of 1,000
+# keys (limit and capacity 10^8 per minute: every hit is admitted), now fixed, deadline far: a
+# window's hit lands in its counter's newest sub-window, as nearly every hit of a busy key does.
+calls() {
+  python3 - "$CALLS" "$2" "$3" "$4" >"$1" <<'PY'
+import random, struct, sys
+calls, sha, fmt, alg = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3], int(sys.argv[4])
+now, limit, window = 1800000000000000, 100000000, 60000000
+step = {0: 6000000, 1: 0, 2: 1, 3: 1}[alg]  # algorithm::sliding_bucket_us, Rule::meter_tick_us
+if fmt == "packed":
+    args = [struct.pack("<Bd", 0, now) + b"4000000000\0000\0"
+            + struct.pack("<BBddddd", alg, 0, limit, window, limit, 1, step)]
+elif fmt == "strings":
+    args = [b"%d" % v for v in (0, now, 4000000000000000, alg, limit, window, limit, 1, 0)]
+elif fmt == "strings-nodeadline":
+    args = [b"%d" % v for v in (0, now, alg, limit, window, limit, 1, 0)]
+else:
+    args = [b"x"]
+rand = random.Random(7)
+out = []
+for _ in range(calls):
+    parts = [b"EVALSHA", sha, b"1", b"tollgate:{bench|k=%012d}:v2:%d:60000000:100000000" % (rand.randrange(1000), alg)] + args
+    out.append(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+sys.stdout.buffer.write(b"".join(out))
+PY
+}
+
+run() { # run NAME FILE: one measurement (after an unmeasured pass that creates the keys)
+  local name=$1 file=$2 c0 c1 out
   cli FLUSHALL >/dev/null
+  cli --pipe <"$file" >/dev/null 2>&1
   c0=$(cpu start)
-  redis-benchmark -p "$PORT" -n "$CALLS" -c 32 -P 16 -r 1000 -q EVALSHA "$sha" 1 "tollgate:{bench|k=__rand_int__}" "$@" >/dev/null
+  out=$(cli --pipe <"$file" 2>&1)
   c1=$(cpu)
+  grep -q 'errors: 0,' <<<"$out" || { echo "$name: $out" >&2; exit 1; }
   printf '%s\t%s\n' "$name" "$(per_call "$c0" "$c1")" >>"$WORK/results.tsv"
 }
 
-echo "redis-benchmark -n $CALLS -c 32 -P 16 -r 1000, $ROUNDS interleaved rounds; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+calls "$WORK/noop" "$NOOP" none 0
+calls "$WORK/time" "$TIME" none 0
+calls "$WORK/getset" "$GETSET" none 0
+for code in 0 1 2 3; do
+  calls "$WORK/old.$code" "$OLD" "$(format "$WORK/old.lua")" "$code"
+  calls "$WORK/new.$code" "$NEW" "$(format "$WORK/new.lua")" "$code"
+done
+
+echo "$CALLS calls per run through redis-cli --pipe, 1,000 keys, $ROUNDS interleaved rounds; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for ((r = 1; r <= ROUNDS; r++)); do
-  run floor-noop "$NOOP"
-  run floor-get+set "$GETSET"
+  run floor-noop "$WORK/noop"
+  run floor-time "$WORK/time"
+  run floor-time+get+set "$WORK/getset"
   for alg in 0:sliding_window 1:fixed_window 2:token_bucket 3:gcra; do
     code=${alg%%:*} name=${alg#*:}
-    args=("$code" 100000000 1000000 100000000 1 0)
-    run "$name $REV" "$OLD" 0 "$NOW" "${old_extra[@]}" "${args[@]}"
-    run "$name working-tree" "$NEW" 0 "$NOW" "${new_extra[@]}" "${args[@]}"
+    run "$name $REV" "$WORK/old.$code"
+    run "$name working-tree" "$WORK/new.$code"
   done
 done
 echo

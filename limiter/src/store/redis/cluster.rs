@@ -33,7 +33,7 @@ use tollgate_common::secret::Secret;
 use super::super::{Hit, Outcome, StoreError};
 use super::breaker::{self, Breaker, BreakerConfig};
 use super::deadline::RedisClock;
-use super::script::{self, Arg, Call, Mode, SCRIPT, SCRIPT_SHA};
+use super::script::{self, Call, Mode, SCRIPT, SCRIPT_SHA};
 use super::{RedisConfig, key_slot};
 
 /// How often the slot map is asked for again.
@@ -417,15 +417,14 @@ where
     C: ConnectionLike + Send,
     S: Iterator<Item = usize> + Clone,
 {
+    let argv = call.argv();
     let build = |verb: &str, body: &str| {
         let mut cmd = redis::cmd(verb);
-        cmd.arg(body);
-        call.args(|a| {
-            match a {
-                Arg::Str(s) => cmd.arg(s),
-                Arg::Num(n) => cmd.arg(n),
-            };
-        });
+        cmd.arg(body).arg(call.len());
+        for k in call.keys() {
+            cmd.arg(k);
+        }
+        cmd.arg(&argv);
         cmd
     };
     let reply: Result<Vec<u8>, RedisError> = build("EVALSHA", &SCRIPT_SHA).query_async(conn).await;

@@ -4,9 +4,11 @@
 //! # One round trip, atomic, never read-then-write
 //! Every hit of a call goes into one invocation of `script.lua`, which reads, decides and
 //! writes inside Redis: one `GET` per counter, then one `SET … PX` per counted counter of a
-//! packed value (the layout is in the script's header). The script is sent by SHA
-//! (`EVALSHA`); on `NOSCRIPT` (a restarted or flushed Redis) the same call is resent once as
-//! `EVAL`, which also caches it again.
+//! packed value (the layout is in the script's header). The call's arguments travel as one
+//! packed binary string and the reply comes back as one, since Redis spends more on each
+//! argument and each array element than on the bytes. The script is sent by SHA (`EVALSHA`);
+//! on `NOSCRIPT` (a restarted or flushed Redis) the same call is resent once as `EVAL`, which
+//! also caches it again.
 //!
 //! # Time
 //! The caller's `now` (its injected clock) goes to the script in microseconds and is the only
@@ -462,16 +464,18 @@ impl RedisStore {
             .deadline(give_up, self.timeout)
             .ok_or_else(|| StoreError::Unavailable("redis: no connection yet".into()))?;
         let n = call.len();
+        let argv = call.argv();
         let encode = |verb: &'static [u8], body: &'static [u8]| {
-            let call = &call;
+            let (call, argv) = (&call, &argv);
             move |buf: &mut Vec<u8>| {
-                resp::array(buf, 3 + n + script::FIXED_ARGS + script::PER_HIT * n);
+                resp::array(buf, 4 + n);
                 resp::bulk(buf, verb);
                 resp::bulk(buf, body);
-                call.args(|a| match a {
-                    script::Arg::Str(s) => resp::bulk(buf, s.as_bytes()),
-                    script::Arg::Num(v) => resp::int(buf, v),
-                });
+                resp::int(buf, n);
+                for k in call.keys() {
+                    resp::bulk(buf, k.as_bytes());
+                }
+                resp::bulk(buf, argv);
             }
         };
         let mut reply = pipeline

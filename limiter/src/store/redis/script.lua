@@ -4,15 +4,22 @@
 -- clock skew; Redis' own clock is read only to refuse a call whose caller has given up.
 --
 -- KEYS: one per hit (duplicates allowed: a later hit sees the earlier one's count).
--- ARGV: mode (0 = hit, 1 = refund hits counted at the same now), now_us, deadline_us (Redis'
---       clock; 0 = none), then per key: algorithm (0 sliding, 1 fixed, 2/3 meter), limit,
---       window_us, capacity, cost, shadow. Algorithm 4 is a calendar period: the caller does
---       the calendar math and passes the period's start_us and end_us in place of window_us and
---       capacity.
--- Reply: one string of little-endian doubles (cheaper for Redis to reply than an array, whose
---        every element it converts): Redis' clock (µs) first; then, mode 0, per key: admitted
---        (0/1), remaining, reset_after_us, retry_after_us (-1 = none). A call that runs after
---        its deadline changes nothing and replies with the clock alone.
+-- ARGV[1]: every argument in one binary string (Redis parses, allocates and hands Lua each
+--       argument separately, so one argument costs less than many, and struct.unpack reads
+--       doubles without the float parsing of tonumber). struct format '<Bdss', then per key
+--       '<BBddddd' (42 bytes):
+--       mode (0 = hit, 1 = refund hits counted at the same now), now_us, the deadline on Redis'
+--       clock as TIME's two decimal strings, seconds and microseconds ('' and '' = none);
+--       per key: algorithm (0 sliding, 1 fixed, 2/3 meter, 4 calendar period), shadow (0/1),
+--       limit, window_us, capacity, cost, step. The step is the caller's arithmetic: a sliding
+--       window's sub-window width (algorithm::sliding_bucket_us), a meter's tick
+--       (Rule::meter_tick_us); 0 otherwise. A calendar period's start_us and end_us take the
+--       places of window_us and capacity (the caller does the calendar math).
+-- Reply: one string (cheaper for Redis to reply than an array, whose every element it
+--        converts): Redis' clock as TIME's seconds and microseconds, each a decimal string
+--        ending in a zero byte (struct 's'); then, mode 0, little-endian doubles, per key:
+--        admitted (0/1), remaining, reset_after_us, retry_after_us (-1 = none). A call that runs
+--        after its deadline changes nothing and replies with the clock alone.
 --
 -- Values: one string per counter, a format byte then little-endian doubles (exact below 2^53;
 -- every quantity stays below 2^52, see Rule::check):
@@ -20,7 +27,7 @@
 --   'S' newest, count[1..13]               sliding_window; ring slot of sub-window i: i % 13 + 1
 --   'P' start_us, count                    calendar periods
 --   'M' tat, frac                          meters; TAT = (tat + frac/limit) ticks of G µs, G
---                                          derived from the rule as Rule::meter_tick_us does
+--                                          = Rule::meter_tick_us (the caller's step)
 -- A reader meeting another format byte treats the counter as empty; a later layout adds its own
 -- byte and reads these. Every key expires (PX) when it can no longer matter.
 --
@@ -29,38 +36,48 @@
 local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
 local RING = K + D + 1
 local FIXED, SLIDING, METER, PERIOD = 70, 83, 77, 80
-local EXACT, MAX_TICK = 2 ^ 52, 1000000 -- meters: every product below EXACT; ticks up to 1 s
 local SFMT = '<Bdddddddddddddd' -- format byte, newest, RING counts
-local R1 = '<ddddd' -- the reply to one hit
+local HIT = '<BBddddd' -- one key's arguments
+local R1 = '<ssdddd' -- the reply to one hit
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
-local pack, unpack_, byte = struct.pack, struct.unpack, string.byte
+-- Numbers passed to redis.call go as strings made with '%d': Redis 7.0 formats a Lua number
+-- argument with '%.17g', several times dearer.
+local pack, unpack_, byte, fmt = struct.pack, struct.unpack, string.byte, string.format
 
--- Numbers are parsed only where needed (tonumber is strtod, a large part of a call's cost);
--- small codes are compared as strings.
-local mode, now, deadline = ARGV[1] == '1' and 1 or 0, tonumber(ARGV[2]), ARGV[3]
+-- The header and the first key's arguments; pos is where the first key's start.
+local P = ARGV[1]
+local mode, now, dsec, dusec, pos = unpack_('<Bdss', P)
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis 5/6: writes after TIME are replicated as effects
 end
 local clock = redis.call('TIME')
-local rnow = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-if deadline ~= '0' and rnow > tonumber(deadline) then
-  return pack('<d', rnow)
+local sec, usec = clock[1], clock[2]
+-- Late: Redis' clock past the deadline, compared as decimal strings (neither has leading
+-- zeros, so the longer is larger, and equal lengths compare digit by digit in any locale):
+-- cheaper than two float parses.
+if dsec ~= '' then
+  local late
+  if sec ~= dsec then
+    if #sec ~= #dsec then late = #sec > #dsec else late = sec > dsec end
+  elseif #usec ~= #dusec then
+    late = #usec > #dusec
+  else
+    late = usec > dusec
+  end
+  if late then return pack('<ss', sec, usec) end
 end
 local n = #KEYS
 
--- The common shape, one window hit: evaluated straight from the stored value into the reply, no
+-- The common shape, one hit: evaluated straight from the stored value into the reply, no
 -- per-hit tables. The general loop below gives the same answers (algorithm.rs is the
 -- reference for both); a request with one key has no duplicate to scan for and nothing to
 -- report as stored when rejected, since a rejected hit changes nothing.
 if mode == 0 and n == 1 then
-  local alg = ARGV[4]
-  if alg == '0' then
-    -- sliding_window. c: what struct.unpack returns (c[1] format, c[2] newest, c[3..RING+2]
-    -- the ring, sub-window i at slot i % RING + 3).
-    local L, W, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[8]
-    cost = cost == '1' and 1 or tonumber(cost)
-    local key = KEYS[1]
-    local b = floor((W + K - 1) / K)
+  local alg, _, L, W, C, cost, X = unpack_(HIT, P, pos)
+  if alg == 0 then
+    -- sliding_window, sub-windows of X µs. c: what struct.unpack returns (c[1] format, c[2]
+    -- newest, c[3..RING+2] the ring, sub-window i at slot i % RING + 3).
+    local key, b = KEYS[1], X
     local cur = floor(now / b)
     local v = redis.call('GET', key)
     local c, same
@@ -85,7 +102,7 @@ if mode == 0 and n == 1 then
       end
       if cost > 0 then retry = max((top - D) * b - now, 1) end
       local adm = (cost == 0 and counted <= L) and 1 or 0
-      return pack(R1, rnow, adm, max(L - counted, 0), reset, retry)
+      return pack(R1, sec, usec, adm, max(L - counted, 0), reset, retry)
     end
     local from = max(cur - K, 0)
     -- Every kept sub-window, less those older than the window's.
@@ -108,7 +125,7 @@ if mode == 0 and n == 1 then
       for idx = top, from, -1 do
         if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
       end
-      return pack(R1, rnow, 0, max(L - counted, 0), reset, retry)
+      return pack(R1, sec, usec, 0, max(L - counted, 0), reset, retry)
     end
     local s = cur % RING + 3
     c[s] = c[s] + cost
@@ -122,22 +139,19 @@ if mode == 0 and n == 1 then
     elseif same then
       -- Still the newest sub-window: only its count changes, and the expiry set when it became
       -- the newest still holds (kept = top).
-      redis.call('SETRANGE', key, 8 * s - 15, pack('<d', c[s]))
+      redis.call('SETRANGE', key, fmt('%d', 8 * s - 15), pack('<d', c[s]))
     else
       redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'PX',
-        max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1))
+        fmt('%d', max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1)))
     end
-    return pack(R1, rnow, 1, L - counted - cost, reset, -1)
-  elseif alg == '1' then
+    return pack(R1, sec, usec, 1, L - counted - cost, reset, -1)
+  elseif alg == 1 then
     -- fixed_window
-    local L, W, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[8]
-    cost = cost == '1' and 1 or tonumber(cost)
     local key = KEYS[1]
     local w = floor(now / W)
     local v = redis.call('GET', key)
     local A, B
     if v and byte(v, 1) == FIXED then
-      local _
       _, A, B = unpack_('<Bdd', v)
     end
     if A and A > w then
@@ -145,7 +159,7 @@ if mode == 0 and n == 1 then
       local retry = -1
       if cost > 0 then retry = max(A * W - now, 1) end
       local adm = (cost == 0 and B <= L) and 1 or 0
-      return pack(R1, rnow, adm, max(L - B, 0), (A + 1) * W - now, retry)
+      return pack(R1, sec, usec, adm, max(L - B, 0), (A + 1) * W - now, retry)
     end
     local count = 0
     if A == w then count = B end
@@ -155,31 +169,62 @@ if mode == 0 and n == 1 then
       if cost > L then retry = W end
       local reset = 0
       if count > 0 then reset = wend - now end
-      return pack(R1, rnow, 0, max(L - count, 0), reset, retry)
+      return pack(R1, sec, usec, 0, max(L - count, 0), reset, retry)
     end
     local after = count + cost
     local reset = 0
     if after > 0 then reset = wend - now end
     if cost > 0 then
-      redis.call('SET', key, pack('<Bdd', FIXED, w, after), 'PX', max(ceil((wend - now) / 1000), 1))
+      redis.call('SET', key, pack('<Bdd', FIXED, w, after), 'PX',
+        fmt('%d', max(ceil((wend - now) / 1000), 1)))
     end
-    return pack(R1, rnow, 1, L - after, reset, -1)
+    return pack(R1, sec, usec, 1, L - after, reset, -1)
+  elseif alg == 2 or alg == 3 then
+    -- token_bucket and gcra: the exact meter, in ticks of X µs
+    local key, G = KEYS[1], X
+    local nt, Wt = floor(now / G), W / G
+    local v = redis.call('GET', key)
+    local bu, bf = nt, 0
+    if v and byte(v, 1) == METER then
+      local _, A, B = unpack_('<Bdd', v)
+      if A > nt or (A == nt and B > 0) then bu, bf = A, B end
+    end
+    local dist = (bu - nt) * L + bf
+    local full = C * Wt
+    local newdist = dist + cost * Wt
+    if cost > C or newdist > full then
+      local retry = W
+      if cost <= C then retry = max((nt + ceil((newdist - full) / L)) * G - now, 1) end
+      local reset = 0
+      if dist > 0 then reset = (nt + ceil(dist / L)) * G - now end
+      return pack(R1, sec, usec, 0, floor(max(full - dist, 0) / Wt), reset, retry)
+    end
+    local reset = 0
+    if newdist > 0 then reset = (nt + ceil(newdist / L)) * G - now end
+    if cost > 0 then
+      local q = floor(newdist / L)
+      redis.call('SET', key, pack('<Bdd', METER, nt + q, newdist - q * L), 'PX',
+        fmt('%d', max(ceil(reset / 1000), 1)))
+    end
+    return pack(R1, sec, usec, 1, floor(max(full - newdist, 0) / Wt), reset, -1)
   end
 end
+
+-- Every key's arguments, 7 per key: F[7 * i - 6 .. 7 * i] for key i.
+local F = { unpack_('<' .. string.rep('BBddddd', n), P, pos) }
 
 if mode == 1 then
   -- Undo hits counted by an earlier call with the same now (Redis Cluster: another slot of the
   -- same request rejected it). Never below empty; the key keeps its expiry.
   for i = 1, n do
-    local a = 4 + (i - 1) * 6
-    local key, alg = KEYS[i], tonumber(ARGV[a])
-    local L, W, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4])
+    local a = 7 * i - 7
+    local key, alg, L, W, cost = KEYS[i], F[a + 1], F[a + 3], F[a + 4], F[a + 6]
     local v = redis.call('GET', key)
     if cost > 0 and v then
       local f = byte(v, 1)
       if alg == 0 and f == SLIDING then
         local c = { unpack_(SFMT, v) }
-        local top, cur = c[2], floor(now / floor((W + K - 1) / K))
+        local top, cur = c[2], floor(now / F[a + 7])
         if cur <= top and top - cur < RING then
           local s = cur % RING + 3
           c[s] = max(c[s] - cost, 0)
@@ -196,9 +241,7 @@ if mode == 1 then
           redis.call('SET', key, pack('<Bdd', PERIOD, ps, max(c - cost, 0)), 'KEEPTTL')
         end
       elseif alg >= 2 and f == METER then
-        local C = tonumber(ARGV[a + 3])
-        local G = 1 -- Rule::meter_tick_us
-        while G < MAX_TICK and W % (G * 10) == 0 and max(C, L) * (W / G) >= EXACT do G = G * 10 end
+        local G = F[a + 7]
         local nt, Wt = floor(now / G), W / G
         local _, t, fr = unpack_('<Bdd', v)
         local d = (t - nt) * L + fr - cost * Wt
@@ -211,23 +254,23 @@ if mode == 1 then
       end
     end
   end
-  return pack('<d', rnow)
+  return pack('<ss', sec, usec)
 end
 
 -- Per hit: the stored state of its key (a = window / newest / tat, b = count / frac, r =
 -- sliding ring; absent when empty), kept at the key's first hit; the state after the hit
 -- (na, nb, nr) and its expiry, when counted.
 local sa, sb, sr, na, nb, nr, exp, first = {}, {}, {}, {}, {}, {}, {}, {}
-local res = { rnow }
+local res = {}
 local rejected = false
 for pass = 1, 2 do
   for i = 1, n do
-    local a = 4 + (i - 1) * 6
-    local key, alg = KEYS[i], tonumber(ARGV[a])
+    local a = 7 * i - 7
+    local key, alg = KEYS[i], F[a + 1]
     -- Pass 2 (the request was rejected): counted hits report their counter as stored.
     if pass == 1 or na[i] then
-      local L, W, C = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-      local cost, shadow = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
+      local L, W, C, cost, X = F[a + 3], F[a + 4], F[a + 5], F[a + 6], F[a + 7]
+      local shadow = F[a + 2] == 1
       local A, B, R
       if pass == 1 then
         -- A key hit again in one request starts from its latest counted hit.
@@ -306,7 +349,7 @@ for pass = 1, 2 do
         end
       elseif alg == 0 then
         -- sliding_window
-        local b = floor((W + K - 1) / K)
+        local b = X
         local cur = floor(now / b)
         local top = A or cur
         local c = {}
@@ -366,8 +409,7 @@ for pass = 1, 2 do
         end
       else
         -- token_bucket and gcra: the exact meter, in ticks of G µs (Rule::meter_tick_us)
-        local G = 1
-        while G < MAX_TICK and W % (G * 10) == 0 and max(C, L) * (W / G) >= EXACT do G = G * 10 end
+        local G = X
         local nt, Wt = floor(now / G), W / G
         local bu, bf = nt, 0
         if A and (A > nt or (A == nt and B > 0)) then bu, bf = A, B end
@@ -396,20 +438,20 @@ for pass = 1, 2 do
         elseif not adm and not shadow then
           rejected = true
         end
-        res[4 * i - 2] = adm and 1 or 0
-        res[4 * i - 1] = rem
-        res[4 * i] = reset
-        res[4 * i + 1] = retry
+        res[4 * i - 3] = adm and 1 or 0
+        res[4 * i - 2] = rem
+        res[4 * i - 1] = reset
+        res[4 * i] = retry
       else
-        res[4 * i - 1] = rem
-        res[4 * i] = reset
+        res[4 * i - 2] = rem
+        res[4 * i - 1] = reset
       end
     end
   end
   if not rejected then break end
 end
 if rejected then
-  return pack('<' .. string.rep('d', #res), unpack(res))
+  return pack('<ss' .. string.rep('d', #res), sec, usec, unpack(res))
 end
 
 -- Commit: one SET per key, with the state after its last counted hit.
@@ -420,7 +462,7 @@ for i = 1, n do
       if KEYS[j] == key and na[j] then last = false break end
     end
     if last then
-      local alg, v = tonumber(ARGV[4 + (i - 1) * 6]), nil
+      local alg, v = F[7 * i - 6], nil
       if alg == 0 then
         v = pack(SFMT, SLIDING, na[i], unpack(nr[i], 1, RING))
       elseif alg == 1 then
@@ -430,8 +472,8 @@ for i = 1, n do
       else
         v = pack('<Bdd', METER, na[i], nb[i])
       end
-      redis.call('SET', key, v, 'PX', max(ceil((exp[i] - now) / 1000), 1))
+      redis.call('SET', key, v, 'PX', fmt('%d', max(ceil((exp[i] - now) / 1000), 1)))
     end
   end
 end
-return pack('<' .. string.rep('d', #res), unpack(res))
+return pack('<ss' .. string.rep('d', #res), sec, usec, unpack(res))
