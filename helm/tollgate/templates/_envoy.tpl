@@ -14,6 +14,16 @@
         {{- range $identity }}
         - remove: {{ . | quote }}
         {{- end }}
+        {{- if and (include "tollgate.inprocess" $) $e.clientCertificates.enabled }}
+        # TRUST: in-process, the module reads the client certificate the gateway listener
+        # verified from this header (Envoy's module ABI does not hand it over), set here from
+        # the connection; the client's own copy is dropped first. The module believes it only
+        # when its fingerprint is the connection's, and removes it before the upstream.
+        - remove: x-tollgate-peer-certificate
+        - append:
+            header: { key: x-tollgate-peer-certificate, value: "%DOWNSTREAM_PEER_CERT%" }
+            append_action: OVERWRITE_IF_EXISTS_OR_ADD
+        {{- end }}
 {{- if and $.Values.authz.enabled (not (include "tollgate.inprocess" $)) }}
 - name: envoy.filters.http.ext_authz
   typed_config:

@@ -533,4 +533,50 @@ async fn the_helm_chart_takes_client_certificates() {
     assert_eq!(status(client(Some(&clients[1]))).await, 200, "the CEL rule");
     assert_eq!(status(client(Some(&clients[2]))).await, 401, "trust domain");
     assert_eq!(status(client(None)).await, 401, "no certificate");
+    drop(_envoy);
+
+    // In-process: the chart's Envoy runs the module on the same values, and hands it the
+    // listener's certificate through its header_mutation filter.
+    let r = render(
+        &[values.to_str().unwrap(), test_values.to_str().unwrap()],
+        &["envoy.mode=inprocess"],
+        &secrets,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let envoy_w = r.workload("edge-tollgate-envoy/envoy");
+    let text = read(&r.file("edge-tollgate-envoy", "envoy.yaml"));
+    assert!(text.contains("%DOWNSTREAM_PEER_CERT%"), "{text}");
+    for file in [
+        "tollgate-sds-listener.yaml",
+        "tollgate-sds-clients-ca.yaml",
+        "tollgate-authz.yaml",
+    ] {
+        let local = envoy_w.localise(&format!("/etc/envoy/{file}"));
+        let text = envoy_w.localise(&read(std::path::Path::new(&local)));
+        std::fs::write(&local, text).unwrap();
+    }
+    let local = envoy_w.localise(&text);
+    let module_dir = tollgate_tests::module::module_dir();
+    let env = [("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir.as_os_str())];
+    let _envoy = Envoy::start_raw_with_env(
+        &loopback_envoy(&local, &ports),
+        ports.listener,
+        ports.admin,
+        &env,
+    )
+    .await
+    .unwrap();
+    let r = client(Some(&clients[0]))
+        .get(&url)
+        .header("x-tollgate-peer-certificate", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "in-process");
+    let echo: Echo = r.json().await.unwrap();
+    assert_eq!(echo.header("x-tollgate-subject"), Some(WEB));
+    assert_eq!(echo.header("x-tollgate-peer-certificate"), None);
+    assert_eq!(status(client(Some(&clients[1]))).await, 200, "the CEL rule");
+    assert_eq!(status(client(Some(&clients[2]))).await, 401, "trust domain");
+    assert_eq!(status(client(None)).await, 401, "no certificate");
 }
