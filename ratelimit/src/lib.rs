@@ -216,13 +216,15 @@ mod tests {
                 RateLimitServiceClient::connect(format!("http://{}", running.grpc_addr))
                     .await
                     .unwrap();
-            let answer = client
-                .should_rate_limit(RateLimitRequest {
-                    domain: "web".into(),
-                    descriptors: vec![descriptor([("client", "c")])],
-                    hits_addend: 0,
-                })
+            let call = client.should_rate_limit(RateLimitRequest {
+                domain: "web".into(),
+                descriptors: vec![descriptor([("client", "c")])],
+                hits_addend: 0,
+            });
+            // A connection no thread serves would hang: bounded, it fails instead.
+            let answer = tokio::time::timeout(Duration::from_secs(10), call)
                 .await
+                .expect("answered")
                 .unwrap()
                 .into_inner();
             codes.push(answer.overall_code);
