@@ -724,7 +724,8 @@ run_envoy_mode() {
 
   read -r UPSTREAM_PORT NOOP_PORT <<<"$(free_ports 2)"
   start upstream "$REL/http-upstream" --addr "127.0.0.1:$UPSTREAM_PORT"
-  start noop "$REL/noop-grpc" --addr "127.0.0.1:$NOOP_PORT"
+  # NOOP_CHECK_ANSWER=single: the no-op answers Check with single-call Tollgate's allowed shape.
+  start noop "$REL/noop-grpc" --addr "127.0.0.1:$NOOP_PORT" --check-answer "${NOOP_CHECK_ANSWER:-empty}"
   wait_ready upstream 20 tcp_open "$UPSTREAM_PORT"
   wait_ready noop 20 tcp_open "$NOOP_PORT"
   start_tollgate

@@ -198,6 +198,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grpc_threads_serve_every_connection_and_drain_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            "domain: web\ndescriptors:\n  - key: client\n    rate_limit: {unit: minute, requests_per_unit: 3}\n",
+        )
+        .unwrap();
+        let mut config = Config::for_tests(dir.path());
+        config.server.grpc_threads = Some(2);
+        let shutdown = Shutdown::new();
+        let running = start(config, shutdown.clone()).await.unwrap();
+        // Three connections over two threads share one counter: the fourth hit is over.
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let mut client =
+                RateLimitServiceClient::connect(format!("http://{}", running.grpc_addr))
+                    .await
+                    .unwrap();
+            let call = client.should_rate_limit(RateLimitRequest {
+                domain: "web".into(),
+                descriptors: vec![descriptor([("client", "c")])],
+                hits_addend: 0,
+            });
+            // A connection no thread serves would hang: bounded, it fails instead.
+            let answer = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .expect("answered")
+                .unwrap()
+                .into_inner();
+            codes.push(answer.overall_code);
+        }
+        let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
+        assert_eq!(codes, [ok, ok, ok, over]);
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), running.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn refuses_to_start_with_a_bad_limits_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`listeners`]: the gRPC and HTTP side listeners, TLS/mTLS, readiness and graceful shutdown.
+//! - `workers`: the gRPC threads, one single-threaded runtime each, connections handed round
+//!   robin.
 //! - [`conns`]: connection caps, header deadlines and accept back-off for the HTTP listeners;
 //!   the open-file limit.
 //! - [`tls`]: rustls server configs from PEM files, reloaded when the files change.
@@ -18,5 +20,6 @@ pub mod listeners;
 pub mod telemetry;
 pub mod tls;
 pub mod trace;
+mod workers;
 
 pub use listeners::{Bound, ConnInfo, Readiness, ServeError, ServerConfig, Services, bind};

@@ -76,6 +76,11 @@ pub struct ServerConfig {
     /// Upper bound of concurrent HTTP/2 streams per gRPC connection.
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
+    /// Serve gRPC connections on this many threads of their own, each a single-threaded
+    /// runtime serving every call of the connections handed to it (round robin). Absent: on
+    /// the process's shared runtime, each call a task any worker may pick up.
+    #[serde(default)]
+    pub grpc_threads: Option<usize>,
     /// Operator endpoints on the side listener (`PUT /loglevel`, CPU profiles), behind a
     /// bearer credential; absent means they are not served.
     #[serde(default)]
@@ -106,6 +111,7 @@ impl ServerConfig {
             shutdown_delay: default_shutdown_delay(),
             drain_timeout: default_drain(),
             max_concurrent_streams: None,
+            grpc_threads: None,
             debug: None,
             http_max_connections: default_http_max_connections(),
             http_header_timeout: default_http_header_timeout(),
@@ -147,6 +153,9 @@ impl Validate for ServerConfig {
         if let Some(tls) = &self.http_tls {
             tls.validate(&join(at, "http_tls"), errors);
         }
+        if self.grpc_threads == Some(0) {
+            errors.push(join(at, "grpc_threads"), "must be at least 1");
+        }
         if self.max_concurrent_streams == Some(0) {
             errors.push(join(at, "max_concurrent_streams"), "must be at least 1");
         }
@@ -177,6 +186,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error(transparent)]
     Debug(#[from] crate::debug::DebugError),
+    #[error("cannot start the gRPC threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// What a service hands to [`Bound::serve`].
@@ -317,17 +328,37 @@ impl Bound {
             builder = builder.max_concurrent_streams(n);
         }
         let routes = services.grpc.add_service(health_service);
-        let grpc_incoming = incoming(grpc, grpc_tls, drain.clone(), "grpc");
-        let grpc_drain = drain.clone();
-        let grpc_task = tokio::spawn(async move {
-            builder
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(
-                    grpc_incoming,
-                    async move { grpc_drain.triggered().await },
+        let grpc_task = match cfg.grpc_threads {
+            None => {
+                let grpc_incoming = incoming(grpc, grpc_tls, drain.clone(), "grpc");
+                let grpc_drain = drain.clone();
+                tokio::spawn(async move {
+                    builder
+                        .add_routes(routes)
+                        .serve_with_incoming_shutdown(grpc_incoming, async move {
+                            grpc_drain.triggered().await
+                        })
+                        .await
+                })
+            }
+            Some(threads) => {
+                let mut workers = crate::workers::Workers::start(
+                    threads,
+                    &builder,
+                    &routes,
+                    grpc_tls.as_ref(),
+                    &drain,
                 )
-                .await
-        });
+                .map_err(ServeError::Threads)?;
+                let grpc_done = workers.finished();
+                let accepting = tokio::spawn(accept_grpc(grpc, workers, drain.clone()));
+                tokio::spawn(async move {
+                    let served = grpc_done.await;
+                    let _ = accepting.await;
+                    served
+                })
+            }
+        };
 
         let mut router = side_router(readiness.clone()).merge(services.http);
         if let Some(debug) = debug {
@@ -491,6 +522,30 @@ impl AsyncWrite for Conn {
         match self {
             Conn::Plain(s) => s.is_write_vectored(),
             Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Accepts gRPC connections until `stop` and hands each to a gRPC thread.
+async fn accept_grpc(listener: TcpListener, workers: crate::workers::Workers, stop: Shutdown) {
+    let mut errors = crate::conns::AcceptErrors::new("grpc");
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.triggered() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                errors.failed(&e).await;
+                continue;
+            }
+        };
+        errors.succeeded();
+        let _ = stream.set_nodelay(true);
+        if !workers.hand(stream).await {
+            break;
         }
     }
 }
