@@ -579,30 +579,36 @@ pub(crate) fn incoming(
             };
             errors.succeeded();
             let _ = stream.set_nodelay(true);
-            match &tls {
-                None => {
-                    if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
-                        break;
-                    }
-                }
-                Some(acceptor) => {
-                    let acceptor = acceptor.acceptor();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => {
-                                let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    });
-                }
+            if !hand_over(stream, Some(peer), tls.as_ref(), &tx).await {
+                break;
             }
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Sends an accepted connection to the server that serves `tx`: as it is, or once its TLS
+/// handshake is done, in a task of its own so that a slow client holds up no other connection.
+/// `false` when the server is gone.
+pub(crate) async fn hand_over(
+    stream: TcpStream,
+    peer: Option<std::net::SocketAddr>,
+    tls: Option<&ReloadingAcceptor>,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Conn>>,
+) -> bool {
+    let Some(acceptor) = tls else {
+        return tx.send(Ok(Conn::Plain(stream))).await.is_ok();
+    };
+    let acceptor = acceptor.acceptor();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => {
+                let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
+            }
+            Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+        }
+    });
+    true
 }

@@ -12,7 +12,6 @@
 //! cost per call.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -21,8 +20,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::listeners::Conn;
 use crate::tls::ReloadingAcceptor;
 use tollgate_common::Shutdown;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gRPC threads of one server.
 pub(crate) struct Workers {
@@ -124,29 +121,9 @@ fn register(
             let Ok(stream) = TcpStream::from_std(std) else {
                 continue;
             };
-            match &tls {
-                None => {
-                    if tx.send(Ok(Conn::Plain(stream))).await.is_err() {
-                        break;
-                    }
-                }
-                Some(acceptor) => {
-                    let acceptor = acceptor.acceptor();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let peer = stream.peer_addr().ok();
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(s)) => {
-                                let _ = tx.send(Ok(Conn::Tls(Box::new(s)))).await;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(?peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
-                        }
-                    });
-                }
+            let peer = stream.peer_addr().ok();
+            if !crate::listeners::hand_over(stream, peer, tls.as_ref(), &tx).await {
+                break;
             }
         }
     });

@@ -1027,16 +1027,7 @@ async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
     let dir = tempfile::tempdir().unwrap();
 
     // The operator's Redis, with the password of the `tollgate-redis` Secret.
-    let redis = RedisServer::start();
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg(REDIS_PASSWORD)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (redis, mut conn) = redis_with_password(REDIS_PASSWORD).await;
     let hosts = [(PRODUCTION_REDIS, format!("127.0.0.1:{}", redis.port()))];
 
     let (rl_grpc, rl_http) = (free_addr(), free_addr());
@@ -1234,6 +1225,24 @@ fn swap_configmap_volume(w: &Workload, mount_path: &str, new_files: &Path) {
     std::os::unix::fs::symlink("..upgrade", &tmp).unwrap();
     std::fs::rename(&tmp, volume.join("..data")).unwrap();
     std::fs::remove_dir_all(volume.join("..initial")).unwrap();
+}
+
+/// A Redis that asks for `password`, as an operator's does, and a connection to it opened
+/// before (so authenticated).
+pub(crate) async fn redis_with_password(
+    password: &str,
+) -> (RedisServer, redis::aio::MultiplexedConnection) {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(password)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (redis, conn)
 }
 
 pub(crate) fn listen_args(grpc: SocketAddr, http: SocketAddr) -> Vec<String> {

@@ -18,7 +18,6 @@ use tollgate_tests::issuer::{AUDIENCE, ISSUER, Issuer};
 use tollgate_tests::module::{MODULE_NAME, module_path};
 use tollgate_tests::paths::{envoy_bin, project_root};
 use tollgate_tests::process::{free_addr, free_port};
-use tollgate_tests::redis::RedisServer;
 use tollgate_tests::stack::wait_ready;
 
 use crate::helm::{EnvoyPorts, listen_args, loopback_envoy, render};
@@ -227,16 +226,7 @@ async fn inprocess_mode_runs_the_charts_authz_jwt_and_api_keys_in_envoy() {
     }
 
     // The operator's Redis, with the password of the `tollgate-redis` Secret.
-    let redis = RedisServer::start();
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg(REDIS_PASSWORD)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (redis, mut conn) = crate::helm::redis_with_password(REDIS_PASSWORD).await;
     let hosts = [(REDIS_HOST, format!("127.0.0.1:{}", redis.port()))];
 
     // The rendered tollgate-authz serves the admin API on the same key store.
