@@ -140,25 +140,22 @@ async fn start(
 }
 
 /// The removals of a decision on a disabled route: the same for every request (only the
-/// identity header names, fixed at startup, go into it).
+/// identity header names, fixed at startup, and the client certificate header go into it).
 fn disabled_mutations(authorizer: &Authorizer) -> Mutations {
     let request = OwnedRequest {
         disabled: true,
         ..OwnedRequest::new("GET", "/")
     };
     let decided = futures::executor::block_on(authorizer.check(&request));
-    match verdict::from_decision(decided, &request) {
-        Verdict::Continue(mut m) => {
-            m.remove_headers.push(PEER_CERTIFICATE_HEADER.into());
-            Mutations {
-                remove_headers: m.remove_headers,
-                ..Mutations::default()
-            }
-        }
-        _ => Mutations {
-            remove_headers: vec![PEER_CERTIFICATE_HEADER.into()],
-            ..Mutations::default()
-        },
+    let mut remove_headers = match verdict::from_decision(decided, &request) {
+        Verdict::Continue(m) => m.remove_headers,
+        _ => Vec::new(),
+    };
+    // The client certificate header a client may send is never believed there either.
+    remove_headers.push(PEER_CERTIFICATE_HEADER.into());
+    Mutations {
+        remove_headers,
+        ..Mutations::default()
     }
 }
 

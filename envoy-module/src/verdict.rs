@@ -120,13 +120,14 @@ impl ModuleRequest {
         r.source_address = request
             .source_address()
             .map(|a| r.push(address_without_port(a)));
-        r.peer_header = r.find(PEER_CERTIFICATE_HEADER).is_some();
+        let cert_header = r.find(PEER_CERTIFICATE_HEADER);
+        r.peer_header = cert_header.is_some();
         if let Some(peer) = request.tls_peer() {
             // Envoy's name for the peer: the first URI SAN, else the first DNS SAN, else the
             // subject (what ext_authz sends as the source principal).
             let principal = peer.uri_san.or(peer.dns_san).or(peer.subject);
             let principal = r.push(principal.unwrap_or_default());
-            let pem = r.find(PEER_CERTIFICATE_HEADER).filter(|pem| {
+            let pem = cert_header.filter(|pem| {
                 let pem = r.get(*pem);
                 !pem.is_empty()
                     && peer.sha256.is_some_and(|want| {

@@ -5,16 +5,18 @@ use super::*;
 use crate::filter::testing::FakeRequest;
 use crate::host::Counter;
 
+/// Writes the authz config `yaml` into `dir` (`{dir}` in it is that dir) and returns the
+/// filter config that names it.
+fn filter_config(dir: &std::path::Path, yaml: &str) -> String {
+    let path = dir.join("authz.yaml");
+    std::fs::write(&path, yaml.replace("{dir}", &dir.display().to_string())).unwrap();
+    format!("config: {}\n", path.display())
+}
+
 /// A gate on an authz config written to a temp dir (`{dir}` in `yaml` is that dir).
 fn gate(yaml: &str) -> (tempfile::TempDir, Gate) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("authz.yaml");
-    std::fs::write(
-        &path,
-        yaml.replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let text = format!("config: {}\n", path.display());
+    let text = filter_config(dir.path(), yaml);
     let gate = Gate::from_config("tollgate", text.as_bytes()).unwrap();
     (dir, gate)
 }
@@ -49,13 +51,7 @@ fn with_limits(yaml: &str) -> (tempfile::TempDir, Gate) {
         "domain: gw\ndescriptors:\n  - key: route\n    value: open\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
     )
     .unwrap();
-    let path = dir.path().join("authz.yaml");
-    std::fs::write(
-        &path,
-        yaml.replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let text = format!("config: {}\n", path.display());
+    let text = filter_config(dir.path(), yaml);
     (dir, Gate::from_config("tollgate", text.as_bytes()).unwrap())
 }
 
@@ -144,13 +140,7 @@ fn a_bad_authz_config_refuses_the_filter_config_with_its_file_and_field() {
 fn filter_configs_naming_one_file_share_one_authorizer_and_its_key_store() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("limits")).unwrap();
-    let path = dir.path().join("authz.yaml");
-    std::fs::write(
-        &path,
-        POLICY.replace("{dir}", &dir.path().display().to_string()),
-    )
-    .unwrap();
-    let text = format!("config: {}\n", path.display());
+    let text = filter_config(dir.path(), POLICY);
     let first = Gate::from_config("tollgate", text.as_bytes()).unwrap();
     // Envoy builds a listener's new filter config before it drops the old one: the embedded
     // key store, which one owner opens, is the same one.
