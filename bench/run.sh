@@ -29,7 +29,7 @@ usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--t
   --stand-in            run noop-grpc in place of the two Tollgate binaries (checks the harness
                         itself while the services are unavailable; results are labelled)
   --variants A,B,...    run only these variants (envoy: plain native noop tollgate noop1 single
-                        authz-grpc authz-http inprocess; direct: noop-check tollgate-check
+                        authz-grpc authz-http inprocess modfloor; direct: noop-check tollgate-check
                         noop-ratelimit tollgate-ratelimit tollgate-ratelimit-<algorithm> single-check)
   --no-build            do not run cargo build
   --keep                keep the temp dir (configs, logs) and print its path
@@ -216,8 +216,9 @@ fmt_ms() { awk -v us="$1" 'BEGIN { if (us == "nan") print "n/a"; else printf "%.
 if [[ $BUILD == 1 ]]; then
   pkgs=(-p tollgate-bench)
   [[ $STAND_IN == 1 ]] || pkgs+=(-p tollgate-authz -p tollgate-ratelimit)
-  # The module only for variant (i).
-  [[ $MODE != envoy || (-n $ONLY && ,$ONLY, != *,inprocess,*) ]] || pkgs+=(-p tollgate-envoy)
+  # The module only for variants (i) and (j).
+  [[ $MODE != envoy || (-n $ONLY && ,$ONLY, != *,inprocess,* && ,$ONLY, != *,modfloor,*) ]] ||
+    pkgs+=(-p tollgate-envoy)
   echo "building: cargo build --release ${pkgs[*]}" >&2
   if ! cargo build --release "${pkgs[@]}" >&2; then
     die "cargo build failed (use --stand-in to check the harness with noop-grpc in Tollgate's place)"
@@ -572,6 +573,22 @@ EOF
 EOF
       )
       ;;
+    modfloor)
+      # The module's floor: its probe filter with nothing to do (every hook called, no header,
+      # metadata or counter touched), what any dynamic module costs before deciding anything.
+      filters=$(
+        cat <<EOF
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {name: tollgate_envoy, metrics_namespace: tollgate}
+              filter_name: probe
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: "{}"
+EOF
+      )
+      ;;
   esac
   cat <<EOF
 admin:
@@ -622,6 +639,7 @@ declare -A CHECKS=(
   [authz-grpc]="http.ingress.ext_authz.ok"
   [authz-http]="http.ingress.ext_authz.ok"
   [inprocess]="tollgate.ratelimit.decision.ok"
+  [modfloor]=""
 )
 
 # stats_snapshot ADMIN_PORT: the counters of interest; counter FILE NAME: one value (0 if absent).
@@ -701,7 +719,7 @@ run_envoy_mode() {
   VARIANTS=(plain native noop tollgate noop1)
   # tollgate-authz alone, over each ext_authz flavour (noop-grpc speaks no HTTP ext_authz).
   [[ $STAND_IN == 1 ]] || VARIANTS+=(authz-grpc authz-http)
-  VARIANTS+=(inprocess)
+  VARIANTS+=(inprocess modfloor)
   declare -gA LABEL=(
     [plain]="(a) plain proxy"
     [native]="(b) jwt_authn + local_ratelimit"
@@ -712,12 +730,13 @@ run_envoy_mode() {
     [authz-grpc]="(g) ext_authz gRPC: tollgate-authz"
     [authz-http]="(h) ext_authz HTTP: tollgate-authz"
     [inprocess]="(i) in-process: $TG_LABEL module"
+    [modfloor]="(j) in-process floor: the module, no-op"
   )
   # Processes whose CPU each variant is charged with (beyond its own Envoy); the single-call
   # authz is reported in the authz column.
   declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit"
     [noop1]="upstream noop" [single]="upstream single" [authz-grpc]="upstream authz" [authz-http]="upstream authz"
-    [inprocess]="upstream")
+    [inprocess]="upstream" [modfloor]="upstream")
   # Where Envoy finds the module (variant i).
   export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$REL
   declare -gA LISTEN=() ADMIN=()
