@@ -2,6 +2,7 @@
 //! and answers a [`Verdict`]. Nothing here knows about Envoy's ABI, so decision logic is plain
 //! Rust, unit-tested with [`testing::FakeRequest`], and the stream layer applies the verdict.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -145,8 +146,8 @@ pub(crate) struct Mutations {
 /// One dynamic metadata entry: `key` under `namespace`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Metadata {
-    pub(crate) namespace: String,
-    pub(crate) key: String,
+    pub(crate) namespace: Cow<'static, str>,
+    pub(crate) key: Cow<'static, str>,
     pub(crate) value: MetadataValue,
 }
 

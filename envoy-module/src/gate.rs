@@ -7,6 +7,7 @@
 //! ```yaml
 //! failure_mode: deny                      # a module failure: 503 (or allow)
 //! config: /etc/tollgate/authz.yaml        # tollgate-authz's config file
+//! dynamic_metadata: true                  # the identity and limit for later filters
 //! ```
 //!
 //! A decision is polled once on the worker: a cached token or key, a public rule and memory
@@ -38,12 +39,21 @@ struct GateConfig {
     failure_mode: FailureMode,
     /// tollgate-authz's config file (relative paths: to Envoy's working directory).
     config: PathBuf,
+    /// File the identity and the limit that applied as dynamic metadata (for access logs and
+    /// later filters); off saves Envoy that work on every request.
+    #[serde(default = "yes")]
+    dynamic_metadata: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The Tollgate filter built from its config.
 #[derive(Debug)]
 pub(crate) struct Gate {
     failure_mode: FailureMode,
+    dynamic_metadata: bool,
     started: Arc<Started>,
 }
 
@@ -90,6 +100,7 @@ impl Gate {
         if let Some(started) = live.get(&key).and_then(Weak::upgrade) {
             return Ok(Gate {
                 failure_mode: gate.failure_mode,
+                dynamic_metadata: gate.dynamic_metadata,
                 started,
             });
         }
@@ -112,6 +123,7 @@ impl Gate {
         live.insert(key, Arc::downgrade(&started));
         Ok(Gate {
             failure_mode: gate.failure_mode,
+            dynamic_metadata: gate.dynamic_metadata,
             started,
         })
     }
@@ -147,7 +159,7 @@ fn disabled_mutations(authorizer: &Authorizer) -> Mutations {
         ..OwnedRequest::new("GET", "/")
     };
     let decided = futures::executor::block_on(authorizer.check(&request));
-    let mut remove_headers = match verdict::from_decision(decided, &request) {
+    let mut remove_headers = match verdict::from_decision(decided, &request, false) {
         Verdict::Continue(m) => m.remove_headers,
         _ => Vec::new(),
     };
@@ -163,10 +175,11 @@ impl Filter for Gate {
     fn on_request(&self, request: &dyn Request) -> Verdict {
         let owned = ModuleRequest::copy(request);
         let authorizer = Arc::clone(&self.started.authorizer);
+        let metadata = self.dynamic_metadata;
         now_or_pending(
             async move {
                 let decided: Decision = authorizer.check(&owned).await;
-                let mut verdict = verdict::from_decision(decided, &owned);
+                let mut verdict = verdict::from_decision(decided, &owned, metadata);
                 if let Verdict::Continue(m) = &mut verdict {
                     owned.prune_removals(m);
                 }

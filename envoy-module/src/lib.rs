@@ -22,6 +22,7 @@
 //! - [`probe`]: the probe filter, the test vehicle for the FFI layer.
 //! - [`runtime`]: the background tokio runtime (lazy, process-wide).
 //! - [`log`]: `tracing` into Envoy's log.
+//! - [`wire`]: dynamic metadata as the bytes of a serialized `google.protobuf.Struct`.
 
 // Unit tests build without the FFI layer (it needs Envoy's symbols), so the crates only it uses
 // go unused there.
@@ -38,3 +39,4 @@ mod probe;
 mod runtime;
 mod stream;
 mod verdict;
+mod wire;

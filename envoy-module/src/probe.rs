@@ -112,8 +112,8 @@ impl ProbeFilter {
         }
         let ns = &c.metadata_namespace;
         let entry = |key: &str, value| Metadata {
-            namespace: ns.clone(),
-            key: key.into(),
+            namespace: ns.clone().into(),
+            key: key.to_owned().into(),
             value,
         };
         let mut summary = BTreeMap::new();

@@ -94,7 +94,7 @@ impl Host for FakeHost {
         self.ops.push(Op::Response(name.into(), value.into()));
     }
     fn set_metadata(&mut self, entries: &[Metadata]) {
-        let keys = entries.iter().map(|e| e.key.as_str());
+        let keys = entries.iter().map(|e| &*e.key);
         self.ops.push(Op::Meta(keys.collect::<Vec<_>>().join(",")));
     }
     fn send_response(&mut self, reply: &LocalReply) {

@@ -5,6 +5,7 @@
 //! the service's answer, the identity as dynamic metadata under ext_authz's namespace (so
 //! access-log formats and route matchers that read it carry over).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use tollgate_authz::Decision;
@@ -15,7 +16,7 @@ use crate::filter::{LocalReply, Metadata, MetadataValue, Mutations, Request, Ver
 use crate::host::Counter;
 
 /// Where the identity is filed, as Envoy's ext_authz filter files a Check's metadata.
-const NAMESPACE: &str = "envoy.filters.http.ext_authz";
+pub(crate) const NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
 /// The request header that carries the client certificate (URL-encoded PEM) to the module: a
 /// `header_mutation` filter ahead of it sets it from `%DOWNSTREAM_PEER_CERT%`, as the HTTP
@@ -150,7 +151,12 @@ impl ModuleRequest {
     }
 
     fn push_bytes(&mut self, b: &[u8]) -> Span {
-        self.push(&String::from_utf8_lossy(b))
+        // Header bytes are nearly always valid UTF-8 (ASCII): checking is cheaper than the lossy
+        // conversion's chunk walk, which runs only for the rest.
+        match std::str::from_utf8(b) {
+            Ok(s) => self.push(s),
+            Err(_) => self.push(&String::from_utf8_lossy(b)),
+        }
     }
 
     fn get(&self, span: Span) -> &str {
@@ -233,16 +239,24 @@ fn address_without_port(address: &str) -> &str {
     }
 }
 
-/// The verdict the client and the upstream see for `decision` on `request`.
-pub(crate) fn from_decision(decision: Decision, request: &dyn RequestView) -> Verdict {
+/// The verdict the client and the upstream see for `decision` on `request`; with `metadata`,
+/// the identity and the limit that applied go to later filters as dynamic metadata.
+pub(crate) fn from_decision(
+    decision: Decision,
+    request: &dyn RequestView,
+    metadata: bool,
+) -> Verdict {
     let reason = decision.reason().as_str();
-    let metadata = metadata(&decision);
+    let metadata = match metadata {
+        true => metadata_of(&decision),
+        false => Vec::new(),
+    };
     match decision {
         Decision::Allow(a) => {
             let mut set_headers: Vec<(String, String)> = a
                 .set_headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
                 .collect();
             if !a.remove_query.is_empty() {
                 let query = without_params(request.query(), &a.remove_query);
@@ -297,13 +311,13 @@ fn without_params(query: &str, names: &[std::sync::Arc<str>]) -> String {
         .join("&")
 }
 
-fn metadata(decision: &Decision) -> Vec<Metadata> {
+fn metadata_of(decision: &Decision) -> Vec<Metadata> {
     decision
         .metadata()
         .into_iter()
         .map(|(key, value)| Metadata {
-            namespace: NAMESPACE.into(),
-            key: key.into(),
+            namespace: Cow::Borrowed(NAMESPACE),
+            key: Cow::Borrowed(key),
             value: convert(&value),
         })
         .collect()

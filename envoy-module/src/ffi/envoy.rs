@@ -6,8 +6,6 @@ use std::ffi::c_char;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use prost::Message;
-
 use super::abi::{self, EnvoyBuffer, ModuleBuffer, ModuleHeader};
 use crate::config::RouteSettings;
 use crate::filter::{LocalReply, Metadata, MetadataValue};
@@ -300,11 +298,7 @@ impl<'hook> EnvoyStream<'hook> {
         let Some(first) = entries.first() else {
             return;
         };
-        let fields = entries
-            .iter()
-            .map(|e| (e.key.clone(), to_proto(&e.value)))
-            .collect();
-        let encoded = prost_types::Struct { fields }.encode_to_vec();
+        let encoded = crate::wire::encode_struct(entries);
         // SAFETY: `filter` is valid for 'hook; the buffers are alive for the call and copied.
         unsafe {
             abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_struct(
@@ -314,22 +308,6 @@ impl<'hook> EnvoyStream<'hook> {
             );
         }
     }
-}
-
-fn to_proto(value: &MetadataValue) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        MetadataValue::String(s) => Kind::StringValue(s.clone()),
-        MetadataValue::Number(n) => Kind::NumberValue(*n),
-        MetadataValue::Bool(b) => Kind::BoolValue(*b),
-        MetadataValue::List(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(to_proto).collect(),
-        }),
-        MetadataValue::Struct(map) => Kind::StructValue(prost_types::Struct {
-            fields: map.iter().map(|(k, v)| (k.clone(), to_proto(v))).collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 impl Host for EnvoyStream<'_> {

@@ -182,3 +182,30 @@ fn the_routes_identity_methods_reach_the_decision() {
     assert_eq!(status(Some("api_key")), 401);
     assert_eq!(status(Some("passwords")), 403);
 }
+
+#[test]
+fn the_identity_and_limit_go_to_metadata_unless_switched_off() {
+    let (dir, on) = with_limits(POLICY);
+    let Verdict::Continue(m) = on.on_request(&FakeRequest::get("/open")) else {
+        panic!("allowed expected")
+    };
+    let keys: Vec<&str> = m.metadata.iter().map(|e| &*e.key).collect();
+    assert_eq!(keys, ["method", "rate_limit"], "{m:?}");
+    assert!(m.metadata.iter().all(|e| e.namespace == verdict::NAMESPACE));
+
+    let text = format!(
+        "{}dynamic_metadata: false\n",
+        filter_config(dir.path(), POLICY)
+    );
+    let off = Gate::from_config("tollgate", text.as_bytes()).unwrap();
+    let Verdict::Continue(m) = off.on_request(&FakeRequest::get("/open")) else {
+        panic!("allowed expected")
+    };
+    assert!(m.metadata.is_empty(), "{m:?}");
+    // The rest of the verdict is the same: the limit applied and its headers are there.
+    assert!(m.counts.contains(&(Counter::RateLimit, "ok")), "{m:?}");
+    assert!(
+        m.response_headers.iter().any(|(k, _)| k == "ratelimit"),
+        "{m:?}"
+    );
+}

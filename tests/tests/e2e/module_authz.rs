@@ -325,3 +325,102 @@ jwt:
     }
     assert_eq!(envoy.stat("tollgate.paused.verdict.pending").await, paused);
 }
+
+/// The example's Envoy config loading `authz`, its catch-all route copying the identity's
+/// dynamic metadata (as the module files it, under ext_authz's namespace) into request headers
+/// the upstream echoes, and the module's `filter_config` given `extra` lines.
+fn metadata_gateway_config(authz: &Path, extra: &str) -> String {
+    let text = example_envoy(authz);
+    let route =
+        "              - match: { prefix: / }\n                route: { cluster: upstream }\n";
+    assert!(text.contains(route), "the example's catch-all route moved");
+    let copy = |header: &str, path: &str| {
+        format!(
+            "                - header: {{ key: {header}, value: \"%DYNAMIC_METADATA(envoy.filters.http.ext_authz:{path})%\" }}\n"
+        )
+    };
+    let with_headers = format!(
+        "{route}                request_headers_to_add:\n{}{}{}",
+        copy("x-md-subject", "subject"),
+        copy("x-md-method", "method"),
+        copy("x-md-limit", "rate_limit:limit"),
+    );
+    let failure = "                  failure_mode: deny\n";
+    assert!(text.contains(failure), "the example's filter_config moved");
+    text.replace(route, &with_headers)
+        .replace(failure, &format!("{failure}{extra}"))
+}
+
+#[tokio::test]
+async fn the_identity_and_limit_reach_later_filters_as_metadata_unless_switched_off() {
+    let issuer = Issuer::start(&["k1"]).await;
+    let upstream = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let authz = dir.path().join("authz.yaml");
+    let limits = dir.path().join("limits.yaml");
+    std::fs::write(
+        &limits,
+        "domain: tollgate\ndescriptors:\n  - key: subject\n    rate_limit: {unit: minute, requests_per_unit: 100}\n",
+    )
+    .unwrap();
+    let config = format!(
+        "policy:
+  rate_limits:
+    - actions: [{{identity: {{field: subject, descriptor_key: subject}}}}]
+  rules:
+    - name: api
+      path: {{prefix: /}}
+jwt:
+  issuers:
+    - issuer: {ISSUER}
+      jwks_url: {jwks}
+      audiences: [{AUDIENCE}]
+      algorithms: [ES256]
+rate_limit:
+  domain: tollgate
+  store: {{type: memory}}
+  limits: {{path: {limits}}}
+",
+        jwks = issuer.jwks_url(),
+        limits = limits.display()
+    );
+    std::fs::write(&authz, config).unwrap();
+    let backends = || Backends {
+        upstream: upstream.port(),
+        authz: 0,
+        ratelimit: 0,
+    };
+    let token = issuer.token("k1", "alice", json!({}));
+
+    // By default: the subject, the method and the limit that applied, as Envoy formats them.
+    let envoy = start_envoy(&metadata_gateway_config(&authz, ""), backends())
+        .await
+        .unwrap();
+    let resp = bearer(&envoy, "/orders", &token).await;
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header("x-md-subject"), Some("alice"), "{echo:?}");
+    assert_eq!(echo.header("x-md-method"), Some("jwt"));
+    let limit = echo.header("x-md-limit").unwrap_or_default();
+    assert!(limit.contains("subject"), "{limit:?}");
+    drop(envoy);
+
+    // `dynamic_metadata: false`: the same decision, headers and limit, no metadata.
+    let off = "                  dynamic_metadata: false\n";
+    let envoy = start_envoy(&metadata_gateway_config(&authz, off), backends())
+        .await
+        .unwrap();
+    let resp = bearer(&envoy, "/orders", &token).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("ratelimit"), "{resp:?}");
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header("x-tollgate-subject"), Some("alice"));
+    for h in ["x-md-subject", "x-md-method", "x-md-limit"] {
+        assert!(
+            echo.header(h).is_none_or(str::is_empty),
+            "{h}: {:?}",
+            echo.header(h)
+        );
+    }
+    assert_eq!(envoy.stat("tollgate.ratelimit.decision.ok").await, 1);
+}
