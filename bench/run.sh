@@ -574,8 +574,9 @@ EOF
       )
       ;;
     modfloor)
-      # The module's floor: its probe filter with nothing to do (every hook called, no header,
-      # metadata or counter touched), what any dynamic module costs before deciding anything.
+      # The module's floor: its probe filter with nothing to do (every hook called, one
+      # counter, no header or metadata touched), what any dynamic module costs before deciding
+      # anything.
       filters=$(
         cat <<EOF
           - name: envoy.filters.http.dynamic_modules
@@ -585,7 +586,7 @@ EOF
               filter_name: probe
               filter_config:
                 "@type": type.googleapis.com/google.protobuf.StringValue
-                value: "{}"
+                value: "metadata: false"
 EOF
       )
       ;;

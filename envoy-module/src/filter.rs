@@ -136,7 +136,7 @@ pub(crate) struct Mutations {
     /// Request header values appended after any existing ones.
     pub(crate) add_headers: Vec<(String, String)>,
     /// Headers added to the response the client receives (e.g. rate-limit headers).
-    pub(crate) response_headers: Vec<(String, String)>,
+    pub(crate) response_headers: Vec<(Cow<'static, str>, String)>,
     /// Dynamic metadata for later filters, access logs and the router.
     pub(crate) metadata: Vec<Metadata>,
     /// The module's counters this verdict increments (bounded labels only).

@@ -4,6 +4,7 @@
 //! request headers, response headers, dynamic metadata (string, number, struct), a local reply,
 //! a verdict computed on the background runtime after a delay, and a panic on demand.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ struct ProbeConfig {
     echo: bool,
     #[serde(default = "default_namespace")]
     metadata_namespace: String,
+    /// Set the dynamic metadata below (off: the probe touches nothing, the module's floor).
+    #[serde(default = "yes")]
+    metadata: bool,
     /// Decide on the background runtime when the request carries `pending.header`.
     #[serde(default)]
     pending: Option<PendingRule>,
@@ -63,6 +67,10 @@ struct PendingRule {
     header: String,
     #[serde(with = "humantime_serde")]
     delay: Duration,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_namespace() -> String {
@@ -102,13 +110,23 @@ impl ProbeFilter {
             remove_headers: c.remove_headers.clone(),
             set_headers: pairs(&c.set_headers),
             add_headers: pairs(&c.add_headers),
-            response_headers: pairs(&c.response_headers),
+            response_headers: c
+                .response_headers
+                .iter()
+                .map(|(k, v)| (Cow::Owned(k.clone()), v.clone()))
+                .collect(),
             metadata: Vec::new(),
             counts: Vec::new(),
         };
+        if !c.metadata && !c.echo {
+            return m;
+        }
         let values = request.header_values("x-probe-multi");
         if c.echo {
             m.set_headers.extend(echo_headers(request, &values));
+        }
+        if !c.metadata {
+            return m;
         }
         let ns = &c.metadata_namespace;
         let entry = |key: &str, value| Metadata {
@@ -269,6 +287,19 @@ mod tests {
 
     fn probe(yaml: &str) -> ProbeFilter {
         ProbeFilter::from_config("probe", yaml.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn without_metadata_and_settings_the_probe_changes_nothing() {
+        let Verdict::Continue(m) = probe("metadata: false\n").on_request(&FakeRequest::get("/"))
+        else {
+            panic!("continue expected")
+        };
+        assert_eq!(m, Mutations::default());
+        let Verdict::Continue(m) = probe("{}").on_request(&FakeRequest::get("/")) else {
+            panic!("continue expected")
+        };
+        assert_eq!(m.metadata.len(), 5, "{m:?}");
     }
 
     #[test]

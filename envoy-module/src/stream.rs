@@ -6,6 +6,7 @@
 //! the request-headers hook runs the response-headers hook before `send_response` returns. So
 //! the state is in cells, and no borrow is held across a call into Envoy.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -38,7 +39,7 @@ pub(crate) enum BodyFlow {
 /// The module's state for one stream.
 pub(crate) struct Stream<S: Scheduler> {
     config: Arc<FilterConfig>,
-    response_headers: RefCell<Vec<(String, String)>>,
+    response_headers: RefCell<Vec<(Cow<'static, str>, String)>>,
     pending: RefCell<Option<Ticket<S>>>,
     replied: Cell<bool>,
     next_event: Cell<u64>,

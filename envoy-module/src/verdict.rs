@@ -274,7 +274,7 @@ pub(crate) fn from_decision(
                 remove_headers: a.remove_headers.iter().map(|h| h.to_string()).collect(),
                 set_headers,
                 add_headers: Vec::new(),
-                response_headers: lower(a.response_headers),
+                response_headers: lower_names(a.response_headers),
                 metadata,
                 counts,
             })
@@ -290,6 +290,29 @@ pub(crate) fn from_decision(
             },
         }),
     }
+}
+
+/// The rate-limit headers of an allowed request, their names lower case (the limiter's
+/// spelling of its own names is known, so most need no copy).
+fn lower_names(headers: Vec<(&'static str, String)>) -> Vec<(Cow<'static, str>, String)> {
+    headers
+        .into_iter()
+        .map(|(k, v)| {
+            let name = match k {
+                "RateLimit-Policy" => Cow::Borrowed("ratelimit-policy"),
+                "RateLimit" => Cow::Borrowed("ratelimit"),
+                "X-RateLimit-Limit" => Cow::Borrowed("x-ratelimit-limit"),
+                "X-RateLimit-Remaining" => Cow::Borrowed("x-ratelimit-remaining"),
+                "X-RateLimit-Reset" => Cow::Borrowed("x-ratelimit-reset"),
+                "Retry-After" => Cow::Borrowed("retry-after"),
+                _ if k.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    Cow::Owned(k.to_ascii_lowercase())
+                }
+                _ => Cow::Borrowed(k),
+            };
+            (name, v)
+        })
+        .collect()
 }
 
 fn lower(headers: Vec<(&'static str, String)>) -> Vec<(String, String)> {

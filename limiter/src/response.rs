@@ -64,7 +64,7 @@ pub fn headers(decision: &Decision, opts: HeaderOptions) -> Vec<(&'static str, S
 /// `RateLimit-Policy` and `RateLimit`: one item per applied limit, even when several
 /// descriptors hit the same one.
 fn ietf(decision: &Decision, out: &mut Vec<(&'static str, String)>) {
-    let (mut policy, mut state) = (String::new(), String::new());
+    let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
     let mut seen: Vec<&Arc<Limit>> = Vec::new();
     for s in &decision.statuses {
         let Some(l) = &s.limit else { continue };
@@ -76,19 +76,39 @@ fn ietf(decision: &Decision, out: &mut Vec<(&'static str, String)>) {
             policy.push_str(", ");
             state.push_str(", ");
         }
-        sf_string(&mut policy, &l.name);
-        let _ = write!(
-            policy,
-            ";q={};w={}",
-            l.rule.limit,
-            ceil_secs(l.rule.window).max(1)
-        );
-        sf_string(&mut state, &l.name);
+        policy.push_str(&l.ietf.policy);
+        state.push_str(&l.ietf.name);
         let _ = write!(state, ";r={};t={}", s.remaining, ceil_secs(s.reset_after));
     }
     if !policy.is_empty() {
         out.push(("RateLimit-Policy", policy));
         out.push(("RateLimit", state));
+    }
+}
+
+/// A limit's fixed parts of the IETF headers, rendered when the limit is built rather than on
+/// every response.
+#[derive(Debug, Clone)]
+pub(crate) struct IetfItems {
+    /// The name as an sf-string.
+    pub(crate) name: Box<str>,
+    /// `RateLimit-Policy`'s item: the name with its quota and window.
+    pub(crate) policy: Box<str>,
+}
+
+impl IetfItems {
+    pub(crate) fn new(name: &str, rule: &crate::algorithm::Rule) -> Self {
+        let mut quoted = String::new();
+        sf_string(&mut quoted, name);
+        let policy = format!(
+            "{quoted};q={};w={}",
+            rule.limit,
+            ceil_secs(rule.window).max(1)
+        );
+        Self {
+            name: quoted.into(),
+            policy: policy.into(),
+        }
     }
 }
 

@@ -108,6 +108,9 @@ pub struct Limit {
     /// The end of its counter keys: the limit's position on its descriptor (`#0`, `#1`; `#o`
     /// for a limit sent by the caller). The store appends the rule.
     position: Box<str>,
+    /// Its items in the IETF headers, rendered once: the quoted name (`RateLimit`'s item,
+    /// before its parameters) and `RateLimit-Policy`'s whole item.
+    pub(crate) ietf: crate::response::IetfItems,
     pub(crate) metrics: LimitMetrics,
 }
 
@@ -131,8 +134,10 @@ impl Limit {
         if requests_per_unit > 0 && rule.check().is_err() {
             return None;
         }
+        let name: Arc<str> = Arc::from("override");
         Some(Self {
-            name: Arc::from("override"),
+            ietf: crate::response::IetfItems::new(&name, &rule),
+            name,
             named: false,
             replaces: Box::new([]),
             unlimited: false,
@@ -612,6 +617,7 @@ impl Compiler<'_> {
         });
         Some(Limit {
             metrics: LimitMetrics::new(self.domain, &name),
+            ietf: crate::response::IetfItems::new(&name, &rule),
             name,
             named,
             replaces: r
