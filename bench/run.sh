@@ -406,6 +406,21 @@ authz_cluster() {
 EOF
 }
 
+# module_filter FILTER_NAME VALUE: the dynamic module's HTTP filter FILTER_NAME, its
+# filter_config the string VALUE (YAML: a quoted scalar, or a block starting with "|").
+module_filter() {
+  cat <<EOF
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {name: tollgate_envoy, metrics_namespace: tollgate}
+              filter_name: $1
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: $2
+EOF
+}
+
 # envoy_config VARIANT LISTEN_PORT ADMIN_PORT [AUTHZ_PORT RL_PORT]
 envoy_config() {
   local variant=$1 listen=$2 admin=$3 authz=${4:-} rl=${5:-}
@@ -558,37 +573,15 @@ EOF
       # Tollgate in-process: the module's tollgate filter on a tollgate-authz config (written
       # by write_inprocess_config): the same identity as the authz variants, the same
       # descriptors, limits and counter store as single-call (f).
-      filters=$(
-        cat <<EOF
-          - name: envoy.filters.http.dynamic_modules
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {name: tollgate_envoy, metrics_namespace: tollgate}
-              filter_name: tollgate
-              filter_config:
-                "@type": type.googleapis.com/google.protobuf.StringValue
-                value: |
+      filters=$(module_filter tollgate "|
                   failure_mode: deny
-                  config: $WORK/config/authz-inprocess.yaml
-EOF
-      )
+                  config: $WORK/config/authz-inprocess.yaml")
       ;;
     modfloor)
       # The module's floor: its probe filter with nothing to do (every hook called, one
       # counter, no header or metadata touched), what any dynamic module costs before deciding
       # anything.
-      filters=$(
-        cat <<EOF
-          - name: envoy.filters.http.dynamic_modules
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {name: tollgate_envoy, metrics_namespace: tollgate}
-              filter_name: probe
-              filter_config:
-                "@type": type.googleapis.com/google.protobuf.StringValue
-                value: "metadata: false"
-EOF
-      )
+      filters=$(module_filter probe '"metadata: false"')
       ;;
   esac
   cat <<EOF
