@@ -147,6 +147,11 @@ impl RouteSettings {
     }
 }
 
+/// `true`, for serde's `default` of a setting that is on unless switched off.
+pub(crate) fn yes() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,12 +41,8 @@ struct GateConfig {
     config: PathBuf,
     /// File the identity and the limit that applied as dynamic metadata (for access logs and
     /// later filters); off saves Envoy that work on every request.
-    #[serde(default = "yes")]
+    #[serde(default = "config::yes")]
     dynamic_metadata: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// The Tollgate filter built from its config.

@@ -40,7 +40,7 @@ struct ProbeConfig {
     #[serde(default = "default_namespace")]
     metadata_namespace: String,
     /// Set the dynamic metadata below (off: the probe touches nothing, the module's floor).
-    #[serde(default = "yes")]
+    #[serde(default = "config::yes")]
     metadata: bool,
     /// Decide on the background runtime when the request carries `pending.header`.
     #[serde(default)]
@@ -67,10 +67,6 @@ struct PendingRule {
     header: String,
     #[serde(with = "humantime_serde")]
     delay: Duration,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_namespace() -> String {
