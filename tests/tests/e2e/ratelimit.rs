@@ -536,7 +536,17 @@ async fn replicas_sharing_redis_admit_exactly_the_limit_and_apply_the_failure_mo
             admitted += 1;
         }
     }
-    assert_eq!(admitted, 2, "2 a minute across both replicas");
+    // A call that outlives a replica's store deadline (a loaded machine) is replica a's
+    // failure mode, `error`, which this Envoy lets through; its late hit changes nothing in
+    // Redis. Only such requests may come on top of the limit.
+    let let_through = envoy
+        .stat("cluster.upstream.ratelimit.failure_mode_allowed")
+        .await;
+    assert_eq!(
+        admitted - let_through,
+        2,
+        "2 a minute across both replicas ({let_through} let through on a store failure)"
+    );
     assert!(
         envoy
             .stat("cluster.tollgate_ratelimit.upstream_cx_total")
@@ -574,7 +584,7 @@ async fn replicas_sharing_redis_admit_exactly_the_limit_and_apply_the_failure_mo
         envoy
             .stat("cluster.upstream.ratelimit.failure_mode_allowed")
             .await
-            >= 1
+            > let_through
     );
 }
 
