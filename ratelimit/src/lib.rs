@@ -112,6 +112,23 @@ mod tests {
 
     use super::*;
 
+    /// A temp dir holding one limits file, `web.yaml`, with `yaml` in it.
+    fn limits_dir(yaml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("web.yaml"), yaml).unwrap();
+        dir
+    }
+
+    /// Triggers `shutdown` and waits (bounded) for the service to drain and stop cleanly.
+    async fn stop(shutdown: Shutdown, running: Running) {
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(10), running.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
     async fn http_get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
@@ -126,12 +143,9 @@ mod tests {
 
     #[tokio::test]
     async fn serves_should_rate_limit_config_and_metrics_then_shuts_down() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("web.yaml"),
+        let dir = limits_dir(
             "domain: web\ndescriptors:\n  - key: client\n    rate_limit: {name: per-client, unit: minute, requests_per_unit: 1}\n",
-        )
-        .unwrap();
+        );
         let shutdown = Shutdown::new();
         let running = start(Config::for_tests(dir.path()), shutdown.clone())
             .await
@@ -189,22 +203,14 @@ mod tests {
             Code::OverLimit as i32
         );
 
-        shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(10), running.handle)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        stop(shutdown, running).await;
     }
 
     #[tokio::test]
     async fn grpc_threads_serve_every_connection_and_drain_on_shutdown() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("web.yaml"),
+        let dir = limits_dir(
             "domain: web\ndescriptors:\n  - key: client\n    rate_limit: {unit: minute, requests_per_unit: 3}\n",
-        )
-        .unwrap();
+        );
         let mut config = Config::for_tests(dir.path());
         config.server.grpc_threads = Some(2);
         let shutdown = Shutdown::new();
@@ -231,12 +237,7 @@ mod tests {
         }
         let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
         assert_eq!(codes, [ok, ok, ok, over]);
-        shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(10), running.handle)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        stop(shutdown, running).await;
     }
 
     #[tokio::test]

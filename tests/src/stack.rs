@@ -408,3 +408,21 @@ impl Stack {
         self.envoy.url(path)
     }
 }
+
+/// `POST /v1/keys` with `body` to the admin API at `admin` (`http://host:port`), authenticated
+/// with `token`: the issued key (`key.id`, `secret`), after checking the call succeeded.
+pub async fn create_key(admin: &str, token: &str, body: &serde_json::Value) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{admin}/v1/keys"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("the admin API answers");
+    assert!(
+        resp.status().is_success(),
+        "POST /v1/keys: {}",
+        resp.status()
+    );
+    resp.json().await.expect("the issued key as JSON")
+}

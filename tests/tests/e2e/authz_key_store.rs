@@ -51,17 +51,9 @@ admin:
         .unwrap()
 }
 
-async fn create(http: &reqwest::Client, admin: SocketAddr, owner: &str) -> (String, String) {
-    let r: Value = http
-        .post(format!("http://{admin}/v1/keys"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"name": owner, "owner": owner}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn create(admin: SocketAddr, owner: &str) -> (String, String) {
+    let body = json!({"name": owner, "owner": owner});
+    let r = tollgate_tests::stack::create_key(&format!("http://{admin}"), TOKEN, &body).await;
     (
         r["key"]["id"].as_str().unwrap().to_string(),
         r["secret"].as_str().unwrap().to_string(),
@@ -97,9 +89,9 @@ async fn a_frozen_key_store_answers_503_with_retry_after_keeps_known_keys_and_ap
     // outage waits for Redis instead of failing.
     let b = replica(&redis, dir.path(), "b", ", timeout: 20s").await;
     let admin = b.running.admin_addr.unwrap();
-    let (_, known) = create(&http, admin, "known").await;
-    let (revoked_id, revoked) = create(&http, admin, "revoked").await;
-    let (_, unseen) = create(&http, admin, "unseen").await;
+    let (_, known) = create(admin, "known").await;
+    let (revoked_id, revoked) = create(admin, "revoked").await;
+    let (_, unseen) = create(admin, "unseen").await;
     // A, on the defaults, serves the gateway; the keys exist before it starts, so nothing
     // evicts what it reads.
     let a = replica(&redis, dir.path(), "a", "").await;

@@ -44,15 +44,7 @@ fn admin_url(gw: &Gateway) -> String {
 
 /// `POST /v1/keys` with `body`: the issued key.
 async fn create(gw: &Gateway, body: Value) -> Value {
-    let resp = client()
-        .post(format!("{}/v1/keys", admin_url(gw)))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.status());
-    resp.json().await.unwrap()
+    tollgate_tests::stack::create_key(&admin_url(gw), ADMIN_TOKEN, &body).await
 }
 
 /// The statuses of `n` calls with `key` through Envoy.

@@ -1100,18 +1100,9 @@ async fn the_rendered_release_allows_denies_and_rate_limits_through_envoy() {
     );
 
     // A key from the admin API (credential from the mounted Secret, keys kept in Redis).
-    let created: Json = http
-        .post(format!("http://{admin}/v1/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({"name": "e2e", "owner": "alice", "plan": "silver"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = serde_json::json!({"name": "e2e", "owner": "alice", "plan": "silver"});
+    let created =
+        tollgate_tests::stack::create_key(&format!("http://{admin}"), ADMIN_TOKEN, &body).await;
     let key = created["secret"].as_str().unwrap().to_string();
     let allowed = get(HOST, "/orders/1", Some(&key)).await.unwrap();
     assert_eq!(allowed.status(), 200);

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use serde_yaml::Value as Yaml;
 use tollgate_tests::echo::{Echo, EchoUpstream};
 use tollgate_tests::envoy::Envoy;
@@ -328,18 +328,9 @@ async fn inprocess_mode_runs_the_charts_authz_jwt_and_api_keys_in_envoy() {
     assert_eq!(echo.header("x-tollgate-subject"), Some("alice"));
 
     // A key created through the rendered admin API (credential from its Secret, kept in Redis).
-    let created: Json = http
-        .post(format!("http://{admin}/v1/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "e2e", "owner": "bob", "plan": "silver"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"name": "e2e", "owner": "bob", "plan": "silver"});
+    let created =
+        tollgate_tests::stack::create_key(&format!("http://{admin}"), ADMIN_TOKEN, &body).await;
     let key = created["secret"].as_str().unwrap().to_string();
     let with_key = get("/orders/1", Some(("x-api-key", key.clone())))
         .await

@@ -167,16 +167,9 @@ async fn a_second_process_on_the_key_file_fails_clearly_and_keys_survive_a_recre
 
     let mut first = start_pod(&r);
     wait_ready(first.http).await;
-    let created: Json = http
-        .post(format!("http://{}/v1/keys", first.admin))
-        .bearer_auth(&token)
-        .json(&json!({"name": "kept", "owner": "team-a"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"name": "kept", "owner": "team-a"});
+    let created =
+        tollgate_tests::stack::create_key(&format!("http://{}", first.admin), &token, &body).await;
     let id = created["key"]["id"].as_str().unwrap().to_string();
 
     // A second pod on the same volume (what a surge pod of a rolling update would be): it

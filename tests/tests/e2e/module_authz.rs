@@ -79,16 +79,7 @@ async fn create_key(admin: &Authz, owner: &str, plan: &str) -> (String, String) 
 
 /// A key created through the admin API from `body`: (id, secret).
 async fn create(admin: &Authz, body: Value) -> (String, String) {
-    let r: Value = reqwest::Client::new()
-        .post(format!("{}/v1/keys", admin_url(admin)))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = tollgate_tests::stack::create_key(&admin_url(admin), TOKEN, &body).await;
     (
         r["key"]["id"].as_str().unwrap().to_string(),
         r["secret"].as_str().unwrap().to_string(),
@@ -283,6 +274,21 @@ jwt:
     assert_eq!(envoy.stat("tollgate.decisions.reason.allowed").await, 3);
 }
 
+/// The `jwt:` section trusting `issuer` (ES256, its JWKS URL), one issuer entry last so a
+/// caller can add settings to it.
+fn jwt_section(issuer: &Issuer) -> String {
+    format!(
+        "jwt:
+  issuers:
+    - issuer: {ISSUER}
+      jwks_url: {}
+      audiences: [{AUDIENCE}]
+      algorithms: [ES256]
+",
+        issuer.jwks_url()
+    )
+}
+
 #[tokio::test]
 async fn a_token_signed_by_a_newly_published_key_verifies_then_is_decided_on_the_worker() {
     let issuer = Issuer::start(&["old", "new"]).await;
@@ -293,15 +299,9 @@ async fn a_token_signed_by_a_newly_published_key_verifies_then_is_decided_on_the
   rules:
     - name: api
       path: {{prefix: /}}
-jwt:
-  issuers:
-    - issuer: {ISSUER}
-      jwks_url: {jwks}
-      audiences: [{AUDIENCE}]
-      algorithms: [ES256]
-      min_refetch_interval: 0s
+{}      min_refetch_interval: 0s
 ",
-        jwks = issuer.jwks_url()
+        jwt_section(&issuer)
     );
     let (_dir, envoy) = gateway_on(&config, &upstream).await;
     let old = issuer.token("old", "alice", json!({}));
@@ -370,18 +370,12 @@ async fn the_identity_and_limit_reach_later_filters_as_metadata_unless_switched_
   rules:
     - name: api
       path: {{prefix: /}}
-jwt:
-  issuers:
-    - issuer: {ISSUER}
-      jwks_url: {jwks}
-      audiences: [{AUDIENCE}]
-      algorithms: [ES256]
-rate_limit:
+{jwt}rate_limit:
   domain: tollgate
   store: {{type: memory}}
   limits: {{path: {limits}}}
 ",
-        jwks = issuer.jwks_url(),
+        jwt = jwt_section(&issuer),
         limits = limits.display()
     );
     std::fs::write(&authz, config).unwrap();

@@ -143,18 +143,14 @@ async fn logs_name_denials_with_the_request_id_and_never_a_secret() {
         .unwrap();
 
     // An API key on the silver plan (3 a minute), created through the admin API.
-    let issued: Value = c
-        .post(format!("http://127.0.0.1:{admin_port}/v1/keys"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(
-            &json!({"name": "obs key", "owner": "team-obs", "plan": "silver", "scopes": ["read"]}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body =
+        json!({"name": "obs key", "owner": "team-obs", "plan": "silver", "scopes": ["read"]});
+    let issued = tollgate_tests::stack::create_key(
+        &format!("http://127.0.0.1:{admin_port}"),
+        ADMIN_TOKEN,
+        &body,
+    )
+    .await;
     let api_key = issued["secret"].as_str().unwrap().to_string();
     let jwt = oidc
         .client_credentials(APP_GOLD.id, APP_GOLD.secret, "read", Some(API_RESOURCE))

@@ -137,16 +137,8 @@ impl OneCall {
 
     /// `POST /v1/keys`: the issued key (`key.id`, `secret`).
     async fn create(&self, body: serde_json::Value) -> serde_json::Value {
-        let r = self
-            .client
-            .post(format!("{}/v1/keys", self.authz.admin_url()))
-            .bearer_auth(&self.authz.admin_token)
-            .json(&body)
-            .send()
+        tollgate_tests::stack::create_key(&self.authz.admin_url(), &self.authz.admin_token, &body)
             .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
-        r.json().await.unwrap()
     }
 
     async fn call(&self, key: &str) -> u16 {

@@ -370,18 +370,8 @@ fn helm_values(issuer: &Issuer) -> String {
 /// An API key with tenant, plan and scopes, from the admin API.
 async fn create_key(authz: &Authz, admin_token: &str) -> String {
     let admin = format!("http://{}", authz.running.admin_addr.expect("admin API on"));
-    let issued: Value = reqwest::Client::new()
-        .post(format!("{admin}/v1/keys"))
-        .bearer_auth(admin_token)
-        .json(&json!({"name": "trust", "owner": "team-a", "tenant": "acme", "plan": "gold", "scopes": ["read", "write"]}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"name": "trust", "owner": "team-a", "tenant": "acme", "plan": "gold", "scopes": ["read", "write"]});
+    let issued = tollgate_tests::stack::create_key(&admin, admin_token, &body).await;
     issued["secret"].as_str().unwrap().to_string()
 }
 
