@@ -782,6 +782,65 @@ async fn redis_one_command_per_call_and_noscript_reload() {
     assert!(ttl > 0 && ttl <= 60_000 + 1, "pttl {ttl}");
 }
 
+/// Calls queued on the connection together go to Redis as one merged script call, and each is
+/// answered exactly as if it had been a call of its own: in order, each seeing what the ones
+/// before it counted, all-or-nothing per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_merges_queued_calls_and_answers_each_as_its_own() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&test_config(RedisConfig::standalone(server.url())))
+        .await
+        .unwrap();
+    let ns = ns("merged");
+    let shared = format!("{ns}:shared");
+    let own: Vec<String> = (0..64).map(|i| format!("{ns}:own:{i}")).collect();
+    let sliding = rule(Algorithm::SlidingWindow, 20, Duration::from_secs(60));
+    let fixed = rule(Algorithm::FixedWindow, 100, Duration::from_secs(60));
+    let requests: Vec<[Hit<'_>; 2]> = own
+        .iter()
+        .map(|k| {
+            [
+                Hit {
+                    key: &shared,
+                    rule: sliding,
+                    cost: 1,
+                    shadow: false,
+                },
+                Hit {
+                    key: k,
+                    rule: fixed,
+                    cost: 1,
+                    shadow: false,
+                },
+            ]
+        })
+        .collect();
+    // Loads the script, so that the calls below are EVALSHAs.
+    one(&store, &format!("{ns}:warm"), fixed, 1, T0).await;
+    let before = server.command_calls("evalsha");
+    let answers = futures::future::join_all(requests.iter().map(|h| store.hit(h, at(T0)))).await;
+    let scripts = server.command_calls("evalsha") - before;
+    assert!(scripts < 32, "64 calls queued together took {scripts} script calls");
+
+    let mut seen = Vec::new();
+    for (i, a) in answers.into_iter().enumerate() {
+        let a = a.expect("store call");
+        let counted = admitted(&a, &requests[i]);
+        if counted {
+            seen.push(a[0].remaining);
+        }
+        // The request's own counter moved only if the whole request was admitted.
+        let after = one(&store, &own[i], fixed, 0, T0).await;
+        assert_eq!(after.remaining, if counted { 99 } else { 100 }, "request {i}");
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..20).collect::<Vec<u64>>(),
+        "each admitted call saw the ones before it"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fails_fast_then_reconnects() {
     let mut server = RedisServer::start();

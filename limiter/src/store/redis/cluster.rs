@@ -417,7 +417,7 @@ where
     C: ConnectionLike + Send,
     S: Iterator<Item = usize> + Clone,
 {
-    let argv = call.argv();
+    let argv = call.argv()?;
     let build = |verb: &str, body: &str| {
         let mut cmd = redis::cmd(verb);
         cmd.arg(body).arg(call.len());
@@ -434,7 +434,8 @@ where
         }
         r => r,
     };
-    let values = script::values(&reply.map_err(store_error)?)?;
+    let mut one = script::split(&reply.map_err(store_error)?, std::iter::once(call.shape()))?;
+    let values = script::values(&one.remove(0))?;
     script::reply(&values, call.len(), call.mode)
 }
 

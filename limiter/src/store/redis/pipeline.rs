@@ -7,6 +7,13 @@
 //! out in order. Under load, one write and one read carry many calls, on both sides of the
 //! socket: this is what keeps a call's CPU cost close to the in-memory store's.
 //!
+//! Rate-limit script calls are queued as their parts (keys and arguments), not encoded: at each
+//! write the driver merges the script calls queued since the last one into one `EVALSHA` (at
+//! most [`MERGE_REQUESTS`] calls and [`MERGE_KEYS`] keys each), and splits its reply into each
+//! caller's own (`script.lua` says how). So the busier the connection, the fewer commands and
+//! Lua invocations per call Redis runs, with no call waiting for others: merging only takes
+//! what is already queued.
+//!
 //! # Order, cancellation and the in-flight bound
 //! Replies come back in the order commands were written; each waiting caller holds a place in
 //! that queue, together with its in-flight permit. A caller that gives up before its command
@@ -45,6 +52,7 @@ use super::super::StoreError;
 use super::deadline::RedisClock;
 use super::node::{Conn, Target};
 use super::resp::{Value, parse};
+use super::script::{self, Shape};
 
 type Reply = Result<Value, String>;
 
@@ -67,13 +75,89 @@ struct Place {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// A command queued and not yet written.
+enum Queued {
+    /// Encoded in `out`, ending here.
+    Raw(usize),
+    /// One request's script call, to be merged with the others queued beside it.
+    Script(ScriptPart),
+}
+
+/// One request's share of a merged script call (see [`script::encode_merged`]).
+pub(super) struct ScriptPart {
+    /// Its keys, each a RESP bulk string, and how many.
+    pub(super) keys: Vec<u8>,
+    pub(super) nkeys: usize,
+    /// Its [`script::Call::request_args`].
+    pub(super) args: Vec<u8>,
+    pub(super) shape: Shape,
+}
+
+/// Who a written command's reply goes to.
+enum Taker {
+    One(Place),
+    /// A merged script call: each request's part of the reply to its caller.
+    Merged(Vec<(Place, Shape)>),
+}
+
+impl Taker {
+    fn since(&self) -> Option<Instant> {
+        match self {
+            Taker::One(p) => Some(p.since),
+            Taker::Merged(m) => m.first().map(|(p, _)| p.since),
+        }
+    }
+
+    fn fail(self, reason: &str) {
+        match self {
+            Taker::One(p) => {
+                let _ = p.reply.send(Err(reason.to_owned()));
+            }
+            Taker::Merged(m) => {
+                for (p, _) in m {
+                    let _ = p.reply.send(Err(reason.to_owned()));
+                }
+            }
+        }
+    }
+
+    fn answer(self, v: Value) {
+        match self {
+            Taker::One(p) => {
+                let _ = p.reply.send(Ok(v));
+            }
+            Taker::Merged(m) => match v {
+                Value::Bulk(bytes) => match script::split(&bytes, m.iter().map(|(_, s)| *s)) {
+                    Ok(parts) => {
+                        for ((p, _), part) in m.into_iter().zip(parts) {
+                            let _ = p.reply.send(Ok(Value::Bulk(part)));
+                        }
+                    }
+                    Err(e) => Taker::Merged(m).fail(&e.to_string()),
+                },
+                // An error (NOSCRIPT, say) or an unexpected reply is every request's.
+                other => {
+                    for (p, _) in m {
+                        let _ = p.reply.send(Ok(other.clone()));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Most requests, and most keys, one merged script call carries: Redis runs a call without
+/// serving anyone else, so a call stays short.
+const MERGE_REQUESTS: usize = 64;
+const MERGE_KEYS: usize = 512;
+
 struct State {
     phase: Phase,
-    /// Commands queued and not yet written, and where each one ends in `out`.
+    /// Commands queued and not yet written; raw ones are encoded in `out`.
     out: Vec<u8>,
-    unsent: VecDeque<(usize, Place)>,
+    unsent: VecDeque<(Queued, Place)>,
     /// Commands written and not yet answered, in wire order.
-    waiting: VecDeque<Place>,
+    waiting: VecDeque<Taker>,
     /// Set to close the connection at the driver's next turn, with this reason.
     drop_reason: Option<String>,
 }
@@ -124,8 +208,12 @@ impl Shared {
                 std::mem::take(&mut st.waiting),
             )
         };
-        for p in unsent.into_iter().map(|(_, p)| p).chain(waiting) {
-            let _ = p.reply.send(Err(reason.to_owned()));
+        for t in unsent
+            .into_iter()
+            .map(|(_, p)| Taker::One(p))
+            .chain(waiting)
+        {
+            t.fail(reason);
         }
     }
 
@@ -234,19 +322,55 @@ impl Pipeline {
                 Phase::Closed => return Err(StoreError::Unavailable("redis: closed".into())),
                 Phase::Connecting | Phase::Up(_) => {}
             }
-            let was_empty = st.out.is_empty();
             encode(&mut st.out);
             let end = st.out.len();
-            st.unsent.push_back((
-                end,
-                Place {
-                    since: Instant::now(),
-                    reply: tx,
-                    _permit: permit,
-                },
-            ));
-            was_empty
+            self.queue(&mut st, Queued::Raw(end), tx, permit)
         };
+        self.answer(wake, rx).await
+    }
+
+    /// Sends one request's script call, merged with the other script calls queued at the
+    /// driver's next write into one `EVALSHA` (see `script.lua`), and returns the request's
+    /// reply as a call of its own would have had it (or the whole call's error reply).
+    pub(super) async fn script(
+        &self,
+        part: ScriptPart,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Value, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let wake = {
+            let mut st = self.shared.state.lock();
+            match &st.phase {
+                Phase::Down { reason } => return Err(StoreError::Unavailable(reason.clone())),
+                Phase::Closed => return Err(StoreError::Unavailable("redis: closed".into())),
+                Phase::Connecting | Phase::Up(_) => {}
+            }
+            self.queue(&mut st, Queued::Script(part), tx, permit)
+        };
+        self.answer(wake, rx).await
+    }
+
+    /// Queues a command; true if the queue was empty (the driver is to be woken).
+    fn queue(
+        &self,
+        st: &mut State,
+        q: Queued,
+        reply: oneshot::Sender<Reply>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> bool {
+        let was_empty = st.unsent.is_empty();
+        st.unsent.push_back((
+            q,
+            Place {
+                since: Instant::now(),
+                reply,
+                _permit: permit,
+            },
+        ));
+        was_empty
+    }
+
+    async fn answer(&self, wake: bool, rx: oneshot::Receiver<Reply>) -> Result<Value, StoreError> {
         if wake {
             self.shared.wake_driver();
         }
@@ -336,31 +460,56 @@ async fn drive(
     }
 }
 
-/// Moves the queued commands into `wbuf` and their places into the waiting queue, leaving
-/// out those whose caller has gone (so they are never written).
+/// Moves the queued commands into `wbuf` and their callers into the waiting queue, leaving out
+/// those whose caller has gone (so they are never written). Script calls queued together go
+/// as one merged call (or more, of at most [`MERGE_REQUESTS`] requests and [`MERGE_KEYS`]
+/// keys), written after the raw commands queued with them.
 fn take_output(st: &mut State, wbuf: &mut Vec<u8>) {
     if st.unsent.is_empty() {
         return;
     }
     let now = Instant::now();
-    if st.unsent.iter().all(|(_, p)| !p.reply.is_closed()) {
-        std::mem::swap(&mut st.out, wbuf);
-        for (_, mut p) in st.unsent.drain(..) {
-            p.since = now;
-            st.waiting.push_back(p);
-        }
-        return;
-    }
     let mut start = 0;
-    for (end, mut p) in std::mem::take(&mut st.unsent) {
-        if !p.reply.is_closed() {
-            wbuf.extend_from_slice(&st.out[start..end]);
-            p.since = now;
-            st.waiting.push_back(p);
+    let mut scripts: Vec<(ScriptPart, Place)> = Vec::new();
+    for (q, mut p) in std::mem::take(&mut st.unsent) {
+        let gone = p.reply.is_closed();
+        p.since = now;
+        match q {
+            Queued::Raw(end) => {
+                if !gone {
+                    wbuf.extend_from_slice(&st.out[start..end]);
+                    st.waiting.push_back(Taker::One(p));
+                }
+                start = end;
+            }
+            Queued::Script(part) if !gone => scripts.push((part, p)),
+            Queued::Script(_) => {}
         }
-        start = end;
     }
     st.out.clear();
+    let mut rest = scripts.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut batch = Vec::new();
+        let mut keys = 0;
+        while let Some((part, _)) = rest.peek() {
+            if !batch.is_empty()
+                && (batch.len() == MERGE_REQUESTS || keys + part.nkeys > MERGE_KEYS)
+            {
+                break;
+            }
+            keys += part.nkeys;
+            batch.extend(rest.next());
+        }
+        script::encode_merged(
+            wbuf,
+            batch
+                .iter()
+                .map(|(s, _)| (s.keys.as_slice(), s.nkeys, s.args.as_slice())),
+        );
+        st.waiting.push_back(Taker::Merged(
+            batch.into_iter().map(|(s, p)| (p, s.shape)).collect(),
+        ));
+    }
 }
 
 /// Writes what callers queue and hands out replies, until the connection fails or the
@@ -423,8 +572,8 @@ async fn serve(shared: &Shared, mut conn: Conn, stall: Duration) -> String {
             }
             _ = check.tick() => {
                 let st = shared.state.lock();
-                if let Some(p) = st.waiting.front()
-                    && p.since.elapsed() > stall
+                if let Some(since) = st.waiting.front().and_then(Taker::since)
+                    && since.elapsed() > stall
                 {
                     return format!("redis: no reply for {stall:?}");
                 }
@@ -454,15 +603,15 @@ fn deliver(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<(), String> {
     let demoted = replies
         .iter()
         .any(|v| matches!(v, Value::Error(e) if e.starts_with("READONLY")));
-    let takers: Vec<Place> = {
+    let takers: Vec<Taker> = {
         let mut st = shared.state.lock();
         if replies.len() > st.waiting.len() {
             return Err("redis sent a reply nobody asked for".into());
         }
         st.waiting.drain(..replies.len()).collect()
     };
-    for (p, v) in takers.into_iter().zip(replies) {
-        let _ = p.reply.send(Ok(v));
+    for (t, v) in takers.into_iter().zip(replies) {
+        t.answer(v);
     }
     if demoted {
         return Err("redis: the node is read-only (a demoted master)".into());

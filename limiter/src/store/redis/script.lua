@@ -1,25 +1,32 @@
--- Tollgate rate-limit script, counter layout 2: evaluates every hit of one request atomically,
--- in one round trip. A line-by-line mirror of limiter/src/algorithm.rs (keep them in step).
--- Time is the caller's clock in microseconds, so every replica's script agrees within their
--- clock skew; Redis' own clock is read only to refuse a call whose caller has given up.
+-- Tollgate rate-limit script, counter layout 2, call format 3: evaluates every hit of one or
+-- more requests atomically, in one round trip. A line-by-line mirror of
+-- limiter/src/algorithm.rs (keep them in step). Time is the caller's clock in microseconds, so
+-- every replica's script agrees within their clock skew; Redis' own clock is read only to
+-- refuse a request whose caller has given up.
 --
--- KEYS: one per hit (duplicates allowed: a later hit sees the earlier one's count).
+-- Several requests in one call (a connection's driver merges the calls queued together) cost
+-- Redis one command, one Lua invocation and one TIME for all: the requests run in order, each
+-- seeing what the ones before it counted, exactly as one call each would.
+--
+-- KEYS: one per hit, request after request (duplicates allowed: a later hit sees the earlier
+--       one's count).
 -- ARGV[1]: every argument in one binary string (Redis parses, allocates and hands Lua each
 --       argument separately, so one argument costs less than many, and struct.unpack reads
---       doubles without the float parsing of tonumber). struct format '<Bdss', then per key
---       '<BBddddd' (42 bytes):
---       mode (0 = hit, 1 = refund hits counted at the same now), now_us, the deadline on Redis'
---       clock as TIME's two decimal strings, seconds and microseconds ('' and '' = none);
---       per key: algorithm (0 sliding, 1 fixed, 2/3 meter, 4 calendar period), shadow (0/1),
---       limit, window_us, capacity, cost, step. The step is the caller's arithmetic: a sliding
---       window's sub-window width (algorithm::sliding_bucket_us), a meter's tick
---       (Rule::meter_tick_us); 0 otherwise. A calendar period's start_us and end_us take the
---       places of window_us and capacity (the caller does the calendar math).
+--       doubles without the float parsing of tonumber). struct format '<H', the number of
+--       requests; then per request '<BHdss': mode (0 = hit, 1 = refund hits counted at the
+--       same now), its number of keys, now_us, the deadline on Redis' clock as TIME's two
+--       decimal strings, seconds and microseconds ('' and '' = none); then per key of the
+--       request '<BBddddd' (42 bytes): algorithm (0 sliding, 1 fixed, 2/3 meter, 4 calendar
+--       period), shadow (0/1), limit, window_us, capacity, cost, step. The step is the
+--       caller's arithmetic: a sliding window's sub-window width (algorithm::sliding_bucket_us),
+--       a meter's tick (Rule::meter_tick_us); 0 otherwise. A calendar period's start_us and
+--       end_us take the places of window_us and capacity (the caller does the calendar math).
 -- Reply: one string (cheaper for Redis to reply than an array, whose every element it
 --        converts): Redis' clock as TIME's seconds and microseconds, each a decimal string
---        ending in a zero byte (struct 's'); then, mode 0, little-endian doubles, per key:
---        admitted (0/1), remaining, reset_after_us, retry_after_us (-1 = none). A call that runs
---        after its deadline changes nothing and replies with the clock alone.
+--        ending in a zero byte (struct 's'); then per request one byte: 0 when it was a refund
+--        or ran after its deadline (and changed nothing), nothing following; 1 when
+--        evaluated, followed by little-endian doubles, per key: admitted (0/1), remaining,
+--        reset_after_us, retry_after_us (-1 = none).
 --
 -- Values: one string per counter, a format byte then little-endian doubles (exact below 2^53;
 -- every quantity stays below 2^52, see Rule::check):
@@ -31,449 +38,464 @@
 -- A reader meeting another format byte treats the counter as empty; a later layout adds its own
 -- byte and reads these. Every key expires (PX) when it can no longer matter.
 --
--- No function is defined here: the body runs once per call, and closures would be allocated on
--- every call.
+-- No function is defined here: closures would be allocated on every call.
 local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
 local RING = K + D + 1
 local FIXED, SLIDING, METER, PERIOD = 70, 83, 77, 80
 local SFMT = '<Bdddddddddddddd' -- format byte, newest, RING counts
 local HIT = '<BBddddd' -- one key's arguments
-local R1 = '<ssdddd' -- the reply to one hit
+local R1 = '<Bdddd' -- the reply to a request of one hit
 local floor, ceil, max, min = math.floor, math.ceil, math.max, math.min
 -- Numbers passed to redis.call go as strings made with '%d': Redis 7.0 formats a Lua number
 -- argument with '%.17g', several times dearer.
 local pack, unpack_, byte, fmt = struct.pack, struct.unpack, string.byte, string.format
 
--- The header and the first key's arguments; pos is where the first key's start.
 local P = ARGV[1]
-local mode, now, dsec, dusec, pos = unpack_('<Bdss', P)
 if redis.replicate_commands then
   redis.replicate_commands() -- Redis 5/6: writes after TIME are replicated as effects
 end
 local clock = redis.call('TIME')
 local sec, usec = clock[1], clock[2]
--- Late: Redis' clock past the deadline, compared as decimal strings (neither has leading
--- zeros, so the longer is larger, and equal lengths compare digit by digit in any locale):
--- cheaper than two float parses.
-if dsec ~= '' then
-  local late
-  if sec ~= dsec then
-    if #sec ~= #dsec then late = #sec > #dsec else late = sec > dsec end
-  elseif #usec ~= #dusec then
-    late = #usec > #dusec
-  else
-    late = usec > dusec
-  end
-  if late then return pack('<ss', sec, usec) end
-end
-local n = #KEYS
 
--- The common shape, one hit: evaluated straight from the stored value into the reply, no
--- per-hit tables. The general loop below gives the same answers (algorithm.rs is the
--- reference for both); a request with one key has no duplicate to scan for and nothing to
--- report as stored when rejected, since a rejected hit changes nothing.
-if mode == 0 and n == 1 then
-  local alg, _, L, W, C, cost, X = unpack_(HIT, P, pos)
-  if alg == 0 then
-    -- sliding_window, sub-windows of X µs. c: what struct.unpack returns (c[1] format, c[2]
-    -- newest, c[3..RING+2] the ring, sub-window i at slot i % RING + 3).
-    local key, b = KEYS[1], X
-    local cur = floor(now / b)
-    local v = redis.call('GET', key)
-    local c, same
-    if v and byte(v, 1) == SLIDING then c = { unpack_(SFMT, v) } end
-    if c and c[2] == cur then
-      same = true
-    elseif not c or cur - c[2] >= RING then
-      -- Empty, or every sub-window slid out.
-      c = { SLIDING, cur, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
-    elseif cur > c[2] then
-      for s = c[2] + 1, cur do c[s % RING + 3] = 0 end
-      c[2] = cur
-    end
-    local top = c[2]
-    local held = max(top - K - D, 0)
-    if cur + D < top then
-      -- This caller's clock lags the newest writer's beyond what is kept: check only.
-      local counted, reset, retry = 0, 0, -1
-      for s = 3, RING + 2 do counted = counted + c[s] end
-      for idx = top, held, -1 do
-        if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
-      end
-      if cost > 0 then retry = max((top - D) * b - now, 1) end
-      local adm = (cost == 0 and counted <= L) and 1 or 0
-      return pack(R1, sec, usec, adm, max(L - counted, 0), reset, retry)
-    end
-    local from = max(cur - K, 0)
-    -- Every kept sub-window, less those older than the window's.
-    local counted = c[3] + c[4] + c[5] + c[6] + c[7] + c[8] + c[9] + c[10] + c[11] + c[12] + c[13]
-      + c[14] + c[15]
-    for idx = top - RING + 1, from - 1 do counted = counted - c[idx % RING + 3] end
-    if counted + cost > L then
-      local retry = W
-      if cost <= L then
-        local need, freed = counted + cost - L, 0
-        for idx = from, top do
-          freed = freed + c[idx % RING + 3]
-          if freed >= need then
-            retry = max((idx + K + 1) * b - now, 0)
-            break
-          end
-        end
-      end
-      local reset = 0
-      for idx = top, from, -1 do
-        if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
-      end
-      return pack(R1, sec, usec, 0, max(L - counted, 0), reset, retry)
-    end
-    local s = cur % RING + 3
-    c[s] = c[s] + cost
-    -- The newest counted sub-window gives the reset; the newest kept one, the expiry.
-    local reset, kept = 0, nil
-    for idx = top, held, -1 do
-      if c[idx % RING + 3] > 0 then kept = idx break end
-    end
-    if kept and kept >= from then reset = max((kept + K + 1) * b - now, 0) end
-    if cost == 0 then
-    elseif same then
-      -- Still the newest sub-window: only its count changes, and the expiry set when it became
-      -- the newest still holds (kept = top).
-      redis.call('SETRANGE', key, fmt('%d', 8 * s - 15), pack('<d', c[s]))
-    else
-      redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'PX',
-        fmt('%d', max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1)))
-    end
-    return pack(R1, sec, usec, 1, L - counted - cost, reset, -1)
-  elseif alg == 1 then
-    -- fixed_window
-    local key = KEYS[1]
-    local w = floor(now / W)
-    local v = redis.call('GET', key)
-    local A, B
-    if v and byte(v, 1) == FIXED then
-      _, A, B = unpack_('<Bdd', v)
-    end
-    if A and A > w then
-      -- The counter is already in a later window (this caller's clock lags): check only.
-      local retry = -1
-      if cost > 0 then retry = max(A * W - now, 1) end
-      local adm = (cost == 0 and B <= L) and 1 or 0
-      return pack(R1, sec, usec, adm, max(L - B, 0), (A + 1) * W - now, retry)
-    end
-    local count = 0
-    if A == w then count = B end
-    local wend = (w + 1) * W
-    if count + cost > L then
-      local retry = wend - now
-      if cost > L then retry = W end
-      local reset = 0
-      if count > 0 then reset = wend - now end
-      return pack(R1, sec, usec, 0, max(L - count, 0), reset, retry)
-    end
-    local after = count + cost
-    local reset = 0
-    if after > 0 then reset = wend - now end
-    if cost > 0 then
-      redis.call('SET', key, pack('<Bdd', FIXED, w, after), 'PX',
-        fmt('%d', max(ceil((wend - now) / 1000), 1)))
-    end
-    return pack(R1, sec, usec, 1, L - after, reset, -1)
-  elseif alg == 2 or alg == 3 then
-    -- token_bucket and gcra: the exact meter, in ticks of X µs
-    local key, G = KEYS[1], X
-    local nt, Wt = floor(now / G), W / G
-    local v = redis.call('GET', key)
-    local bu, bf = nt, 0
-    if v and byte(v, 1) == METER then
-      local _, A, B = unpack_('<Bdd', v)
-      if A > nt or (A == nt and B > 0) then bu, bf = A, B end
-    end
-    local dist = (bu - nt) * L + bf
-    local full = C * Wt
-    local newdist = dist + cost * Wt
-    if cost > C or newdist > full then
-      local retry = W
-      if cost <= C then retry = max((nt + ceil((newdist - full) / L)) * G - now, 1) end
-      local reset = 0
-      if dist > 0 then reset = (nt + ceil(dist / L)) * G - now end
-      return pack(R1, sec, usec, 0, floor(max(full - dist, 0) / Wt), reset, retry)
-    end
-    local reset = 0
-    if newdist > 0 then reset = (nt + ceil(newdist / L)) * G - now end
-    if cost > 0 then
-      local q = floor(newdist / L)
-      redis.call('SET', key, pack('<Bdd', METER, nt + q, newdist - q * L), 'PX',
-        fmt('%d', max(ceil(reset / 1000), 1)))
-    end
-    return pack(R1, sec, usec, 1, floor(max(full - newdist, 0) / Wt), reset, -1)
-  end
-end
-
--- Every key's arguments, 7 per key: F[7 * i - 6 .. 7 * i] for key i.
-local F = { unpack_('<' .. string.rep('BBddddd', n), P, pos) }
-
-if mode == 1 then
-  -- Undo hits counted by an earlier call with the same now (Redis Cluster: another slot of the
-  -- same request rejected it). Never below empty; the key keeps its expiry.
-  for i = 1, n do
-    local a = 7 * i - 7
-    local key, alg, L, W, cost = KEYS[i], F[a + 1], F[a + 3], F[a + 4], F[a + 6]
-    local v = redis.call('GET', key)
-    if cost > 0 and v then
-      local f = byte(v, 1)
-      if alg == 0 and f == SLIDING then
-        local c = { unpack_(SFMT, v) }
-        local top, cur = c[2], floor(now / F[a + 7])
-        if cur <= top and top - cur < RING then
-          local s = cur % RING + 3
-          c[s] = max(c[s] - cost, 0)
-          redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'KEEPTTL')
-        end
-      elseif alg == 1 and f == FIXED then
-        local _, w, c = unpack_('<Bdd', v)
-        if w == floor(now / W) then
-          redis.call('SET', key, pack('<Bdd', FIXED, w, max(c - cost, 0)), 'KEEPTTL')
-        end
-      elseif alg == 4 and f == PERIOD then
-        local _, ps, c = unpack_('<Bdd', v)
-        if ps == W then
-          redis.call('SET', key, pack('<Bdd', PERIOD, ps, max(c - cost, 0)), 'KEEPTTL')
-        end
-      elseif alg >= 2 and f == METER then
-        local G = F[a + 7]
-        local nt, Wt = floor(now / G), W / G
-        local _, t, fr = unpack_('<Bdd', v)
-        local d = (t - nt) * L + fr - cost * Wt
-        if d <= 0 then
-          redis.call('DEL', key)
+-- Every request in order, each seeing what the ones before it counted. kb: the keys of the
+-- requests before it; n: its own; pos: where its first hit's arguments start; part: its part of
+-- the reply (see the header). The body is inline (a function per call would cost Redis more,
+-- in allocation and collection, than the merging saves on one request): `break` leaves it.
+local nreq, mode, n, now, dsec, dusec, pos = unpack_('<HBHdss', P)
+local head, kb = pack('<ss', sec, usec), 0
+-- The parts, for more than one request (one alone replies without a table).
+local out = nreq > 1 and { head } or nil
+for r = 1, nreq do
+  if r > 1 then mode, n, now, dsec, dusec, pos = unpack_('<BHdss', P, pos + 42 * n) end
+  local part
+  repeat
+      -- Late: Redis' clock past the deadline, compared as decimal strings (neither has leading
+      -- zeros, so the longer is larger, and equal lengths compare digit by digit in any locale):
+      -- cheaper than two float parses.
+      if dsec ~= '' then
+        local late
+        if sec ~= dsec then
+          if #sec ~= #dsec then late = #sec > #dsec else late = sec > dsec end
+        elseif #usec ~= #dusec then
+          late = #usec > #dusec
         else
-          local q = floor(d / L)
-          redis.call('SET', key, pack('<Bdd', METER, nt + q, d - q * L), 'KEEPTTL')
+          late = usec > dusec
         end
+        if late then part = '\0' break end
       end
-    end
-  end
-  return pack('<ss', sec, usec)
-end
 
--- Per hit: the stored state of its key (a = window / newest / tat, b = count / frac, r =
--- sliding ring; absent when empty), kept at the key's first hit; the state after the hit
--- (na, nb, nr) and its expiry, when counted.
-local sa, sb, sr, na, nb, nr, exp, first = {}, {}, {}, {}, {}, {}, {}, {}
-local res = {}
-local rejected = false
-for pass = 1, 2 do
-  for i = 1, n do
-    local a = 7 * i - 7
-    local key, alg = KEYS[i], F[a + 1]
-    -- Pass 2 (the request was rejected): counted hits report their counter as stored.
-    if pass == 1 or na[i] then
-      local L, W, C, cost, X = F[a + 3], F[a + 4], F[a + 5], F[a + 6], F[a + 7]
-      local shadow = F[a + 2] == 1
-      local A, B, R
-      if pass == 1 then
-        -- A key hit again in one request starts from its latest counted hit.
-        local f0, latest = i, nil
-        for j = i - 1, 1, -1 do
-          if KEYS[j] == key then
-            f0 = j
-            if latest == nil and na[j] then latest = j end
-          end
-        end
-        first[i] = f0
-        if f0 == i then
+      -- The common shape, one hit: evaluated straight from the stored value into the reply, no
+      -- per-hit tables. The general loop below gives the same answers (algorithm.rs is the
+      -- reference for both); a request with one key has no duplicate to scan for and nothing to
+      -- report as stored when rejected, since a rejected hit changes nothing.
+      if mode == 0 and n == 1 then
+        local alg, _, L, W, C, cost, X = unpack_(HIT, P, pos)
+        if alg == 0 then
+          -- sliding_window, sub-windows of X µs. c: what struct.unpack returns (c[1] format, c[2]
+          -- newest, c[3..RING+2] the ring, sub-window i at slot i % RING + 3).
+          local key, b = KEYS[kb + 1], X
+          local cur = floor(now / b)
           local v = redis.call('GET', key)
-          local f = v and byte(v, 1)
-          if alg == 0 and f == SLIDING then
-            local c = { unpack_(SFMT, v) }
-            sa[i], sr[i] = c[2], { unpack(c, 3, RING + 2) }
-          elseif (alg == 1 and f == FIXED) or (alg == 4 and f == PERIOD)
-              or (alg >= 2 and alg <= 3 and f == METER) then
-            local _, x, y = unpack_('<Bdd', v)
-            sa[i], sb[i] = x, y
+          local c, same
+          if v and byte(v, 1) == SLIDING then c = { unpack_(SFMT, v) } end
+          if c and c[2] == cur then
+            same = true
+          elseif not c or cur - c[2] >= RING then
+            -- Empty, or every sub-window slid out.
+            c = { SLIDING, cur, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+          elseif cur > c[2] then
+            for s = c[2] + 1, cur do c[s % RING + 3] = 0 end
+            c[2] = cur
           end
-        end
-        if latest then
-          A, B, R = na[latest], nb[latest], nr[latest]
-        else
-          A, B, R = sa[f0], sb[f0], sr[f0]
-        end
-      else
-        cost = 0
-        local f0 = first[i]
-        A, B, R = sa[f0], sb[f0], sr[f0]
-      end
-      local adm, rem, reset, retry, xa, xb, xr, xexp
-      if alg == 1 then
-        -- fixed_window
-        local w = floor(now / W)
-        local count = 0
-        if A and A > w then
-          -- The counter is already in a later window (this caller's clock lags): check only.
-          adm = cost == 0 and B <= L
-          rem, reset, retry = max(L - B, 0), (A + 1) * W - now, -1
-          if cost > 0 then retry = max(A * W - now, 1) end
-        else
-          if A == w then count = B end
-          adm = count + cost <= L
-          local after = count
-          if adm then after = count + cost end
-          local wend = (w + 1) * W
-          retry = -1
-          if not adm then
-            if cost > L then retry = W else retry = wend - now end
+          local top = c[2]
+          local held = max(top - K - D, 0)
+          if cur + D < top then
+            -- This caller's clock lags the newest writer's beyond what is kept: check only.
+            local counted, reset, retry = 0, 0, -1
+            for s = 3, RING + 2 do counted = counted + c[s] end
+            for idx = top, held, -1 do
+              if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
+            end
+            if cost > 0 then retry = max((top - D) * b - now, 1) end
+            local adm = (cost == 0 and counted <= L) and 1 or 0
+            part = pack(R1, 1, adm, max(L - counted, 0), reset, retry) break
           end
-          rem, reset = max(L - after, 0), 0
-          if after > 0 then reset = wend - now end
-          xa, xb, xexp = w, after, wend
-        end
-      elseif alg == 4 then
-        -- calendar period [W, C): a fixed window whose bounds the caller computed
-        local count = 0
-        if A and A > W then
-          -- The counter is already in a later period (this caller's clock lags): check only.
-          adm = cost == 0 and B <= L
-          rem, reset, retry = max(L - B, 0), C - now, -1
-          if cost > 0 then retry = max(A - now, 1) end
-        else
-          if A == W then count = B end
-          adm = count + cost <= L
-          local after = count
-          if adm then after = count + cost end
-          retry = -1
-          if not adm then retry = C - now end
-          rem, reset = max(L - after, 0), 0
-          if after > 0 then reset = C - now end
-          xa, xb, xexp = W, after, C
-        end
-      elseif alg == 0 then
-        -- sliding_window
-        local b = X
-        local cur = floor(now / b)
-        local top = A or cur
-        local c = {}
-        for s = 1, RING do c[s] = R and R[s] or 0 end
-        if cur > top then
-          -- Sub-windows that slid out are reused for the new ones.
-          for s = top + 1, top + min(cur - top, RING) do c[s % RING + 1] = 0 end
-          top = cur
-        end
-        local held = max(top - K - D, 0)
-        if cur + D < top then
-          -- This caller's clock lags the newest writer's beyond what is kept: check only.
-          local counted, newest = 0, nil
-          for s = 1, RING do counted = counted + c[s] end
-          for idx = top, held, -1 do
-            if c[idx % RING + 1] > 0 then newest = idx break end
-          end
-          adm = cost == 0 and counted <= L
-          rem, reset, retry = max(L - counted, 0), 0, -1
-          if newest then reset = max((newest + K + 1) * b - now, 0) end
-          if cost > 0 then retry = max((top - D) * b - now, 1) end
-        else
           local from = max(cur - K, 0)
-          local counted = 0
-          for idx = from, top do counted = counted + c[idx % RING + 1] end
-          adm = counted + cost <= L
-          local after = counted
-          retry = -1
-          if not adm then
-            retry = W
+          -- Every kept sub-window, less those older than the window's.
+          local counted = c[3] + c[4] + c[5] + c[6] + c[7] + c[8] + c[9] + c[10] + c[11] + c[12] + c[13]
+            + c[14] + c[15]
+          for idx = top - RING + 1, from - 1 do counted = counted - c[idx % RING + 3] end
+          if counted + cost > L then
+            local retry = W
             if cost <= L then
               local need, freed = counted + cost - L, 0
               for idx = from, top do
-                freed = freed + c[idx % RING + 1]
+                freed = freed + c[idx % RING + 3]
                 if freed >= need then
                   retry = max((idx + K + 1) * b - now, 0)
                   break
                 end
               end
             end
-          elseif cost > 0 then
-            after = counted + cost
-            c[cur % RING + 1] = c[cur % RING + 1] + cost
+            local reset = 0
+            for idx = top, from, -1 do
+              if c[idx % RING + 3] > 0 then reset = max((idx + K + 1) * b - now, 0) break end
+            end
+            part = pack(R1, 1, 0, max(L - counted, 0), reset, retry) break
           end
-          rem, reset = max(L - after, 0), 0
-          local newest = nil
-          for idx = top, from, -1 do
-            if c[idx % RING + 1] > 0 then newest = idx break end
-          end
-          if newest then reset = max((newest + K + 1) * b - now, 0) end
-          local kept = nil
+          local s = cur % RING + 3
+          c[s] = c[s] + cost
+          -- The newest counted sub-window gives the reset; the newest kept one, the expiry.
+          local reset, kept = 0, nil
           for idx = top, held, -1 do
-            if c[idx % RING + 1] > 0 then kept = idx break end
+            if c[idx % RING + 3] > 0 then kept = idx break end
           end
-          xa, xr, xexp = top, c, now
-          if kept then xexp = (kept + K + 1 + D) * b end
+          if kept and kept >= from then reset = max((kept + K + 1) * b - now, 0) end
+          if cost == 0 then
+          elseif same then
+            -- Still the newest sub-window: only its count changes, and the expiry set when it became
+            -- the newest still holds (kept = top).
+            redis.call('SETRANGE', key, fmt('%d', 8 * s - 15), pack('<d', c[s]))
+          else
+            redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'PX',
+              fmt('%d', max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1)))
+          end
+          part = pack(R1, 1, 1, L - counted - cost, reset, -1) break
+        elseif alg == 1 then
+          -- fixed_window
+          local key = KEYS[kb + 1]
+          local w = floor(now / W)
+          local v = redis.call('GET', key)
+          local A, B
+          if v and byte(v, 1) == FIXED then
+            _, A, B = unpack_('<Bdd', v)
+          end
+          if A and A > w then
+            -- The counter is already in a later window (this caller's clock lags): check only.
+            local retry = -1
+            if cost > 0 then retry = max(A * W - now, 1) end
+            local adm = (cost == 0 and B <= L) and 1 or 0
+            part = pack(R1, 1, adm, max(L - B, 0), (A + 1) * W - now, retry) break
+          end
+          local count = 0
+          if A == w then count = B end
+          local wend = (w + 1) * W
+          if count + cost > L then
+            local retry = wend - now
+            if cost > L then retry = W end
+            local reset = 0
+            if count > 0 then reset = wend - now end
+            part = pack(R1, 1, 0, max(L - count, 0), reset, retry) break
+          end
+          local after = count + cost
+          local reset = 0
+          if after > 0 then reset = wend - now end
+          if cost > 0 then
+            redis.call('SET', key, pack('<Bdd', FIXED, w, after), 'PX',
+              fmt('%d', max(ceil((wend - now) / 1000), 1)))
+          end
+          part = pack(R1, 1, 1, L - after, reset, -1) break
+        elseif alg == 2 or alg == 3 then
+          -- token_bucket and gcra: the exact meter, in ticks of X µs
+          local key, G = KEYS[kb + 1], X
+          local nt, Wt = floor(now / G), W / G
+          local v = redis.call('GET', key)
+          local bu, bf = nt, 0
+          if v and byte(v, 1) == METER then
+            local _, A, B = unpack_('<Bdd', v)
+            if A > nt or (A == nt and B > 0) then bu, bf = A, B end
+          end
+          local dist = (bu - nt) * L + bf
+          local full = C * Wt
+          local newdist = dist + cost * Wt
+          if cost > C or newdist > full then
+            local retry = W
+            if cost <= C then retry = max((nt + ceil((newdist - full) / L)) * G - now, 1) end
+            local reset = 0
+            if dist > 0 then reset = (nt + ceil(dist / L)) * G - now end
+            part = pack(R1, 1, 0, floor(max(full - dist, 0) / Wt), reset, retry) break
+          end
+          local reset = 0
+          if newdist > 0 then reset = (nt + ceil(newdist / L)) * G - now end
+          if cost > 0 then
+            local q = floor(newdist / L)
+            redis.call('SET', key, pack('<Bdd', METER, nt + q, newdist - q * L), 'PX',
+              fmt('%d', max(ceil(reset / 1000), 1)))
+          end
+          part = pack(R1, 1, 1, floor(max(full - newdist, 0) / Wt), reset, -1) break
         end
-      else
-        -- token_bucket and gcra: the exact meter, in ticks of G µs (Rule::meter_tick_us)
-        local G = X
-        local nt, Wt = floor(now / G), W / G
-        local bu, bf = nt, 0
-        if A and (A > nt or (A == nt and B > 0)) then bu, bf = A, B end
-        local dist = (bu - nt) * L + bf
-        local full = C * Wt
-        local newdist = dist + cost * Wt
-        adm = cost <= C and newdist <= full
-        local after = dist
-        if adm then after = newdist end
-        retry = -1
-        if not adm then
-          if cost > C then retry = W else retry = max((nt + ceil((newdist - full) / L)) * G - now, 1) end
-        end
-        reset = 0
-        if after > 0 then reset = (nt + ceil(after / L)) * G - now end
-        rem = floor(max(full - after, 0) / Wt)
-        if adm and cost > 0 then
-          local q = floor(newdist / L)
-          xa, xb = nt + q, newdist - q * L
-        end
-        xexp = now + reset
       end
-      if pass == 1 then
-        if adm and cost > 0 then
-          na[i], nb[i], nr[i], exp[i] = xa, xb, xr, xexp
-        elseif not adm and not shadow then
-          rejected = true
-        end
-        res[4 * i - 3] = adm and 1 or 0
-        res[4 * i - 2] = rem
-        res[4 * i - 1] = reset
-        res[4 * i] = retry
-      else
-        res[4 * i - 2] = rem
-        res[4 * i - 1] = reset
-      end
-    end
-  end
-  if not rejected then break end
-end
-if rejected then
-  return pack('<ss' .. string.rep('d', #res), sec, usec, unpack(res))
-end
 
--- Commit: one SET per key, with the state after its last counted hit.
-for i = 1, n do
-  if na[i] then
-    local key, last = KEYS[i], true
-    for j = i + 1, n do
-      if KEYS[j] == key and na[j] then last = false break end
-    end
-    if last then
-      local alg, v = F[7 * i - 6], nil
-      if alg == 0 then
-        v = pack(SFMT, SLIDING, na[i], unpack(nr[i], 1, RING))
-      elseif alg == 1 then
-        v = pack('<Bdd', FIXED, na[i], nb[i])
-      elseif alg == 4 then
-        v = pack('<Bdd', PERIOD, na[i], nb[i])
-      else
-        v = pack('<Bdd', METER, na[i], nb[i])
+      -- Every key's arguments, 7 per key: F[7 * i - 6 .. 7 * i] for key i.
+      local F = { unpack_('<' .. string.rep('BBddddd', n), P, pos) }
+
+      if mode == 1 then
+        -- Undo hits counted by an earlier call with the same now (Redis Cluster: another slot of the
+        -- same request rejected it). Never below empty; the key keeps its expiry.
+        for i = 1, n do
+          local a = 7 * i - 7
+          local key, alg, L, W, cost = KEYS[kb + i], F[a + 1], F[a + 3], F[a + 4], F[a + 6]
+          local v = redis.call('GET', key)
+          if cost > 0 and v then
+            local f = byte(v, 1)
+            if alg == 0 and f == SLIDING then
+              local c = { unpack_(SFMT, v) }
+              local top, cur = c[2], floor(now / F[a + 7])
+              if cur <= top and top - cur < RING then
+                local s = cur % RING + 3
+                c[s] = max(c[s] - cost, 0)
+                redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'KEEPTTL')
+              end
+            elseif alg == 1 and f == FIXED then
+              local _, w, c = unpack_('<Bdd', v)
+              if w == floor(now / W) then
+                redis.call('SET', key, pack('<Bdd', FIXED, w, max(c - cost, 0)), 'KEEPTTL')
+              end
+            elseif alg == 4 and f == PERIOD then
+              local _, ps, c = unpack_('<Bdd', v)
+              if ps == W then
+                redis.call('SET', key, pack('<Bdd', PERIOD, ps, max(c - cost, 0)), 'KEEPTTL')
+              end
+            elseif alg >= 2 and f == METER then
+              local G = F[a + 7]
+              local nt, Wt = floor(now / G), W / G
+              local _, t, fr = unpack_('<Bdd', v)
+              local d = (t - nt) * L + fr - cost * Wt
+              if d <= 0 then
+                redis.call('DEL', key)
+              else
+                local q = floor(d / L)
+                redis.call('SET', key, pack('<Bdd', METER, nt + q, d - q * L), 'KEEPTTL')
+              end
+            end
+          end
+        end
+        part = '\0' break
       end
-      redis.call('SET', key, v, 'PX', fmt('%d', max(ceil((exp[i] - now) / 1000), 1)))
-    end
-  end
+
+      -- Per hit: the stored state of its key (a = window / newest / tat, b = count / frac, r =
+      -- sliding ring; absent when empty), kept at the key's first hit; the state after the hit
+      -- (na, nb, nr) and its expiry, when counted.
+      local sa, sb, sr, na, nb, nr, exp, first = {}, {}, {}, {}, {}, {}, {}, {}
+      local res = {}
+      local rejected = false
+      for pass = 1, 2 do
+        for i = 1, n do
+          local a = 7 * i - 7
+          local key, alg = KEYS[kb + i], F[a + 1]
+          -- Pass 2 (the request was rejected): counted hits report their counter as stored.
+          if pass == 1 or na[i] then
+            local L, W, C, cost, X = F[a + 3], F[a + 4], F[a + 5], F[a + 6], F[a + 7]
+            local shadow = F[a + 2] == 1
+            local A, B, R
+            if pass == 1 then
+              -- A key hit again in one request starts from its latest counted hit.
+              local f0, latest = i, nil
+              for j = i - 1, 1, -1 do
+                if KEYS[kb + j] == key then
+                  f0 = j
+                  if latest == nil and na[j] then latest = j end
+                end
+              end
+              first[i] = f0
+              if f0 == i then
+                local v = redis.call('GET', key)
+                local f = v and byte(v, 1)
+                if alg == 0 and f == SLIDING then
+                  local c = { unpack_(SFMT, v) }
+                  sa[i], sr[i] = c[2], { unpack(c, 3, RING + 2) }
+                elseif (alg == 1 and f == FIXED) or (alg == 4 and f == PERIOD)
+                    or (alg >= 2 and alg <= 3 and f == METER) then
+                  local _, x, y = unpack_('<Bdd', v)
+                  sa[i], sb[i] = x, y
+                end
+              end
+              if latest then
+                A, B, R = na[latest], nb[latest], nr[latest]
+              else
+                A, B, R = sa[f0], sb[f0], sr[f0]
+              end
+            else
+              cost = 0
+              local f0 = first[i]
+              A, B, R = sa[f0], sb[f0], sr[f0]
+            end
+            local adm, rem, reset, retry, xa, xb, xr, xexp
+            if alg == 1 then
+              -- fixed_window
+              local w = floor(now / W)
+              local count = 0
+              if A and A > w then
+                -- The counter is already in a later window (this caller's clock lags): check only.
+                adm = cost == 0 and B <= L
+                rem, reset, retry = max(L - B, 0), (A + 1) * W - now, -1
+                if cost > 0 then retry = max(A * W - now, 1) end
+              else
+                if A == w then count = B end
+                adm = count + cost <= L
+                local after = count
+                if adm then after = count + cost end
+                local wend = (w + 1) * W
+                retry = -1
+                if not adm then
+                  if cost > L then retry = W else retry = wend - now end
+                end
+                rem, reset = max(L - after, 0), 0
+                if after > 0 then reset = wend - now end
+                xa, xb, xexp = w, after, wend
+              end
+            elseif alg == 4 then
+              -- calendar period [W, C): a fixed window whose bounds the caller computed
+              local count = 0
+              if A and A > W then
+                -- The counter is already in a later period (this caller's clock lags): check only.
+                adm = cost == 0 and B <= L
+                rem, reset, retry = max(L - B, 0), C - now, -1
+                if cost > 0 then retry = max(A - now, 1) end
+              else
+                if A == W then count = B end
+                adm = count + cost <= L
+                local after = count
+                if adm then after = count + cost end
+                retry = -1
+                if not adm then retry = C - now end
+                rem, reset = max(L - after, 0), 0
+                if after > 0 then reset = C - now end
+                xa, xb, xexp = W, after, C
+              end
+            elseif alg == 0 then
+              -- sliding_window
+              local b = X
+              local cur = floor(now / b)
+              local top = A or cur
+              local c = {}
+              for s = 1, RING do c[s] = R and R[s] or 0 end
+              if cur > top then
+                -- Sub-windows that slid out are reused for the new ones.
+                for s = top + 1, top + min(cur - top, RING) do c[s % RING + 1] = 0 end
+                top = cur
+              end
+              local held = max(top - K - D, 0)
+              if cur + D < top then
+                -- This caller's clock lags the newest writer's beyond what is kept: check only.
+                local counted, newest = 0, nil
+                for s = 1, RING do counted = counted + c[s] end
+                for idx = top, held, -1 do
+                  if c[idx % RING + 1] > 0 then newest = idx break end
+                end
+                adm = cost == 0 and counted <= L
+                rem, reset, retry = max(L - counted, 0), 0, -1
+                if newest then reset = max((newest + K + 1) * b - now, 0) end
+                if cost > 0 then retry = max((top - D) * b - now, 1) end
+              else
+                local from = max(cur - K, 0)
+                local counted = 0
+                for idx = from, top do counted = counted + c[idx % RING + 1] end
+                adm = counted + cost <= L
+                local after = counted
+                retry = -1
+                if not adm then
+                  retry = W
+                  if cost <= L then
+                    local need, freed = counted + cost - L, 0
+                    for idx = from, top do
+                      freed = freed + c[idx % RING + 1]
+                      if freed >= need then
+                        retry = max((idx + K + 1) * b - now, 0)
+                        break
+                      end
+                    end
+                  end
+                elseif cost > 0 then
+                  after = counted + cost
+                  c[cur % RING + 1] = c[cur % RING + 1] + cost
+                end
+                rem, reset = max(L - after, 0), 0
+                local newest = nil
+                for idx = top, from, -1 do
+                  if c[idx % RING + 1] > 0 then newest = idx break end
+                end
+                if newest then reset = max((newest + K + 1) * b - now, 0) end
+                local kept = nil
+                for idx = top, held, -1 do
+                  if c[idx % RING + 1] > 0 then kept = idx break end
+                end
+                xa, xr, xexp = top, c, now
+                if kept then xexp = (kept + K + 1 + D) * b end
+              end
+            else
+              -- token_bucket and gcra: the exact meter, in ticks of G µs (Rule::meter_tick_us)
+              local G = X
+              local nt, Wt = floor(now / G), W / G
+              local bu, bf = nt, 0
+              if A and (A > nt or (A == nt and B > 0)) then bu, bf = A, B end
+              local dist = (bu - nt) * L + bf
+              local full = C * Wt
+              local newdist = dist + cost * Wt
+              adm = cost <= C and newdist <= full
+              local after = dist
+              if adm then after = newdist end
+              retry = -1
+              if not adm then
+                if cost > C then retry = W else retry = max((nt + ceil((newdist - full) / L)) * G - now, 1) end
+              end
+              reset = 0
+              if after > 0 then reset = (nt + ceil(after / L)) * G - now end
+              rem = floor(max(full - after, 0) / Wt)
+              if adm and cost > 0 then
+                local q = floor(newdist / L)
+                xa, xb = nt + q, newdist - q * L
+              end
+              xexp = now + reset
+            end
+            if pass == 1 then
+              if adm and cost > 0 then
+                na[i], nb[i], nr[i], exp[i] = xa, xb, xr, xexp
+              elseif not adm and not shadow then
+                rejected = true
+              end
+              res[4 * i - 3] = adm and 1 or 0
+              res[4 * i - 2] = rem
+              res[4 * i - 1] = reset
+              res[4 * i] = retry
+            else
+              res[4 * i - 2] = rem
+              res[4 * i - 1] = reset
+            end
+          end
+        end
+        if not rejected then break end
+      end
+      if rejected then
+        part = pack('<B' .. string.rep('d', #res), 1, unpack(res)) break
+      end
+
+      -- Commit: one SET per key, with the state after its last counted hit.
+      for i = 1, n do
+        if na[i] then
+          local key, last = KEYS[kb + i], true
+          for j = i + 1, n do
+            if KEYS[kb + j] == key and na[j] then last = false break end
+          end
+          if last then
+            local alg, v = F[7 * i - 6], nil
+            if alg == 0 then
+              v = pack(SFMT, SLIDING, na[i], unpack(nr[i], 1, RING))
+            elseif alg == 1 then
+              v = pack('<Bdd', FIXED, na[i], nb[i])
+            elseif alg == 4 then
+              v = pack('<Bdd', PERIOD, na[i], nb[i])
+            else
+              v = pack('<Bdd', METER, na[i], nb[i])
+            end
+            redis.call('SET', key, v, 'PX', fmt('%d', max(ceil((exp[i] - now) / 1000), 1)))
+          end
+        end
+      end
+      part = pack('<B' .. string.rep('d', #res), 1, unpack(res)) break
+  until true
+  if not out then return head .. part end
+  out[r + 1] = part
+  kb = kb + n
 end
-return pack('<ss' .. string.rep('d', #res), sec, usec, unpack(res))
+return table.concat(out)

@@ -48,13 +48,26 @@ impl<'a, S: Iterator<Item = usize> + Clone> Call<'a, S> {
         self.sel.clone().map(move |i| keys[i].as_str())
     }
 
-    /// `ARGV[1]`, the script's only argument: mode, now, the deadline as Redis' `TIME` would
-    /// print it, then seven values per hit (`script.lua`'s header says what each is). Numbers
-    /// go as doubles, exact for every quantity a valid rule has (all below 2^52, see
-    /// `Rule::check`).
-    pub(super) fn argv(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(32 + PER_HIT * self.len());
+    /// `ARGV[1]` of a call carrying this request alone: the count of requests (1), then
+    /// [`Call::request_args`].
+    pub(super) fn argv(&self) -> Result<Vec<u8>, StoreError> {
+        let args = self.request_args()?;
+        let mut b = Vec::with_capacity(2 + args.len());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&args);
+        Ok(b)
+    }
+
+    /// This request's share of `ARGV[1]`: mode, its number of keys, now, the deadline as
+    /// Redis' `TIME` would print it, then seven values per hit (`script.lua`'s header says what
+    /// each is). Numbers go as doubles, exact for every quantity a valid rule has (all below
+    /// 2^52, see `Rule::check`).
+    pub(super) fn request_args(&self) -> Result<Vec<u8>, StoreError> {
+        let n = u16::try_from(self.len())
+            .map_err(|_| StoreError::Unavailable(format!("{} hits in one request", self.len())))?;
+        let mut b = Vec::with_capacity(32 + PER_HIT * usize::from(n));
         b.push(self.mode as u8);
+        b.extend_from_slice(&n.to_le_bytes());
         put(&mut b, self.now_us);
         if self.deadline_us > 0 {
             let _ = write!(
@@ -86,8 +99,93 @@ impl<'a, S: Iterator<Item = usize> + Clone> Call<'a, S> {
             put(&mut b, h.cost);
             put(&mut b, step(r));
         }
-        b
+        Ok(b)
     }
+
+    /// What this request's part of the reply holds (see [`split`]).
+    pub(super) fn shape(&self) -> Shape {
+        Shape {
+            hits: self.len(),
+            mode: self.mode,
+        }
+    }
+}
+
+/// What one request's part of a reply holds: after its flag byte, four doubles per hit if it
+/// was a hit evaluated in time, nothing otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Shape {
+    pub(super) hits: usize,
+    pub(super) mode: Mode,
+}
+
+/// Splits the reply of a call carrying several requests (`shapes`, in the order of the call)
+/// into one reply per request, each as a call of its own would have had it: Redis' clock, then
+/// its doubles (none if it was a refund or ran late).
+pub(super) fn split(
+    bytes: &[u8],
+    shapes: impl ExactSizeIterator<Item = Shape>,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let bad = |what: &str| StoreError::Unavailable(format!("script reply: {what}"));
+    let clock_len = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == 0)
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .ok_or_else(|| bad("no clock"))?;
+    let (clock, mut rest) = bytes.split_at(clock_len);
+    let mut out = Vec::with_capacity(shapes.len());
+    for s in shapes {
+        let Some((&flag, after)) = rest.split_first() else {
+            return Err(bad("fewer requests than sent"));
+        };
+        let len = match (flag, s.mode) {
+            (0, _) => 0,
+            (1, Mode::Hit) => 32 * s.hits,
+            _ => return Err(bad("bad request flag")),
+        };
+        if after.len() < len {
+            return Err(bad("a request's values cut short"));
+        }
+        let (mine, next) = after.split_at(len);
+        let mut one = Vec::with_capacity(clock.len() + len);
+        one.extend_from_slice(clock);
+        one.extend_from_slice(mine);
+        out.push(one);
+        rest = next;
+    }
+    if !rest.is_empty() {
+        return Err(bad("more requests than sent"));
+    }
+    Ok(out)
+}
+
+/// Writes one `EVALSHA` carrying every request of `parts` (each its keys as RESP bulk strings,
+/// their count, and its [`Call::request_args`]), in order.
+pub(super) fn encode_merged<'p>(
+    buf: &mut Vec<u8>,
+    parts: impl Iterator<Item = (&'p [u8], usize, &'p [u8])> + Clone,
+) {
+    let (mut requests, mut keys, mut args) = (0u16, 0usize, 0usize);
+    for (_, k, a) in parts.clone() {
+        requests += 1;
+        keys += k;
+        args += a.len();
+    }
+    super::resp::array(buf, 4 + keys);
+    super::resp::bulk(buf, b"EVALSHA");
+    super::resp::bulk(buf, SCRIPT_SHA.as_bytes());
+    super::resp::int(buf, keys);
+    for (k, _, _) in parts.clone() {
+        buf.extend_from_slice(k);
+    }
+    let _ = write!(buf, "${}\r\n", 2 + args);
+    buf.extend_from_slice(&requests.to_le_bytes());
+    for (_, _, a) in parts {
+        buf.extend_from_slice(a);
+    }
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// The caller's part of the arithmetic: a sliding window's sub-window width, a meter's tick.
@@ -220,21 +318,104 @@ mod tests {
             deadline_us: 1_800_000_000_050_007,
         };
         let d = |v: f64| v.to_le_bytes();
-        let mut want = vec![0];
+        let mut want = vec![1, 0, 0, 1, 0];
         want.extend(d(1.800_000_000_000_123e15));
         want.extend(b"1800000000\x0050007\x00");
         want.extend([0, 1]);
         for v in [5.0, 1e6, 5.0, 2.0, 1e5] {
             want.extend(d(v));
         }
-        assert_eq!(call.argv(), want);
+        assert_eq!(call.argv().unwrap(), want);
+        assert_eq!(call.request_args().unwrap(), want[2..]);
         assert_eq!(call.keys().collect::<Vec<_>>(), ["t:{k}"]);
         call.deadline_us = 0;
         assert_eq!(
-            &call.argv()[9..11],
+            &call.argv().unwrap()[14..16],
             b"\0\0",
             "no deadline: two empty strings"
         );
+    }
+
+    #[test]
+    fn a_merged_reply_splits_into_each_request_s_own() {
+        let clock = b"1800000000\x0012\0";
+        let d = |v: f64| v.to_le_bytes();
+        let (hit1, late, refund, hit2) = (
+            Shape {
+                hits: 1,
+                mode: Mode::Hit,
+            },
+            Shape {
+                hits: 2,
+                mode: Mode::Hit,
+            },
+            Shape {
+                hits: 1,
+                mode: Mode::Refund,
+            },
+            Shape {
+                hits: 2,
+                mode: Mode::Hit,
+            },
+        );
+        let mut bytes = clock.to_vec();
+        bytes.push(1);
+        for v in [1.0, 4.0, 10.0, -1.0] {
+            bytes.extend(d(v));
+        }
+        bytes.extend([0, 0, 1]);
+        for v in [1.0, 3.0, 10.0, -1.0, 0.0, 0.0, 7.0, 7.0] {
+            bytes.extend(d(v));
+        }
+        let parts = split(&bytes, [hit1, late, refund, hit2].into_iter()).unwrap();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            values(&parts[0]).unwrap(),
+            [1_800_000_000_000_012, 1, 4, 10, -1]
+        );
+        assert_eq!(parts[1], clock, "late: the clock alone");
+        assert_eq!(parts[2], clock, "refund: the clock alone");
+        assert_eq!(values(&parts[3]).unwrap()[1..], [1, 3, 10, -1, 0, 0, 7, 7]);
+        assert!(
+            split(&bytes, [hit1, late, refund].into_iter()).is_err(),
+            "one too few"
+        );
+        assert!(
+            split(&bytes, [hit1, late, refund, hit2, hit1].into_iter()).is_err(),
+            "one too many"
+        );
+        assert!(
+            split(
+                &bytes[..bytes.len() - 8],
+                [hit1, late, refund, hit2].into_iter()
+            )
+            .is_err()
+        );
+        assert!(split(b"1\0", [hit1].into_iter()).is_err(), "no clock");
+        let mut bad_flag = clock.to_vec();
+        bad_flag.push(1);
+        assert!(
+            split(&bad_flag, [refund].into_iter()).is_err(),
+            "a refund has no values"
+        );
+    }
+
+    #[test]
+    fn a_merged_call_is_one_evalsha_with_every_request_s_keys_and_arguments_in_order() {
+        let mut buf = Vec::new();
+        encode_merged(
+            &mut buf,
+            [
+                (&b"$1\r\na\r\n"[..], 1, &b"AA"[..]),
+                (&b"$1\r\nb\r\n$1\r\nc\r\n"[..], 2, &b"BBB"[..]),
+            ]
+            .into_iter(),
+        );
+        let want = format!(
+            "*7\r\n$7\r\nEVALSHA\r\n$40\r\n{}\r\n$1\r\n3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$7\r\n\x02\x00AABBB\r\n",
+            *SCRIPT_SHA
+        );
+        assert_eq!(String::from_utf8_lossy(&buf), want);
     }
 
     #[test]
