@@ -820,7 +820,10 @@ async fn redis_merges_queued_calls_and_answers_each_as_its_own() {
     let before = server.command_calls("evalsha");
     let answers = futures::future::join_all(requests.iter().map(|h| store.hit(h, at(T0)))).await;
     let scripts = server.command_calls("evalsha") - before;
-    assert!(scripts < 32, "64 calls queued together took {scripts} script calls");
+    assert!(
+        scripts < 32,
+        "64 calls queued together took {scripts} script calls"
+    );
 
     let mut seen = Vec::new();
     for (i, a) in answers.into_iter().enumerate() {
@@ -831,7 +834,11 @@ async fn redis_merges_queued_calls_and_answers_each_as_its_own() {
         }
         // The request's own counter moved only if the whole request was admitted.
         let after = one(&store, &own[i], fixed, 0, T0).await;
-        assert_eq!(after.remaining, if counted { 99 } else { 100 }, "request {i}");
+        assert_eq!(
+            after.remaining,
+            if counted { 99 } else { 100 },
+            "request {i}"
+        );
     }
     seen.sort_unstable();
     assert_eq!(

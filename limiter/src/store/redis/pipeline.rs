@@ -150,6 +150,9 @@ impl Taker {
 /// serving anyone else, so a call stays short.
 const MERGE_REQUESTS: usize = 64;
 const MERGE_KEYS: usize = 512;
+/// Merged script calls written and not yet answered, at most: the calls queued meanwhile wait
+/// for the reply and go together as the next one.
+const MERGED_IN_FLIGHT: usize = 1;
 
 struct State {
     phase: Phase,
@@ -158,6 +161,8 @@ struct State {
     unsent: VecDeque<(Queued, Place)>,
     /// Commands written and not yet answered, in wire order.
     waiting: VecDeque<Taker>,
+    /// How many of them are merged script calls.
+    merged_waiting: usize,
     /// Set to close the connection at the driver's next turn, with this reason.
     drop_reason: Option<String>,
 }
@@ -200,6 +205,7 @@ impl Shared {
             let mut st = self.state.lock();
             st.out.clear();
             st.drop_reason = None;
+            st.merged_waiting = 0;
             if !matches!(st.phase, Phase::Closed) {
                 st.phase = then;
             }
@@ -266,6 +272,7 @@ impl Pipeline {
                 out: Vec::with_capacity(16 * 1024),
                 unsent: VecDeque::new(),
                 waiting: VecDeque::new(),
+                merged_waiting: 0,
                 drop_reason: None,
             }),
             woken: AtomicBool::new(false),
@@ -471,6 +478,8 @@ fn take_output(st: &mut State, wbuf: &mut Vec<u8>) {
     let now = Instant::now();
     let mut start = 0;
     let mut scripts: Vec<(ScriptPart, Place)> = Vec::new();
+    let hold = st.merged_waiting >= MERGED_IN_FLIGHT;
+    let mut held = VecDeque::new();
     for (q, mut p) in std::mem::take(&mut st.unsent) {
         let gone = p.reply.is_closed();
         p.since = now;
@@ -482,11 +491,13 @@ fn take_output(st: &mut State, wbuf: &mut Vec<u8>) {
                 }
                 start = end;
             }
-            Queued::Script(part) if !gone => scripts.push((part, p)),
-            Queued::Script(_) => {}
+            Queued::Script(part) if gone => drop(part),
+            Queued::Script(part) if hold => held.push_back((Queued::Script(part), p)),
+            Queued::Script(part) => scripts.push((part, p)),
         }
     }
     st.out.clear();
+    st.unsent = held;
     let mut rest = scripts.into_iter().peekable();
     while rest.peek().is_some() {
         let mut batch = Vec::new();
@@ -509,6 +520,7 @@ fn take_output(st: &mut State, wbuf: &mut Vec<u8>) {
         st.waiting.push_back(Taker::Merged(
             batch.into_iter().map(|(s, p)| (p, s.shape)).collect(),
         ));
+        st.merged_waiting += 1;
     }
 }
 
@@ -608,7 +620,13 @@ fn deliver(shared: &Shared, rbuf: &mut Vec<u8>) -> Result<(), String> {
         if replies.len() > st.waiting.len() {
             return Err("redis sent a reply nobody asked for".into());
         }
-        st.waiting.drain(..replies.len()).collect()
+        let takers: Vec<Taker> = st.waiting.drain(..replies.len()).collect();
+        let merged = takers
+            .iter()
+            .filter(|t| matches!(t, Taker::Merged(_)))
+            .count();
+        st.merged_waiting -= merged;
+        takers
     };
     for (t, v) in takers.into_iter().zip(replies) {
         t.answer(v);
