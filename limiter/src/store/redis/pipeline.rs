@@ -10,9 +10,11 @@
 //! Rate-limit script calls are queued as their parts (keys and arguments), not encoded: at each
 //! write the driver merges the script calls queued since the last one into one `EVALSHA` (at
 //! most [`MERGE_REQUESTS`] calls and [`MERGE_KEYS`] keys each), and splits its reply into each
-//! caller's own (`script.lua` says how). So the busier the connection, the fewer commands and
-//! Lua invocations per call Redis runs, with no call waiting for others: merging only takes
-//! what is already queued.
+//! caller's own (`script.lua` says how). While one merged call is unanswered
+//! ([`MERGED_IN_FLIGHT`]), the script calls queued meanwhile wait for its reply and then go
+//! together: a call waits at most one Redis round trip for that, and the busier the connection,
+//! the fewer commands, Lua invocations and wake-ups per call Redis has (about five calls per
+//! script call at 32 in flight, against two with every queued batch written at once).
 //!
 //! # Order, cancellation and the in-flight bound
 //! Replies come back in the order commands were written; each waiting caller holds a place in
