@@ -152,8 +152,9 @@ impl Taker {
 /// serving anyone else, so a call stays short.
 const MERGE_REQUESTS: usize = 64;
 const MERGE_KEYS: usize = 512;
-/// Merged script calls written and not yet answered, at most: the calls queued meanwhile wait
-/// for the reply and go together as the next one.
+/// Once this many merged script calls are written and not yet answered, the script calls
+/// queued meanwhile wait for a reply and then go together (as one merged call, or more when
+/// they exceed one's bounds).
 const MERGED_IN_FLIGHT: usize = 1;
 
 struct State {
