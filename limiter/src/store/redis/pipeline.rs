@@ -324,19 +324,14 @@ impl Pipeline {
         encode: impl FnOnce(&mut Vec<u8>),
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Value, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let wake = {
-            let mut st = self.shared.state.lock();
-            match &st.phase {
-                Phase::Down { reason } => return Err(StoreError::Unavailable(reason.clone())),
-                Phase::Closed => return Err(StoreError::Unavailable("redis: closed".into())),
-                Phase::Connecting | Phase::Up(_) => {}
-            }
-            encode(&mut st.out);
-            let end = st.out.len();
-            self.queue(&mut st, Queued::Raw(end), tx, permit)
-        };
-        self.answer(wake, rx).await
+        self.send(
+            |st| {
+                encode(&mut st.out);
+                Queued::Raw(st.out.len())
+            },
+            permit,
+        )
+        .await
     }
 
     /// Sends one request's script call, merged with the other script calls queued at the
@@ -347,6 +342,16 @@ impl Pipeline {
         part: ScriptPart,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Value, StoreError> {
+        self.send(|_| Queued::Script(part), permit).await
+    }
+
+    /// Queues what `queue` makes (unless the connection is down or closed), wakes the driver
+    /// if the queue was empty, and waits for the reply.
+    async fn send(
+        &self,
+        queue: impl FnOnce(&mut State) -> Queued,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Value, StoreError> {
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut st = self.shared.state.lock();
@@ -355,32 +360,18 @@ impl Pipeline {
                 Phase::Closed => return Err(StoreError::Unavailable("redis: closed".into())),
                 Phase::Connecting | Phase::Up(_) => {}
             }
-            self.queue(&mut st, Queued::Script(part), tx, permit)
+            let was_empty = st.unsent.is_empty();
+            let q = queue(&mut st);
+            st.unsent.push_back((
+                q,
+                Place {
+                    since: Instant::now(),
+                    reply: tx,
+                    _permit: permit,
+                },
+            ));
+            was_empty
         };
-        self.answer(wake, rx).await
-    }
-
-    /// Queues a command; true if the queue was empty (the driver is to be woken).
-    fn queue(
-        &self,
-        st: &mut State,
-        q: Queued,
-        reply: oneshot::Sender<Reply>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> bool {
-        let was_empty = st.unsent.is_empty();
-        st.unsent.push_back((
-            q,
-            Place {
-                since: Instant::now(),
-                reply,
-                _permit: permit,
-            },
-        ));
-        was_empty
-    }
-
-    async fn answer(&self, wake: bool, rx: oneshot::Receiver<Reply>) -> Result<Value, StoreError> {
         if wake {
             self.shared.wake_driver();
         }
