@@ -24,6 +24,9 @@
 //! sources; [`run`] does the same and waits.
 
 use std::net::SocketAddr;
+
+// The binary's global allocator (main.rs); named here for the unused-dependency lint.
+use mimalloc as _;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;

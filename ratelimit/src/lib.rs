@@ -20,6 +20,9 @@ pub mod service;
 
 use std::net::SocketAddr;
 
+// The binary's global allocator (main.rs); named here for the unused-dependency lint.
+use mimalloc as _;
+
 use tollgate_common::Shutdown;
 use tollgate_common::watch::WatchError;
 use tollgate_limiter::{BuildError, FileError, Limiter, StoreError};
