@@ -105,25 +105,37 @@ impl Envoy {
 
     /// As [`Envoy::start_with_env`], with extra command-line arguments (`--concurrency N`
     /// replaces the default of one worker).
+    ///
+    /// The listener and admin ports are picked free, then released for Envoy to bind, so
+    /// another process (a test's outgoing connection, say) can take one in between: Envoy then
+    /// exits with "Address already in use", and it is started again on other ports.
     pub async fn start_with_env_args(
         config: &str,
         backends: Backends,
         env: &[(&str, &OsStr)],
         extra_args: &[String],
     ) -> anyhow::Result<Envoy> {
-        let listener = free_port();
-        let admin = free_port();
-        let ports: BTreeMap<u16, u16> = [
-            (example_ports::LISTENER, listener),
-            (example_ports::ADMIN, admin),
-            (example_ports::UPSTREAM, backends.upstream),
-            (example_ports::AUTHZ, backends.authz),
-            (example_ports::RATELIMIT, backends.ratelimit),
-        ]
-        .into();
-        let config =
-            rewrite_ports(config, &ports).replace("address: 0.0.0.0", "address: 127.0.0.1");
-        Self::start_raw_full(&config, listener, admin, env, extra_args).await
+        let mut attempts = 0;
+        loop {
+            let listener = free_port();
+            let admin = free_port();
+            let ports: BTreeMap<u16, u16> = [
+                (example_ports::LISTENER, listener),
+                (example_ports::ADMIN, admin),
+                (example_ports::UPSTREAM, backends.upstream),
+                (example_ports::AUTHZ, backends.authz),
+                (example_ports::RATELIMIT, backends.ratelimit),
+            ]
+            .into();
+            let rewritten =
+                rewrite_ports(config, &ports).replace("address: 0.0.0.0", "address: 127.0.0.1");
+            match Self::start_raw_full(&rewritten, listener, admin, env, extra_args).await {
+                Err(e) if attempts < 3 && format!("{e:#}").contains("Address already in use") => {
+                    attempts += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Starts Envoy on a complete config whose listener and admin ports are already chosen.

@@ -338,3 +338,26 @@ async fn shutdown_reports_not_ready_then_drains_and_stops() {
     })
     .await;
 }
+
+/// `Envoy::start_with` starts Envoy again on other ports when a port it picked was taken
+/// before Envoy bound it; it recognises that case by Envoy's error, which this pins.
+#[tokio::test]
+async fn envoy_on_a_taken_port_fails_with_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let admin = free_port();
+    let ports = [
+        (tollgate_tests::envoy::example_ports::LISTENER, port),
+        (tollgate_tests::envoy::example_ports::ADMIN, admin),
+    ]
+    .into();
+    let config = tollgate_tests::envoy::rewrite_ports(&example_config(), &ports)
+        .replace("address: 0.0.0.0", "address: 127.0.0.1");
+    let err = Envoy::start_raw(&config, port, admin)
+        .await
+        .expect_err("the listener's port is taken");
+    assert!(
+        format!("{err:#}").contains("Address already in use"),
+        "{err:#}"
+    );
+}
