@@ -470,29 +470,23 @@ impl RedisStore {
             .deadline(give_up, self.timeout)
             .ok_or_else(|| StoreError::Unavailable("redis: no connection yet".into()))?;
         let n = call.len();
-        let mut keys = Vec::with_capacity(n * 64);
-        for k in call.keys() {
-            resp::bulk(&mut keys, k.as_bytes());
-        }
-        let part = ScriptPart {
-            keys,
-            nkeys: n,
-            args: call.request_args()?,
-            shape: call.shape(),
+        let part = || -> Result<ScriptPart, StoreError> {
+            let mut keys = Vec::with_capacity(n * 64);
+            for k in call.keys() {
+                resp::bulk(&mut keys, k.as_bytes());
+            }
+            Ok(ScriptPart {
+                keys,
+                args: call.request_args()?,
+                shape: call.shape(),
+            })
         };
-        let mut reply = pipeline.script(part, Some(permit)).await?;
+        let mut reply = pipeline.script(part()?, Some(permit)).await?;
         if matches!(&reply, resp::Value::Error(e) if e.starts_with("NOSCRIPT")) {
             // The script is loaded by sending it: this call alone, as EVAL.
-            let argv = call.argv()?;
+            let part = part()?;
             let encode = |buf: &mut Vec<u8>| {
-                resp::array(buf, 4 + n);
-                resp::bulk(buf, b"EVAL");
-                resp::bulk(buf, SCRIPT.as_bytes());
-                resp::int(buf, n);
-                for k in call.keys() {
-                    resp::bulk(buf, k.as_bytes());
-                }
-                resp::bulk(buf, &argv);
+                script::encode_merged(buf, b"EVAL", SCRIPT.as_bytes(), std::iter::once(&part));
             };
             reply = pipeline.request(encode, Some(self.permit()?)).await?;
             if let resp::Value::Bulk(bytes) = &reply {

@@ -87,9 +87,8 @@ enum Queued {
 
 /// One request's share of a merged script call (see [`script::encode_merged`]).
 pub(super) struct ScriptPart {
-    /// Its keys, each a RESP bulk string, and how many.
+    /// Its keys, each a RESP bulk string (`shape.hits` of them).
     pub(super) keys: Vec<u8>,
-    pub(super) nkeys: usize,
     /// Its [`script::Call::request_args`].
     pub(super) args: Vec<u8>,
     pub(super) shape: Shape,
@@ -498,18 +497,18 @@ fn take_output(st: &mut State, wbuf: &mut Vec<u8>) {
         let mut keys = 0;
         while let Some((part, _)) = rest.peek() {
             if !batch.is_empty()
-                && (batch.len() == MERGE_REQUESTS || keys + part.nkeys > MERGE_KEYS)
+                && (batch.len() == MERGE_REQUESTS || keys + part.shape.hits > MERGE_KEYS)
             {
                 break;
             }
-            keys += part.nkeys;
+            keys += part.shape.hits;
             batch.extend(rest.next());
         }
         script::encode_merged(
             wbuf,
-            batch
-                .iter()
-                .map(|(s, _)| (s.keys.as_slice(), s.nkeys, s.args.as_slice())),
+            b"EVALSHA",
+            script::SCRIPT_SHA.as_bytes(),
+            batch.iter().map(|(s, _)| s),
         );
         st.waiting.push_back(Taker::Merged(
             batch.into_iter().map(|(s, p)| (p, s.shape)).collect(),

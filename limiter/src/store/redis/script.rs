@@ -6,6 +6,7 @@ use std::time::Duration;
 use std::io::Write as _;
 
 use super::super::{Hit, Outcome, StoreError};
+use super::pipeline::ScriptPart;
 use crate::algorithm::{Algorithm, Rule, sliding_bucket_us};
 
 /// The script source, and its SHA-1 as Redis computes it.
@@ -161,29 +162,31 @@ pub(super) fn split(
     Ok(out)
 }
 
-/// Writes one `EVALSHA` carrying every request of `parts` (each its keys as RESP bulk strings,
-/// their count, and its [`Call::request_args`]), in order.
+/// Writes one script call carrying every request of `parts`, in order: `verb` is `EVALSHA`
+/// (`body` the SHA) or `EVAL` (`body` the script).
 pub(super) fn encode_merged<'p>(
     buf: &mut Vec<u8>,
-    parts: impl Iterator<Item = (&'p [u8], usize, &'p [u8])> + Clone,
+    verb: &[u8],
+    body: &[u8],
+    parts: impl Iterator<Item = &'p ScriptPart> + Clone,
 ) {
     let (mut requests, mut keys, mut args) = (0u16, 0usize, 0usize);
-    for (_, k, a) in parts.clone() {
+    for p in parts.clone() {
         requests += 1;
-        keys += k;
-        args += a.len();
+        keys += p.shape.hits;
+        args += p.args.len();
     }
     super::resp::array(buf, 4 + keys);
-    super::resp::bulk(buf, b"EVALSHA");
-    super::resp::bulk(buf, SCRIPT_SHA.as_bytes());
+    super::resp::bulk(buf, verb);
+    super::resp::bulk(buf, body);
     super::resp::int(buf, keys);
-    for (k, _, _) in parts.clone() {
-        buf.extend_from_slice(k);
+    for p in parts.clone() {
+        buf.extend_from_slice(&p.keys);
     }
     let _ = write!(buf, "${}\r\n", 2 + args);
     buf.extend_from_slice(&requests.to_le_bytes());
-    for (_, _, a) in parts {
-        buf.extend_from_slice(a);
+    for p in parts {
+        buf.extend_from_slice(&p.args);
     }
     buf.extend_from_slice(b"\r\n");
 }
@@ -402,15 +405,20 @@ mod tests {
 
     #[test]
     fn a_merged_call_is_one_evalsha_with_every_request_s_keys_and_arguments_in_order() {
+        let part = |keys: &[u8], hits, args: &[u8]| ScriptPart {
+            keys: keys.to_vec(),
+            args: args.to_vec(),
+            shape: Shape {
+                hits,
+                mode: Mode::Hit,
+            },
+        };
+        let parts = [
+            part(b"$1\r\na\r\n", 1, b"AA"),
+            part(b"$1\r\nb\r\n$1\r\nc\r\n", 2, b"BBB"),
+        ];
         let mut buf = Vec::new();
-        encode_merged(
-            &mut buf,
-            [
-                (&b"$1\r\na\r\n"[..], 1, &b"AA"[..]),
-                (&b"$1\r\nb\r\n$1\r\nc\r\n"[..], 2, &b"BBB"[..]),
-            ]
-            .into_iter(),
-        );
+        encode_merged(&mut buf, b"EVALSHA", SCRIPT_SHA.as_bytes(), parts.iter());
         let want = format!(
             "*7\r\n$7\r\nEVALSHA\r\n$40\r\n{}\r\n$1\r\n3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n$7\r\n\x02\x00AABBB\r\n",
             *SCRIPT_SHA
