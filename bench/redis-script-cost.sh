@@ -6,7 +6,7 @@
 # sends one. The calls are generated as RESP (the packed argument is binary, which
 # redis-benchmark cannot send) and fed by `redis-cli --pipe`. The working tree's script is also
 # run with 4 requests per call, as the service's connection merges the calls queued together
-# (figures stay per request). Also prints the floor on this machine: an EVALSHA that does
+# (figures stay per request), on 4 of the 1,000 keys and on one busy key. Also prints the floor on this machine: an EVALSHA that does
 # nothing (with one short argument), one that reads TIME, and one that reads TIME, GETs and SETs
 # PX.
 # With --instructions, Redis runs under valgrind's callgrind and the figure is the instructions
@@ -43,7 +43,8 @@ cp limiter/src/store/redis/script.lua "$WORK/new.lua"
 # How a script takes its arguments: one packed string, or strings (with a deadline from
 # counter layout 2 on).
 format() {
-  if grep -q "'<HBHdss'" "$1"; then echo merged
+  if grep -q "'<HBHdd'" "$1"; then echo merged
+  elif grep -q "'<HBHdss'" "$1"; then echo merged-strings
   elif grep -q 'local P = ARGV\[1\]' "$1"; then echo packed
   elif grep -q deadline_us "$1"; then echo strings
   else echo strings-nodeadline; fi
@@ -85,20 +86,23 @@ NOOP=$(cli SCRIPT LOAD 'return 1')
 TIME=$(cli SCRIPT LOAD "local t = redis.call('TIME') return t[1]")
 GETSET=$(cli SCRIPT LOAD "local t = redis.call('TIME') redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], string.rep('x', 17), 'PX', 60000) return t[1]")
 
-# calls FILE SHA FORMAT ALGORITHM [PER]: CALLS requests as RESP script calls, one hit each on
-# one of 1,000 keys (limit and capacity 10^8 per minute: every hit is admitted), now fixed,
-# deadline far: a window's hit lands in its counter's newest sub-window, as nearly every hit of
-# a busy key does. PER (format merged only, default 1): requests per script call, as the
-# connection's driver merges the calls queued together.
+# calls FILE SHA FORMAT ALGORITHM [PER] [KEYS]: CALLS requests as RESP script calls, one hit
+# each on one of KEYS keys (default 1,000; limit and capacity 10^8 per minute: every hit is
+# admitted), now fixed, deadline far: a window's hit lands in its counter's newest sub-window, as
+# nearly every hit of a busy key does. PER (merged formats only, default 1): requests per script
+# call, as the connection's driver merges the calls queued together; with KEYS 1 they are one
+# busy key's.
 calls() {
-  python3 - "$CALLS" "$2" "$3" "$4" "${5:-1}" >"$1" <<'PY'
+  python3 - "$CALLS" "$2" "$3" "$4" "${5:-1}" "${6:-1000}" >"$1" <<'PY'
 import random, struct, sys
 calls, sha, fmt, alg = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3], int(sys.argv[4])
-per = int(sys.argv[5])
+per, nkeys = int(sys.argv[5]), int(sys.argv[6])
 now, limit, window = 1800000000000000, 100000000, 60000000
 step = {0: 6000000, 1: 0, 2: 1, 3: 1}[alg]  # algorithm::sliding_bucket_us, Rule::meter_tick_us
 hit = struct.pack("<BBddddd", alg, 0, limit, window, limit, 1, step)
 if fmt == "merged":
+    args = [struct.pack("<H", per) + per * (struct.pack("<BHdd", 0, 1, now, 4e15) + hit)]
+elif fmt == "merged-strings":
     args = [struct.pack("<H", per) + per * (struct.pack("<BHd", 0, 1, now) + b"4000000000\0000\0" + hit)]
 elif fmt == "packed":
     args = [struct.pack("<Bd", 0, now) + b"4000000000\0000\0"
@@ -111,7 +115,7 @@ else:
     args = [b"x"]
 rand = random.Random(7)
 out = []
-key = lambda: b"tollgate:{bench|k=%012d}:v2:%d:60000000:100000000" % (rand.randrange(1000), alg)
+key = lambda: b"tollgate:{bench|k=%012d}:v2:%d:60000000:100000000" % (rand.randrange(nkeys), alg)
 for _ in range(calls // per):
     parts = [b"EVALSHA", sha, b"%d" % per] + [key() for _ in range(per)] + args
     out.append(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
@@ -136,7 +140,10 @@ calls "$WORK/getset" "$GETSET" none 0
 for code in 0 1 2 3; do
   calls "$WORK/old.$code" "$OLD" "$(format "$WORK/old.lua")" "$code"
   calls "$WORK/new.$code" "$NEW" "$(format "$WORK/new.lua")" "$code"
-  [[ $(format "$WORK/new.lua") != merged ]] || calls "$WORK/new4.$code" "$NEW" merged "$code" 4
+  if [[ $(format "$WORK/new.lua") == merged* ]]; then
+    calls "$WORK/new4.$code" "$NEW" "$(format "$WORK/new.lua")" "$code" 4
+    calls "$WORK/new4k1.$code" "$NEW" "$(format "$WORK/new.lua")" "$code" 4 1
+  fi
 done
 
 echo "$CALLS calls per run through redis-cli --pipe, 1,000 keys, $ROUNDS interleaved rounds; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -149,6 +156,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     run "$name $REV" "$WORK/old.$code"
     run "$name working-tree" "$WORK/new.$code"
     [[ ! -f $WORK/new4.$code ]] || run "$name working-tree, 4 merged" "$WORK/new4.$code"
+    [[ ! -f $WORK/new4k1.$code ]] || run "$name working-tree, 4 merged, 1 key" "$WORK/new4k1.$code"
   done
 done
 echo

@@ -782,6 +782,87 @@ async fn redis_one_command_per_call_and_noscript_reload() {
     assert!(ttl > 0 && ttl <= 60_000 + 1, "pttl {ttl}");
 }
 
+/// A key expires once it can no longer matter, and a busy key's hits leave its expiry alone: a
+/// window's counter keeps the expiry its window's first hit set (its end), and a meter carries
+/// its own in the value, a window past its state, renewed only once less than half a window of
+/// that margin is left. A meter value without one (as the previous script wrote them) is read
+/// as it is, and renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_expire_once_they_no_longer_matter() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&test_config(RedisConfig::standalone(server.url())))
+        .await
+        .unwrap();
+    let ns = ns("expiry");
+    let minute = Duration::from_secs(60);
+    let stored = |name: &str| {
+        let keys = server.cli(&["KEYS", &format!("*{ns}:{name}*")]).unwrap();
+        let keys: Vec<&str> = keys.lines().collect();
+        assert_eq!(keys.len(), 1, "{name}: {keys:?}");
+        keys[0].to_string()
+    };
+    let pttl = |key: &str| -> i64 { server.cli(&["PTTL", key]).unwrap().trim().parse().unwrap() };
+    // A meter's stored expiry (µs, the writer's clock), or "none".
+    let expiry = |key: &str| {
+        let lua = "local v = redis.call('GET', KEYS[1]) if #v < 25 then return 'none' end \
+                   return string.format('%.0f', struct.unpack('<d', v, 18))";
+        server
+            .cli(&["EVAL", lua, "1", key])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    // fixed_window: the second hit, half a window later, counts in place.
+    let fixed = rule(Algorithm::FixedWindow, 100, minute);
+    let f = format!("{ns}:fixed");
+    assert_eq!(one(&store, &f, fixed, 1, T0).await.remaining, 99);
+    let fkey = stored("fixed");
+    assert!((59_000..=60_000).contains(&pttl(&fkey)), "{}", pttl(&fkey));
+    assert_eq!(one(&store, &f, fixed, 1, T0 + 30 * S).await.remaining, 98);
+    assert!(
+        pttl(&fkey) > 45_000,
+        "the window's end, not 30 s on: {}",
+        pttl(&fkey)
+    );
+
+    // token_bucket, 10 a minute: one token back every 6 s.
+    let bucket = rule(Algorithm::TokenBucket, 10, minute);
+    let (m, control) = (format!("{ns}:meter"), format!("{ns}:control"));
+    let o = one(&store, &m, bucket, 1, T0).await;
+    one(&store, &control, bucket, 1, T0).await;
+    let mkey = stored("meter");
+    let e1 = T0 + o.reset_after.as_micros() as u64 + 60 * S;
+    assert_eq!(expiry(&mkey), e1.to_string());
+    assert!((65_000..=66_000).contains(&pttl(&mkey)), "{}", pttl(&mkey));
+    // A second of later hits: well within the margin, the expiry stays.
+    for i in 1..=3 {
+        let o = one(&store, &m, bucket, 1, T0 + i * S / 3).await;
+        assert_eq!(o, one(&store, &control, bucket, 1, T0 + i * S / 3).await);
+    }
+    assert_eq!(
+        expiry(&mkey),
+        e1.to_string(),
+        "unchanged by the hits in place"
+    );
+    // 40 s on, less than half the margin is left: renewed from this hit's state.
+    let o = one(&store, &m, bucket, 1, T0 + 40 * S).await;
+    assert_eq!(o, one(&store, &control, bucket, 1, T0 + 40 * S).await);
+    let e2 = T0 + 40 * S + o.reset_after.as_micros() as u64 + 60 * S;
+    assert_eq!(expiry(&mkey), e2.to_string());
+    // Written without its expiry (17 bytes, as before): read as it is, renewed on the next hit.
+    let cut = "redis.call('SET', KEYS[1], redis.call('GET', KEYS[1]):sub(1, 17), 'PX', 10000)";
+    server.cli(&["EVAL", cut, "1", &mkey]).unwrap();
+    assert_eq!(expiry(&mkey), "none");
+    let o = one(&store, &m, bucket, 1, T0 + 41 * S).await;
+    assert_eq!(o, one(&store, &control, bucket, 1, T0 + 41 * S).await);
+    assert_eq!(
+        expiry(&mkey),
+        (T0 + 41 * S + o.reset_after.as_micros() as u64 + 60 * S).to_string()
+    );
+    assert!(pttl(&mkey) > 60_000, "{}", pttl(&mkey));
+}
+
 /// Calls queued on the connection together go to Redis as one merged script call, and each is
 /// answered exactly as if it had been a call of its own: in order, each seeing what the ones
 /// before it counted, all-or-nothing per request.

@@ -1,4 +1,4 @@
--- Tollgate rate-limit script, counter layout 2, call format 3: evaluates every hit of one or
+-- Tollgate rate-limit script, counter layout 2, call format 4: evaluates every hit of one or
 -- more requests atomically, in one round trip. A line-by-line mirror of
 -- limiter/src/algorithm.rs (keep them in step). Time is the caller's clock in microseconds, so
 -- every replica's script agrees within their clock skew; Redis' own clock is read only to
@@ -13,10 +13,9 @@
 -- ARGV[1]: every argument in one binary string (Redis parses, allocates and hands Lua each
 --       argument separately, so one argument costs less than many, and struct.unpack reads
 --       doubles without the float parsing of tonumber). struct format '<H', the number of
---       requests; then per request '<BHdss': mode (0 = hit, 1 = refund hits counted at the
---       same now), its number of keys, now_us, the deadline on Redis' clock as TIME's two
---       decimal strings, seconds and microseconds ('' and '' = none); then per key of the
---       request '<BBddddd' (42 bytes): algorithm (0 sliding, 1 fixed, 2/3 meter, 4 calendar
+--       requests; then per request '<BHdd': mode (0 = hit, 1 = refund hits counted at the
+--       same now), its number of keys (at least one), now_us, the deadline on Redis' clock in
+--       microseconds (0 = none); then per key of the request '<BBddddd' (42 bytes): algorithm (0 sliding, 1 fixed, 2/3 meter, 4 calendar
 --       period), shadow (0/1), limit, window_us, capacity, cost, step. The step is the
 --       caller's arithmetic: a sliding window's sub-window width (algorithm::sliding_bucket_us),
 --       a meter's tick (Rule::meter_tick_us); 0 otherwise. A calendar period's start_us and
@@ -33,10 +32,16 @@
 --   'F' window, count                      fixed_window
 --   'S' newest, count[1..13]               sliding_window; ring slot of sub-window i: i % 13 + 1
 --   'P' start_us, count                    calendar periods
---   'M' tat, frac                          meters; TAT = (tat + frac/limit) ticks of G µs, G
---                                          = Rule::meter_tick_us (the caller's step)
+--   'M' tat, frac[, expiry]                meters; TAT = (tat + frac/limit) ticks of G µs, G
+--                                          = Rule::meter_tick_us (the caller's step); expiry:
+--                                          when the key's PX ends, on the writer's clock
+--                                          (absent when written without it: read as unknown)
 -- A reader meeting another format byte treats the counter as empty; a later layout adds its own
--- byte and reads these. Every key expires (PX) when it can no longer matter.
+-- byte and reads these (and ignores bytes after the doubles it knows). Every key expires (PX)
+-- once it can no longer matter: windows and periods when they end (set by the write that starts
+-- them; later hits change their count in place with SETRANGE), meters a window after their
+-- state does (set when less than half a window of that margin is left, so a busy key's hits
+-- change its state in place).
 --
 -- No function is defined here: closures would be allocated on every call.
 local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
@@ -56,54 +61,99 @@ if redis.replicate_commands then
 end
 local clock = redis.call('TIME')
 local sec, usec = clock[1], clock[2]
+-- Redis' clock in microseconds, exact as a double (below 2^53), parsed once for all requests.
+local clk = tonumber(sec) * 1000000 + tonumber(usec)
 
 -- Every request in order, each seeing what the ones before it counted. kb: the keys of the
 -- requests before it; n: its own; pos: where its first hit's arguments start; part: its part of
 -- the reply (see the header). The body is inline (a function per call would cost Redis more,
 -- in allocation and collection, than the merging saves on one request): `break` leaves it.
-local nreq, mode, n, now, dsec, dusec, pos = unpack_('<HBHdss', P)
+--
+-- A run of requests of the common shape on one counter (consecutive in the call, as a busy key's
+-- are) reads its value once and writes it once: the counter's state is held in locals from one
+-- request to the next (hkey, halg; hc the sliding ring as struct.unpack returns it, or ha, hb,
+-- he the doubles after the format byte), and so is the write it needs (hw: 1 in place, slot hs
+-- for a sliding window; 2 whole, with PX hpx), made before any other request runs.
+local hkey, halg, hc, ha, hb, he, hw, hs, hpx
+local nreq, mode, n, now, dl, pos = unpack_('<HBHdd', P)
 local head, kb = pack('<ss', sec, usec), 0
 -- The parts, for more than one request (one alone replies without a table).
 local out = nreq > 1 and { head } or nil
-for r = 1, nreq do
-  if r > 1 then mode, n, now, dsec, dusec, pos = unpack_('<BHdss', P, pos + 42 * n) end
+for r = 1, nreq + 1 do
+  if r > 1 and r <= nreq then mode, n, now, dl, pos = unpack_('<BHdd', P, pos + 42 * n) end
+  -- The common shape: a hit (not a refund) on one counter of a window or a meter.
+  local fast = r <= nreq and mode == 0 and n == 1 and byte(P, pos) <= 3
+  local key = fast and KEYS[kb + 1]
+  if hw and key ~= hkey then
+    if halg == 0 then
+      if hw == 1 then
+        -- The slot's offset in the value (8 * s - 15) as the string Redis is given: picked
+        -- from constants (formatting it, or a table of them, would cost more per call).
+        local s, o = hs, nil
+        if s < 9 then
+          if s < 6 then o = s == 3 and '9' or s == 4 and '17' or '25'
+          else o = s == 6 and '33' or s == 7 and '41' or '49' end
+        elseif s < 12 then o = s == 9 and '57' or s == 10 and '65' or '73'
+        else o = s == 12 and '81' or s == 13 and '89' or s == 14 and '97' or '105' end
+        redis.call('SETRANGE', hkey, o, pack('<d', hc[s]))
+      else
+        redis.call('SET', hkey, pack(SFMT, SLIDING, hc[2], unpack(hc, 3, RING + 2)), 'PX',
+          fmt('%d', hpx))
+      end
+    elseif halg == 1 then
+      if hw == 1 then
+        redis.call('SETRANGE', hkey, '9', pack('<d', hb))
+      else
+        redis.call('SET', hkey, pack('<Bdd', FIXED, ha, hb), 'PX', fmt('%d', hpx))
+      end
+    elseif hw == 1 then
+      redis.call('SETRANGE', hkey, '1', pack('<dd', ha, hb))
+    else
+      redis.call('SET', hkey, pack('<Bddd', METER, ha, hb, he), 'PX', fmt('%d', hpx))
+    end
+    hw = nil
+  end
+  if r > nreq then break end
+  -- Any other request reads and writes Redis itself.
+  if not fast then hkey = nil end
   local part
   repeat
-      -- Late: Redis' clock past the deadline, compared as decimal strings (neither has leading
-      -- zeros, so the longer is larger, and equal lengths compare digit by digit in any locale):
-      -- cheaper than two float parses.
-      if dsec ~= '' then
-        local late
-        if sec ~= dsec then
-          if #sec ~= #dsec then late = #sec > #dsec else late = sec > dsec end
-        elseif #usec ~= #dusec then
-          late = #usec > #dusec
-        else
-          late = usec > dusec
-        end
-        if late then part = '\0' break end
-      end
+      -- Late: Redis' clock past the deadline.
+      if dl > 0 and clk > dl then part = '\0' break end
 
-      -- The common shape, one hit: evaluated straight from the stored value into the reply, no
+      -- The common shape, evaluated straight from its counter's state into the reply, with no
       -- per-hit tables. The general loop below gives the same answers (algorithm.rs is the
       -- reference for both); a request with one key has no duplicate to scan for and nothing to
       -- report as stored when rejected, since a rejected hit changes nothing.
-      if mode == 0 and n == 1 then
+      if fast then
         local alg, _, L, W, C, cost, X = unpack_(HIT, P, pos)
+        if key ~= hkey then
+          -- The counter as stored.
+          hkey, halg, hc, ha, hb, he = key, alg, nil, nil, nil, nil
+          local v = redis.call('GET', key)
+          if not v then
+          elseif alg == 0 then
+            if byte(v, 1) == SLIDING then hc = { unpack_(SFMT, v) } end
+          elseif alg == 1 then
+            if byte(v, 1) == FIXED then _, ha, hb = unpack_('<Bdd', v) end
+          elseif byte(v, 1) == METER then
+            if #v >= 25 then _, ha, hb, he = unpack_('<Bddd', v) else _, ha, hb = unpack_('<Bdd', v) end
+          end
+        end
         if alg == 0 then
           -- sliding_window, sub-windows of X µs. c: what struct.unpack returns (c[1] format, c[2]
-          -- newest, c[3..RING+2] the ring, sub-window i at slot i % RING + 3).
-          local key, b = KEYS[kb + 1], X
+          -- newest, c[3..RING+2] the ring, sub-window i at slot i % RING + 3). A request that
+          -- changes nothing leaves hc as it was.
+          local b = X
           local cur = floor(now / b)
-          local v = redis.call('GET', key)
-          local c, same
-          if v and byte(v, 1) == SLIDING then c = { unpack_(SFMT, v) } end
+          local c, same = hc, nil
           if c and c[2] == cur then
             same = true
           elseif not c or cur - c[2] >= RING then
             -- Empty, or every sub-window slid out.
             c = { SLIDING, cur, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
           elseif cur > c[2] then
+            c = { unpack(c, 1, RING + 2) }
             for s = c[2] + 1, cur do c[s % RING + 3] = 0 end
             c[2] = cur
           end
@@ -143,33 +193,31 @@ for r = 1, nreq do
             end
             part = pack(R1, 1, 0, max(L - counted, 0), reset, retry) break
           end
-          local s = cur % RING + 3
-          c[s] = c[s] + cost
           -- The newest counted sub-window gives the reset; the newest kept one, the expiry.
+          local s = cur % RING + 3
           local reset, kept = 0, nil
-          for idx = top, held, -1 do
-            if c[idx % RING + 3] > 0 then kept = idx break end
-          end
-          if kept and kept >= from then reset = max((kept + K + 1) * b - now, 0) end
-          if cost == 0 then
-          elseif same then
-            -- Still the newest sub-window: only its count changes, and the expiry set when it became
-            -- the newest still holds (kept = top).
-            redis.call('SETRANGE', key, fmt('%d', 8 * s - 15), pack('<d', c[s]))
+          if cost > 0 and same and hw ~= 2 then
+            -- Still the newest sub-window: only its count changes, and the expiry set when it
+            -- became the newest still holds.
+            c[s] = c[s] + cost
+            hw, hs, kept = 1, s, top
           else
-            redis.call('SET', key, pack(SFMT, SLIDING, top, unpack(c, 3, RING + 2)), 'PX',
-              fmt('%d', max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1)))
+            c[s] = c[s] + cost
+            for idx = top, held, -1 do
+              if c[idx % RING + 3] > 0 then kept = idx break end
+            end
+            if cost > 0 then
+              hw = 2
+              if not same then hpx = max(ceil(((kept + K + 1 + D) * b - now) / 1000), 1) end
+            end
           end
+          if cost > 0 then hc = c end
+          if kept and kept >= from then reset = max((kept + K + 1) * b - now, 0) end
           part = pack(R1, 1, 1, L - counted - cost, reset, -1) break
         elseif alg == 1 then
           -- fixed_window
-          local key = KEYS[kb + 1]
           local w = floor(now / W)
-          local v = redis.call('GET', key)
-          local A, B
-          if v and byte(v, 1) == FIXED then
-            _, A, B = unpack_('<Bdd', v)
-          end
+          local A, B = ha, hb
           if A and A > w then
             -- The counter is already in a later window (this caller's clock lags): check only.
             local retry = -1
@@ -191,20 +239,22 @@ for r = 1, nreq do
           local reset = 0
           if after > 0 then reset = wend - now end
           if cost > 0 then
-            redis.call('SET', key, pack('<Bdd', FIXED, w, after), 'PX',
-              fmt('%d', max(ceil((wend - now) / 1000), 1)))
+            if A == w then
+              -- Still this window's counter: only its count changes, and the expiry set when
+              -- the window's first hit was counted still holds (the window's end).
+              hw = hw or 1
+            else
+              hw, hpx = 2, max(ceil((wend - now) / 1000), 1)
+            end
+            ha, hb = w, after
           end
           part = pack(R1, 1, 1, L - after, reset, -1) break
-        elseif alg == 2 or alg == 3 then
+        else
           -- token_bucket and gcra: the exact meter, in ticks of X µs
-          local key, G = KEYS[kb + 1], X
+          local G = X
           local nt, Wt = floor(now / G), W / G
-          local v = redis.call('GET', key)
           local bu, bf = nt, 0
-          if v and byte(v, 1) == METER then
-            local _, A, B = unpack_('<Bdd', v)
-            if A > nt or (A == nt and B > 0) then bu, bf = A, B end
-          end
+          if ha and (ha > nt or (ha == nt and hb > 0)) then bu, bf = ha, hb end
           local dist = (bu - nt) * L + bf
           local full = C * Wt
           local newdist = dist + cost * Wt
@@ -218,9 +268,18 @@ for r = 1, nreq do
           local reset = 0
           if newdist > 0 then reset = (nt + ceil(newdist / L)) * G - now end
           if cost > 0 then
+            if he and now + reset + W / 2 <= he then
+              -- The key's expiry, set to he, outlasts the new state by half a window or more
+              -- (more than any clock skew between replicas): only the state changes.
+              hw = hw or 1
+            else
+              -- The state matters until now + reset; the key lives a window longer, so a busy
+              -- key's next hits leave its expiry alone (until half of that is used up).
+              he = now + reset + W
+              hw, hpx = 2, ceil((he - now) / 1000)
+            end
             local q = floor(newdist / L)
-            redis.call('SET', key, pack('<Bdd', METER, nt + q, newdist - q * L), 'PX',
-              fmt('%d', max(ceil(reset / 1000), 1)))
+            ha, hb = nt + q, newdist - q * L
           end
           part = pack(R1, 1, 1, floor(max(full - newdist, 0) / Wt), reset, -1) break
         end
@@ -494,8 +553,8 @@ for r = 1, nreq do
       end
       part = pack('<B' .. string.rep('d', #res), 1, unpack(res)) break
   until true
-  if not out then return head .. part end
-  out[r + 1] = part
+  if out then out[r + 1] = part else out = part end
   kb = kb + n
 end
+if nreq == 1 then return head .. out end
 return table.concat(out)

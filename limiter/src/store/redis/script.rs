@@ -59,8 +59,8 @@ impl<'a, S: Iterator<Item = usize> + Clone> Call<'a, S> {
         Ok(b)
     }
 
-    /// This request's share of `ARGV[1]`: mode, its number of keys, now, the deadline as
-    /// Redis' `TIME` would print it, then seven values per hit (`script.lua`'s header says what
+    /// This request's share of `ARGV[1]`: mode, its number of keys, now, the deadline on
+    /// Redis' clock (0: none), then seven values per hit (`script.lua`'s header says what
     /// each is). Numbers go as doubles, exact for every quantity a valid rule has (all below
     /// 2^52, see `Rule::check`).
     pub(super) fn request_args(&self) -> Result<Vec<u8>, StoreError> {
@@ -70,16 +70,7 @@ impl<'a, S: Iterator<Item = usize> + Clone> Call<'a, S> {
         b.push(self.mode as u8);
         b.extend_from_slice(&n.to_le_bytes());
         put(&mut b, self.now_us);
-        if self.deadline_us > 0 {
-            let _ = write!(
-                b,
-                "{}\0{}\0",
-                self.deadline_us / 1_000_000,
-                self.deadline_us % 1_000_000
-            );
-        } else {
-            b.extend_from_slice(b"\0\0");
-        }
+        put(&mut b, self.deadline_us);
         for i in self.sel.clone() {
             let (h, r) = (&self.hits[i], &self.hits[i].rule);
             b.push(r.store_code());
@@ -323,7 +314,7 @@ mod tests {
         let d = |v: f64| v.to_le_bytes();
         let mut want = vec![1, 0, 0, 1, 0];
         want.extend(d(1.800_000_000_000_123e15));
-        want.extend(b"1800000000\x0050007\x00");
+        want.extend(d(1.800_000_000_050_007e15));
         want.extend([0, 1]);
         for v in [5.0, 1e6, 5.0, 2.0, 1e5] {
             want.extend(d(v));
@@ -332,11 +323,7 @@ mod tests {
         assert_eq!(call.request_args().unwrap(), want[2..]);
         assert_eq!(call.keys().collect::<Vec<_>>(), ["t:{k}"]);
         call.deadline_us = 0;
-        assert_eq!(
-            &call.argv().unwrap()[14..16],
-            b"\0\0",
-            "no deadline: two empty strings"
-        );
+        assert_eq!(call.argv().unwrap()[13..21], d(0.0), "no deadline: zero");
     }
 
     #[test]
@@ -448,5 +435,131 @@ mod tests {
         nan.extend_from_slice(&f64::NAN.to_le_bytes());
         assert!(values(&nan).is_err());
         assert!(values(&[]).is_err());
+    }
+
+    /// A merged call answers each request, and leaves every counter, exactly as the same
+    /// requests sent one call each in the same order: checked byte for byte on a real Redis,
+    /// over requests that mix every algorithm, shared and repeated keys, one and two hits,
+    /// refunds, costs of 0 to beyond the limit and callers whose clocks lag.
+    #[test]
+    fn a_merged_call_answers_and_counts_as_its_requests_one_by_one() {
+        let server = tollgate_common::testing::RedisServer::start();
+        let mut conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let algs = [
+            Algorithm::SlidingWindow,
+            Algorithm::FixedWindow,
+            Algorithm::TokenBucket,
+            Algorithm::Gcra,
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        // (algorithm, key) per hit, cost, mode, now.
+        type Request = (Vec<(usize, String)>, u64, Mode, u64);
+        let key = |a: usize, j: u64| format!("{a}:{j}");
+        let mut t = 1_800_000_000_000_000u64;
+        let mut requests: Vec<Request> = Vec::new();
+        for _ in 0..600 {
+            let a = rand(4) as usize;
+            // Mostly the algorithm's shared key, sometimes one of its others.
+            let mut hits = vec![(a, key(a, if rand(4) == 0 { 1 + rand(2) } else { 0 }))];
+            if rand(10) < 3 {
+                let b = rand(4) as usize;
+                hits.push((b, key(b, rand(3))));
+            }
+            let cost = [1, 1, 1, 1, 0, 2, 6][rand(7) as usize];
+            let mode = if rand(20) == 0 {
+                Mode::Refund
+            } else {
+                Mode::Hit
+            };
+            t += rand(60_000);
+            let now = if rand(7) == 0 { t - rand(250_000) } else { t };
+            requests.push((hits, cost, mode, now));
+        }
+        let rule = |a: usize| Rule::new(algs[a], 5, Duration::from_secs(1));
+        let args = |(hits, cost, mode, now): &Request, ns: &str| {
+            let rules: Vec<Rule> = hits.iter().map(|(a, _)| rule(*a)).collect();
+            let keys: Vec<String> = hits.iter().map(|(_, k)| format!("{ns}:{k}")).collect();
+            let hits: Vec<Hit<'_>> = rules
+                .iter()
+                .map(|r| Hit {
+                    key: "",
+                    rule: *r,
+                    cost: *cost,
+                    shadow: false,
+                })
+                .collect();
+            let call = Call {
+                hits: &hits,
+                keys: &keys,
+                sel: 0..hits.len(),
+                mode: *mode,
+                now_us: *now,
+                deadline_us: 0,
+            };
+            (keys.clone(), call.request_args().unwrap(), call.shape())
+        };
+        let eval = |conn: &mut redis::Connection, reqs: &[&Request], ns: &str| {
+            let (mut keys, mut argv, mut shapes) = (vec![], vec![], vec![]);
+            argv.extend_from_slice(&(reqs.len() as u16).to_le_bytes());
+            for r in reqs {
+                let (k, a, s) = args(r, ns);
+                keys.extend(k);
+                argv.extend(a);
+                shapes.push(s);
+            }
+            let bytes: Vec<u8> = redis::cmd("EVAL")
+                .arg(SCRIPT)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(argv)
+                .query(conn)
+                .unwrap();
+            // Each request's part, without Redis' clock.
+            split(&bytes, shapes.into_iter())
+                .unwrap()
+                .into_iter()
+                .map(|p| p[p.iter().position(|b| *b == 0).unwrap() + 1..].to_vec())
+                .map(|p| p[p.iter().position(|b| *b == 0).unwrap() + 1..].to_vec())
+                .collect::<Vec<_>>()
+        };
+        let mut merged = Vec::new();
+        let mut rest: &[Request] = &requests;
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at((1 + rand(8) as usize).min(rest.len()));
+            merged.extend(eval(&mut conn, &now.iter().collect::<Vec<_>>(), "m"));
+            rest = later;
+        }
+        let alone: Vec<Vec<u8>> = requests
+            .iter()
+            .flat_map(|r| eval(&mut conn, &[r], "a"))
+            .collect();
+        for (i, (m, a)) in merged.iter().zip(&alone).enumerate() {
+            assert_eq!(m, a, "request {i}: {:?}", requests[i]);
+        }
+        for a in 0..4 {
+            for j in 0..3 {
+                let get = |conn: &mut redis::Connection, ns: &str| -> (Option<Vec<u8>>, i64) {
+                    let k = format!("{ns}:{}", key(a, j));
+                    let v = redis::cmd("GET").arg(&k).query(conn).unwrap();
+                    (v, redis::cmd("PTTL").arg(&k).query(conn).unwrap())
+                };
+                let ((vm, tm), (va, ta)) = (get(&mut conn, "m"), get(&mut conn, "a"));
+                assert_eq!(vm, va, "counter {}", key(a, j));
+                assert!(
+                    (tm - ta).abs() < 2_000,
+                    "{}: pttl {tm} against {ta}",
+                    key(a, j)
+                );
+            }
+        }
     }
 }
