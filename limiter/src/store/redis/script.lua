@@ -82,7 +82,9 @@ local out = nreq > 1 and { head } or nil
 for r = 1, nreq + 1 do
   if r > 1 and r <= nreq then mode, n, now, dl, pos = unpack_('<BHdd', P, pos + 42 * n) end
   -- The common shape: a hit (not a refund) on one counter of a window or a meter.
-  local fast = r <= nreq and mode == 0 and n == 1 and byte(P, pos) <= 3
+  local alg, _, L, W, C, cost, X
+  if r <= nreq and n == 1 then alg, _, L, W, C, cost, X = unpack_(HIT, P, pos) end
+  local fast = alg and mode == 0 and alg <= 3
   local key = fast and KEYS[kb + 1]
   if hw and key ~= hkey then
     if halg == 0 then
@@ -126,7 +128,6 @@ for r = 1, nreq + 1 do
       -- reference for both); a request with one key has no duplicate to scan for and nothing to
       -- report as stored when rejected, since a rejected hit changes nothing.
       if fast then
-        local alg, _, L, W, C, cost, X = unpack_(HIT, P, pos)
         if key ~= hkey then
           -- The counter as stored.
           hkey, halg, hc, ha, hb, he = key, alg, nil, nil, nil, nil
