@@ -16,7 +16,8 @@ use crate::host::Counter;
 /// A decision that runs in Envoy's worker thread, once per request, on the request headers.
 pub(crate) trait Filter: Send + Sync + 'static {
     /// Decides about one request. Must not block: work that waits on I/O returns
-    /// [`Verdict::Pending`] and runs on the module's background runtime.
+    /// [`Verdict::Pending`], a future polled on the worker whenever its I/O (on the module's
+    /// background runtime) wakes it.
     fn on_request(&self, request: &dyn Request) -> Verdict;
 
     /// What a request gets on a route whose per-route config switches the filter off: a
@@ -94,7 +95,8 @@ impl fmt::Debug for Verdict {
     }
 }
 
-/// A verdict still being computed on the background runtime.
+/// A verdict that waits on I/O: a future the stream polls on its worker thread each time it is
+/// woken (see `stream`).
 pub(crate) struct Pending(pub(crate) Pin<Box<dyn Future<Output = Verdict> + Send + 'static>>);
 
 impl Pending {
@@ -104,12 +106,12 @@ impl Pending {
 }
 
 /// The verdict of `future` now, if it has one without waiting (a memory store, a cached
-/// answer), or [`Verdict::Pending`] with the same future to finish on the background runtime.
+/// answer), or [`Verdict::Pending`] with the same future, to be polled again when it can go on.
 ///
 /// The one poll here runs on Envoy's worker inside the background runtime's context (its
 /// timers and I/O driver), with a waker that does nothing: a future that is not ready has
-/// registered nothing the worker waits for, and the background runtime polls it again at once,
-/// with its own waker, which every future re-registers on each poll.
+/// registered nothing that resumes the stream yet, and the stream polls it again at once with
+/// the waker that does (every future re-registers its waker on each poll).
 pub(crate) fn now_or_pending(
     future: impl Future<Output = Verdict> + Send + 'static,
     failure_mode: FailureMode,

@@ -42,7 +42,7 @@ struct ProbeConfig {
     /// Set the dynamic metadata below (off: the probe touches nothing, the module's floor).
     #[serde(default = "config::yes")]
     metadata: bool,
-    /// Decide on the background runtime when the request carries `pending.header`.
+    /// Pause the request and decide after `pending.delay` when it carries `pending.header`.
     #[serde(default)]
     pending: Option<PendingRule>,
     /// Panic in the filter when the request carries this header.
@@ -220,8 +220,9 @@ impl Filter for ProbeFilter {
     }
 }
 
-/// The background half of a pending probe verdict: waits, then continues (marking the request
-/// with the thread that decided it) or answers 429.
+/// The waiting half of a pending probe verdict: waits, then continues (marking the request with
+/// the thread that finished it: the worker that polled it, once the timer woke the stream) or
+/// answers 429.
 async fn resolve_later(delay: Duration, deny: bool, mut mutations: Mutations) -> Verdict {
     tokio::time::sleep(delay).await;
     if deny {
@@ -232,10 +233,14 @@ async fn resolve_later(delay: Duration, deny: bool, mut mutations: Mutations) ->
             details: "tollgate_probe_pending_denied",
         });
     }
-    let thread = std::thread::current()
-        .name()
-        .unwrap_or("unnamed")
-        .to_string();
+    // Envoy names its threads itself (Rust knows no name for them): ask the kernel.
+    let thread = std::thread::current().name().map_or_else(
+        || {
+            std::fs::read_to_string("/proc/thread-self/comm")
+                .map_or_else(|_| "unnamed".into(), |n| n.trim().to_string())
+        },
+        str::to_string,
+    );
     mutations
         .set_headers
         .push(("x-probe-resumed-by".into(), thread));

@@ -1,7 +1,8 @@
 //! The module's background runtime: a small multi-threaded tokio runtime, created on first use
-//! and kept for the life of the process, where pending verdicts (and later, Redis and JWKS I/O)
-//! run. Envoy's worker threads never block on it: they hand work over and are woken through
-//! Envoy's scheduler when it is done.
+//! and kept for the life of the process, where the module's I/O runs (Redis connections, JWKS
+//! and introspection requests, the file watcher) and its timers fire. Envoy's worker threads
+//! never block on it: a paused request's future, polled on the worker, registers its waker
+//! here and is woken through Envoy's scheduler.
 
 use std::future::Future;
 use std::sync::OnceLock;

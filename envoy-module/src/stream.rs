@@ -1,19 +1,22 @@
 //! One HTTP stream through the module: asks the filter for a verdict on the request headers and
-//! applies it (mutations, a local reply, or a pause until a background verdict arrives), adds
-//! response headers on the way back, and answers the failure mode when the filter panics.
+//! applies it (mutations, a local reply, or a pause until a verdict that waits on I/O is ready),
+//! adds response headers on the way back, and answers the failure mode when the filter panics.
 //!
 //! Envoy calls a stream's hooks on one worker thread, but some re-enter: a local reply sent from
 //! the request-headers hook runs the response-headers hook before `send_response` returns. So
 //! the state is in cells, and no borrow is held across a call into Envoy.
+//!
+//! A verdict that waits (a Redis counter, a key fetched from a JWKS) is a future polled on the
+//! worker thread, never blocking it: its waker commits Envoy's scheduler, from whichever thread
+//! the I/O completes on (the background runtime's), and Envoy's `scheduled` hook polls it again
+//! on the worker. So a paused request costs one hand-off each way, and no background task.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
-
-use futures::FutureExt;
-use tokio::task::AbortHandle;
 
 use crate::config::FilterConfig;
 use crate::filter::{LocalReply, Mutations, Pending, Verdict};
@@ -45,20 +48,31 @@ pub(crate) struct Stream<S: Scheduler> {
     next_event: Cell<u64>,
 }
 
-/// A verdict being computed in the background for this stream.
+/// A verdict this stream waits for.
 struct Ticket<S> {
-    event: u64,
-    shared: Arc<Mutex<Handoff<S>>>,
-    task: Option<AbortHandle>,
+    pending: Pending,
+    wake: Arc<Resume<S>>,
     started: Instant,
 }
 
-/// What the background task and the worker thread share. The scheduler lives here so that
-/// whoever takes it first decides: the task commits and releases it, or the stream, being
-/// destroyed, releases it, after which the task can no longer wake a stream that is gone.
-struct Handoff<S> {
-    scheduler: Option<S>,
-    verdict: Option<Verdict>,
+/// The waiting future's waker: commits `event` through Envoy's scheduler. The stream releases
+/// the scheduler (under the lock, so never during a commit) when the verdict is in or the
+/// stream is destroyed; a wake after that finds none and cannot reach a stream that is gone.
+struct Resume<S> {
+    event: u64,
+    scheduler: Mutex<Option<S>>,
+}
+
+impl<S: Scheduler> Wake for Resume<S> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(scheduler) = lock(&self.scheduler).as_ref() {
+            scheduler.commit(self.event);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -129,24 +143,48 @@ impl<S: Scheduler> Stream<S> {
 
     /// The scheduled hook: a background verdict for `event` is ready.
     pub(crate) fn scheduled<H: Host<Scheduler = S>>(&self, host: &mut H, event: u64) {
-        let ticket = {
+        let mut ticket = {
             let mut pending = self.pending.borrow_mut();
             match pending.take() {
-                Some(t) if t.event == event => t,
+                Some(t) if t.wake.event == event => t,
                 other => {
                     *pending = other;
                     return;
                 }
             }
         };
+        let verdict = match self.poll(&mut ticket) {
+            // Woken early (a future that waits more than once): it has registered again.
+            Poll::Pending => {
+                *self.pending.borrow_mut() = Some(ticket);
+                return;
+            }
+            Poll::Ready(verdict) => verdict,
+        };
+        drop(lock(&ticket.wake.scheduler).take());
         let waited = u64::try_from(ticket.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         host.record(Histogram::PendingMicros, waited);
-        let verdict = lock(&ticket.shared).verdict.take();
-        let verdict = verdict.unwrap_or_else(|| {
+        let verdict = verdict.unwrap_or_else(|()| {
             host.count(Counter::Failures, "resume");
             self.config.failure_mode.verdict()
         });
         self.apply(host, verdict, true);
+    }
+
+    /// Polls the waited-for verdict on this (worker) thread, with the background runtime as
+    /// the current one, so its timers and I/O register there; `Err` when it panicked or the
+    /// runtime is unavailable.
+    fn poll(&self, ticket: &mut Ticket<S>) -> Poll<Result<Verdict, ()>> {
+        let Ok(_runtime) = runtime::enter() else {
+            return Poll::Ready(Err(()));
+        };
+        let waker = Waker::from(Arc::clone(&ticket.wake));
+        let mut cx = Context::from_waker(&waker);
+        match catch_unwind(AssertUnwindSafe(|| ticket.pending.0.as_mut().poll(&mut cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(verdict)) => Poll::Ready(Ok(verdict)),
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 
     fn apply<H: Host<Scheduler = S>>(&self, host: &mut H, verdict: Verdict, resumed: bool) -> Flow {
@@ -168,7 +206,8 @@ impl<S: Scheduler> Stream<S> {
             Verdict::Pending(pending) => {
                 host.count(Counter::Paused, "pending");
                 match self.pause(host, pending) {
-                    Ok(()) => Flow::Stop,
+                    Ok(None) => Flow::Stop,
+                    Ok(Some(verdict)) => self.apply(host, verdict, resumed),
                     Err(()) => {
                         host.count(Counter::Failures, "background");
                         self.apply(host, self.config.failure_mode.verdict(), resumed)
@@ -207,48 +246,48 @@ impl<S: Scheduler> Stream<S> {
         }
     }
 
-    /// Pauses the stream and runs `pending` on the background runtime; it wakes the stream
-    /// through Envoy's scheduler when its verdict is ready.
-    fn pause<H: Host<Scheduler = S>>(&self, host: &mut H, pending: Pending) -> Result<(), ()> {
+    /// Pauses the stream until `pending` is ready: polls it with a waker that resumes the
+    /// stream through Envoy's scheduler. `Ok(Some(verdict))` when it was ready at once (or
+    /// panicked: the failure mode), `Ok(None)` when paused.
+    fn pause<H: Host<Scheduler = S>>(
+        &self,
+        host: &mut H,
+        pending: Pending,
+    ) -> Result<Option<Verdict>, ()> {
         let scheduler = host.scheduler().ok_or(())?;
         let event = self.next_event.replace(self.next_event.get() + 1);
-        let shared = Arc::new(Mutex::new(Handoff {
-            scheduler: Some(scheduler),
-            verdict: None,
-        }));
-        let handoff = Arc::clone(&shared);
-        let failure_mode = self.config.failure_mode;
-        let task = runtime::spawn(async move {
-            let verdict = AssertUnwindSafe(pending.0)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| failure_mode.verdict());
-            let mut h = lock(&handoff);
-            h.verdict = Some(verdict);
-            if let Some(scheduler) = h.scheduler.take() {
-                scheduler.commit(event);
-            }
-        })
-        .map_err(|e| tracing::error!(error = %e, "cannot pause the request"))?;
-        *self.pending.borrow_mut() = Some(Ticket {
-            event,
-            shared,
-            task: Some(task),
+        let mut ticket = Ticket {
+            pending,
+            wake: Arc::new(Resume {
+                event,
+                scheduler: Mutex::new(Some(scheduler)),
+            }),
             started: Instant::now(),
-        });
-        Ok(())
+        };
+        match self.poll(&mut ticket) {
+            Poll::Pending => {
+                *self.pending.borrow_mut() = Some(ticket);
+                Ok(None)
+            }
+            Poll::Ready(verdict) => {
+                drop(lock(&ticket.wake.scheduler).take());
+                Ok(Some(verdict.unwrap_or_else(|()| {
+                    host.count(Counter::Failures, "resume");
+                    self.config.failure_mode.verdict()
+                })))
+            }
+        }
     }
 }
 
 impl<S: Scheduler> Drop for Stream<S> {
     fn drop(&mut self) {
-        if let Some(mut ticket) = self.pending.get_mut().take() {
-            // Release the scheduler before anything else: from here on the background task
-            // finds it gone and cannot wake this (destroyed) stream.
-            drop(lock(&ticket.shared).scheduler.take());
-            if let Some(task) = ticket.task.take() {
-                task.abort();
-            }
+        if let Some(ticket) = self.pending.get_mut().take() {
+            // Release the scheduler before anything else: from here on a wake finds it gone
+            // and cannot reach this (destroyed) stream. Dropping the future then cancels
+            // what it waited for.
+            drop(lock(&ticket.wake.scheduler).take());
+            drop(ticket);
         }
     }
 }

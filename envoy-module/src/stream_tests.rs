@@ -275,32 +275,90 @@ fn pending_pauses_then_resumes_with_the_background_verdict() {
     assert_eq!(s.request_headers(&mut host), Flow::Stop);
     assert_eq!(s.request_data(), BodyFlow::Hold);
     let event = wait_for_commit(&host);
-    // The task released the scheduler after committing.
-    assert_eq!(host.released.load(Ordering::SeqCst), 1);
+    // The timer woke the stream from the background runtime's thread; the scheduler is kept
+    // until the verdict is in.
+    assert_eq!(host.released.load(Ordering::SeqCst), 0);
     s.scheduled(&mut host, event);
     assert!(host.did(&Op::Set("x-spoof".into(), "trusted".into())));
     assert!(host.did(&Op::Continue));
     assert!(host.did(&Op::Waited));
+    assert_eq!(host.released.load(Ordering::SeqCst), 1);
+    assert_eq!(s.request_data(), BodyFlow::Continue);
+}
+
+#[test]
+fn a_verdict_ready_at_the_pause_is_applied_at_once() {
+    let s = stream(FailureMode::Deny, |_| {
+        Verdict::Pending(Pending::new(async { Verdict::Continue(mutations()) }))
+    });
+    let mut host = FakeHost::default();
+    assert_eq!(s.request_headers(&mut host), Flow::Continue);
+    assert!(host.did(&Op::Set("x-spoof".into(), "trusted".into())));
+    assert!(
+        !host.did(&Op::Continue),
+        "never paused, so nothing to resume"
+    );
+    assert!(host.commits.lock().unwrap().is_empty());
+    assert_eq!(host.released.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_future_woken_before_it_is_ready_stays_paused() {
+    let s = stream(FailureMode::Deny, |_| {
+        Verdict::Pending(Pending::new(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Verdict::Continue(mutations())
+        }))
+    });
+    let mut host = FakeHost::default();
+    assert_eq!(s.request_headers(&mut host), Flow::Stop);
+    // Each wake commits; the stream polls on each and resumes only once the verdict is in.
+    let (deadline, mut woken) = (Instant::now() + Duration::from_secs(5), 0);
+    while !host.did(&Op::Continue) {
+        assert!(Instant::now() < deadline, "never resumed");
+        let commits: Vec<u64> = host.commits.lock().unwrap().drain(..).collect();
+        for event in commits {
+            woken += 1;
+            s.scheduled(&mut host, event);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(woken, 2, "one wake per sleep");
+    assert_eq!(host.ops.iter().filter(|o| **o == Op::Continue).count(), 1);
     assert_eq!(s.request_data(), BodyFlow::Continue);
 }
 
 #[test]
 fn a_background_panic_gets_the_failure_mode_on_resume() {
     let s = stream(FailureMode::Deny, |_| {
-        Verdict::Pending(Pending::new(async { panic!("background boom") }))
+        Verdict::Pending(Pending::new(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            panic!("background boom")
+        }))
     });
     let mut host = FakeHost::default();
     assert_eq!(s.request_headers(&mut host), Flow::Stop);
     let event = wait_for_commit(&host);
     s.scheduled(&mut host, event);
     assert!(host.did(&Op::Reply(503)));
+    assert!(host.did(&Op::Count(Counter::Failures, "resume")));
     assert!(!host.did(&Op::Continue));
+
+    // A panic at the first poll, in the hook: the failure mode at once.
+    let s = stream(FailureMode::Deny, |_| {
+        Verdict::Pending(Pending::new(async { panic!("early boom") }))
+    });
+    let mut host = FakeHost::default();
+    assert_eq!(s.request_headers(&mut host), Flow::Stop);
+    assert!(host.did(&Op::Reply(503)));
 }
 
 #[test]
 fn a_stale_event_is_ignored() {
     let s = stream(FailureMode::Deny, |_| {
         Verdict::Pending(Pending::new(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
             Verdict::Continue(Mutations::default())
         }))
     });
@@ -340,8 +398,8 @@ fn a_destroyed_stream_is_never_woken() {
     let mut host = FakeHost::default();
     s.request_headers(&mut host);
     drop(s);
-    // The stream released the scheduler itself, while the task was still sleeping: without it
-    // the task has nothing to commit through.
+    // The stream released the scheduler itself, while its future was still sleeping: the
+    // timer, dropped with it, never fires, and no wake could reach the stream anyway.
     assert_eq!(host.released.load(Ordering::SeqCst), 1);
     assert!(host.commits.lock().unwrap().is_empty());
 }

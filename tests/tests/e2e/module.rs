@@ -385,10 +385,10 @@ async fn paused_requests_resume_from_the_background_runtime_under_concurrency() 
         assert_eq!(resp.headers()["x-probe-response"], "1", "request {i}");
         let echo: Echo = resp.json().await.unwrap();
         assert_eq!(echo.header("x-probe-id"), Some(i.to_string().as_str()));
-        // Decided on the module's background thread, then resumed on Envoy's worker.
-        assert_eq!(
-            echo.header("x-probe-resumed-by"),
-            Some("tollgate-bg"),
+        // Woken by its timer on the module's background runtime, finished on Envoy's worker.
+        assert!(
+            echo.header("x-probe-resumed-by")
+                .is_some_and(|t| t.starts_with("wrk:worker_")),
             "{echo:?}"
         );
         assert_eq!(echo.header("x-md-pending"), Some("true"));
