@@ -10,25 +10,39 @@
 # times what it costs natively (about 27k instructions per request for a 600-byte JWT).
 #
 #   bench/envoy-instructions.sh [--identity jwt|api_key] [--seconds N] [--redis] [VARIANT...]
+#   bench/envoy-instructions.sh --modules DIR_A,DIR_B [--rounds N] [--redis] [VARIANT]
 #
 # Variants: those with no service behind Envoy (plain native modfloor inprocess, the default).
 # Needs release binaries (bench/run.sh builds them; this script does not) and valgrind.
+# With --modules, two builds of the module (each DIR holds a libtollgate_envoy.so) are compared
+# instead, without valgrind, in interleaved rounds of wrk -c32 for the --seconds: per request,
+# Envoy's CPU (user and system, every thread, so the kernel's share of the hand-offs too), its
+# context switches (voluntary and not) and, with --redis, Redis' CPU. Variant: inprocess.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-IDENTITY=jwt SECONDS_=10 REDIS=() VARIANTS=()
+IDENTITY=jwt SECONDS_=10 REDIS=() VARIANTS=() MODULES="" ROUNDS=3
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --identity) IDENTITY=$2; shift 2 ;;
     --seconds) SECONDS_=$2; shift 2 ;;
     --redis) REDIS=(--redis); shift ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    --modules) MODULES=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) VARIANTS+=("$1"); shift ;;
   esac
 done
-((${#VARIANTS[@]} > 0)) || VARIANTS=(plain native modfloor inprocess)
-command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install -y valgrind)" >&2; exit 2; }
+if [[ -n $MODULES ]]; then
+  ((${#VARIANTS[@]} > 0)) || VARIANTS=(inprocess)
+  for d in ${MODULES//,/ }; do
+    [[ -f $d/libtollgate_envoy.so ]] || { echo "no libtollgate_envoy.so in $d" >&2; exit 2; }
+  done
+else
+  ((${#VARIANTS[@]} > 0)) || VARIANTS=(plain native modfloor inprocess)
+  command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install -y valgrind)" >&2; exit 2; }
+fi
 ENVOY=${ENVOY:-$ROOT/.venv/bin/envoy}
 [[ -x $ENVOY ]] || { echo "Envoy not found at $ENVOY (run scripts/setup.sh)" >&2; exit 2; }
 
@@ -70,6 +84,41 @@ pids+=($!)
 }
 export ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$ROOT/target/release
 rq() { curl -fsS "http://127.0.0.1:$1/stats?filter=^http.ingress.downstream_rq_2xx$" | awk '{ print $2 }'; }
+
+if [[ -n $MODULES ]]; then
+  ticks() { awk '{ s += $14 + $15 } END { print s }' /proc/"$1"/task/*/stat; }
+  switches() { awk '/ctxt_switches/ { s += $2 } END { print s }' /proc/"$1"/task/*/status; }
+  hz=$(getconf CLK_TCK)
+  v=${VARIANTS[0]} cfg=$kept/envoy-${VARIANTS[0]}.yaml
+  admin=$(port "$cfg" 1) listen=$(port "$cfg" 2)
+  url=http://127.0.0.1:$listen/api/v1/orders/42
+  echo "Per request, $v, identity $IDENTITY${REDIS:+, Redis counters}; wrk -t2 -c32 for ${SECONDS_}s, $ROUNDS interleaved rounds"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for d in ${MODULES//,/ }; do
+      ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$d "$ENVOY" -c "$cfg" --concurrency 1 \
+        --disable-hot-restart --log-level warn >"$kept/ab.log" 2>&1 &
+      vp=$!
+      pids+=("$vp")
+      for _ in $(seq 600); do curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break; sleep 0.2; done
+      wrk -t2 -c32 -d3s "${hdrs[@]}" "$url" >/dev/null
+      rp=0 rt0=0 rt1=0
+      [[ -z ${REDIS[*]} ]] || { rp=$(cat "$kept/cg-redis.pid"); rt0=$(ticks "$rp"); }
+      r0=$(rq "$admin") t0=$(ticks "$vp") c0=$(switches "$vp")
+      wrk -t2 -c32 -d"${SECONDS_}s" "${hdrs[@]}" "$url" >/dev/null
+      r1=$(rq "$admin") t1=$(ticks "$vp") c1=$(switches "$vp")
+      [[ -z ${REDIS[*]} ]] || rt1=$(ticks "$rp")
+      kill "$vp"
+      wait "$vp" 2>/dev/null || true
+      awk -v r="$r" -v d="$d" -v n=$((r1 - r0)) -v s="$SECONDS_" -v t=$((t1 - t0)) -v c=$((c1 - c0)) \
+        -v rt=$((rt1 - rt0)) -v hz="$hz" 'BEGIN {
+          printf "round %d  %-28s %6.0f req/s  envoy %6.1f us/req  %5.2f switches/req", r, d, n / s,
+            t * 1e6 / hz / n, c / n
+          if (rt > 0) printf "  redis %5.1f us/req", rt * 1e6 / hz / n
+          printf "\n" }'
+    done
+  done
+  exit 0
+fi
 
 echo "Envoy user-space instructions per request (callgrind), identity $IDENTITY${REDIS:+, Redis counters}; wrk -c4 for ${SECONDS_}s per variant"
 printf '%-12s %10s %14s %12s\n' variant requests instructions per_request
