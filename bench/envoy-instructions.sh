@@ -17,7 +17,8 @@
 # With --modules, two builds of the module (each DIR holds a libtollgate_envoy.so) are compared
 # instead, without valgrind, in interleaved rounds of wrk -c32 for the --seconds: per request,
 # Envoy's CPU (user and system, every thread, so the kernel's share of the hand-offs too), its
-# context switches (voluntary and not) and, with --redis, Redis' CPU. Variant: inprocess.
+# context switches (voluntary and not) and, with --redis, Redis' CPU and script calls. Variant:
+# inprocess.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -88,6 +89,9 @@ rq() { curl -fsS "http://127.0.0.1:$1/stats?filter=^http.ingress.downstream_rq_2
 if [[ -n $MODULES ]]; then
   ticks() { awk '{ s += $14 + $15 } END { print s }' /proc/"$1"/task/*/stat; }
   switches() { awk '/ctxt_switches/ { s += $2 } END { print s }' /proc/"$1"/task/*/status; }
+  scripts() {
+    redis-cli -p "$rport" INFO commandstats | awk -F'[=,:]' '/^cmdstat_evalsha:/ { print $3 }'
+  }
   hz=$(getconf CLK_TCK)
   v=${VARIANTS[0]} cfg=$kept/envoy-${VARIANTS[0]}.yaml
   admin=$(port "$cfg" 1) listen=$(port "$cfg" 2)
@@ -101,19 +105,19 @@ if [[ -n $MODULES ]]; then
       pids+=("$vp")
       for _ in $(seq 600); do curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break; sleep 0.2; done
       wrk -t2 -c32 -d3s "${hdrs[@]}" "$url" >/dev/null
-      rp=0 rt0=0 rt1=0
-      [[ -z ${REDIS[*]} ]] || { rp=$(cat "$kept/cg-redis.pid"); rt0=$(ticks "$rp"); }
+      rp=0 rt0=0 rt1=0 e0=0 e1=0
+      [[ -z ${REDIS[*]} ]] || { rp=$(cat "$kept/cg-redis.pid"); rt0=$(ticks "$rp"); e0=$(scripts); }
       r0=$(rq "$admin") t0=$(ticks "$vp") c0=$(switches "$vp")
       wrk -t2 -c32 -d"${SECONDS_}s" "${hdrs[@]}" "$url" >/dev/null
       r1=$(rq "$admin") t1=$(ticks "$vp") c1=$(switches "$vp")
-      [[ -z ${REDIS[*]} ]] || rt1=$(ticks "$rp")
+      [[ -z ${REDIS[*]} ]] || { rt1=$(ticks "$rp"); e1=$(scripts); }
       kill "$vp"
       wait "$vp" 2>/dev/null || true
       awk -v r="$r" -v d="$d" -v n=$((r1 - r0)) -v s="$SECONDS_" -v t=$((t1 - t0)) -v c=$((c1 - c0)) \
-        -v rt=$((rt1 - rt0)) -v hz="$hz" 'BEGIN {
+        -v rt=$((rt1 - rt0)) -v e=$((e1 - e0)) -v hz="$hz" 'BEGIN {
           printf "round %d  %-28s %6.0f req/s  envoy %6.1f us/req  %5.2f switches/req", r, d, n / s,
             t * 1e6 / hz / n, c / n
-          if (rt > 0) printf "  redis %5.1f us/req", rt * 1e6 / hz / n
+          if (rt > 0) printf "  redis %5.1f us/req, %.2f script calls/req", rt * 1e6 / hz / n, e / n
           printf "\n" }'
     done
   done
