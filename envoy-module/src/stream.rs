@@ -141,7 +141,7 @@ impl<S: Scheduler> Stream<S> {
         }
     }
 
-    /// The scheduled hook: a background verdict for `event` is ready.
+    /// The scheduled hook: the waker of the future this stream waits for fired for `event`.
     pub(crate) fn scheduled<H: Host<Scheduler = S>>(&self, host: &mut H, event: u64) {
         let mut ticket = {
             let mut pending = self.pending.borrow_mut();

@@ -15,8 +15,9 @@
 --       doubles without the float parsing of tonumber). struct format '<H', the number of
 --       requests; then per request '<BHdd': mode (0 = hit, 1 = refund hits counted at the
 --       same now), its number of keys (at least one), now_us, the deadline on Redis' clock in
---       microseconds (0 = none); then per key of the request '<BBddddd' (42 bytes): algorithm (0 sliding, 1 fixed, 2/3 meter, 4 calendar
---       period), shadow (0/1), limit, window_us, capacity, cost, step. The step is the
+--       microseconds (0 = none); then per key of the request '<BBddddd' (42 bytes):
+--       algorithm (0 sliding, 1 fixed, 2/3 meter, 4 calendar period), shadow (0/1), limit,
+--       window_us, capacity, cost, step. The step is the
 --       caller's arithmetic: a sliding window's sub-window width (algorithm::sliding_bucket_us),
 --       a meter's tick (Rule::meter_tick_us); 0 otherwise. A calendar period's start_us and
 --       end_us take the places of window_us and capacity (the caller does the calendar math).
@@ -38,10 +39,11 @@
 --                                          (absent when written without it: read as unknown)
 -- A reader meeting another format byte treats the counter as empty; a later layout adds its own
 -- byte and reads these (and ignores bytes after the doubles it knows). Every key expires (PX)
--- once it can no longer matter: windows and periods when they end (set by the write that starts
--- them; later hits change their count in place with SETRANGE), meters a window after their
--- state does (set when less than half a window of that margin is left, so a busy key's hits
--- change its state in place).
+-- once it can no longer matter: a fixed window when it ends, a sliding window when its newest
+-- kept sub-window does (set by the write that starts the window or sub-window: a one-hit
+-- request's later hits in it change the count in place, with SETRANGE), a calendar period when
+-- it ends, a meter a window after its state stops mattering (renewed when less than half a
+-- window of that margin is left, so a busy key's one-hit requests change the state in place).
 --
 -- No function is defined here: closures would be allocated on every call.
 local K, D = 10, 2 -- SLIDING_BUCKETS, SLIDING_SKEW_BUCKETS
@@ -138,7 +140,11 @@ for r = 1, nreq + 1 do
           elseif alg == 1 then
             if byte(v, 1) == FIXED then _, ha, hb = unpack_('<Bdd', v) end
           elseif byte(v, 1) == METER then
-            if #v >= 25 then _, ha, hb, he = unpack_('<Bddd', v) else _, ha, hb = unpack_('<Bdd', v) end
+            if #v >= 25 then
+              _, ha, hb, he = unpack_('<Bddd', v)
+            else
+              _, ha, hb = unpack_('<Bdd', v)
+            end
           end
         end
         if alg == 0 then
