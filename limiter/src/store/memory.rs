@@ -556,8 +556,10 @@ mod bound_tests {
             }
         }
         assert!(store.bytes() <= max_bytes, "{}", store.bytes());
-        // The bound is used, not wasted: thousands of counters fit in 1 MiB.
-        assert!(store.len() > 2_000, "{} counters", store.len());
+        // The bound is used, not wasted: over a thousand counters fit in 1 MiB. (How many
+        // varies from run to run with the hash seed and the sampled evictions, which decide
+        // when each shard's table stops growing: 1,941 to 2,600 in 20 runs here.)
+        assert!(store.len() > 1_000, "{} counters", store.len());
         let per_counter = max_bytes / store.len();
         assert!(per_counter > SLOT_BYTES, "{per_counter} bytes per counter");
     }
