@@ -6,9 +6,9 @@
 # sends one. The calls are generated as RESP (the packed argument is binary, which
 # redis-benchmark cannot send) and fed by `redis-cli --pipe`. The working tree's script is also
 # run with 4 requests per call, as the service's connection merges the calls queued together
-# (figures stay per request), on 4 of the 1,000 keys and on one busy key. Also prints the floor on this machine: an EVALSHA that does
-# nothing (with one short argument), one that reads TIME, and one that reads TIME, GETs and SETs
-# PX.
+# (figures stay per request), on 4 of the 1,000 keys and on one busy key. Also prints the floor
+# on this machine: an EVALSHA that does nothing (with one short argument), one that reads TIME,
+# and one that reads TIME, GETs and SETs PX.
 # With --instructions, Redis runs under valgrind's callgrind and the figure is the instructions
 # it executes per call: slower, but the same on a busy machine as on a quiet one (user space
 # only: the read/write syscalls are not in it), so small changes can be compared; Redis then
