@@ -31,7 +31,7 @@ while [[ $# -gt 0 ]]; do
     --redis) REDIS=(--redis); shift ;;
     --modules) MODULES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) VARIANTS+=("$1"); shift ;;
   esac
 done

@@ -24,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --calls) CALLS=$2; shift 2 ;;
     --instructions) INSTR=1; shift ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) REV=$1; shift ;;
   esac
 done
