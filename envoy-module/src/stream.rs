@@ -204,9 +204,12 @@ impl<S: Scheduler> Stream<S> {
                 Flow::Stop
             }
             Verdict::Pending(pending) => {
-                host.count(Counter::Paused, "pending");
                 match self.pause(host, pending) {
-                    Ok(None) => Flow::Stop,
+                    Ok(None) => {
+                        host.count(Counter::Paused, "pending");
+                        Flow::Stop
+                    }
+                    // Ready at once: never paused.
                     Ok(Some(verdict)) => self.apply(host, verdict, resumed),
                     Err(()) => {
                         host.count(Counter::Failures, "background");

@@ -273,6 +273,7 @@ fn pending_pauses_then_resumes_with_the_background_verdict() {
     });
     let mut host = FakeHost::default();
     assert_eq!(s.request_headers(&mut host), Flow::Stop);
+    assert!(host.did(&Op::Count(Counter::Paused, "pending")));
     assert_eq!(s.request_data(), BodyFlow::Hold);
     let event = wait_for_commit(&host);
     // The timer woke the stream from the background runtime's thread; the scheduler is kept
@@ -298,6 +299,7 @@ fn a_verdict_ready_at_the_pause_is_applied_at_once() {
         !host.did(&Op::Continue),
         "never paused, so nothing to resume"
     );
+    assert!(!host.did(&Op::Count(Counter::Paused, "pending")));
     assert!(host.commits.lock().unwrap().is_empty());
     assert_eq!(host.released.load(Ordering::SeqCst), 1);
 }
