@@ -40,8 +40,9 @@ struct GateConfig {
     /// tollgate-authz's config file (relative paths: to Envoy's working directory).
     config: PathBuf,
     /// File the identity and the limit that applied as dynamic metadata (for access logs and
-    /// later filters); off saves Envoy that work on every request.
-    #[serde(default = "config::yes")]
+    /// later filters). Off by default, like jwt_authn's `payload_in_metadata`: Envoy parsing
+    /// and storing it is a cost on every request that only a reader of it should pay.
+    #[serde(default)]
     dynamic_metadata: bool,
 }
 

@@ -184,20 +184,8 @@ fn the_routes_identity_methods_reach_the_decision() {
 }
 
 #[test]
-fn the_identity_and_limit_go_to_metadata_unless_switched_off() {
-    let (dir, on) = with_limits(POLICY);
-    let Verdict::Continue(m) = on.on_request(&FakeRequest::get("/open")) else {
-        panic!("allowed expected")
-    };
-    let keys: Vec<&str> = m.metadata.iter().map(|e| &*e.key).collect();
-    assert_eq!(keys, ["method", "rate_limit"], "{m:?}");
-    assert!(m.metadata.iter().all(|e| e.namespace == verdict::NAMESPACE));
-
-    let text = format!(
-        "{}dynamic_metadata: false\n",
-        filter_config(dir.path(), POLICY)
-    );
-    let off = Gate::from_config("tollgate", text.as_bytes()).unwrap();
+fn the_identity_and_limit_go_to_metadata_only_when_switched_on() {
+    let (dir, off) = with_limits(POLICY);
     let Verdict::Continue(m) = off.on_request(&FakeRequest::get("/open")) else {
         panic!("allowed expected")
     };
@@ -208,4 +196,16 @@ fn the_identity_and_limit_go_to_metadata_unless_switched_off() {
         m.response_headers.iter().any(|(k, _)| k == "ratelimit"),
         "{m:?}"
     );
+
+    let text = format!(
+        "{}dynamic_metadata: true\n",
+        filter_config(dir.path(), POLICY)
+    );
+    let on = Gate::from_config("tollgate", text.as_bytes()).unwrap();
+    let Verdict::Continue(m) = on.on_request(&FakeRequest::get("/open")) else {
+        panic!("allowed expected")
+    };
+    let keys: Vec<&str> = m.metadata.iter().map(|e| &*e.key).collect();
+    assert_eq!(keys, ["method", "rate_limit"], "{m:?}");
+    assert!(m.metadata.iter().all(|e| e.namespace == verdict::NAMESPACE));
 }

@@ -352,7 +352,7 @@ fn metadata_gateway_config(authz: &Path, extra: &str) -> String {
 }
 
 #[tokio::test]
-async fn the_identity_and_limit_reach_later_filters_as_metadata_unless_switched_off() {
+async fn the_identity_and_limit_reach_later_filters_as_metadata_when_switched_on() {
     let issuer = Issuer::start(&["k1"]).await;
     let upstream = EchoUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -386,8 +386,10 @@ async fn the_identity_and_limit_reach_later_filters_as_metadata_unless_switched_
     };
     let token = issuer.token("k1", "alice", json!({}));
 
-    // By default: the subject, the method and the limit that applied, as Envoy formats them.
-    let envoy = start_envoy(&metadata_gateway_config(&authz, ""), backends())
+    // `dynamic_metadata: true`: the subject, the method and the limit that applied, as Envoy
+    // formats them.
+    let on = "                  dynamic_metadata: true\n";
+    let envoy = start_envoy(&metadata_gateway_config(&authz, on), backends())
         .await
         .unwrap();
     let resp = bearer(&envoy, "/orders", &token).await;
@@ -399,9 +401,8 @@ async fn the_identity_and_limit_reach_later_filters_as_metadata_unless_switched_
     assert!(limit.contains("subject"), "{limit:?}");
     drop(envoy);
 
-    // `dynamic_metadata: false`: the same decision, headers and limit, no metadata.
-    let off = "                  dynamic_metadata: false\n";
-    let envoy = start_envoy(&metadata_gateway_config(&authz, off), backends())
+    // By default: the same decision, headers and limit, no metadata.
+    let envoy = start_envoy(&metadata_gateway_config(&authz, ""), backends())
         .await
         .unwrap();
     let resp = bearer(&envoy, "/orders", &token).await;
