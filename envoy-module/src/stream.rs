@@ -10,10 +10,18 @@
 //! worker thread, never blocking it: its waker commits Envoy's scheduler, from whichever thread
 //! the I/O completes on (the background runtime's), and Envoy's `scheduled` hook polls it again
 //! on the worker. So a paused request costs one hand-off each way, and no background task.
+//!
+//! The requests a worker decodes in one turn of its event loop go to Redis together: while
+//! a request-headers hook runs, the Redis driver's wake-ups are held (see the limiter's
+//! `hold_wakes`), and the first stream that paused with a wake held commits [`RELEASE_EVENT`]
+//! on its own scheduler. Envoy runs that event after the I/O events of the turn, so every
+//! request of the turn has queued its call by then, and the driver wakes once for all of them
+//! (one merged script call). If that stream is destroyed first, its drop releases them.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -22,6 +30,25 @@ use crate::config::FilterConfig;
 use crate::filter::{LocalReply, Mutations, Pending, Verdict};
 use crate::host::{Counter, Histogram, Host, RequestView, Scheduler};
 use crate::runtime;
+use tollgate_limiter::store::redis::{hold_wakes, holds_wakes, release_wakes};
+
+/// The scheduler event that releases the wake-ups held during a worker's turn (a verdict's
+/// own events count from 1).
+const RELEASE_EVENT: u64 = 0;
+
+thread_local! {
+    /// The stream on this worker thread that has committed [`RELEASE_EVENT`] (by its id).
+    static RELEASER: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Releases the held wake-ups if `stream` is the one that was to (it is resumed, answered or
+/// destroyed before its release event ran).
+fn release_if_releaser(stream: u64) {
+    if RELEASER.get() == Some(stream) {
+        RELEASER.set(None);
+        release_wakes();
+    }
+}
 
 /// What the request-headers hook tells Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +73,8 @@ pub(crate) struct Stream<S: Scheduler> {
     pending: RefCell<Option<Ticket<S>>>,
     replied: Cell<bool>,
     next_event: Cell<u64>,
+    /// Tells streams apart as the [`RELEASER`].
+    id: u64,
 }
 
 /// A verdict this stream waits for.
@@ -89,11 +118,38 @@ impl<S: Scheduler> Stream<S> {
             pending: RefCell::new(None),
             replied: Cell::new(false),
             next_event: Cell::new(1),
+            id: {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            },
         }
     }
 
-    /// The request-headers hook.
+    /// The request-headers hook: the decision, with the Redis driver's wake-ups held (see
+    /// the module docs).
     pub(crate) fn request_headers<H: Host<Scheduler = S>>(&self, host: &mut H) -> Flow {
+        hold_wakes();
+        let flow = self.decide(host);
+        if RELEASER.get().is_none() {
+            // The first stream of the turn to hold a wake releases them all, at its event.
+            let committed = holds_wakes()
+                && self.pending.borrow().as_ref().is_some_and(|ticket| {
+                    let scheduler = lock(&ticket.wake.scheduler);
+                    scheduler
+                        .as_ref()
+                        .map(|s| s.commit(RELEASE_EVENT))
+                        .is_some()
+                });
+            if committed {
+                RELEASER.set(Some(self.id));
+            } else {
+                release_wakes();
+            }
+        }
+        flow
+    }
+
+    fn decide<H: Host<Scheduler = S>>(&self, host: &mut H) -> Flow {
         let route = host.route();
         if route.as_ref().is_some_and(|r| r.disabled) {
             host.count(Counter::Requests, "disabled");
@@ -141,8 +197,13 @@ impl<S: Scheduler> Stream<S> {
         }
     }
 
-    /// The scheduled hook: the waker of the future this stream waits for fired for `event`.
+    /// The scheduled hook: the waker of the future this stream waits for fired for `event`, or
+    /// the end of the turn in which this stream held the driver's wake-ups.
     pub(crate) fn scheduled<H: Host<Scheduler = S>>(&self, host: &mut H, event: u64) {
+        if event == RELEASE_EVENT {
+            release_if_releaser(self.id);
+            return;
+        }
         let mut ticket = {
             let mut pending = self.pending.borrow_mut();
             match pending.take() {
@@ -161,6 +222,7 @@ impl<S: Scheduler> Stream<S> {
             }
             Poll::Ready(verdict) => verdict,
         };
+        release_if_releaser(self.id);
         drop(lock(&ticket.wake.scheduler).take());
         let waited = u64::try_from(ticket.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         host.record(Histogram::PendingMicros, waited);
@@ -285,6 +347,7 @@ impl<S: Scheduler> Stream<S> {
 
 impl<S: Scheduler> Drop for Stream<S> {
     fn drop(&mut self) {
+        release_if_releaser(self.id);
         if let Some(ticket) = self.pending.get_mut().take() {
             // Release the scheduler before anything else: from here on a wake finds it gone
             // and cannot reach this (destroyed) stream. Dropping the future then cancels

@@ -405,3 +405,72 @@ fn a_destroyed_stream_is_never_woken() {
     assert_eq!(host.released.load(Ordering::SeqCst), 1);
     assert!(host.commits.lock().unwrap().is_empty());
 }
+
+/// The streams of one worker turn that pause on Redis send their calls together: the first to
+/// pause with the driver's wake held commits the release event, the others commit nothing;
+/// and when that first stream is destroyed before its event runs, its drop releases the calls,
+/// so the others are still answered and resumed.
+#[test]
+fn the_first_stream_paused_on_redis_in_a_turn_releases_the_calls_even_when_destroyed() {
+    use tollgate_common::testing::RedisServer;
+    use tollgate_limiter::algorithm::{Algorithm, Rule};
+    use tollgate_limiter::store::redis::{RedisConfig, RedisStore};
+    use tollgate_limiter::store::{Hit, Store};
+
+    let server = RedisServer::start();
+    let store = Arc::new(
+        runtime::block_on(RedisStore::connect(&RedisConfig::standalone(server.url())))
+            .unwrap()
+            .unwrap(),
+    );
+    let rule = Rule::new(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    // Connected, with the script loaded: the calls below are queued on their first poll.
+    let warm = [Hit {
+        key: "held:warm",
+        rule,
+        cost: 1,
+        shadow: false,
+    }];
+    runtime::block_on(store.hit(&warm, std::time::SystemTime::now()))
+        .unwrap()
+        .unwrap();
+    let counting = |key: &'static str| {
+        let store = Arc::clone(&store);
+        stream(FailureMode::Deny, move |_| {
+            let store = Arc::clone(&store);
+            Verdict::Pending(Pending::new(async move {
+                let hits = [Hit {
+                    key,
+                    rule,
+                    cost: 1,
+                    shadow: false,
+                }];
+                match store.hit(&hits, std::time::SystemTime::now()).await {
+                    Ok(_) => Verdict::Continue(Mutations::default()),
+                    Err(_) => FailureMode::Deny.verdict(),
+                }
+            }))
+        })
+    };
+    let (first, second) = (counting("held:first"), counting("held:second"));
+    let (mut host1, mut host2) = (FakeHost::default(), FakeHost::default());
+    assert_eq!(first.request_headers(&mut host1), Flow::Stop);
+    assert_eq!(second.request_headers(&mut host2), Flow::Stop);
+    assert_eq!(*host1.commits.lock().unwrap(), [RELEASE_EVENT]);
+    assert!(host2.commits.lock().unwrap().is_empty());
+
+    // Destroyed before its release event ran: the second's call goes out all the same.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while host2.commits.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the held call was never released"
+        );
+        std::thread::yield_now();
+    }
+    let event = host2.commits.lock().unwrap()[0];
+    assert_ne!(event, RELEASE_EVENT);
+    second.scheduled(&mut host2, event);
+    assert!(host2.did(&Op::Continue), "{:?}", host2.ops);
+}

@@ -929,6 +929,48 @@ async fn redis_merges_queued_calls_and_answers_each_as_its_own() {
     );
 }
 
+/// Calls made on a thread that holds the driver's wake-ups wait for the release and then go to
+/// Redis together, as one merged script call: what an Envoy worker does with the requests of
+/// one turn of its event loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_held_wakes_send_the_calls_of_a_turn_as_one_script_call() {
+    use crate::store::redis::{hold_wakes, holds_wakes, release_wakes};
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&test_config(RedisConfig::standalone(server.url())))
+        .await
+        .unwrap();
+    let ns = ns("held");
+    let keys: Vec<String> = (0..8).map(|i| format!("{ns}:{i}")).collect();
+    let fixed = rule(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    // Loads the script, so that the calls below are EVALSHAs.
+    one(&store, &format!("{ns}:warm"), fixed, 1, T0).await;
+    let before = server.command_calls("evalsha");
+
+    hold_wakes();
+    let store_ref = &store;
+    let mut calls: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            Box::pin(async move {
+                one(store_ref, key, fixed, 1, T0).await;
+            })
+        })
+        .collect();
+    // Each call queues itself on its first poll, one after the other, as a worker's requests do.
+    for call in &mut calls {
+        assert!(futures::poll!(call.as_mut()).is_pending());
+    }
+    assert!(holds_wakes());
+    release_wakes();
+    assert!(!holds_wakes());
+    futures::future::join_all(calls).await;
+
+    assert_eq!(server.command_calls("evalsha") - before, 1);
+    for key in &keys {
+        assert_eq!(one(&store, key, fixed, 0, T0).await.remaining, 9, "{key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fails_fast_then_reconnects() {
     let mut server = RedisServer::start();

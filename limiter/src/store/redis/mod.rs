@@ -74,6 +74,7 @@ mod sentinel;
 
 pub use self::breaker::BreakerConfig;
 use self::pipeline::{Pipeline, ScriptPart};
+pub use self::pipeline::{hold_wakes, holds_wakes, release_wakes};
 pub use self::script::SCRIPT;
 use self::script::{Call, Mode};
 

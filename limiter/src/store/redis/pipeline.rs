@@ -16,6 +16,14 @@
 //! the fewer commands, Lua invocations and wake-ups per call Redis has (about five calls per
 //! script call at 32 in flight, against two with every queued batch written at once).
 //!
+//! # Held wakes
+//! A host that queues many calls in one turn of its own event loop (an Envoy worker decoding
+//! every request that arrived together) can hold the driver's wake-ups made on its thread
+//! ([`hold_wakes`]) and release them at the end of the turn ([`release_wakes`]): the driver then
+//! wakes once and writes the turn's calls as one merged script call, instead of waking for the
+//! first, writing it alone, and merging the rest behind it. The host must release what it
+//! held; until it does, the calls it queued wait.
+//!
 //! # Order, cancellation and the in-flight bound
 //! Replies come back in the order commands were written; each waiting caller holds a place in
 //! that queue, together with its in-flight permit. A caller that gives up before its command
@@ -38,6 +46,7 @@
 //!   doubling up to 1 s) after which the driver tries again by itself. Calls made while a
 //!   connect is in progress wait for it (within their own timeout).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -248,6 +257,53 @@ impl Shared {
     }
 }
 
+thread_local! {
+    /// The drivers whose wake-up this thread holds (`None`: wakes go through at once).
+    static HELD: RefCell<Option<Vec<Arc<Shared>>>> = const { RefCell::new(None) };
+}
+
+/// From now on, the driver wake-ups that calls made on this thread would cause are held until
+/// [`release_wakes`] (see the module docs). Holding again while holding changes nothing.
+pub fn hold_wakes() {
+    let _ = HELD.try_with(|h| {
+        h.borrow_mut().get_or_insert_with(Vec::new);
+    });
+}
+
+/// Whether this thread holds a driver's wake-up that [`release_wakes`] must deliver.
+pub fn holds_wakes() -> bool {
+    HELD.try_with(|h| h.borrow().as_ref().is_some_and(|held| !held.is_empty()))
+        .unwrap_or(false)
+}
+
+/// Wakes every driver whose wake-up this thread held, and stops holding.
+pub fn release_wakes() {
+    let held = HELD.try_with(|h| h.borrow_mut().take()).ok().flatten();
+    for shared in held.into_iter().flatten() {
+        shared.wake_driver();
+    }
+}
+
+impl Shared {
+    /// Wakes the driver for output just queued, or holds the wake if this thread holds them.
+    fn wake_driver_for_output(self: &Arc<Self>) {
+        let held = HELD
+            .try_with(|h| match h.borrow_mut().as_mut() {
+                Some(held) => {
+                    if !held.iter().any(|s| Arc::ptr_eq(s, self)) {
+                        held.push(Arc::clone(self));
+                    }
+                    true
+                }
+                None => false,
+            })
+            .unwrap_or(false);
+        if !held {
+            self.wake_driver();
+        }
+    }
+}
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Repeated connection losses log one line per interval, with a count.
@@ -345,7 +401,7 @@ impl Pipeline {
     }
 
     /// Queues what `queue` makes (unless the connection is down or closed), wakes the driver
-    /// if the queue was empty, and waits for the reply.
+    /// if the queue was empty (or holds the wake, see [`hold_wakes`]), and waits for the reply.
     async fn send(
         &self,
         queue: impl FnOnce(&mut State) -> Queued,
@@ -372,7 +428,7 @@ impl Pipeline {
             was_empty
         };
         if wake {
-            self.shared.wake_driver();
+            self.shared.wake_driver_for_output();
         }
         match rx.await {
             Ok(Ok(v)) => Ok(v),
