@@ -9,11 +9,16 @@
 # SHA-256 (the JWT cache key, the API key hash) runs its portable code and counts several
 # times what it costs natively (about 27k instructions per request for a 600-byte JWT).
 #
-#   bench/envoy-instructions.sh [--identity jwt|api_key] [--seconds N] [--redis] [VARIANT...]
+#   bench/envoy-instructions.sh [--identity jwt|api_key] [--seconds N] [--redis] [--dumps DIR] [VARIANT...]
+#   bench/envoy-instructions.sh --answers A,B,... [--seconds N]
 #   bench/envoy-instructions.sh --modules DIR_A,DIR_B [--rounds N] [--redis] [VARIANT]
 #
 # Variants: those with no service behind Envoy (plain native modfloor inprocess, the default).
 # Needs release binaries (bench/run.sh builds them; this script does not) and valgrind.
+# --dumps DIR keeps each variant's callgrind output there (DIR/VARIANT.callgrind, for
+# callgrind_annotate). --answers prices the parts of an ext_authz answer: variant (e) (one
+# ext_authz call) once per answer A, with noop-grpc answering `--check-answer A` (empty, single,
+# single-no-metadata, ...: see `noop-grpc --help`).
 # With --modules, two builds of the module (each DIR holds a libtollgate_envoy.so) are compared
 # instead, without valgrind, in interleaved rounds of wrk -c32 for the --seconds: per request,
 # Envoy's CPU (user and system, every thread, so the kernel's share of the hand-offs too), its
@@ -23,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-IDENTITY=jwt SECONDS_=10 REDIS=() VARIANTS=() MODULES="" ROUNDS=3
+IDENTITY=jwt SECONDS_=10 REDIS=() VARIANTS=() MODULES="" ROUNDS=3 DUMPS="" ANSWERS=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --identity) IDENTITY=$2; shift 2 ;;
@@ -31,7 +36,9 @@ while [[ $# -gt 0 ]]; do
     --redis) REDIS=(--redis); shift ;;
     --modules) MODULES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    --dumps) DUMPS=$2; mkdir -p "$DUMPS"; shift 2 ;;
+    --answers) ANSWERS=$2; shift 2 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) VARIANTS+=("$1"); shift ;;
   esac
 done
@@ -40,6 +47,9 @@ if [[ -n $MODULES ]]; then
   for d in ${MODULES//,/ }; do
     [[ -f $d/libtollgate_envoy.so ]] || { echo "no libtollgate_envoy.so in $d" >&2; exit 2; }
   done
+elif [[ -n $ANSWERS ]]; then
+  VARIANTS=(noop1)
+  command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install -y valgrind)" >&2; exit 2; }
 else
   ((${#VARIANTS[@]} > 0)) || VARIANTS=(plain native modfloor inprocess)
   command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install -y valgrind)" >&2; exit 2; }
@@ -125,9 +135,19 @@ if [[ -n $MODULES ]]; then
 fi
 
 echo "Envoy user-space instructions per request (callgrind), identity $IDENTITY${REDIS:+, Redis counters}; wrk -c4 for ${SECONDS_}s per variant"
-printf '%-12s %10s %14s %12s\n' variant requests instructions per_request
+printf '%-26s %10s %14s %12s\n' variant requests instructions per_request
 base=""
-for v in "${VARIANTS[@]}"; do
+runs=("${VARIANTS[@]}")
+[[ -z $ANSWERS ]] || runs=(${ANSWERS//,/ })
+for run in "${runs[@]}"; do
+  v=$run np=""
+  if [[ -n $ANSWERS ]]; then
+    v=noop1
+    authz=$(grep -A1 'cluster_name: authz' "$kept/envoy-noop1.yaml" | grep -o 'port_value: [0-9]*' | awk '{ print $2 }')
+    "$ROOT/target/release/noop-grpc" --addr "127.0.0.1:$authz" --check-answer "$run" >"$kept/cg-noop.log" 2>&1 &
+    np=$!
+    pids+=("$np")
+  fi
   cfg=$kept/envoy-$v.yaml
   admin=$(port "$cfg" 1) listen=$(port "$cfg" 2)
   valgrind --tool=callgrind --callgrind-out-file="$kept/cg-$v.out" "$ENVOY" -c "$cfg" \
@@ -144,12 +164,15 @@ for v in "${VARIANTS[@]}"; do
   r1=$(rq "$admin")
   kill "$vp"
   wait "$vp" 2>/dev/null || true
+  [[ -z $np ]] || { kill "$np"; wait "$np" 2>/dev/null || true; }
   dump=$(ls -t "$kept/cg-$v.out".* | head -1)
   ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
+  [[ -z $DUMPS ]] || cp "$dump" "$DUMPS/$run.callgrind"
+  rm -f "$kept/cg-$v.out".*
   n=$((r1 - r0))
   ((n > 0)) || { echo "$v: no request answered 2xx (see $kept/cg-$v.log)" >&2; exit 1; }
   per=$((ir / n))
   [[ -n $base ]] || base=$per
-  printf '%-12s %10d %14d %12d  (%.2fx %s)\n' "$v" "$n" "$ir" "$per" \
-    "$(awk -v a="$per" -v b="$base" 'BEGIN { print a / b }')" "${VARIANTS[0]}"
+  printf '%-26s %10d %14d %12d  (%.2fx %s)\n' "$run" "$n" "$ir" "$per" \
+    "$(awk -v a="$per" -v b="$base" 'BEGIN { print a / b }')" "${runs[0]}"
 done

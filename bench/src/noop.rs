@@ -34,15 +34,27 @@ struct Args {
     /// the shape of single-call Tollgate's allowed answer to the bench request (two identity
     /// headers set, four removed, the two IETF rate-limit response headers, the identity and
     /// the limit as dynamic metadata), so that Envoy's cost of applying that shape can be
-    /// measured apart from the service's.
+    /// measured apart from the service's; `single-no-remove`, `single-no-metadata`,
+    /// `single-flat-metadata` (the limit's fields as dotted top-level keys) and
+    /// `single-no-response-headers` take one part out, to price each.
     #[arg(long, value_enum, default_value = "empty")]
     check_answer: CheckAnswer,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum CheckAnswer {
+    /// An empty `OkHttpResponse`.
     Empty,
+    /// Single-call Tollgate's allowed answer to the bench request.
     Single,
+    /// `single` without the four removals.
+    SingleNoRemove,
+    /// `single` without dynamic metadata.
+    SingleNoMetadata,
+    /// `single` with the metadata flat: `rate_limit.domain` and so on at the top level.
+    SingleFlatMetadata,
+    /// `single` without the two response headers.
+    SingleNoResponseHeaders,
 }
 
 struct Noop {
@@ -55,6 +67,28 @@ impl Noop {
         let ok = match answer {
             CheckAnswer::Empty => (OkHttpResponse::default(), None),
             CheckAnswer::Single => single_call_shape(),
+            CheckAnswer::SingleNoRemove => {
+                let mut s = single_call_shape();
+                s.0.headers_to_remove.clear();
+                s
+            }
+            CheckAnswer::SingleNoMetadata => (single_call_shape().0, None),
+            CheckAnswer::SingleFlatMetadata => {
+                use tollgate_proto::metadata::{number, string, structure};
+                let flat = structure([
+                    ("method", string("jwt")),
+                    ("subject", string("bench-user")),
+                    ("rate_limit.domain", string("bench")),
+                    ("rate_limit.limit", string("bench.generic_key_bench")),
+                    ("rate_limit.remaining", number(99999999.0)),
+                ]);
+                (single_call_shape().0, Some(flat))
+            }
+            CheckAnswer::SingleNoResponseHeaders => {
+                let mut s = single_call_shape();
+                s.0.response_headers_to_add.clear();
+                s
+            }
         };
         Self {
             check: CheckResponse {
