@@ -45,6 +45,7 @@
 {{- end }}
 {{- $module := dict
   "failure_mode" $e.inprocess.failureMode
+  "dynamic_metadata" $e.inprocess.dynamicMetadata
   "config" "/etc/envoy/tollgate-authz.yaml" }}
 # Tollgate in-process: the dynamic module decides in Envoy's workers, with no ext_authz or
 # rate-limit call, from the authz config beside this file (tollgate-authz.yaml: rendered from

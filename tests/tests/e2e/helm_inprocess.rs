@@ -531,3 +531,33 @@ fn the_envoy_image_is_the_pinned_envoy_with_the_module_the_chart_loads() {
         newest.1
     );
 }
+
+/// The module's own settings in the rendered filter_config: dynamic metadata off unless
+/// `envoy.inprocess.dynamicMetadata` asks for it, the failure mode as set.
+#[test]
+fn the_module_files_dynamic_metadata_only_when_the_values_ask() {
+    fn module_config(sets: &[&str]) -> serde_json::Value {
+        let r = render(&[], sets, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(r.file("edge-tollgate-envoy", "envoy.yaml")).unwrap();
+        let parsed: Yaml = serde_yaml::from_str(&text).unwrap();
+        let filters = &parsed["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"];
+        let module = filters
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "envoy.filters.http.dynamic_modules")
+            .expect("the module's filter");
+        let value = module["typed_config"]["filter_config"]["value"]
+            .as_str()
+            .unwrap();
+        serde_json::from_str(value).unwrap()
+    }
+    let default = module_config(SETS);
+    assert_eq!(default["dynamic_metadata"], false, "{default}");
+    assert_eq!(default["failure_mode"], "deny", "{default}");
+    let mut sets = SETS.to_vec();
+    sets.push("envoy.inprocess.dynamicMetadata=true");
+    let on = module_config(&sets);
+    assert_eq!(on["dynamic_metadata"], true, "{on}");
+}
