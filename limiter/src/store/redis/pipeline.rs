@@ -194,6 +194,24 @@ impl Shared {
         self.driver.wake();
     }
 
+    /// Wakes the driver for output just queued, or holds the wake if this thread holds them.
+    fn wake_driver_for_output(self: &Arc<Self>) {
+        let held = HELD
+            .try_with(|h| match h.borrow_mut().as_mut() {
+                Some(held) => {
+                    if !held.iter().any(|s| Arc::ptr_eq(s, self)) {
+                        held.push(Arc::clone(self));
+                    }
+                    true
+                }
+                None => false,
+            })
+            .unwrap_or(false);
+        if !held {
+            self.wake_driver();
+        }
+    }
+
     /// Resolves once [`Shared::wake_driver`] was called since the last time it resolved.
     async fn woken(&self) {
         std::future::poll_fn(|cx| {
@@ -281,26 +299,6 @@ pub fn release_wakes() {
     let held = HELD.try_with(|h| h.borrow_mut().take()).ok().flatten();
     for shared in held.into_iter().flatten() {
         shared.wake_driver();
-    }
-}
-
-impl Shared {
-    /// Wakes the driver for output just queued, or holds the wake if this thread holds them.
-    fn wake_driver_for_output(self: &Arc<Self>) {
-        let held = HELD
-            .try_with(|h| match h.borrow_mut().as_mut() {
-                Some(held) => {
-                    if !held.iter().any(|s| Arc::ptr_eq(s, self)) {
-                        held.push(Arc::clone(self));
-                    }
-                    true
-                }
-                None => false,
-            })
-            .unwrap_or(false);
-        if !held {
-            self.wake_driver();
-        }
     }
 }
 
