@@ -178,7 +178,7 @@ impl Filter for Gate {
                 let decided: Decision = authorizer.check(&owned).await;
                 let mut verdict = verdict::from_decision(decided, &owned, metadata);
                 if let Verdict::Continue(m) = &mut verdict {
-                    owned.prune_removals(m);
+                    owned.fit_to_request(m);
                 }
                 verdict
             },

@@ -171,15 +171,43 @@ impl ModuleRequest {
             .map(|(_, v)| *v)
     }
 
-    /// `m`'s removals cut to the headers this request carries and `m` does not set anyway (a
-    /// set replaces every value), plus the certificate header if the client sent one: each
-    /// removal is a call into Envoy's header map, and most requests carry none of them.
-    pub(crate) fn prune_removals(&self, m: &mut Mutations) {
+    /// `m` cut to what this request needs: its removals to the headers the request carries and
+    /// `m` does not set anyway (a set replaces every value), plus the certificate header if the
+    /// client sent one; and a set of a header the request does not carry made an add, which
+    /// Envoy's header map does without looking for values to replace. Each of these is a call
+    /// into Envoy's header map, and most requests carry none of the headers removed or set.
+    pub(crate) fn fit_to_request(&self, m: &mut Mutations) {
         let set = &m.set_headers;
         m.remove_headers
             .retain(|h| self.find(h).is_some() && !set.iter().any(|(n, _)| n == h));
         if self.peer_header {
             m.remove_headers.push(PEER_CERTIFICATE_HEADER.into());
+        }
+        // A name set twice keeps its last value, which two adds would not: left as sets.
+        let once = |i: usize, name: &str| {
+            !set.iter()
+                .enumerate()
+                .any(|(j, (n, _))| j != i && n == name)
+        };
+        let adds: Vec<bool> = set
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| self.find(n).is_none() && once(i, n))
+            .collect();
+        if adds.iter().any(|a| *a) {
+            let mut added = Vec::with_capacity(m.set_headers.len() + m.add_headers.len());
+            let mut kept = Vec::new();
+            for (header, add) in std::mem::take(&mut m.set_headers).into_iter().zip(adds) {
+                if add {
+                    added.push(header)
+                } else {
+                    kept.push(header)
+                }
+            }
+            // Before the existing adds: sets are applied before adds.
+            added.append(&mut m.add_headers);
+            m.add_headers = added;
+            m.set_headers = kept;
         }
     }
 }
@@ -411,7 +439,7 @@ mod tests {
 
     fn strips_peer_header(r: &ModuleRequest) -> bool {
         let mut m = Mutations::default();
-        r.prune_removals(&mut m);
+        r.fit_to_request(&mut m);
         m.remove_headers == [PEER_CERTIFICATE_HEADER]
     }
 
@@ -434,8 +462,46 @@ mod tests {
             set_headers: vec![("x-tollgate-auth-method".into(), "jwt".into())],
             ..Mutations::default()
         };
-        r.prune_removals(&mut m);
+        r.fit_to_request(&mut m);
         assert_eq!(m.remove_headers, ["x-tollgate-subject"]);
+    }
+
+    #[test]
+    fn a_header_the_request_lacks_is_added_and_one_it_carries_is_set() {
+        let r = ModuleRequest::copy(
+            &FakeRequest::get("/")
+                .with("X-Tollgate-Subject", "forged")
+                .with("x-other", "kept"),
+        );
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let mut m = Mutations {
+            set_headers: vec![
+                pair("x-tollgate-subject", "alice"),
+                pair("x-tollgate-auth-method", "jwt"),
+                pair("x-twice", "1"),
+                pair("x-twice", "2"),
+            ],
+            add_headers: vec![pair("x-tollgate-auth-method", "more")],
+            ..Mutations::default()
+        };
+        r.fit_to_request(&mut m);
+        // The forged copy is replaced; a name set twice keeps the set's meaning.
+        assert_eq!(
+            m.set_headers,
+            [
+                pair("x-tollgate-subject", "alice"),
+                pair("x-twice", "1"),
+                pair("x-twice", "2")
+            ]
+        );
+        // Added in the order a set and then the adds would have left them.
+        assert_eq!(
+            m.add_headers,
+            [
+                pair("x-tollgate-auth-method", "jwt"),
+                pair("x-tollgate-auth-method", "more")
+            ]
+        );
     }
 
     fn certificate(name: &str) -> String {
