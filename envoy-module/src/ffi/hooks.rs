@@ -320,9 +320,13 @@ extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 
 #[unsafe(no_mangle)]
 extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _filter: FilterEnvoyPtr,
-    _module: ModulePtr,
+    filter: FilterEnvoyPtr,
+    module: ModulePtr,
 ) {
+    guard((), || {
+        // SAFETY: the pointers are this hook's.
+        unsafe { with_stream(filter, module, |_, host| host.flush_counts()) };
+    })
 }
 
 #[unsafe(no_mangle)]
