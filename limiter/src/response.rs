@@ -3,7 +3,6 @@
 //! `X-RateLimit-*`, `Retry-After`) as `(name, value)` pairs, and the metadata naming the limit
 //! that fired (Envoy: dynamic metadata).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,24 +64,45 @@ pub fn headers(decision: &Decision, opts: HeaderOptions) -> Vec<(&'static str, S
 /// descriptors hit the same one.
 fn ietf(decision: &Decision, out: &mut Vec<(&'static str, String)>) {
     let (mut policy, mut state) = (String::with_capacity(64), String::with_capacity(64));
-    let mut seen: Vec<&Arc<Limit>> = Vec::new();
-    for s in &decision.statuses {
+    for (i, s) in decision.statuses.iter().enumerate() {
         let Some(l) = &s.limit else { continue };
-        if seen.iter().any(|m| Arc::ptr_eq(m, l)) {
+        let seen = decision.statuses[..i]
+            .iter()
+            .any(|e| e.limit.as_ref().is_some_and(|m| Arc::ptr_eq(m, l)));
+        if seen {
             continue;
         }
-        seen.push(l);
         if !policy.is_empty() {
             policy.push_str(", ");
             state.push_str(", ");
         }
         policy.push_str(&l.ietf.policy);
         state.push_str(&l.ietf.name);
-        let _ = write!(state, ";r={};t={}", s.remaining, ceil_secs(s.reset_after));
+        state.push_str(";r=");
+        push_decimal(&mut state, s.remaining);
+        state.push_str(";t=");
+        push_decimal(&mut state, ceil_secs(s.reset_after));
     }
     if !policy.is_empty() {
         out.push(("RateLimit-Policy", policy));
         out.push(("RateLimit", state));
+    }
+}
+
+/// Appends `n` in decimal, without the formatting machinery (this runs on every answer).
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 

@@ -121,3 +121,31 @@ fn waits_round_up_and_sf_strings_are_escaped() {
     sf_string(&mut s, "a\"b\\c\u{e9}");
     assert_eq!(s, "\"a\\\"b\\\\c_\"");
 }
+
+#[test]
+fn decimals_are_written_as_display_writes_them() {
+    for n in [0, 7, 10, 99, 100, 99_999_999, u64::MAX] {
+        let mut out = String::from("x");
+        push_decimal(&mut out, n);
+        assert_eq!(out, format!("x{n}"));
+    }
+}
+
+#[tokio::test]
+async fn a_limit_two_descriptors_hit_is_one_item() {
+    let e = engine();
+    let d = decide(
+        &e,
+        &[&[("client", "c1")], &[("path", "/a")], &[("client", "c2")]],
+    )
+    .await;
+    let h = headers(&d, HeaderOptions::default());
+    assert_eq!(
+        h[0],
+        (
+            "RateLimit-Policy",
+            "\"per-client\";q=2;w=60, \"path\";q=100;w=1".into()
+        )
+    );
+    assert_eq!(h[1].1.matches("\"per-client\"").count(), 1, "{}", h[1].1);
+}
