@@ -183,31 +183,28 @@ impl ModuleRequest {
         if self.peer_header {
             m.remove_headers.push(PEER_CERTIFICATE_HEADER.into());
         }
-        // A name set twice keeps its last value, which two adds would not: left as sets.
-        let once = |i: usize, name: &str| {
-            !set.iter()
-                .enumerate()
-                .any(|(j, (n, _))| j != i && n == name)
-        };
-        let adds: Vec<bool> = set
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| self.find(n).is_none() && once(i, n))
-            .collect();
-        if adds.iter().any(|a| *a) {
-            let mut added = Vec::with_capacity(m.set_headers.len() + m.add_headers.len());
-            let mut kept = Vec::new();
-            for (header, add) in std::mem::take(&mut m.set_headers).into_iter().zip(adds) {
-                if add {
-                    added.push(header)
-                } else {
-                    kept.push(header)
-                }
+        // A name set twice keeps its last value, which two adds would not: left as sets. (A
+        // bit per set; sets past the 64th stay sets.)
+        let mut adds = 0u64;
+        for (i, (name, _)) in set.iter().enumerate().take(64) {
+            let twice = set.iter().filter(|(n, _)| n == name).count() > 1;
+            if !twice && self.find(name).is_none() {
+                adds |= 1 << i;
             }
+        }
+        if adds != 0 {
+            let mut added = Vec::new();
+            let mut i = 0;
+            m.set_headers.retain_mut(|header| {
+                let add = i < 64 && adds & (1 << i) != 0;
+                i += 1;
+                if add {
+                    added.push(std::mem::take(header));
+                }
+                !add
+            });
             // Before the existing adds: sets are applied before adds.
-            added.append(&mut m.add_headers);
-            m.add_headers = added;
-            m.set_headers = kept;
+            m.add_headers.splice(0..0, added);
         }
     }
 }

@@ -289,32 +289,31 @@ pub(super) struct EnvoyStream<'hook> {
 impl<'hook> EnvoyStream<'hook> {
     /// Adds what this worker counted for this stream's filter config to Envoy's counters (see
     /// [`PENDING_COUNTS`]).
-    pub(super) fn flush_counts(&mut self) {
+    pub(super) fn flush_counts(&self) {
         let config = self.metrics.config;
-        let mine: Vec<PendingCount> = PENDING_COUNTS.with_borrow_mut(|pending| {
-            let (mine, rest) = std::mem::take(pending)
-                .into_iter()
-                .partition(|p| p.config == config);
-            *pending = rest;
-            mine
+        PENDING_COUNTS.with_borrow_mut(|pending| {
+            pending.retain(|p| {
+                if p.config != config {
+                    return true;
+                }
+                if let Some(id) = self.metrics.counters[p.counter as usize] {
+                    let mut labels = [buf(p.label.as_bytes())];
+                    // SAFETY: `filter` is valid for 'hook; the label buffer is alive for the
+                    // call; the id was defined on this stream's config (`p.config` is its)
+                    // with exactly one label. Envoy does not call back into the module here.
+                    unsafe {
+                        abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                            self.filter,
+                            id,
+                            labels.as_mut_ptr(),
+                            labels.len(),
+                            p.count,
+                        );
+                    }
+                }
+                false
+            });
         });
-        for p in mine {
-            let Some(id) = self.metrics.counters[p.counter as usize] else {
-                continue;
-            };
-            let mut labels = [buf(p.label.as_bytes())];
-            // SAFETY: `filter` is valid for 'hook; the label buffer is alive for the call; the
-            // id was defined on this stream's config (`p.config` is its) with exactly one label.
-            unsafe {
-                abi::envoy_dynamic_module_callback_http_filter_increment_counter(
-                    self.filter,
-                    id,
-                    labels.as_mut_ptr(),
-                    labels.len(),
-                    p.count,
-                );
-            }
-        }
     }
 
     /// # Safety
