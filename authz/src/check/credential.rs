@@ -176,7 +176,7 @@ impl Sources {
             TokenSource::Header { name, .. } if source.is_authorization_bearer() => {
                 bearer_token(req.header(name))
                     .map_err(|()| Refusal::MalformedAuthorization)?
-                    .map(|t| (t, Location::Header(name.as_str().into())))
+                    .map(|t| (t, Location::Header(name.clone())))
             }
             TokenSource::Header { name, prefix } => {
                 let Some(v) = req.header(name).filter(|v| !v.is_empty()) else {
@@ -194,7 +194,7 @@ impl Sources {
                 };
                 token
                     .filter(|t| !t.is_empty())
-                    .map(|t| (t, Location::Header(name.as_str().into())))
+                    .map(|t| (t, Location::Header(name.clone())))
             }
             TokenSource::Cookie(name) => match req.header("cookie") {
                 Some(h) => cookie(h, name)
@@ -204,7 +204,7 @@ impl Sources {
             },
             TokenSource::Query(name) => query_credential(req.query(), name)
                 .map_err(|()| Refusal::Ambiguous)?
-                .map(|t| (t, Location::Query(name.as_str().into()))),
+                .map(|t| (t, Location::Query(name.clone()))),
         };
         Ok(found)
     }
@@ -269,10 +269,11 @@ impl<'a> Found<'a> {
         let bearer = self.bearer.map(|(t, _)| t);
         methods.iter().find_map(|&m| {
             let cred = match (m, bearer, &self.api_key) {
-                // With introspection also accepted, JWT takes only JWT-shaped tokens.
+                // With introspection also accepted, JWT takes only JWT-shaped tokens (the
+                // shape is only looked at then: it is a scan of the whole token).
                 (Method::Jwt, Some(t), _)
-                    if JwtVerifier::looks_like_jwt(t)
-                        || !methods.contains(&Method::Introspection) =>
+                    if !methods.contains(&Method::Introspection)
+                        || JwtVerifier::looks_like_jwt(t) =>
                 {
                     Some(Credential::Bearer(t))
                 }
@@ -307,29 +308,34 @@ pub fn bearer_token(h: Option<&str>) -> Result<Option<&str>, ()> {
     }
     let token = rest.trim_start_matches(' ');
     let body = token.trim_end_matches('=');
-    if body.is_empty() || !body.bytes().all(|b| B64TOKEN[usize::from(b)]) {
+    if body.is_empty() || !is_b64token(body.as_bytes()) {
         return Err(());
     }
     Ok(Some(token))
 }
 
-/// RFC 6750's b64token characters (the trailing `=` aside), as a table: a token is scanned on
-/// every request, and one lookup per byte is cheaper than comparing against each class.
-const B64TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut c = 0;
-    while c < 256 {
-        t[c] = (c as u8).is_ascii_alphanumeric();
-        c += 1;
+/// Whether every byte of `s` is one of RFC 6750's b64token characters (the trailing `=`
+/// aside): letters, digits and `-._~+/`. A token is scanned on every request, so the bytes are
+/// classed by arithmetic alone and folded sixteen at a time without an early exit, which the
+/// compiler turns into vector compares; a chunk with a bad byte ends the scan.
+fn is_b64token(s: &[u8]) -> bool {
+    let mut chunks = s.chunks_exact(16);
+    for chunk in &mut chunks {
+        if !chunk.iter().fold(true, |ok, &b| ok & b64token_byte(b)) {
+            return false;
+        }
     }
-    let extra = b"-._~+/";
-    let mut i = 0;
-    while i < extra.len() {
-        t[extra[i] as usize] = true;
-        i += 1;
-    }
-    t
-};
+    chunks.remainder().iter().all(|&b| b64token_byte(b))
+}
+
+/// One b64token byte, without branches: `+`..`/` but `,`, digits, letters, `_` and `~`.
+#[inline(always)]
+fn b64token_byte(b: u8) -> bool {
+    let punct = (b.wrapping_sub(b'+') < 5) & (b != b',');
+    let digit = b.wrapping_sub(b'0') < 10;
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    punct | digit | letter | (b == b'_') | (b == b'~')
+}
 
 /// The value of credential parameter `name` in `query` (`None` when absent or empty), `Err`
 /// when the parameter appears more than once or in a spelling that only decodes to `name`
@@ -385,6 +391,21 @@ mod tests {
             None,
             &BearerSources::default(),
         )
+    }
+
+    #[test]
+    fn b64token_bytes_are_exactly_rfc_6750s_wherever_they_sit() {
+        let rfc = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+        for b in 0..=255u8 {
+            assert_eq!(b64token_byte(b), rfc(b), "byte {b:#04x}");
+            // One byte at every place of a token long enough for chunks and a remainder.
+            for at in [0, 7, 15, 16, 31, 32, 40] {
+                let mut token = vec![b'a'; 41];
+                token[at] = b;
+                assert_eq!(is_b64token(&token), rfc(b), "byte {b:#04x} at {at}");
+            }
+        }
+        assert!(is_b64token(b""));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! without a prefix, a cookie, or a query parameter; and reading a cookie out of a `Cookie`
 //! header. Finding the token of a request is the decision's (`check::credential`).
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use tollgate_common::config::{Errors, join};
 
@@ -25,13 +27,14 @@ pub struct TokenSourceConfig {
 /// A validated token source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TokenSource {
-    /// A lower-case header name, and the prefix before the token.
+    /// A lower-case header name, and the prefix before the token. (The names a request's
+    /// credential is found under are shared with where it was found, not copied per request.)
     Header {
-        name: String,
+        name: Arc<str>,
         prefix: Option<String>,
     },
     Cookie(String),
-    Query(String),
+    Query(Arc<str>),
 }
 
 impl TokenSource {
@@ -46,7 +49,7 @@ impl TokenSource {
     /// Whether this is `Authorization: Bearer`, which RFC 6750 parses strictly.
     pub fn is_authorization_bearer(&self) -> bool {
         matches!(self, TokenSource::Header { name, prefix: Some(p) }
-            if name == "authorization" && p.trim_end().eq_ignore_ascii_case("bearer"))
+            if &**name == "authorization" && p.trim_end().eq_ignore_ascii_case("bearer"))
     }
 }
 
@@ -81,7 +84,7 @@ impl TokenSourceConfig {
                 return None;
             }
             return Some(TokenSource::Header {
-                name: h.to_ascii_lowercase(),
+                name: h.to_ascii_lowercase().into(),
                 prefix: self.prefix.clone(),
             });
         }
@@ -97,7 +100,7 @@ impl TokenSourceConfig {
             errors.push(join(at, "query"), "expected a query parameter name");
             return None;
         }
-        Some(TokenSource::Query(q.to_string()))
+        Some(TokenSource::Query(q.into()))
     }
 }
 
