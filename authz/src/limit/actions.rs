@@ -10,11 +10,12 @@
 //! `skip_if_absent` (then only the action is skipped); a descriptor left with no entries is
 //! not sent.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use serde::Deserialize;
 use tollgate_common::config::{Errors, join};
-use tollgate_limiter::{Descriptor, LimitOverride, Unit};
+use tollgate_limiter::{DescriptorSource, LimitOverride, Unit};
 
 use crate::check::RequestView;
 use crate::identity::{Identity, Method};
@@ -410,9 +411,10 @@ enum StringOp {
     Contains,
 }
 
-/// What one action gave.
-enum Entry {
-    Value(Box<str>, String),
+/// What one action gave: a key of the action's own and a value borrowed from the request or
+/// the identity where it is one of theirs as it is.
+enum Entry<'a> {
+    Value(&'a str, Cow<'a, str>),
     /// Nothing, and the action says `skip_if_absent`.
     Skip,
     /// Nothing: the descriptor is not sent.
@@ -475,26 +477,47 @@ impl Descriptors {
     }
 
     /// The descriptors of one request by `identity`.
-    pub fn build(&self, req: &dyn RequestView, identity: &Identity) -> Vec<Descriptor> {
+    pub fn build<'a>(&'a self, req: &'a dyn RequestView, identity: &'a Identity) -> Vec<Built<'a>> {
         let mut out = Vec::with_capacity(self.plans.len());
         'plans: for plan in self.plans.iter() {
             let mut entries = Vec::with_capacity(plan.actions.len());
             for action in plan.actions.iter() {
                 match action.entry(req, identity) {
-                    Entry::Value(k, v) => entries.push((k.into_string(), v)),
+                    Entry::Value(k, v) => entries.push((k, v)),
                     Entry::Skip => {}
                     Entry::Absent => continue 'plans,
                 }
             }
             if !entries.is_empty() {
-                out.push(Descriptor {
+                out.push(Built {
                     entries,
                     limit: plan.key_limit.then(|| key_limit(identity)).flatten(),
-                    ..Default::default()
                 });
             }
         }
         out
+    }
+}
+
+/// One request's descriptor as the engine reads it: the keys are the actions', the values
+/// borrowed from the request and the identity unless an action computes them (a masked
+/// address, a number claim, a decoded query value), so building one copies next to nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built<'a> {
+    pub entries: Vec<(&'a str, Cow<'a, str>)>,
+    pub limit: Option<LimitOverride>,
+}
+
+impl DescriptorSource for Built<'_> {
+    fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+    fn entry(&self, i: usize) -> (&str, &str) {
+        let (k, v) = &self.entries[i];
+        (k, v)
+    }
+    fn limit_override(&self) -> Option<LimitOverride> {
+        self.limit
     }
 }
 
@@ -778,27 +801,29 @@ fn identity_field(name: &str) -> Option<Field> {
 }
 
 impl Action {
-    fn entry(&self, req: &dyn RequestView, id: &Identity) -> Entry {
-        let found = |key: &str, v: Option<String>, skip: bool| match v {
-            Some(v) => Entry::Value(key.into(), v),
+    fn entry<'a>(&'a self, req: &'a dyn RequestView, id: &'a Identity) -> Entry<'a> {
+        let found = |key: &'a str, v: Option<Cow<'a, str>>, skip: bool| match v {
+            Some(v) => Entry::Value(key, v),
             None if skip => Entry::Skip,
             None => Entry::Absent,
         };
         match self {
-            Action::Constant { key, value } => Entry::Value(key.clone(), value.to_string()),
+            Action::Constant { key, value } => Entry::Value(key, Cow::Borrowed(value)),
             Action::Header {
                 name,
                 key,
                 skip_if_absent,
-            } => found(key, header_value(req, name), *skip_if_absent),
+            } => found(key, header_str(req, name), *skip_if_absent),
             Action::RemoteAddress => found(
                 "remote_address",
-                req.source_address().map(str::to_string),
+                req.source_address().map(Cow::Borrowed),
                 false,
             ),
             Action::MaskedRemoteAddress { v4, v6 } => found(
                 "masked_remote_address",
-                req.source_address().and_then(|a| masked(a, *v4, *v6)),
+                req.source_address()
+                    .and_then(|a| masked(a, *v4, *v6))
+                    .map(Cow::Owned),
                 false,
             ),
             Action::HeaderMatch {
@@ -816,7 +841,7 @@ impl Action {
                 default,
                 skip_if_absent,
             } => {
-                let v = identity_value(id, field).or_else(|| default.as_deref().map(Into::into));
+                let v = identity_value(id, field).or_else(|| default.as_deref().map(Cow::Borrowed));
                 found(key, v, *skip_if_absent)
             }
             Action::Query {
@@ -837,58 +862,53 @@ impl Action {
     }
 }
 
-fn matched(key: &str, value: &str, yes: bool) -> Entry {
+fn matched<'a>(key: &'a str, value: &'a str, yes: bool) -> Entry<'a> {
     if yes {
-        Entry::Value(key.into(), value.to_string())
+        Entry::Value(key, Cow::Borrowed(value))
     } else {
         Entry::Absent
     }
 }
 
-fn header_value(req: &dyn RequestView, name: &Header) -> Option<String> {
+/// A header's value (`:path` with its query, as Envoy's header map holds it).
+fn header_str<'a>(req: &'a dyn RequestView, name: &Header) -> Option<Cow<'a, str>> {
     match name {
-        Header::Method => Some(req.method().to_string()),
-        Header::Authority => Some(req.host().to_string()),
         Header::Path => Some(match req.query() {
-            "" => req.path().to_string(),
-            q => format!("{}?{q}", req.path()),
+            "" => req.path().into(),
+            q => format!("{}?{q}", req.path()).into(),
         }),
-        Header::Named(n) => req.header(n).map(str::to_string),
-    }
-}
-
-fn header_str<'a>(req: &'a dyn RequestView, name: &Header) -> Option<std::borrow::Cow<'a, str>> {
-    match name {
-        Header::Path => header_value(req, name).map(Into::into),
         Header::Method => Some(req.method().into()),
         Header::Authority => Some(req.host().into()),
         Header::Named(n) => req.header(n).map(Into::into),
     }
 }
 
-fn identity_value(id: &Identity, field: &Field) -> Option<String> {
+fn identity_value<'a>(id: &'a Identity, field: &Field) -> Option<Cow<'a, str>> {
     let anonymous = id.method == Method::Anonymous;
-    match field {
-        Field::Method => Some(id.method.as_str().to_string()),
+    let value = match field {
+        Field::Method => id.method.as_str(),
         // As in the dynamic metadata: an anonymous caller has no subject.
-        Field::Subject => (!anonymous).then(|| id.subject.clone()),
-        Field::KeyId => id.key_id.clone(),
-        Field::KeyLimitId => id.rate_limit.and(id.key_id.clone()),
-        Field::Tenant => id.tenant.clone(),
-        Field::Plan => id.plan.clone(),
+        Field::Subject => return (!anonymous).then_some(Cow::Borrowed(&id.subject)),
+        Field::KeyId => id.key_id.as_deref()?,
+        Field::KeyLimitId => id.rate_limit.and(id.key_id.as_deref())?,
+        Field::Tenant => id.tenant.as_deref()?,
+        Field::Plan => id.plan.as_deref()?,
         Field::Claim(path) => {
             let mut cur = id.claims.get(&*path[0])?;
             for seg in &path[1..] {
                 cur = cur.get(&**seg)?;
             }
-            match cur {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                serde_json::Value::Bool(b) => Some(b.to_string()),
+            return match cur {
+                serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+                serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+                serde_json::Value::Bool(b) => {
+                    Some(Cow::Borrowed(if *b { "true" } else { "false" }))
+                }
                 _ => None,
-            }
+            };
         }
-    }
+    };
+    Some(Cow::Borrowed(value))
 }
 
 /// `addr` masked to its network, as Envoy writes it (`10.1.2.0/24`).
@@ -906,16 +926,16 @@ fn masked(addr: &str, v4: u8, v6: u8) -> Option<String> {
 }
 
 /// The first value of parameter `name`, percent-decoded (`+` is a space).
-fn query_value(query: &str, name: &str) -> Option<String> {
+fn query_value<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(k) == name).then(|| decode(v))
     })
 }
 
-fn decode(s: &str) -> String {
+fn decode(s: &str) -> Cow<'_, str> {
     if !s.contains(['%', '+']) {
-        return s.to_string();
+        return Cow::Borrowed(s);
     }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -937,7 +957,7 @@ fn decode(s: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl HeaderMatcher {

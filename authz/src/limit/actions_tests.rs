@@ -21,14 +21,9 @@ fn errors_of(yaml: &str) -> Vec<(String, String)> {
     }
 }
 
-fn entries(d: &[Descriptor]) -> Vec<Vec<(&str, &str)>> {
+fn entries<'a>(d: &'a [Built<'_>]) -> Vec<Vec<(&'a str, &'a str)>> {
     d.iter()
-        .map(|d| {
-            d.entries
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect()
-        })
+        .map(|d| d.entries.iter().map(|(k, v)| (*k, &**v)).collect())
         .collect()
 }
 
@@ -67,7 +62,8 @@ fn generic_key_request_headers_and_remote_address_as_envoy_sends_them() {
   - remote_address: {}
 ",
     );
-    let d = p.build(&request(), &caller());
+    let (r, id) = (request(), caller());
+    let d = p.build(&r, &id);
     assert_eq!(
         entries(&d),
         vec![
@@ -118,7 +114,8 @@ fn masked_remote_address_is_the_network_in_cidr_form() {
   - masked_remote_address: {}
 ",
     );
-    let d = p.build(&request(), &caller());
+    let (r, id) = (request(), caller());
+    let d = p.build(&r, &id);
     assert_eq!(
         entries(&d),
         vec![
@@ -292,7 +289,8 @@ fn a_keys_own_limit_becomes_the_descriptors_override() {
     let mut key = Identity::new(Method::ApiKey, "team-a");
     key.plan = Some("gold".into());
     key.key_id = Some("k1".into());
-    let plain = d.build(&request(), &key);
+    let r = request();
+    let plain = d.build(&r, &key);
     assert_eq!(entries(&plain), [vec![("plan", "gold")]]);
     assert_eq!(
         plain[0].limit, None,
@@ -302,7 +300,7 @@ fn a_keys_own_limit_becomes_the_descriptors_override() {
         requests_per_unit: 2,
         unit: crate::apikey::LimitUnit::Minute,
     });
-    let own = d.build(&request(), &key);
+    let own = d.build(&r, &key);
     assert_eq!(entries(&own), [vec![("plan", "gold"), ("key_id", "k1")]]);
     assert_eq!(
         own[0].limit,
