@@ -271,7 +271,7 @@ impl Engine {
             return Plan::Done(statuses);
         };
         let request_cost = if hits_addend == 0 { 1 } else { hits_addend };
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::with_capacity(descriptors.len());
         for (i, d) in descriptors.enumerate() {
             let cost = d.hits_addend().unwrap_or(request_cost);
             if let Some(o) = d.limit_override() {

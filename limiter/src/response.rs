@@ -36,7 +36,7 @@ impl Default for HeaderOptions {
 /// The response headers for a decision, in order: `RateLimit-Policy`, `RateLimit`, the
 /// `X-RateLimit-*` three, `Retry-After` (each only when `opts` asks for it and it applies).
 pub fn headers(decision: &Decision, opts: HeaderOptions) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(6); // the most it holds
     if opts.ietf {
         ietf(decision, &mut out);
     }
