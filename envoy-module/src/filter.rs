@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::Deserialize;
@@ -131,18 +132,45 @@ pub(crate) fn now_or_pending(
 /// removals first, so a filter can strip a client's copy of a header and set its own.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Mutations {
-    /// Request headers removed (every value).
-    pub(crate) remove_headers: Vec<String>,
+    /// Request headers removed (every value). Names are shared (most are fixed at config
+    /// time), so a verdict copies none.
+    pub(crate) remove_headers: Vec<Arc<str>>,
     /// Request headers set, replacing every existing value.
-    pub(crate) set_headers: Vec<(String, String)>,
+    pub(crate) set_headers: Vec<(Arc<str>, String)>,
     /// Request header values appended after any existing ones.
-    pub(crate) add_headers: Vec<(String, String)>,
+    pub(crate) add_headers: Vec<(Arc<str>, String)>,
     /// Headers added to the response the client receives (e.g. rate-limit headers).
     pub(crate) response_headers: Vec<(Cow<'static, str>, String)>,
     /// Dynamic metadata for later filters, access logs and the router.
     pub(crate) metadata: Vec<Metadata>,
     /// The module's counters this verdict increments (bounded labels only).
-    pub(crate) counts: Vec<(Counter, &'static str)>,
+    pub(crate) counts: Counts,
+}
+
+/// The few counters one verdict increments, held inline: a verdict is built per request, and
+/// a list of two is not worth an allocation.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Counts([Option<(Counter, &'static str)>; Counts::MAX]);
+
+impl Counts {
+    /// More than any verdict increments (a decision and a rate limit).
+    const MAX: usize = 4;
+
+    pub(crate) fn push(&mut self, counter: Counter, label: &'static str) {
+        match self.0.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some((counter, label)),
+            None => debug_assert!(false, "more than {} counts in a verdict", Counts::MAX),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Counter, &'static str)> + '_ {
+        self.0.iter().flatten().copied()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn contains(&self, count: &(Counter, &str)) -> bool {
+        self.iter().any(|c| c == *count)
+    }
 }
 
 /// One dynamic metadata entry: `key` under `namespace`.

@@ -6,13 +6,15 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::{self, ConfigError, FieldError};
 use crate::filter::{
-    FailureMode, Filter, LocalReply, Metadata, MetadataValue, Mutations, Pending, Request, Verdict,
+    Counts, FailureMode, Filter, LocalReply, Metadata, MetadataValue, Mutations, Pending, Request,
+    Verdict,
 };
 
 /// The longest `pending.delay` accepted: a probe that holds requests longer is a mistake.
@@ -99,11 +101,13 @@ impl ProbeFilter {
 
     fn mutations(&self, request: &dyn Request) -> Mutations {
         let c = &self.config;
-        let pairs = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
-            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let pairs = |m: &BTreeMap<String, String>| -> Vec<(Arc<str>, String)> {
+            m.iter()
+                .map(|(k, v)| (k.as_str().into(), v.clone()))
+                .collect()
         };
         let mut m = Mutations {
-            remove_headers: c.remove_headers.clone(),
+            remove_headers: c.remove_headers.iter().map(|h| h.as_str().into()).collect(),
             set_headers: pairs(&c.set_headers),
             add_headers: pairs(&c.add_headers),
             response_headers: c
@@ -112,7 +116,7 @@ impl ProbeFilter {
                 .map(|(k, v)| (Cow::Owned(k.clone()), v.clone()))
                 .collect(),
             metadata: Vec::new(),
-            counts: Vec::new(),
+            counts: Counts::default(),
         };
         if !c.metadata && !c.echo {
             return m;
@@ -159,11 +163,11 @@ impl ProbeFilter {
 }
 
 /// The `x-probe-*` headers `echo` sets: what the module read about the request.
-fn echo_headers(request: &dyn Request, multi: &[&[u8]]) -> Vec<(String, String)> {
+fn echo_headers(request: &dyn Request, multi: &[&[u8]]) -> Vec<(Arc<str>, String)> {
     let mut out = Vec::new();
     let mut put = |name: &str, value: Option<&str>| {
         if let Some(v) = value {
-            out.push((name.to_string(), v.to_string()));
+            out.push((name.into(), v.to_string()));
         }
     };
     put("x-probe-method", request.method());
@@ -333,7 +337,7 @@ mod tests {
         let get = |n: &str| {
             m.set_headers
                 .iter()
-                .find(|(k, _)| k == n)
+                .find(|(k, _)| &**k == n)
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(get("x-set"), Some("v"));
@@ -342,7 +346,7 @@ mod tests {
         assert_eq!(get("x-probe-source"), Some("127.0.0.1:4000"));
         assert_eq!(get("x-probe-rule"), Some("admin"));
         assert_eq!(get("x-probe-multi"), Some("one,two"));
-        assert_eq!(m.remove_headers, vec!["x-gone".to_string()]);
+        assert_eq!(m.remove_headers, vec![Arc::from("x-gone")]);
         assert!(m.metadata.contains(&Metadata {
             namespace: "tollgate.probe".into(),
             key: "multi_count".into(),
@@ -364,7 +368,11 @@ mod tests {
         let Verdict::Continue(m) = rt.block_on(pending.0) else {
             panic!("continue expected")
         };
-        assert!(m.set_headers.iter().any(|(k, _)| k == "x-probe-resumed-by"));
+        assert!(
+            m.set_headers
+                .iter()
+                .any(|(k, _)| &**k == "x-probe-resumed-by")
+        );
         let Verdict::Pending(deny) = p.on_request(&FakeRequest::get("/").with("x-wait", "deny"))
         else {
             panic!("pending expected")

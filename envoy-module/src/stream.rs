@@ -295,12 +295,15 @@ impl<S: Scheduler> Stream<S> {
         for entries in m.metadata.chunk_by(|a, b| a.namespace == b.namespace) {
             host.set_metadata(entries);
         }
-        for (counter, label) in m.counts {
+        for (counter, label) in m.counts.iter() {
             host.count(counter, label);
         }
-        self.response_headers
-            .borrow_mut()
-            .extend(m.response_headers);
+        let mut response_headers = self.response_headers.borrow_mut();
+        match response_headers.is_empty() {
+            // The usual case: the verdict's own list is kept, not copied.
+            true => *response_headers = m.response_headers,
+            false => response_headers.extend(m.response_headers),
+        }
     }
 
     fn reply<H: Host>(&self, host: &mut H, reply: &LocalReply) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::RouteSettings;
-use crate::filter::{FailureMode, Filter, Metadata, MetadataValue, Request};
+use crate::filter::{Counts, FailureMode, Filter, Metadata, MetadataValue, Request};
 use crate::host::{Attribute, Counter, Histogram};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,7 +147,11 @@ fn mutations() -> Mutations {
             key: "k".into(),
             value: MetadataValue::Bool(true),
         }],
-        counts: vec![(Counter::RateLimit, "ok")],
+        counts: {
+            let mut counts = Counts::default();
+            counts.push(Counter::RateLimit, "ok");
+            counts
+        },
     }
 }
 

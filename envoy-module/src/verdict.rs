@@ -12,7 +12,7 @@ use tollgate_authz::Decision;
 use tollgate_authz::RequestView;
 use tollgate_authz::check::{MetadataValue as AuthzValue, PeerCertificate, RouteSettings};
 
-use crate::filter::{LocalReply, Metadata, MetadataValue, Mutations, Request, Verdict};
+use crate::filter::{Counts, LocalReply, Metadata, MetadataValue, Mutations, Request, Verdict};
 use crate::host::Counter;
 
 /// Where the identity is filed, as Envoy's ext_authz filter files a Check's metadata.
@@ -46,6 +46,9 @@ pub(crate) struct ModuleRequest {
     query: Span,
     /// Lower-case names; a name listed twice was sent twice.
     headers: Vec<(Span, Span)>,
+    /// The [`name_bit`]s of the header names: most lookups of a header the request lacks (the
+    /// identity headers, the other credentials' places) end at one test.
+    names: u64,
     rule: Option<Span>,
     identity: Option<Span>,
     scopes: Option<Span>,
@@ -75,6 +78,7 @@ impl ModuleRequest {
             let name = r.push_bytes(name);
             let start = name.start as usize;
             r.text[start..].make_ascii_lowercase();
+            r.names |= name_bit(&r.text.as_bytes()[start..]);
             let value = r.push_bytes(value);
             r.headers.push((name, value));
         }
@@ -165,6 +169,9 @@ impl ModuleRequest {
 
     /// The first value of header `name` (lower case).
     fn find(&self, name: &str) -> Option<Span> {
+        if self.names & name_bit(name.as_bytes()) == 0 {
+            return None;
+        }
         self.headers
             .iter()
             .find(|(n, _)| self.get(*n) == name)
@@ -193,7 +200,7 @@ impl ModuleRequest {
             }
         }
         if adds != 0 {
-            let mut added = Vec::new();
+            let mut added = Vec::with_capacity(adds.count_ones() as usize);
             let mut i = 0;
             m.set_headers.retain_mut(|header| {
                 let add = i < 64 && adds & (1 << i) != 0;
@@ -204,7 +211,10 @@ impl ModuleRequest {
                 !add
             });
             // Before the existing adds: sets are applied before adds.
-            m.add_headers.splice(0..0, added);
+            match m.add_headers.is_empty() {
+                true => m.add_headers = added,
+                false => drop(m.add_headers.splice(0..0, added)),
+            }
         }
     }
 }
@@ -253,6 +263,12 @@ impl RequestView for ModuleRequest {
     }
 }
 
+/// A header name's bit in [`ModuleRequest::names`], from its length and last byte.
+fn name_bit(name: &[u8]) -> u64 {
+    let last = name.last().map_or(0, |b| usize::from(*b));
+    1 << ((name.len() * 5 + last) & 63)
+}
+
 /// `1.2.3.4:5` → `1.2.3.4`, `[::1]:5` → `::1`; anything else as it is.
 fn address_without_port(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
@@ -278,11 +294,7 @@ pub(crate) fn from_decision(
     };
     match decision {
         Decision::Allow(a) => {
-            let mut set_headers: Vec<(String, String)> = a
-                .set_headers
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+            let mut set_headers = a.set_headers;
             if !a.remove_query.is_empty() {
                 let query = without_params(request.query(), &a.remove_query);
                 let path = match query.is_empty() {
@@ -291,12 +303,13 @@ pub(crate) fn from_decision(
                 };
                 set_headers.push((":path".into(), path));
             }
-            let mut counts = vec![(Counter::Decisions, reason)];
+            let mut counts = Counts::default();
+            counts.push(Counter::Decisions, reason);
             if a.rate_limit.is_some() {
-                counts.push((Counter::RateLimit, "ok"));
+                counts.push(Counter::RateLimit, "ok");
             }
             Verdict::Continue(Mutations {
-                remove_headers: a.remove_headers.iter().map(|h| h.to_string()).collect(),
+                remove_headers: a.remove_headers,
                 set_headers,
                 add_headers: Vec::new(),
                 response_headers: lower_names(a.response_headers),
@@ -392,6 +405,8 @@ fn convert(value: &AuthzValue<'_>) -> MetadataValue {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::filter::testing::FakeRequest;
 
@@ -434,10 +449,30 @@ mod tests {
         assert_eq!((r.path(), r.query(), r.method()), ("/bare", "", ""));
     }
 
+    #[test]
+    fn every_header_is_found_and_one_sharing_its_bit_is_not() {
+        let names: Vec<String> = (0..80).map(|i| format!("X-Header-{i}")).collect();
+        let mut req = FakeRequest::get("/").with("x-ab", "1");
+        for n in &names {
+            req = req.with(n, "v");
+        }
+        let r = ModuleRequest::copy(&req);
+        for n in &names {
+            assert_eq!(r.header(&n.to_ascii_lowercase()), Some("v"), "{n}");
+        }
+        assert_eq!(name_bit(b"x-ab"), name_bit(b"x-bb"));
+        assert_eq!(r.header("x-ab"), Some("1"));
+        assert_eq!(r.header("x-bb"), None);
+        assert_eq!(r.header("x-header-80"), None);
+        let few = ModuleRequest::copy(&FakeRequest::get("/").with("x-ab", "1"));
+        assert_eq!(few.header("x-bb"), None);
+        assert_eq!(few.header("x-abc"), None);
+    }
+
     fn strips_peer_header(r: &ModuleRequest) -> bool {
         let mut m = Mutations::default();
         r.fit_to_request(&mut m);
-        m.remove_headers == [PEER_CERTIFICATE_HEADER]
+        m.remove_headers == [Arc::from(PEER_CERTIFICATE_HEADER)]
     }
 
     #[test]
@@ -454,13 +489,13 @@ mod tests {
                 "x-tollgate-plan",
                 "x-tollgate-auth-method",
             ]
-            .map(String::from)
+            .map(Arc::from)
             .to_vec(),
             set_headers: vec![("x-tollgate-auth-method".into(), "jwt".into())],
             ..Mutations::default()
         };
         r.fit_to_request(&mut m);
-        assert_eq!(m.remove_headers, ["x-tollgate-subject"]);
+        assert_eq!(m.remove_headers, [Arc::from("x-tollgate-subject")]);
     }
 
     #[test]
@@ -470,7 +505,7 @@ mod tests {
                 .with("X-Tollgate-Subject", "forged")
                 .with("x-other", "kept"),
         );
-        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let pair = |n: &str, v: &str| (Arc::from(n), v.to_string());
         let mut m = Mutations {
             set_headers: vec![
                 pair("x-tollgate-subject", "alice"),

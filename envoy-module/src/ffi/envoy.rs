@@ -216,7 +216,9 @@ impl HeaderMap<'_> {
         if !filled {
             return Vec::new();
         }
-        raw.iter()
+        // By value: the views are collected into `raw`'s own allocation (an entry and a pair of
+        // slices have one size and alignment), so a request's header list is one allocation.
+        raw.into_iter()
             .filter_map(|h| {
                 let name = EnvoyBuffer {
                     ptr: h.key_ptr,
