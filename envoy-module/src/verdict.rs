@@ -70,17 +70,33 @@ impl ModuleRequest {
             .sum::<usize>()
             + 256;
         let mut r = ModuleRequest {
-            text: String::with_capacity(size),
             headers: Vec::with_capacity(headers.len()),
             ..ModuleRequest::default()
         };
-        for (name, value) in headers {
-            let name = r.push_bytes(name);
-            let start = name.start as usize;
-            r.text[start..].make_ascii_lowercase();
-            r.names |= name_bit(&r.text.as_bytes()[start..]);
-            let value = r.push_bytes(value);
-            r.headers.push((name, value));
+        // Header bytes are nearly always valid UTF-8 (ASCII): one check of them all is cheaper
+        // than one per header, and the lossy conversion, header by header, runs only when it
+        // fails.
+        let mut bytes = Vec::with_capacity(size);
+        for (name, value) in &headers {
+            let name = append(&mut bytes, name);
+            r.headers.push((name, append(&mut bytes, value)));
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => r.text = text,
+            Err(_) => {
+                r.text = String::with_capacity(size);
+                r.headers.clear();
+                for (name, value) in &headers {
+                    let name = r.push(&String::from_utf8_lossy(name));
+                    let value = r.push(&String::from_utf8_lossy(value));
+                    r.headers.push((name, value));
+                }
+            }
+        }
+        for &(name, _) in &r.headers {
+            let name = &mut r.text[name.start as usize..name.end as usize];
+            name.make_ascii_lowercase();
+            r.names |= name_bit(name.as_bytes());
         }
         // Envoy's request attributes for these are its pseudo-headers, already copied: read
         // them from there, and ask Envoy only when one is missing.
@@ -151,15 +167,6 @@ impl ModuleRequest {
         Span {
             start,
             end: self.text.len() as u32,
-        }
-    }
-
-    fn push_bytes(&mut self, b: &[u8]) -> Span {
-        // Header bytes are nearly always valid UTF-8 (ASCII): checking is cheaper than the lossy
-        // conversion's chunk walk, which runs only for the rest.
-        match std::str::from_utf8(b) {
-            Ok(s) => self.push(s),
-            Err(_) => self.push(&String::from_utf8_lossy(b)),
         }
     }
 
@@ -260,6 +267,16 @@ impl RequestView for ModuleRequest {
             principal: self.get(principal),
             pem: pem.map(|p| self.get(p)),
         })
+    }
+}
+
+/// Appends `b` to `bytes`, and where it went.
+fn append(bytes: &mut Vec<u8>, b: &[u8]) -> Span {
+    let start = bytes.len() as u32;
+    bytes.extend_from_slice(b);
+    Span {
+        start,
+        end: bytes.len() as u32,
     }
 }
 
@@ -447,6 +464,20 @@ mod tests {
         );
         let r = ModuleRequest::copy(&FakeRequest::default().with(":path", "/bare"));
         assert_eq!((r.path(), r.query(), r.method()), ("/bare", "", ""));
+    }
+
+    #[test]
+    fn a_header_that_is_not_utf8_is_read_lossily_and_the_others_as_they_are() {
+        let mut req = FakeRequest::get("/p?q=1")
+            .with(":path", "/p?q=1")
+            .with("Authorization", "Bearer t");
+        req.headers.push(("x-bytes".into(), b"a\xffb".to_vec()));
+        req.headers.push(("X-After".into(), b"kept".to_vec()));
+        let r = ModuleRequest::copy(&req);
+        assert_eq!(r.header("x-bytes"), Some("a\u{fffd}b"));
+        assert_eq!(r.header("authorization"), Some("Bearer t"));
+        assert_eq!(r.header("x-after"), Some("kept"));
+        assert_eq!((r.path(), r.query()), ("/p", "q=1"));
     }
 
     #[test]
