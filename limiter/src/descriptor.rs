@@ -30,10 +30,11 @@ pub struct LimitOverride {
     pub unit: Option<Unit>,
 }
 
-/// A plain owned descriptor.
+/// A plain descriptor: owned (`String` entries, the default), or borrowing whatever its
+/// builder holds (any `AsRef<str>` keys and values, e.g. `&str` and `Cow<str>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Descriptor {
-    pub entries: Vec<(String, String)>,
+pub struct Descriptor<K = String, V = String> {
+    pub entries: Vec<(K, V)>,
     pub limit: Option<LimitOverride>,
     pub hits_addend: Option<u64>,
 }
@@ -52,13 +53,13 @@ impl Descriptor {
     }
 }
 
-impl DescriptorSource for Descriptor {
+impl<K: AsRef<str>, V: AsRef<str>> DescriptorSource for Descriptor<K, V> {
     fn entry_count(&self) -> usize {
         self.entries.len()
     }
     fn entry(&self, i: usize) -> (&str, &str) {
         let (k, v) = &self.entries[i];
-        (k, v)
+        (k.as_ref(), v.as_ref())
     }
     fn limit_override(&self) -> Option<LimitOverride> {
         self.limit

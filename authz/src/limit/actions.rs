@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 use tollgate_common::config::{Errors, join};
-use tollgate_limiter::{DescriptorSource, LimitOverride, Unit};
+use tollgate_limiter::{Descriptor, LimitOverride, Unit};
 
 use crate::check::RequestView;
 use crate::identity::{Identity, Method};
@@ -492,6 +492,7 @@ impl Descriptors {
                 out.push(Built {
                     entries,
                     limit: plan.key_limit.then(|| key_limit(identity)).flatten(),
+                    hits_addend: None,
                 });
             }
         }
@@ -502,24 +503,7 @@ impl Descriptors {
 /// One request's descriptor as the engine reads it: the keys are the actions', the values
 /// borrowed from the request and the identity unless an action computes them (a masked
 /// address, a number claim, a decoded query value), so building one copies next to nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Built<'a> {
-    pub entries: Vec<(&'a str, Cow<'a, str>)>,
-    pub limit: Option<LimitOverride>,
-}
-
-impl DescriptorSource for Built<'_> {
-    fn entry_count(&self) -> usize {
-        self.entries.len()
-    }
-    fn entry(&self, i: usize) -> (&str, &str) {
-        let (k, v) = &self.entries[i];
-        (k, v)
-    }
-    fn limit_override(&self) -> Option<LimitOverride> {
-        self.limit
-    }
-}
+pub type Built<'a> = Descriptor<&'a str, Cow<'a, str>>;
 
 /// Whether an override is the key's own limit from ext_authz's metadata.
 fn is_key_limit(l: &LimitOverrideConfig) -> bool {
