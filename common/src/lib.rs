@@ -8,6 +8,7 @@
 //! - [`clock`]: the injected wall clock ([`clock::Clock`]; system and manual).
 //! - [`shutdown`]: the shutdown signal (SIGTERM/SIGINT or a test's trigger).
 //! - [`credential`]: operator bearer credentials (file or env, minimum length, header parsing).
+//! - [`local_runtime`]: the mark of threads that run a single-threaded runtime for life.
 //! - [`log_throttle`]: one log line per interval, with a count, for errors that repeat.
 //! - [`secret`]: a string wrapper that never prints and compares in constant time.
 //! - [`tls`]: PEM certificates and keys, the rustls client config (Redis over TLS).
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential;
+pub mod local_runtime;
 pub mod log_throttle;
 pub mod secret;
 pub mod shutdown;

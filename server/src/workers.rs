@@ -50,6 +50,8 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("grpc-{i}"))
                 .spawn(move || {
+                    // Per-thread resources (the Redis store's connections) then stay here.
+                    tollgate_common::local_runtime::mark_dedicated();
                     let served = rt.block_on(async move {
                         let conns = register(rx, tls, drain.clone());
                         builder

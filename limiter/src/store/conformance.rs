@@ -1334,3 +1334,84 @@ async fn redis_cost_per_call() {
         );
     }
 }
+
+/// Calls made on dedicated server threads (`tollgate_common::local_runtime`) go through each
+/// thread's own connection, driven on that thread, and count one limit exactly together with
+/// the calls through the shared connection; dropping the store closes every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dedicated_threads_have_their_own_connections_and_count_exactly() {
+    const LIMIT: u64 = 40;
+    const THREADS: usize = 2;
+    const CALLS: usize = 30;
+    let server = RedisServer::start();
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&test_config(RedisConfig::standalone(server.url())))
+            .await
+            .unwrap(),
+    );
+    let key: Arc<str> = ns("dedicated").into();
+    let limit = rule(Algorithm::SlidingWindow, LIMIT, Duration::from_secs(60));
+    let clients = || {
+        let list = server.cli(&["CLIENT", "LIST"]).unwrap();
+        list.lines()
+            .filter(|l| l.contains("name=tollgate-ratelimit"))
+            .count()
+    };
+    let calls = move |store: Arc<dyn Store>, key: Arc<str>| async move {
+        let mut n = 0;
+        for _ in 0..CALLS {
+            let hits = [Hit {
+                key: &key,
+                rule: limit,
+                cost: 1,
+                shadow: false,
+            }];
+            let o = store.hit(&hits, at(T0)).await.expect("store call");
+            n += u64::from(admitted(&o, &hits));
+        }
+        n
+    };
+    let (done_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut threads = Vec::new();
+    for _ in 0..THREADS {
+        let (store, key, mut done) = (store.clone(), key.clone(), done_tx.subscribe());
+        let (counted_tx, counted_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            tollgate_common::local_runtime::mark_dedicated();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let _ = counted_tx.send(calls(store, key).await);
+                // Keeps the runtime (and the connection's driver) running until the end.
+                let _ = done.recv().await;
+            });
+        });
+        threads.push((thread, counted_rx));
+    }
+    let mut total = calls(store.clone(), key.clone()).await;
+    for (_, counted) in &mut threads {
+        total += counted.await.unwrap();
+    }
+    assert_eq!(total, LIMIT, "one limit over every connection");
+    assert_eq!(
+        clients(),
+        1 + THREADS,
+        "the shared connection and one per dedicated thread"
+    );
+    drop(store);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while clients() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections left open after the store was dropped: {}",
+            clients()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = done_tx.send(());
+    for (thread, _) in threads {
+        thread.join().unwrap();
+    }
+}

@@ -67,12 +67,14 @@ mod breaker;
 mod cluster;
 mod deadline;
 mod node;
+mod per_thread;
 mod pipeline;
 mod resp;
 mod script;
 mod sentinel;
 
 pub use self::breaker::BreakerConfig;
+use self::per_thread::Pipelines;
 use self::pipeline::{Pipeline, ScriptPart};
 pub use self::pipeline::{hold_wakes, holds_wakes, release_wakes};
 pub use self::script::SCRIPT;
@@ -308,7 +310,7 @@ fn config_error(e: RedisError) -> StoreError {
 
 enum Conn {
     /// Standalone or Sentinel, with the node's breaker.
-    Pipeline(Pipeline, breaker::Breaker),
+    Pipeline(Pipelines, breaker::Breaker),
     Cluster(Arc<cluster::Cluster>),
 }
 
@@ -357,8 +359,10 @@ impl RedisStore {
         // A connection with no reply for this long is given up (see the pipeline).
         let stall = (cfg.timeout * 2).max(Duration::from_secs(1));
         let pipeline = |target: node::Target, name: String| {
+            // A Sentinel-managed master keeps one pipeline (one watcher following it).
+            let per_thread = matches!(target, node::Target::Node(_));
             Conn::Pipeline(
-                Pipeline::start(target, CLIENT_NAME, cfg.connect_timeout, stall),
+                Pipelines::start(target, CLIENT_NAME, cfg.connect_timeout, stall, per_thread),
                 breaker::Breaker::new(name, cfg.breaker),
             )
         };
@@ -431,9 +435,10 @@ impl RedisStore {
                     now_us,
                     deadline_us: 0,
                 };
+                let p = p.pick();
                 let r = tokio::time::timeout_at(
                     give_up.into(),
-                    self.call_pipeline(p, call, give_up, permit),
+                    self.call_pipeline(&p, call, give_up, permit),
                 )
                 .await
                 .unwrap_or(Err(StoreError::Timeout));

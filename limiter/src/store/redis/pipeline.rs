@@ -314,10 +314,10 @@ pub(super) struct Pipeline {
 
 impl Pipeline {
     /// Starts the driver task, which connects at once (and again whenever needed), and for
-    /// Sentinel the watcher. Must be called within a Tokio runtime. `stall`: see the module
-    /// docs.
+    /// Sentinel the watcher. Must be called within a Tokio runtime: the tasks run on it.
+    /// `stall`: see the module docs.
     pub(super) fn start(
-        target: Target,
+        target: Arc<Target>,
         name: &'static str,
         connect_timeout: Duration,
         stall: Duration,
@@ -336,7 +336,6 @@ impl Pipeline {
             clock: RedisClock::default(),
             sampled: Notify::new(),
         });
-        let target = Arc::new(target);
         if matches!(*target, Target::Sentinel(_)) {
             tokio::spawn(super::sentinel::watch(
                 Arc::downgrade(&shared),
@@ -436,10 +435,32 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    pub(super) fn is_closed(&self) -> bool {
+        self.shared.closed()
+    }
+
+    /// What closes this pipeline from elsewhere, as dropping it does.
+    pub(super) fn closer(&self) -> Closer {
+        Closer(Arc::downgrade(&self.shared))
+    }
+}
+
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        self.shared.state.lock().phase = Phase::Closed;
-        self.shared.wake_driver();
+        Closer(Arc::downgrade(&self.shared)).close();
+    }
+}
+
+/// Closes a pipeline owned elsewhere (and stops its driver), if it is still there.
+pub(super) struct Closer(std::sync::Weak<Shared>);
+
+impl Closer {
+    pub(super) fn close(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.state.lock().phase = Phase::Closed;
+            shared.wake_driver();
+        }
     }
 }
 
