@@ -116,6 +116,61 @@ async fn calls_abandoned_while_redis_is_frozen_never_count() {
     );
 }
 
+/// The same on a dedicated server thread (its own connection and coarse deadlines,
+/// `tollgate_common::local_runtime`): the calls fail with `Timeout` once the store's timeout has
+/// passed, not before and not much after, and count nothing.
+#[test]
+fn on_a_dedicated_thread_calls_to_a_frozen_redis_time_out_in_time_and_never_count() {
+    const TIMEOUT: Duration = Duration::from_millis(50);
+    let server = RedisServer::start();
+    let mut cfg = RedisConfig::standalone(server.url());
+    cfg.timeout = TIMEOUT;
+    cfg.breaker.after_failures = 0;
+    let shared_rt = tokio::runtime::Runtime::new().unwrap();
+    let store = shared_rt.block_on(RedisStore::connect(&cfg)).unwrap();
+    let keys = keys("frozen-dedicated");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            tollgate_common::local_runtime::mark_dedicated();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                until_answered(&store, &hits_of(&keys, 1)).await;
+                let scripts = server.command_calls("evalsha");
+                server.freeze();
+                let hits = hits_of(&keys, 1);
+                let started = Instant::now();
+                let calls = join_all((0..16).map(|_| store.hit(&hits, at(T0)))).await;
+                let took = started.elapsed();
+                for r in &calls {
+                    assert!(matches!(r, Err(StoreError::Timeout)), "{r:?}");
+                }
+                assert!(took >= TIMEOUT, "gave up after {took:?}");
+                let late = tollgate_common::local_runtime::GRAIN + Duration::from_millis(150);
+                assert!(took < TIMEOUT + late, "gave up only after {took:?}");
+                server.thaw();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while server.command_calls("evalsha") == scripts {
+                    assert!(
+                        Instant::now() < deadline,
+                        "Redis never ran the abandoned calls"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert_eq!(
+                    remaining_once_back(&store, &keys).await,
+                    [99; 4],
+                    "only the call answered before the freeze counted"
+                );
+            });
+        });
+    });
+    drop(store);
+    drop(shared_rt);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_redis_trips_the_breaker_and_calls_fail_fast_until_it_answers() {
     let server = RedisServer::start();

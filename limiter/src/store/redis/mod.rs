@@ -436,8 +436,9 @@ impl RedisStore {
                     deadline_us: 0,
                 };
                 let p = p.pick();
-                let r = tokio::time::timeout_at(
-                    give_up.into(),
+                // On a dedicated thread, its coarse deadlines (no timer armed per call).
+                let r = tollgate_common::local_runtime::timeout_at(
+                    give_up,
                     self.call_pipeline(&p, call, give_up, permit),
                 )
                 .await

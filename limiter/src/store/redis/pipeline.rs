@@ -621,7 +621,8 @@ async fn serve(shared: &Shared, mut conn: Conn, stall: Duration) -> String {
         }
         if !wbuf.is_empty() {
             // A peer that stops reading must not hold the driver (and every caller) forever.
-            match tokio::time::timeout(stall, conn.io.write_all(&wbuf)).await {
+            let write = conn.io.write_all(&wbuf);
+            match tollgate_common::local_runtime::timeout_at(Instant::now() + stall, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return format!("redis: writing: {e}"),
                 Err(_) => return format!("redis: could not write for {stall:?}"),
