@@ -46,18 +46,21 @@ pub const GRAIN: Duration = Duration::from_millis(1);
 
 /// `future`'s output, or [`Elapsed`] once `deadline` has passed: Tokio's `timeout_at` on other
 /// threads; on a dedicated one, the thread's own coarse deadlines (at most [`GRAIN`] late).
-pub async fn timeout_at<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> TimeoutAt<F> {
     if is_dedicated() {
-        Timeout {
-            future,
-            deadline,
-            slot: None,
+        TimeoutAt {
+            inner: Inner::Coarse {
+                future,
+                deadline,
+                slot: None,
+            },
         }
-        .await
     } else {
-        tokio::time::timeout_at(deadline.into(), future)
-            .await
-            .map_err(|_| Elapsed)
+        TimeoutAt {
+            inner: Inner::Tokio {
+                timeout: tokio::time::timeout_at(deadline.into(), future),
+            },
+        }
     }
 }
 
@@ -153,23 +156,51 @@ fn round_up(at: Instant) -> Instant {
 }
 
 pin_project_lite::pin_project! {
-    struct Timeout<F> {
+    /// The future of [`timeout_at`].
+    pub struct TimeoutAt<F> {
         #[pin]
-        future: F,
-        deadline: Instant,
-        slot: Option<Arc<Slot>>,
+        inner: Inner<F>,
     }
 }
 
-impl<F: Future> Future for Timeout<F> {
+impl<F> std::fmt::Debug for TimeoutAt<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutAt").finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner<F> {
+        Coarse {
+            #[pin]
+            future: F,
+            deadline: Instant,
+            slot: Option<Arc<Slot>>,
+        },
+        Tokio {
+            #[pin]
+            timeout: tokio::time::Timeout<F>,
+        },
+    }
+}
+
+impl<F: Future> Future for TimeoutAt<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(out) = this.future.poll(cx) {
+        let (future, deadline, slot) = match self.project().inner.project() {
+            InnerProj::Tokio { timeout } => return timeout.poll(cx).map_err(|_| Elapsed),
+            InnerProj::Coarse {
+                future,
+                deadline,
+                slot,
+            } => (future, deadline, slot),
+        };
+        if let Poll::Ready(out) = future.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        match this.slot {
+        match slot {
             Some(slot) => {
                 slot.waker.register(cx.waker());
                 if slot.fired.load(Ordering::Acquire) {
@@ -177,15 +208,15 @@ impl<F: Future> Future for Timeout<F> {
                 }
             }
             None => {
-                if Instant::now() >= *this.deadline {
+                if Instant::now() >= *deadline {
                     return Poll::Ready(Err(Elapsed));
                 }
-                let slot = Arc::new(Slot::default());
-                slot.waker.register(cx.waker());
-                if let Some(wake) = DEADLINES.with_borrow_mut(|d| d.add(*this.deadline, &slot)) {
+                let new = Arc::new(Slot::default());
+                new.waker.register(cx.waker());
+                if let Some(wake) = DEADLINES.with_borrow_mut(|d| d.add(*deadline, &new)) {
                     tokio::spawn(sleeper(wake));
                 }
-                *this.slot = Some(slot);
+                *slot = Some(new);
             }
         }
         Poll::Pending
