@@ -77,6 +77,29 @@ async fn remaining_once_back(store: &dyn Store, keys: &[String]) -> Vec<u64> {
     }
 }
 
+/// After a thawed Redis ran the abandoned merged call (`scripts`: the script calls before the
+/// freeze), only the one call answered before the freeze has counted.
+async fn only_the_answered_call_counted(
+    server: &RedisServer,
+    scripts: u64,
+    store: &dyn Store,
+    keys: &[String],
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.command_calls("evalsha") == scripts {
+        assert!(
+            Instant::now() < deadline,
+            "Redis never ran the abandoned calls after it thawed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        remaining_once_back(store, keys).await,
+        [99; 4],
+        "only the call answered before the freeze counted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_abandoned_while_redis_is_frozen_never_count() {
     let server = RedisServer::start();
@@ -100,20 +123,7 @@ async fn calls_abandoned_while_redis_is_frozen_never_count() {
     // The first merged call of the abandoned ones was written before its callers gave up (the
     // others waited for its reply and were dropped unsent): Redis runs it once it thaws, before
     // anything else, and it must change nothing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while server.command_calls("evalsha") == scripts {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Redis never ran the abandoned calls after it thawed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    assert_eq!(
-        remaining_once_back(&store, &keys).await,
-        [99; 4],
-        "only the call answered before the freeze counted"
-    );
+    only_the_answered_call_counted(&server, scripts, &store, &keys).await;
 }
 
 /// The same on a dedicated server thread (its own connection and coarse deadlines,
@@ -151,19 +161,7 @@ fn on_a_dedicated_thread_calls_to_a_frozen_redis_time_out_in_time_and_never_coun
                 let late = tollgate_common::local_runtime::GRAIN + Duration::from_millis(150);
                 assert!(took < TIMEOUT + late, "gave up only after {took:?}");
                 server.thaw();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while server.command_calls("evalsha") == scripts {
-                    assert!(
-                        Instant::now() < deadline,
-                        "Redis never ran the abandoned calls"
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                assert_eq!(
-                    remaining_once_back(&store, &keys).await,
-                    [99; 4],
-                    "only the call answered before the freeze counted"
-                );
+                only_the_answered_call_counted(&server, scripts, &store, &keys).await;
             });
         });
     });

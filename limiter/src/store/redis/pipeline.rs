@@ -256,6 +256,12 @@ impl Shared {
         matches!(self.state.lock().phase, Phase::Closed)
     }
 
+    /// Closes the pipeline: its driver fails what waits and stops.
+    fn close(&self) {
+        self.state.lock().phase = Phase::Closed;
+        self.wake_driver();
+    }
+
     /// The node the connection is up to.
     pub(super) fn connected_to(&self) -> Option<String> {
         match &self.state.lock().phase {
@@ -436,6 +442,7 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Whether the pipeline was closed (its owner dropped it, or a [`Closer`] closed it).
     pub(super) fn is_closed(&self) -> bool {
         self.shared.closed()
     }
@@ -448,7 +455,7 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        Closer(Arc::downgrade(&self.shared)).close();
+        self.shared.close();
     }
 }
 
@@ -458,8 +465,7 @@ pub(super) struct Closer(std::sync::Weak<Shared>);
 impl Closer {
     pub(super) fn close(&self) {
         if let Some(shared) = self.0.upgrade() {
-            shared.state.lock().phase = Phase::Closed;
-            shared.wake_driver();
+            shared.close();
         }
     }
 }
