@@ -26,7 +26,7 @@ thread_local! {
 
 /// The shared pipeline and how to open a thread's own.
 pub(super) struct Pipelines {
-    shared: Arc<Pipeline>,
+    shared: Pipeline,
     /// `None`: every caller uses the shared one (a Sentinel-managed master: one watcher).
     own: Option<Box<Own>>,
 }
@@ -52,12 +52,7 @@ impl Pipelines {
     ) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let target = Arc::new(target);
-        let shared = Arc::new(Pipeline::start(
-            target.clone(),
-            name,
-            connect_timeout,
-            stall,
-        ));
+        let shared = Pipeline::start(target.clone(), name, connect_timeout, stall);
         let own = per_thread.then(|| {
             Box::new(Own {
                 id: NEXT.fetch_add(1, Ordering::Relaxed),
@@ -73,10 +68,28 @@ impl Pipelines {
 
     /// The pipeline for a call made on this thread (its own, opened on first use, on a
     /// dedicated thread).
-    pub(super) fn pick(&self) -> Arc<Pipeline> {
+    pub(super) fn pick(&self) -> Picked<'_> {
         match &self.own {
-            Some(own) if tollgate_common::local_runtime::is_dedicated() => own.pick(),
-            _ => self.shared.clone(),
+            Some(own) if tollgate_common::local_runtime::is_dedicated() => Picked::Own(own.pick()),
+            _ => Picked::Shared(&self.shared),
+        }
+    }
+}
+
+/// The pipeline [`Pipelines::pick`] chose: the shared one borrowed (no reference count
+/// touched by every thread's calls), or the thread's own.
+pub(super) enum Picked<'a> {
+    Shared(&'a Pipeline),
+    Own(Arc<Pipeline>),
+}
+
+impl std::ops::Deref for Picked<'_> {
+    type Target = Pipeline;
+
+    fn deref(&self) -> &Pipeline {
+        match self {
+            Picked::Shared(p) => p,
+            Picked::Own(p) => p,
         }
     }
 }
