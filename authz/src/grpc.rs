@@ -3,6 +3,8 @@
 //! Nothing else happens here: the decision, its metrics and log lines are the shared path's.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tollgate_proto::auth::attribute_context::{HttpRequest, Peer};
@@ -43,16 +45,38 @@ impl AuthzService {
     }
 }
 
-#[tonic::async_trait]
+// By hand rather than with `async_trait`: an async method's future would hold the request
+// twice (the argument and the message taken out of it) besides the decision's own state, and
+// the traced path's state too. This future, moved whole into each wrapper on its way to the
+// connection's task, holds the message once; the traced path is boxed apart.
 impl Authorization for AuthzService {
-    async fn check(
+    fn check<'life0, 'async_trait>(
+        &'life0 self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = Result<tonic::Response<CheckResponse>, tonic::Status>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        if tollgate_common::trace::enabled() {
+            return Box::pin(self.check_traced(request));
+        }
+        let req = request.into_inner();
+        Box::pin(async move { Ok(tonic::Response::new(AuthzService::check(self, &req).await)) })
+    }
+}
+
+impl AuthzService {
+    async fn check_traced(
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        if !tollgate_common::trace::enabled() {
-            let req = request.into_inner();
-            return Ok(tonic::Response::new(AuthzService::check(self, &req).await));
-        }
         // Envoy's span for this call is in the gRPC metadata; without it, the client's trace
         // in the checked request's headers.
         let headers = request

@@ -403,7 +403,8 @@ impl ApiKeys {
             ));
         }
         let epoch = caches.epoch(id);
-        match self.inner.store.get_record(id).await {
+        // Boxed: a store read is a cache miss; inline its state would grow every Check's future.
+        match Box::pin(self.inner.store.get_record(id)).await {
             Ok(rec) => {
                 outage.read_ok();
                 let known = rec.map(|r| Arc::new(KnownKey::new(r)));

@@ -271,9 +271,9 @@ impl Introspector {
             key,
             cell,
         };
-        guard
-            .cell
-            .get_or_init(|| self.introspect(token, key, now))
+        // Boxed: the call is rare (cache misses) and its state large; inline it would grow
+        // every Check's future.
+        Box::pin(guard.cell.get_or_init(|| self.introspect(token, key, now)))
             .await
             .clone()
     }
