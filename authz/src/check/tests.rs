@@ -757,28 +757,20 @@ async fn api_key_checks_count_in_usage_and_carry_the_keys_own_limit() {
 #[tokio::test]
 async fn the_check_future_leaves_rare_paths_boxed() {
     use tollgate_proto::auth::Authorization;
+    fn at_most<T: ?Sized>(what: &str, value: &T, bound: usize) {
+        let size = std::mem::size_of_val(value);
+        assert!(size <= bound, "{what}: {size} bytes, more than {bound}");
+    }
     let f = fixture("").await;
     let a = &f.built.authorizer;
-    let jwt = a.jwt.as_ref().unwrap().verify("x");
-    assert!(
-        std::mem::size_of_val(&jwt) <= 256,
-        "{}",
-        std::mem::size_of_val(&jwt)
-    );
-    let key = a.api_keys.as_ref().unwrap().verify("x");
-    assert!(
-        std::mem::size_of_val(&key) <= 256,
-        "{}",
-        std::mem::size_of_val(&key)
+    at_most("jwt verify", &a.jwt.as_ref().unwrap().verify("x"), 256);
+    at_most(
+        "api key verify",
+        &a.api_keys.as_ref().unwrap().verify("x"),
+        256,
     );
     let view = crate::check::OwnedRequest::new("GET", "/");
-    let check = a.check(&view);
-    assert!(
-        std::mem::size_of_val(&check) <= 1600,
-        "{}",
-        std::mem::size_of_val(&check)
-    );
+    at_most("check", &a.check(&view), 1600);
     let grpc = Authorization::check(&f.grpc, tonic::Request::new(CheckRequest::default()));
-    let size = std::mem::size_of_val(&*grpc);
-    assert!(size <= 3000, "{size}");
+    at_most("grpc check", &*grpc, 3000);
 }
