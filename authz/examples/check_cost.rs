@@ -14,12 +14,18 @@ use serde_json::json;
 use tollgate_authz::apikey::NewKey;
 use tollgate_authz::{AuthzService, Config, build};
 use tollgate_proto::auth::attribute_context::{HttpRequest, Request};
-use tollgate_proto::auth::{AttributeContext, CheckRequest};
+use tollgate_proto::auth::{AttributeContext, CheckRequest, read};
 
 const ISSUER: &str = "https://issuer.test";
 
-/// A request shaped like Envoy's: the credential plus a dozen ordinary headers.
-fn request(credential: (&str, &str)) -> CheckRequest {
+/// A request shaped like Envoy's (the credential plus a dozen ordinary headers), read as the
+/// server reads it.
+fn request(credential: (&str, &str)) -> read::CheckRequest {
+    read::CheckRequest::read(&full_request(credential))
+}
+
+/// The message Envoy sends, before the server reads it.
+fn full_request(credential: (&str, &str)) -> CheckRequest {
     let mut headers: std::collections::HashMap<String, String> = (0..12)
         .map(|i| (format!("x-header-{i}"), "v".repeat(20)))
         .collect();
@@ -96,15 +102,15 @@ async fn main() {
         ("API key", request(("x-api-key", secret.expose()))),
     ];
     for (name, req) in &cases {
-        let answer = authz.check(req).await;
+        let answer = authz.answer(req).await;
         assert_eq!(answer.status.unwrap().code, 0, "{name} must be allowed");
         for _ in 0..5_000 {
-            black_box(authz.check(req).await);
+            black_box(authz.answer(req).await);
         }
         let n = 200_000;
         let t = Instant::now();
         for _ in 0..n {
-            black_box(authz.check(req).await);
+            black_box(authz.answer(req).await);
         }
         println!(
             "{name}: {:.2} µs per Check",
@@ -114,13 +120,13 @@ async fn main() {
 
     let n = 2_000;
     let requests: Vec<String> = (1..=n).map(token).collect();
-    let requests: Vec<CheckRequest> = requests
+    let requests: Vec<read::CheckRequest> = requests
         .iter()
         .map(|t| request(("authorization", t)))
         .collect();
     let t = Instant::now();
     for req in &requests {
-        black_box(authz.check(req).await);
+        black_box(authz.answer(req).await);
     }
     println!(
         "uncached RS256 JWT: {:.1} µs per Check",

@@ -1,30 +1,34 @@
-//! The gRPC Check adapter (`envoy.service.auth.v3.Authorization/Check`): a `CheckRequest` read
-//! as a [`RequestView`] (nothing copied), the [`Decision`] written back as a `CheckResponse`.
-//! Nothing else happens here: the decision, its metrics and log lines are the shared path's.
+//! The gRPC Check adapter (`envoy.service.auth.v3.Authorization/Check`): the server
+//! ([`CheckServer`]) decodes each `CheckRequest` as [`read::CheckRequest`] (only the fields a
+//! decision reads, maps kept as their entries), reads it as a [`RequestView`] (nothing copied),
+//! and writes the [`Decision`] back as a `CheckResponse`. Nothing else happens here: the
+//! decision, its metrics and log lines are the shared path's.
 
-use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tollgate_proto::auth::attribute_context::{HttpRequest, Peer};
+use tollgate_proto::auth::read::{self, Entry, HttpRequest, Peer};
 use tollgate_proto::auth::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HttpResponse, OkHttpResponse,
-    header, http_status_code,
+    CheckRequest, CheckResponse, DeniedHttpResponse, HttpResponse, OkHttpResponse, header,
+    http_status_code,
 };
 use tollgate_proto::metadata;
-use tollgate_proto::pb::envoy::config::core::v3::address::Address;
 use tollgate_proto::pb::envoy::r#type::v3::HttpStatus;
 use tollgate_proto::pb::google::protobuf::{Struct, Value};
 use tollgate_proto::pb::google::rpc;
 use tollgate_proto::rpc_code;
+use tonic::codegen::{Body, Service, StdError};
+use tonic::server::{Grpc as GrpcServer, NamedService, UnaryService};
 
 use crate::check::{
     Allow, Authorizer, Decision, Deny, MetadataValue, PeerCertificate, RequestView, RouteSettings,
     extensions,
 };
 
-/// The gRPC service.
+/// The Check service: what the server does for each call, minus the transport.
 #[derive(Debug, Clone)]
 pub struct AuthzService {
     inner: Arc<Authorizer>,
@@ -35,48 +39,22 @@ impl AuthzService {
         Self { inner }
     }
 
-    /// Answers one Check (what the service does for each call, minus the transport).
-    pub async fn check(&self, req: &CheckRequest) -> CheckResponse {
+    /// Answers one Check, read as the server reads it.
+    pub async fn answer(&self, req: &read::CheckRequest) -> CheckResponse {
         let decision = match Grpc::of(req) {
             Some(view) => self.inner.check(&view).await,
             None => self.inner.refuse_unreadable(),
         };
         response(decision)
     }
-}
 
-// By hand rather than with `async_trait`: an async method's future would hold the request
-// twice (the argument and the message taken out of it) besides the decision's own state, and
-// the traced path's state too. This future, moved whole into each wrapper on its way to the
-// connection's task, holds the message once; the traced path is boxed apart.
-impl Authorization for AuthzService {
-    fn check<'life0, 'async_trait>(
-        &'life0 self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Pin<
-        Box<
-            dyn Future<Output = Result<tonic::Response<CheckResponse>, tonic::Status>>
-                + Send
-                + 'async_trait,
-        >,
-    >
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        if tollgate_common::trace::enabled() {
-            return Box::pin(self.check_traced(request));
-        }
-        let req = request.into_inner();
-        Box::pin(async move { Ok(tonic::Response::new(AuthzService::check(self, &req).await)) })
+    /// Answers a full `CheckRequest` as if it had come over the wire (encoded, then read as
+    /// the server reads it): for tests and tools that build Envoy's message.
+    pub async fn check(&self, req: &CheckRequest) -> CheckResponse {
+        self.answer(&read::CheckRequest::read(req)).await
     }
-}
 
-impl AuthzService {
-    async fn check_traced(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+    async fn answer_traced(&self, request: tonic::Request<read::CheckRequest>) -> CheckResponse {
         // Envoy's span for this call is in the gRPC metadata; without it, the client's trace
         // in the checked request's headers.
         let headers = request
@@ -85,15 +63,97 @@ impl AuthzService {
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref())
-            .map(|h| &h.headers);
+            .map(|h| h.headers.as_slice());
         let span = tollgate_server::trace::server_span(
             "envoy.service.auth.v3.Authorization/Check",
             request.metadata(),
-            |k| headers.and_then(|h| h.get(k)).map(String::as_str),
+            |k| headers.and_then(|h| read::lookup(h, k)),
         );
         let req = request.into_inner();
-        let answer = tracing::Instrument::instrument(AuthzService::check(self, &req), span).await;
-        Ok(tonic::Response::new(answer))
+        tracing::Instrument::instrument(self.answer(&req), span).await
+    }
+}
+
+/// The gRPC path of the one method served.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The `envoy.service.auth.v3.Authorization` gRPC service over an [`AuthzService`], as
+/// tonic's generated server would serve it (the same codec defaults: no compression, 4 MiB
+/// decoding limit) except that each Check is decoded as [`read::CheckRequest`].
+#[derive(Debug, Clone)]
+pub struct CheckServer {
+    service: AuthzService,
+}
+
+impl CheckServer {
+    pub fn new(service: AuthzService) -> Self {
+        Self { service }
+    }
+}
+
+impl NamedService for CheckServer {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<B> Service<http::Request<B>> for CheckServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(unimplemented()) });
+        }
+        let method = Unary(self.service.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<CheckResponse, read::CheckRequest>::default();
+            Ok(GrpcServer::new(codec).unary(method, req).await)
+        })
+    }
+}
+
+/// The answer to a method this service does not have.
+fn unimplemented() -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::default());
+    let headers = response.headers_mut();
+    headers.insert(
+        tonic::Status::GRPC_STATUS,
+        (tonic::Code::Unimplemented as i32).into(),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        tonic::metadata::GRPC_CONTENT_TYPE,
+    );
+    response
+}
+
+/// The Check method. Its future holds the message once besides the decision's own state;
+/// the traced path is boxed apart, so its state never weighs on the untraced one.
+pub(crate) struct Unary(pub(crate) AuthzService);
+
+impl UnaryService<read::CheckRequest> for Unary {
+    type Response = CheckResponse;
+    type Future = BoxFuture<Result<tonic::Response<CheckResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<read::CheckRequest>) -> Self::Future {
+        let service = self.0.clone();
+        if tollgate_common::trace::enabled() {
+            return Box::pin(async move {
+                Ok(tonic::Response::new(service.answer_traced(request).await))
+            });
+        }
+        let req = request.into_inner();
+        Box::pin(async move { Ok(tonic::Response::new(service.answer(&req).await)) })
     }
 }
 
@@ -102,13 +162,13 @@ struct Grpc<'a> {
     http: &'a HttpRequest,
     path: &'a str,
     query: &'a str,
-    extensions: &'a HashMap<String, String>,
+    extensions: &'a [Entry],
     source: Option<&'a Peer>,
 }
 
 impl<'a> Grpc<'a> {
     /// `None` when the check carries no HTTP request.
-    fn of(req: &'a CheckRequest) -> Option<Self> {
+    fn of(req: &'a read::CheckRequest) -> Option<Self> {
         let attrs = req.attributes.as_ref()?;
         let http = attrs.request.as_ref()?.http.as_ref()?;
         let (path, query) = http.path.split_once('?').unwrap_or((&http.path, ""));
@@ -136,13 +196,13 @@ impl RequestView for Grpc<'_> {
         self.query
     }
     fn header(&self, name: &str) -> Option<&str> {
-        self.http.headers.get(name).map(String::as_str)
+        read::lookup(&self.http.headers, name)
     }
     fn route(&self) -> RouteSettings<'_> {
         if self.extensions.is_empty() {
             return RouteSettings::default();
         }
-        let get = |k: &str| self.extensions.get(k).map(String::as_str);
+        let get = |k: &str| read::lookup(self.extensions, k);
         RouteSettings {
             rule: get(extensions::RULE),
             identity: get(extensions::IDENTITY),
@@ -151,10 +211,8 @@ impl RequestView for Grpc<'_> {
         }
     }
     fn source_address(&self) -> Option<&str> {
-        match self.source?.address.as_ref()?.address.as_ref()? {
-            Address::SocketAddress(s) => Some(&s.address),
-            _ => None,
-        }
+        let socket = self.source?.address.as_ref()?.socket_address.as_ref()?;
+        Some(&socket.address)
     }
     fn peer_certificate(&self) -> Option<PeerCertificate<'_>> {
         let peer = self.source?;

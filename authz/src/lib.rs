@@ -33,7 +33,6 @@ use tokio::task::JoinHandle;
 use tollgate_common::Shutdown;
 use tollgate_common::clock::{Clock, SystemClock};
 use tollgate_common::config::Sources;
-use tollgate_proto::auth::AuthorizationServer;
 use tollgate_server::{ServeError, Services};
 
 pub mod admin;
@@ -52,7 +51,7 @@ pub mod reload;
 
 pub use check::{Authorizer, Decision, RequestView};
 pub use config::Config;
-pub use grpc::AuthzService;
+pub use grpc::{AuthzService, CheckServer};
 pub use reason::Reason;
 
 use apikey::{ApiKeys, KeyStoreError};
@@ -313,7 +312,7 @@ async fn serve(
     });
     let services = Services {
         name: SERVICE_NAME,
-        grpc: tonic::service::Routes::new(AuthorizationServer::new(AuthzService::new(authorizer))),
+        grpc: tonic::service::Routes::new(CheckServer::new(AuthzService::new(authorizer))),
         http: axum::Router::new(),
     };
     let handle = tokio::spawn(async move {

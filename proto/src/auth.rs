@@ -31,3 +31,5 @@ pub fn http_status_code(code: u16) -> i32 {
         .map(|c| c as i32)
         .unwrap_or(StatusCode::Forbidden as i32)
 }
+
+pub mod read;

@@ -1,0 +1,229 @@
+//! The part of a `CheckRequest` Tollgate reads, decoded from the same wire format as
+//! [`super::CheckRequest`]: the HTTP request's method, host, path and headers, the route's
+//! context extensions, and the source peer (address, TLS principal and certificate).
+//!
+//! Every other field (the destination peer, the request's id, time, scheme, protocol and body,
+//! metadata, the TLS session) is skipped on the wire without being decoded, and the two maps
+//! are kept as their entries in wire order instead of being hashed into a `HashMap`: a Check
+//! looks up a handful of names among a few dozen entries. A name sent twice resolves to its
+//! last entry, as decoding into a map does.
+//!
+//! The field numbers are those of `envoy/service/auth/v3/attribute_context.proto` and
+//! `envoy/config/core/v3/address.proto`; a test below checks each against `envoy-types`'
+//! generated messages by encoding with them and decoding with these.
+
+/// `envoy.service.auth.v3.CheckRequest`, the fields read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckRequest {
+    #[prost(message, optional, tag = "1")]
+    pub attributes: Option<AttributeContext>,
+}
+
+/// `envoy.service.auth.v3.AttributeContext`, the fields read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttributeContext {
+    #[prost(message, optional, tag = "1")]
+    pub source: Option<Peer>,
+    #[prost(message, optional, tag = "4")]
+    pub request: Option<Request>,
+    #[prost(message, repeated, tag = "10")]
+    pub context_extensions: Vec<Entry>,
+}
+
+/// `AttributeContext.Peer`, the fields read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Peer {
+    #[prost(message, optional, tag = "1")]
+    pub address: Option<Address>,
+    #[prost(string, tag = "4")]
+    pub principal: String,
+    #[prost(string, tag = "5")]
+    pub certificate: String,
+}
+
+/// `envoy.config.core.v3.Address`: only its `socket_address` (a pipe or an internal address
+/// leaves it `None`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Address {
+    #[prost(message, optional, tag = "1")]
+    pub socket_address: Option<SocketAddress>,
+}
+
+/// `envoy.config.core.v3.SocketAddress`: the address, not the port.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SocketAddress {
+    #[prost(string, tag = "2")]
+    pub address: String,
+}
+
+/// `AttributeContext.Request`: its HTTP request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Request {
+    #[prost(message, optional, tag = "2")]
+    pub http: Option<HttpRequest>,
+}
+
+/// `AttributeContext.HttpRequest`, the fields read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HttpRequest {
+    #[prost(string, tag = "2")]
+    pub method: String,
+    #[prost(message, repeated, tag = "3")]
+    pub headers: Vec<Entry>,
+    #[prost(string, tag = "4")]
+    pub path: String,
+    #[prost(string, tag = "5")]
+    pub host: String,
+}
+
+/// One entry of a `map<string, string>` as it is on the wire (a message of a key and a value).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Entry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// The value of `name` among `entries` (the last one when it was sent twice).
+pub fn lookup<'a>(entries: &'a [Entry], name: &str) -> Option<&'a str> {
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.key == name)
+        .map(|e| e.value.as_str())
+}
+
+impl CheckRequest {
+    /// A full `CheckRequest` read the way the server reads Envoy's message: encoded, then
+    /// decoded as this type (for tests and tools that build the full message).
+    pub fn read(full: &super::CheckRequest) -> Self {
+        use prost::Message;
+        Self::decode(full.encode_to_vec().as_slice())
+            .expect("a message encoded by prost decodes as a subset of its fields")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::attribute_context::{self as full, HttpRequest as FullHttp};
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address as FullAddress, Pipe, SocketAddress as FullSocket, address, socket_address,
+    };
+
+    fn full_request() -> super::super::CheckRequest {
+        super::super::CheckRequest {
+            attributes: Some(super::super::AttributeContext {
+                source: Some(full::Peer {
+                    address: Some(FullAddress {
+                        address: Some(address::Address::SocketAddress(FullSocket {
+                            address: "203.0.113.7".into(),
+                            port_specifier: Some(socket_address::PortSpecifier::PortValue(40_000)),
+                            ..Default::default()
+                        })),
+                    }),
+                    service: "client".into(),
+                    principal: "spiffe://example/client".into(),
+                    certificate: "-----BEGIN CERTIFICATE-----".into(),
+                    ..Default::default()
+                }),
+                destination: Some(full::Peer {
+                    principal: "server".into(),
+                    ..Default::default()
+                }),
+                request: Some(full::Request {
+                    time: Some(Default::default()),
+                    http: Some(FullHttp {
+                        id: "1234".into(),
+                        method: "POST".into(),
+                        headers: [("authorization", "Bearer t"), ("x-api-key", "k")]
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        path: "/api/v1?x=1".into(),
+                        host: "api.example.com".into(),
+                        scheme: "https".into(),
+                        protocol: "HTTP/1.1".into(),
+                        size: 12,
+                        body: "ignored".into(),
+                        ..Default::default()
+                    }),
+                }),
+                context_extensions: [("tollgate.rule".to_string(), "api".to_string())]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn reads_the_fields_envoy_types_encodes() {
+        let read = CheckRequest::read(&full_request());
+        let attrs = read.attributes.unwrap();
+        let http = attrs.request.unwrap().http.unwrap();
+        assert_eq!(http.method, "POST");
+        assert_eq!(http.path, "/api/v1?x=1");
+        assert_eq!(http.host, "api.example.com");
+        assert_eq!(lookup(&http.headers, "authorization"), Some("Bearer t"));
+        assert_eq!(lookup(&http.headers, "x-api-key"), Some("k"));
+        assert_eq!(lookup(&http.headers, "cookie"), None);
+        assert_eq!(http.headers.len(), 2);
+        assert_eq!(
+            lookup(&attrs.context_extensions, "tollgate.rule"),
+            Some("api")
+        );
+        let source = attrs.source.unwrap();
+        assert_eq!(source.principal, "spiffe://example/client");
+        assert_eq!(source.certificate, "-----BEGIN CERTIFICATE-----");
+        assert_eq!(
+            source.address.unwrap().socket_address.unwrap().address,
+            "203.0.113.7"
+        );
+    }
+
+    #[test]
+    fn a_pipe_source_has_no_socket_address() {
+        let mut req = full_request();
+        let attrs = req.attributes.as_mut().unwrap();
+        attrs.source.as_mut().unwrap().address = Some(FullAddress {
+            address: Some(address::Address::Pipe(Pipe {
+                path: "/run/envoy.sock".into(),
+                mode: 0,
+            })),
+        });
+        let read = CheckRequest::read(&req);
+        let source = read.attributes.unwrap().source.unwrap();
+        assert_eq!(source.address.unwrap().socket_address, None);
+    }
+
+    #[test]
+    fn a_name_sent_twice_reads_as_its_last_entry() {
+        use prost::Message;
+        // Two entries for one key, as a map decoder would see them: the last one wins.
+        let http = HttpRequest {
+            headers: vec![
+                Entry {
+                    key: "x-a".into(),
+                    value: "first".into(),
+                },
+                Entry {
+                    key: "x-a".into(),
+                    value: "second".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let bytes = http.encode_to_vec();
+        let as_map = FullHttp::decode(bytes.as_slice()).unwrap();
+        assert_eq!(as_map.headers["x-a"], "second");
+        assert_eq!(
+            lookup(
+                &HttpRequest::decode(bytes.as_slice()).unwrap().headers,
+                "x-a"
+            ),
+            Some("second")
+        );
+    }
+}
