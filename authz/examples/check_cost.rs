@@ -10,11 +10,12 @@ use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use prost::Message;
 use serde_json::json;
 use tollgate_authz::apikey::NewKey;
 use tollgate_authz::{AuthzService, Config, build};
 use tollgate_proto::auth::attribute_context::{HttpRequest, Request};
-use tollgate_proto::auth::{AttributeContext, CheckRequest, read};
+use tollgate_proto::auth::{AttributeContext, CheckRequest, CheckResponse, read};
 
 const ISSUER: &str = "https://issuer.test";
 
@@ -102,7 +103,7 @@ async fn main() {
         ("API key", request(("x-api-key", secret.expose()))),
     ];
     for (name, req) in &cases {
-        let answer = authz.answer(req).await;
+        let answer = CheckResponse::decode(authz.answer(req).await.bytes()).unwrap();
         assert_eq!(answer.status.unwrap().code, 0, "{name} must be allowed");
         for _ in 0..5_000 {
             black_box(authz.answer(req).await);

@@ -10,23 +10,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use prost::Message;
 use tollgate_proto::auth::read::{self, Entry, HttpRequest, Peer};
-use tollgate_proto::auth::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, HttpResponse, OkHttpResponse, header,
-    http_status_code,
-};
-use tollgate_proto::metadata;
-use tollgate_proto::pb::envoy::r#type::v3::HttpStatus;
-use tollgate_proto::pb::google::protobuf::{Struct, Value};
-use tollgate_proto::pb::google::rpc;
+use tollgate_proto::auth::{CheckRequest, CheckResponse};
 use tollgate_proto::rpc_code;
 use tonic::codegen::{Body, Service, StdError};
 use tonic::server::{Grpc as GrpcServer, NamedService, UnaryService};
 
-use crate::check::{
-    Allow, Authorizer, Decision, Deny, MetadataValue, PeerCertificate, RequestView, RouteSettings,
-    extensions,
-};
+use crate::check::{Authorizer, Decision, PeerCertificate, RequestView, RouteSettings, extensions};
+
+mod wire;
+#[cfg(test)]
+mod wire_tests;
+
+pub use wire::Answer;
 
 /// The Check service: what the server does for each call, minus the transport.
 #[derive(Debug, Clone)]
@@ -39,22 +36,24 @@ impl AuthzService {
         Self { inner }
     }
 
-    /// Answers one Check, read as the server reads it.
-    pub async fn answer(&self, req: &read::CheckRequest) -> CheckResponse {
+    /// Answers one Check, read as the server reads it, with the encoded `CheckResponse`.
+    pub async fn answer(&self, req: &read::CheckRequest) -> Answer {
         let decision = match Grpc::of(req) {
             Some(view) => self.inner.check(&view).await,
             None => self.inner.refuse_unreadable(),
         };
-        response(decision)
+        Answer::of(&decision)
     }
 
-    /// Answers a full `CheckRequest` as if it had come over the wire (encoded, then read as
-    /// the server reads it): for tests and tools that build Envoy's message.
+    /// Answers a full `CheckRequest` as if it had come over the wire (encoded, read as the
+    /// server reads it, the answer decoded as Envoy does): for tests and tools that build
+    /// Envoy's message.
     pub async fn check(&self, req: &CheckRequest) -> CheckResponse {
-        self.answer(&read::CheckRequest::read(req)).await
+        let answer = self.answer(&read::CheckRequest::read(req)).await;
+        CheckResponse::decode(answer.bytes()).expect("an answer decodes as a CheckResponse")
     }
 
-    async fn answer_traced(&self, request: tonic::Request<read::CheckRequest>) -> CheckResponse {
+    async fn answer_traced(&self, request: tonic::Request<read::CheckRequest>) -> Answer {
         // Envoy's span for this call is in the gRPC metadata; without it, the client's trace
         // in the checked request's headers.
         let headers = request
@@ -116,7 +115,7 @@ where
         }
         let method = Unary(self.service.clone());
         Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<CheckResponse, read::CheckRequest>::default();
+            let codec = tonic_prost::ProstCodec::<Answer, read::CheckRequest>::default();
             Ok(GrpcServer::new(codec).unary(method, req).await)
         })
     }
@@ -142,8 +141,8 @@ fn unimplemented() -> http::Response<tonic::body::Body> {
 pub(crate) struct Unary(pub(crate) AuthzService);
 
 impl UnaryService<read::CheckRequest> for Unary {
-    type Response = CheckResponse;
-    type Future = BoxFuture<Result<tonic::Response<CheckResponse>, tonic::Status>>;
+    type Response = Answer;
+    type Future = BoxFuture<Result<tonic::Response<Answer>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<read::CheckRequest>) -> Self::Future {
         let service = self.0.clone();
@@ -226,75 +225,17 @@ impl RequestView for Grpc<'_> {
     }
 }
 
-/// The `CheckResponse` of a decision.
-fn response(decision: Decision) -> CheckResponse {
-    let dynamic_metadata = dynamic_metadata(&decision);
+/// The gRPC code of a decision's `CheckResponse.status`. Envoy answers the client with the
+/// HTTP status; the gRPC code only says "not OK".
+fn status_code(decision: &Decision) -> i32 {
     match decision {
-        Decision::Allow(a) => allowed(a, dynamic_metadata),
-        Decision::Deny(d) => denied(d, dynamic_metadata),
-    }
-}
-
-fn allowed(a: Allow, dynamic_metadata: Option<Struct>) -> CheckResponse {
-    let to_upstream = |(name, value): (Arc<str>, String)| header(name.to_string(), value);
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: rpc_code::OK,
-            ..Default::default()
-        }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: a.set_headers.into_iter().map(to_upstream).collect(),
-            headers_to_remove: a.remove_headers.iter().map(|n| n.to_string()).collect(),
-            query_parameters_to_remove: a.remove_query.iter().map(|q| q.to_string()).collect(),
-            response_headers_to_add: a
-                .response_headers
-                .into_iter()
-                .map(|(n, v)| header(n, v))
-                .collect(),
-            ..Default::default()
-        })),
-        dynamic_metadata,
-    }
-}
-
-fn denied(d: Deny, dynamic_metadata: Option<Struct>) -> CheckResponse {
-    // Envoy answers the client with the HTTP status; the gRPC code only says "not OK".
-    let code = match d.status {
-        400 => rpc_code::INVALID_ARGUMENT,
-        401 => rpc_code::UNAUTHENTICATED,
-        429 => rpc_code::RESOURCE_EXHAUSTED,
-        503 => rpc_code::UNAVAILABLE,
-        _ => rpc_code::PERMISSION_DENIED,
-    };
-    CheckResponse {
-        status: Some(rpc::Status {
-            code,
-            ..Default::default()
-        }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: http_status_code(d.status),
-            }),
-            headers: d.headers.into_iter().map(|(n, v)| header(n, v)).collect(),
-            body: d.body,
-        })),
-        dynamic_metadata,
-    }
-}
-
-fn dynamic_metadata(d: &Decision) -> Option<Struct> {
-    let fields = d.metadata();
-    (!fields.is_empty())
-        .then(|| metadata::structure(fields.into_iter().map(|(k, v)| (k, value(v)))))
-}
-
-fn value(v: MetadataValue<'_>) -> Value {
-    match v {
-        MetadataValue::String(s) => metadata::string(s),
-        MetadataValue::Number(n) => metadata::number(n),
-        MetadataValue::List(items) => metadata::string_list(items),
-        MetadataValue::Struct(fields) => metadata::struct_value(metadata::structure(
-            fields.into_iter().map(|(k, v)| (k, value(v))),
-        )),
+        Decision::Allow(_) => rpc_code::OK,
+        Decision::Deny(d) => match d.status {
+            400 => rpc_code::INVALID_ARGUMENT,
+            401 => rpc_code::UNAUTHENTICATED,
+            429 => rpc_code::RESOURCE_EXHAUSTED,
+            503 => rpc_code::UNAVAILABLE,
+            _ => rpc_code::PERMISSION_DENIED,
+        },
     }
 }
