@@ -1,8 +1,9 @@
 //! The gRPC Check adapter (`envoy.service.auth.v3.Authorization/Check`): the server
 //! ([`CheckServer`]) decodes each `CheckRequest` as [`read::CheckRequest`] (only the fields a
 //! decision reads, maps kept as their entries), reads it as a [`RequestView`] (nothing copied),
-//! and writes the [`Decision`] back as a `CheckResponse`. Nothing else happens here: the
-//! decision, its metrics and log lines are the shared path's.
+//! and writes the [`Decision`] back as the bytes of its `CheckResponse` ([`Answer`], written
+//! from the decision without building the message). Nothing else happens here: the decision,
+//! its metrics and log lines are the shared path's.
 
 use std::convert::Infallible;
 use std::future::Future;
