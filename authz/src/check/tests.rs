@@ -775,3 +775,36 @@ async fn the_check_future_leaves_rare_paths_boxed() {
     let grpc = method.call(tonic::Request::new(Default::default()));
     at_most("grpc check", &*grpc, 3000);
 }
+
+/// The server serves Check alone: another method of the service is answered `UNIMPLEMENTED`
+/// (gRPC status 12), as tonic's generated server answers it.
+#[tokio::test]
+async fn the_server_answers_other_methods_unimplemented() {
+    use tower::ServiceExt;
+    let f = fixture("").await;
+    let server = crate::CheckServer::new(f.grpc.clone());
+    let call = |path: &str| {
+        http::Request::post(path)
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::default())
+            .unwrap()
+    };
+    let other = server
+        .clone()
+        .oneshot(call("/envoy.service.auth.v3.Authorization/Other"))
+        .await
+        .unwrap();
+    assert_eq!(other.headers()["grpc-status"], "12");
+    // Check itself is served: an empty body is not a message, so the codec answers, not 12.
+    let check = server
+        .oneshot(call("/envoy.service.auth.v3.Authorization/Check"))
+        .await
+        .unwrap();
+    assert_ne!(
+        check
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("12")
+    );
+}
