@@ -145,8 +145,9 @@ impl UnaryService<read::CheckRequest> for Unary {
     type Response = Answer;
     type Future = BoxFuture<Result<tonic::Response<Answer>, tonic::Status>>;
 
-    fn call(&mut self, request: tonic::Request<read::CheckRequest>) -> Self::Future {
+    fn call(&mut self, mut request: tonic::Request<read::CheckRequest>) -> Self::Future {
         let service = self.0.clone();
+        request.get_mut().fold_raw_headers();
         if tollgate_common::trace::enabled() {
             return Box::pin(async move {
                 Ok(tonic::Response::new(service.answer_traced(request).await))

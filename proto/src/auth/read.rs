@@ -74,6 +74,79 @@ pub struct HttpRequest {
     pub path: String,
     #[prost(string, tag = "5")]
     pub host: String,
+    /// The headers as a list, one entry per header line, instead of `headers`: what Envoy
+    /// sends with ext_authz's `encode_raw_headers: true`. [`CheckRequest::fold_raw_headers`]
+    /// moves them into `headers`.
+    #[prost(message, optional, tag = "13")]
+    pub header_map: Option<HeaderMap>,
+}
+
+/// `envoy.config.core.v3.HeaderMap`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeaderMap {
+    #[prost(message, repeated, tag = "1")]
+    pub headers: Vec<RawHeader>,
+}
+
+/// `envoy.config.core.v3.HeaderValue`: Envoy fills `key` and `raw_value`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RawHeader {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub raw_value: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// Moves the header list of `encode_raw_headers` into `headers`, as the map Envoy sends
+    /// otherwise would have carried them: one entry per name (lower case), the values of a
+    /// name sent more than once joined by `,` in the order sent, and each byte that is not
+    /// part of valid UTF-8 replaced by `!`. A decision therefore reads the same request
+    /// whichever encoding Envoy is configured with (two `authorization` headers are one
+    /// value that is no credential in both, never the last one alone).
+    pub fn fold_raw_headers(&mut self) {
+        let Some(map) = self.header_map.take() else {
+            return;
+        };
+        for RawHeader {
+            mut key,
+            value,
+            raw_value,
+        } in map.headers
+        {
+            key.make_ascii_lowercase();
+            let value = match raw_value.is_empty() {
+                true => value,
+                false => sanitized(raw_value),
+            };
+            match self.headers.iter_mut().find(|e| e.key == key) {
+                Some(entry) => {
+                    entry.value.push(',');
+                    entry.value.push_str(&value);
+                }
+                None => self.headers.push(Entry { key, value }),
+            }
+        }
+    }
+}
+
+/// `bytes` as UTF-8, each byte of an invalid sequence replaced by `!` (as Envoy sanitises the
+/// values of the header map).
+fn sanitized(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut out = String::with_capacity(bytes.len());
+            for chunk in bytes.utf8_chunks() {
+                out.push_str(chunk.valid());
+                out.extend(std::iter::repeat_n('!', chunk.invalid().len()));
+            }
+            out
+        }
+    }
 }
 
 /// One entry of a `map<string, string>` as it is on the wire (a message of a key and a value).
@@ -96,11 +169,27 @@ pub fn lookup<'a>(entries: &'a [Entry], name: &str) -> Option<&'a str> {
 
 impl CheckRequest {
     /// A full `CheckRequest` read the way the server reads Envoy's message: encoded, then
-    /// decoded as this type (for tests and tools that build the full message).
+    /// decoded as this type, its raw headers folded (for tests and tools that build the full
+    /// message).
     pub fn read(full: &super::CheckRequest) -> Self {
         use prost::Message;
-        Self::decode(full.encode_to_vec().as_slice())
-            .expect("a message encoded by prost decodes as a subset of its fields")
+        let mut read = Self::decode(full.encode_to_vec().as_slice())
+            .expect("a message encoded by prost decodes as a subset of its fields");
+        read.fold_raw_headers();
+        read
+    }
+
+    /// [`HttpRequest::fold_raw_headers`] on the request's HTTP part: what the server does with
+    /// each Check before anything reads its headers.
+    pub fn fold_raw_headers(&mut self) {
+        if let Some(http) = self
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            http.fold_raw_headers();
+        }
     }
 }
 
@@ -196,6 +285,76 @@ mod tests {
         let read = CheckRequest::read(&req);
         let source = read.attributes.unwrap().source.unwrap();
         assert_eq!(source.address.unwrap().socket_address, None);
+    }
+
+    /// A request as Envoy sends it with `encode_raw_headers: true`.
+    fn raw(headers: &[(&str, &[u8])]) -> super::super::CheckRequest {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderMap as FullMap, HeaderValue};
+        let mut req = full_request();
+        let http = req.attributes.as_mut().unwrap().request.as_mut().unwrap();
+        let http = http.http.as_mut().unwrap();
+        http.headers.clear();
+        http.header_map = Some(FullMap {
+            headers: headers
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: k.to_string(),
+                    raw_value: v.to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        req
+    }
+
+    fn headers_of(read: CheckRequest) -> Vec<(String, String)> {
+        let http = read.attributes.unwrap().request.unwrap().http.unwrap();
+        assert_eq!(http.header_map, None, "folded into headers");
+        http.headers.into_iter().map(|e| (e.key, e.value)).collect()
+    }
+
+    #[test]
+    fn raw_headers_fold_into_the_map_envoy_would_have_sent() {
+        let read = CheckRequest::read(&raw(&[
+            (":authority", b"api.example.com"),
+            ("authorization", b"Bearer a"),
+            ("x-forwarded-for", b"198.51.100.1"),
+            ("authorization", b"Bearer b"),
+            ("X-Api-Key", b"k"),
+            ("x-forwarded-for", b"203.0.113.9"),
+        ]));
+        let headers = headers_of(read);
+        let want = [
+            (":authority", "api.example.com"),
+            ("authorization", "Bearer a,Bearer b"),
+            ("x-forwarded-for", "198.51.100.1,203.0.113.9"),
+            ("x-api-key", "k"),
+        ];
+        assert_eq!(
+            headers,
+            want.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
+        );
+    }
+
+    #[test]
+    fn raw_values_that_are_not_utf8_have_each_bad_byte_replaced() {
+        let read = CheckRequest::read(&raw(&[
+            ("x-a", b"ok\xff\xfe-\xc3"),
+            ("x-b", "é".as_bytes()),
+        ]));
+        assert_eq!(
+            headers_of(read),
+            [
+                ("x-a".to_string(), "ok!!-!".to_string()),
+                ("x-b".to_string(), "é".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_without_raw_headers_keeps_its_map() {
+        let read = CheckRequest::read(&full_request());
+        assert_eq!(headers_of(read).len(), 2);
     }
 
     #[test]

@@ -109,7 +109,7 @@ async fn both_shapes_on_one_redis_cluster_count_one_limit_exactly() {
 
 /// The single-call shape with the shipped configs, usage flushed every 100 ms.
 struct OneCall {
-    _upstream: EchoUpstream,
+    upstream: EchoUpstream,
     authz: Authz,
     envoy: Envoy,
     client: reqwest::Client,
@@ -128,7 +128,7 @@ impl OneCall {
             .build()
             .unwrap();
         Self {
-            _upstream: upstream,
+            upstream,
             authz,
             envoy,
             client,
@@ -231,4 +231,61 @@ async fn usage_counts_are_exact_under_concurrent_single_call_load() {
         serde_json::json!({"allowed": 7, "denied": 0, "rate_limited": 33}),
     )
     .await;
+}
+
+/// Envoy's `encode_raw_headers: true` sends a Check's headers as a list (`header_map`), one
+/// entry per header line, instead of the map: tollgate-authz reads either the same. Two Envoys
+/// on the shipped single-call config, one with that setting added, ask one tollgate-authz:
+/// through both, a key is admitted with its identity headers upstream, a request without one
+/// is challenged, and a key sent twice is refused as ambiguous (the map joins both values into
+/// one; the list must not be read as its last entry).
+#[tokio::test]
+async fn a_check_with_raw_encoded_headers_is_read_as_the_map_is() {
+    let gw = OneCall::start().await;
+    let anchor = "              transport_api_version: V3\n";
+    let shipped = Shape::SingleCall.envoy_config();
+    assert_eq!(shipped.matches(anchor).count(), 1);
+    let raw = Envoy::start_with(
+        &shipped.replacen(
+            anchor,
+            &format!("{anchor}              encode_raw_headers: true\n"),
+            1,
+        ),
+        Backends {
+            upstream: gw.upstream.port(),
+            authz: gw.authz.grpc_port(),
+            ratelimit: free_port(),
+        },
+    )
+    .await
+    .unwrap();
+    let key = gw
+        .create(
+            serde_json::json!({"name": "raw", "owner": "team-a", "plan": "gold",
+            "scopes": ["read"]}),
+        )
+        .await;
+    let (id, secret) = (
+        key["key"]["id"].as_str().unwrap(),
+        key["secret"].as_str().unwrap(),
+    );
+    for envoy in [&gw.envoy, &raw] {
+        let get = || gw.client.get(envoy.url("/api/orders"));
+        let ok = get().header("x-api-key", secret).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let echo: tollgate_tests::echo::Echo = ok.json().await.unwrap();
+        assert_eq!(echo.header("x-tollgate-key-id"), Some(id), "{echo:?}");
+        assert_eq!(echo.header("x-tollgate-auth-method"), Some("api_key"));
+        let none = get().send().await.unwrap();
+        assert_eq!(none.status(), 401);
+        assert!(none.headers().contains_key("www-authenticate"));
+        let twice = get()
+            .header("x-api-key", secret)
+            .header("x-api-key", secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(twice.status(), 400, "a key sent twice is ambiguous");
+    }
+    assert!(raw.stat("http.gateway.ext_authz.ok").await >= 1);
 }
