@@ -28,7 +28,7 @@ usage: bench/run.sh envoy  [--rounds N] [--duration SECS] [--connections C] [--t
                         commands per call (from INFO commandstats)
   --stand-in            run noop-grpc in place of the two Tollgate binaries (checks the harness
                         itself while the services are unavailable; results are labelled)
-  --variants A,B,...    run only these variants (envoy: plain native noop tollgate noop1 single
+  --variants A,B,...    run only these variants (envoy: plain native native-headers noop tollgate noop1 single
                         authz-grpc authz-http inprocess modfloor; direct: noop-check tollgate-check
                         noop-ratelimit tollgate-ratelimit tollgate-ratelimit-<algorithm> single-check)
   --no-build            do not run cargo build
@@ -426,7 +426,19 @@ envoy_config() {
   local variant=$1 listen=$2 admin=$3 authz=${4:-} rl=${5:-}
   local filters="" rate_limits="" clusters=""
   case "$variant" in
-    native)
+    native | native-headers)
+      # native-headers (b'): the same two filters producing what the module's answer carries
+      # besides the verdict: the subject and the method upstream (jwt_authn's claim_to_headers,
+      # a route header), rate-limit headers on the client's response (local_ratelimit's
+      # X-RateLimit-* three, where the module sends the IETF two).
+      local claims="" xrl=""
+      if [[ $variant == native-headers ]]; then
+        claims="
+                  claim_to_headers: [{header_name: x-tollgate-subject, claim_name: sub}]"
+        xrl="
+              enable_x_ratelimit_headers: DRAFT_VERSION_03"
+        rate_limits="                request_headers_to_add: [{header: {key: x-tollgate-auth-method, value: jwt}}]"
+      fi
       filters=$(
         cat <<EOF
           - name: envoy.filters.http.jwt_authn
@@ -436,7 +448,7 @@ envoy_config() {
                 bench:
                   issuer: https://issuer.bench.local
                   audiences: [bench]
-                  forward: true
+                  forward: true$claims
                   local_jwks:
                     inline_string: '$JWKS'
                   jwt_cache_config:
@@ -447,7 +459,7 @@ envoy_config() {
           - name: envoy.filters.http.local_ratelimit
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-              stat_prefix: bench_local
+              stat_prefix: bench_local$xrl
               token_bucket:
                 max_tokens: 1000000000
                 tokens_per_fill: 1000000000
@@ -626,6 +638,7 @@ EOF
 declare -A CHECKS=(
   [plain]=""
   [native]="http.ingress.jwt_authn.allowed bench_local.http_local_rate_limit.ok"
+  [native-headers]="http.ingress.jwt_authn.allowed bench_local.http_local_rate_limit.ok"
   [noop]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
   [tollgate]="http.ingress.ext_authz.ok cluster.upstream.ratelimit.ok"
   [noop1]="http.ingress.ext_authz.ok"
@@ -710,13 +723,14 @@ run_envoy_mode() {
   command -v wrk >/dev/null || die "wrk not found (apt-get install -y wrk)"
   [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (run scripts/setup.sh, or set ENVOY=/path/to/envoy)"
 
-  VARIANTS=(plain native noop tollgate noop1)
+  VARIANTS=(plain native native-headers noop tollgate noop1)
   # tollgate-authz alone, over each ext_authz flavour (noop-grpc speaks no HTTP ext_authz).
   [[ $STAND_IN == 1 ]] || VARIANTS+=(authz-grpc authz-http)
   VARIANTS+=(inprocess modfloor)
   declare -gA LABEL=(
     [plain]="(a) plain proxy"
     [native]="(b) jwt_authn + local_ratelimit"
+    [native-headers]="(b') (b) + Tollgate's headers"
     [noop]="(c) ext_authz+ratelimit: noop-grpc"
     [tollgate]="(d) ext_authz+ratelimit: $TG_LABEL"
     [noop1]="(e) ext_authz only: noop-grpc"
@@ -728,7 +742,7 @@ run_envoy_mode() {
   )
   # Processes whose CPU each variant is charged with (beyond its own Envoy); the single-call
   # authz is reported in the authz column.
-  declare -gA PROCS=([plain]="upstream" [native]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit"
+  declare -gA PROCS=([plain]="upstream" [native]="upstream" [native-headers]="upstream" [noop]="upstream noop" [tollgate]="upstream authz ratelimit"
     [noop1]="upstream noop" [single]="upstream single" [authz-grpc]="upstream authz" [authz-http]="upstream authz"
     [inprocess]="upstream" [modfloor]="upstream")
   # Where Envoy finds the module (variant i).
@@ -895,6 +909,11 @@ run_envoy_mode() {
       "p50 latency (f)/(e)" "$(ratio "$(col single 4)" "$(col noop1 4)")" \
       "service CPU per request" "$(ratio "$single_svc" "$noop1_svc")  (single-call authz $single_svc us, noop-grpc $noop1_svc us)" \
       "total CPU per request" "(f)/(e) $(ratio "$(col single 11)" "$(col noop1 11)"), (f)/(d) $(ratio "$(col single 11)" "$(col tollgate 11)")"
+  fi
+  if [[ " ${VARIANTS[*]} " == *" inprocess "* ]]; then
+    echo "In-process (i) / native (b), and / native with the same headers (b'):"
+    printf '  %-26s %s\n' "throughput" "(i)/(b) $(ratio "$(col inprocess 3)" "$(col native 3)"), (i)/(b') $(ratio "$(col inprocess 3)" "$(col native-headers 3)")" \
+      "Envoy CPU per request" "(i)/(b) $(ratio "$(col inprocess 6)" "$(col native 6)"), (i)/(b') $(ratio "$(col inprocess 6)" "$(col native-headers 6)")"
   fi
   echo "Each variant / plain proxy:"
   printf '  %-38s %6s %6s %6s %6s %6s\n' "" req/s p50 p99 envoy total
