@@ -105,7 +105,7 @@ impl HttpRequest {
     /// name sent more than once joined by `,` in the order sent, and each byte that is not
     /// part of valid UTF-8 replaced by `!`. A decision therefore reads the same request
     /// whichever encoding Envoy is configured with (two `authorization` headers are one
-    /// value that is no credential in both, never the last one alone).
+    /// value, refused as ambiguous in both, never the last one alone).
     pub fn fold_raw_headers(&mut self) {
         let Some(map) = self.header_map.take() else {
             return;
