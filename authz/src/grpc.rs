@@ -57,13 +57,7 @@ impl AuthzService {
     async fn answer_traced(&self, request: tonic::Request<read::CheckRequest>) -> Answer {
         // Envoy's span for this call is in the gRPC metadata; without it, the client's trace
         // in the checked request's headers.
-        let headers = request
-            .get_ref()
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map(|h| h.headers.as_slice());
+        let headers = request.get_ref().http().map(|h| h.headers.as_slice());
         let span = tollgate_server::trace::server_span(
             "envoy.service.auth.v3.Authorization/Check",
             request.metadata(),
@@ -124,17 +118,7 @@ where
 
 /// The answer to a method this service does not have.
 fn unimplemented() -> http::Response<tonic::body::Body> {
-    let mut response = http::Response::new(tonic::body::Body::default());
-    let headers = response.headers_mut();
-    headers.insert(
-        tonic::Status::GRPC_STATUS,
-        (tonic::Code::Unimplemented as i32).into(),
-    );
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        tonic::metadata::GRPC_CONTENT_TYPE,
-    );
-    response
+    tonic::Status::unimplemented("").into_http()
 }
 
 /// The Check method. Its future holds the message once besides the decision's own state;

@@ -38,10 +38,10 @@ pub struct Answer(Vec<u8>);
 impl Answer {
     pub fn of(decision: &Decision) -> Self {
         let metadata = decision.metadata();
-        let len = response_len(decision, &metadata);
-        let mut out = Vec::with_capacity(len);
-        put_response(&mut out, decision, &metadata);
-        debug_assert_eq!(out.len(), len);
+        let lens = Lens::of(decision, &metadata);
+        let mut out = Vec::with_capacity(lens.total());
+        put_response(&mut out, decision, &metadata, &lens);
+        debug_assert_eq!(out.len(), lens.total());
         Answer(out)
     }
 
@@ -138,31 +138,43 @@ fn put_option(out: &mut Vec<u8>, tag: u32, key: &str, value: &str) {
     put_varint(out, 3, OVERWRITE_IF_EXISTS_OR_ADD);
 }
 
+/// A repeated `HeaderValueOption` field `tag`, one element per header.
+fn options_len<K: AsRef<str>>(tag: u32, headers: &[(K, String)]) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| field_len(tag, option_len(k.as_ref(), v)))
+        .sum()
+}
+
+fn put_options<K: AsRef<str>>(out: &mut Vec<u8>, tag: u32, headers: &[(K, String)]) {
+    for (k, v) in headers {
+        put_option(out, tag, k.as_ref(), v);
+    }
+}
+
+/// A repeated string field `tag`.
+fn elements_len<S: AsRef<str>>(tag: u32, items: &[S]) -> usize {
+    items.iter().map(|s| element_len(tag, s.as_ref())).sum()
+}
+
+fn put_elements<S: AsRef<str>>(out: &mut Vec<u8>, tag: u32, items: &[S]) {
+    for s in items {
+        put_element(out, tag, s.as_ref());
+    }
+}
+
 fn body_len(decision: &Decision) -> usize {
     match decision {
         Decision::Allow(a) => {
-            let set: usize = a
-                .set_headers
-                .iter()
-                .map(|(k, v)| field_len(2, option_len(k, v)))
-                .sum();
-            let removed: usize = a.remove_headers.iter().map(|n| element_len(5, n)).sum();
-            let added: usize = a
-                .response_headers
-                .iter()
-                .map(|(k, v)| field_len(6, option_len(k, v)))
-                .sum();
-            let query: usize = a.remove_query.iter().map(|q| element_len(8, q)).sum();
-            set + removed + added + query
+            options_len(2, &a.set_headers)
+                + elements_len(5, &a.remove_headers)
+                + options_len(6, &a.response_headers)
+                + elements_len(8, &a.remove_query)
         }
         Decision::Deny(d) => {
-            let status = field_len(1, varint_len(1, http_code(d.status)));
-            let headers: usize = d
-                .headers
-                .iter()
-                .map(|(k, v)| field_len(2, option_len(k, v)))
-                .sum();
-            status + headers + string_len(3, &d.body)
+            field_len(1, varint_len(1, http_code(d.status)))
+                + options_len(2, &d.headers)
+                + string_len(3, &d.body)
         }
     }
 }
@@ -170,26 +182,16 @@ fn body_len(decision: &Decision) -> usize {
 fn put_body(out: &mut Vec<u8>, decision: &Decision) {
     match decision {
         Decision::Allow(a) => {
-            for (k, v) in &a.set_headers {
-                put_option(out, 2, k, v);
-            }
-            for name in &a.remove_headers {
-                put_element(out, 5, name);
-            }
-            for (k, v) in &a.response_headers {
-                put_option(out, 6, k, v);
-            }
-            for q in &a.remove_query {
-                put_element(out, 8, q);
-            }
+            put_options(out, 2, &a.set_headers);
+            put_elements(out, 5, &a.remove_headers);
+            put_options(out, 6, &a.response_headers);
+            put_elements(out, 8, &a.remove_query);
         }
         Decision::Deny(d) => {
             let code = http_code(d.status);
             put_field_head(out, 1, varint_len(1, code));
             put_varint(out, 1, code);
-            for (k, v) in &d.headers {
-                put_option(out, 2, k, v);
-            }
+            put_options(out, 2, &d.headers);
             put_string(out, 3, &d.body);
         }
     }
@@ -211,25 +213,39 @@ fn body_tag(decision: &Decision) -> u32 {
 
 type Fields<'a> = [(&'static str, MetadataValue<'a>)];
 
-fn response_len(decision: &Decision, metadata: &Fields<'_>) -> usize {
-    let status = field_len(1, varint_len(1, rpc_code(decision)));
-    let body = field_len(body_tag(decision), body_len(decision));
-    let metadata = if metadata.is_empty() {
-        0
-    } else {
-        field_len(4, struct_len(metadata))
-    };
-    status + body + metadata
+/// The lengths of the answer's top-level parts, computed once for sizing and writing.
+struct Lens {
+    code: u64,
+    body: usize,
+    /// `None` when there is no metadata (the field is left out).
+    metadata: Option<usize>,
+    tag: u32,
 }
 
-fn put_response(out: &mut Vec<u8>, decision: &Decision, metadata: &Fields<'_>) {
-    let code = rpc_code(decision);
-    put_field_head(out, 1, varint_len(1, code));
-    put_varint(out, 1, code);
-    put_field_head(out, body_tag(decision), body_len(decision));
+impl Lens {
+    fn of(decision: &Decision, metadata: &Fields<'_>) -> Self {
+        Lens {
+            code: rpc_code(decision),
+            body: body_len(decision),
+            metadata: (!metadata.is_empty()).then(|| struct_len(metadata)),
+            tag: body_tag(decision),
+        }
+    }
+
+    fn total(&self) -> usize {
+        field_len(1, varint_len(1, self.code))
+            + field_len(self.tag, self.body)
+            + self.metadata.map_or(0, |len| field_len(4, len))
+    }
+}
+
+fn put_response(out: &mut Vec<u8>, decision: &Decision, metadata: &Fields<'_>, lens: &Lens) {
+    put_field_head(out, 1, varint_len(1, lens.code));
+    put_varint(out, 1, lens.code);
+    put_field_head(out, lens.tag, lens.body);
     put_body(out, decision);
-    if !metadata.is_empty() {
-        put_field_head(out, 4, struct_len(metadata));
+    if let Some(len) = lens.metadata {
+        put_field_head(out, 4, len);
         put_struct(out, metadata);
     }
 }

@@ -179,15 +179,16 @@ impl CheckRequest {
         read
     }
 
+    /// The checked HTTP request, when there is one.
+    pub fn http(&self) -> Option<&HttpRequest> {
+        self.attributes.as_ref()?.request.as_ref()?.http.as_ref()
+    }
+
     /// [`HttpRequest::fold_raw_headers`] on the request's HTTP part: what the server does with
     /// each Check before anything reads its headers.
     pub fn fold_raw_headers(&mut self) {
-        if let Some(http) = self
-            .attributes
-            .as_mut()
-            .and_then(|a| a.request.as_mut())
-            .and_then(|r| r.http.as_mut())
-        {
+        let http = self.attributes.as_mut().and_then(|a| a.request.as_mut());
+        if let Some(http) = http.and_then(|r| r.http.as_mut()) {
             http.fold_raw_headers();
         }
     }
