@@ -1,4 +1,4 @@
-//! The module's background runtime: a small multi-threaded tokio runtime, created on first use
+//! The module's background runtime: a tokio runtime of one thread, created on first use
 //! and kept for the life of the process, where the module's I/O runs (Redis connections, JWKS
 //! and introspection requests, the file watcher) and its timers fire. Envoy's worker threads
 //! never block on it: a paused request's future, polled on the worker, registers its waker
@@ -10,9 +10,13 @@ use std::sync::OnceLock;
 use tokio::runtime::{Builder, Runtime};
 use tokio::task::AbortHandle;
 
-/// At most this many background threads however many cores: the work they do is waiting on
-/// I/O and timers, while the cores belong to Envoy's workers.
-const MAX_THREADS: usize = 2;
+/// One background thread, however many cores: what runs there is I/O and timers (a Redis
+/// connection's driver writing a turn's calls and reading their replies, JWKS and
+/// introspection clients, the file watcher), and the verdicts themselves are polled on Envoy's
+/// workers. A second thread only adds wake-ups: with Redis counters through one worker, two
+/// threads made about twice the context switches per request of one, and cost Envoy more CPU
+/// (bench/README.md). Config reloads and file reads run on tokio's blocking pool, not here.
+const THREADS: usize = 1;
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
@@ -24,11 +28,8 @@ pub(crate) struct RuntimeUnavailable(String);
 fn runtime() -> Result<&'static Runtime, RuntimeUnavailable> {
     RUNTIME
         .get_or_init(|| {
-            let threads = std::thread::available_parallelism()
-                .map_or(1, usize::from)
-                .min(MAX_THREADS);
             Builder::new_multi_thread()
-                .worker_threads(threads)
+                .worker_threads(THREADS)
                 .thread_name("tollgate-bg")
                 .enable_all()
                 .build()
