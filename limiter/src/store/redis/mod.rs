@@ -49,7 +49,6 @@
 //! - [`script`] and `script.lua`: the script call and the script.
 //! - [`deadline`]: deadlines on Redis' clock. [`breaker`]: the circuit breaker.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -551,12 +550,20 @@ pub fn key_of(prefix: &str, h: &Hit<'_>) -> String {
         s.push('}');
     }
     let r = &h.rule;
-    let _ = write!(s, ":v2:{}:{}:{}", r.store_code(), r.window_us(), r.limit);
+    let mut digits = itoa::Buffer::new();
+    s.push_str(":v2:");
+    s.push_str(digits.format(r.store_code()));
+    s.push(':');
+    s.push_str(digits.format(r.window_us()));
+    s.push(':');
+    s.push_str(digits.format(r.limit));
     if let Some(b) = r.burst {
-        let _ = write!(s, ":{b}");
+        s.push(':');
+        s.push_str(digits.format(b));
     }
     if let Some(p) = r.period {
-        let _ = write!(s, ":{}", p.key_part());
+        s.push(':');
+        s.push_str(&p.key_part());
     }
     s
 }

@@ -3,8 +3,6 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use std::io::Write as _;
-
 use super::super::{Hit, Outcome, StoreError};
 use super::pipeline::ScriptPart;
 use crate::algorithm::{Algorithm, Rule, sliding_bucket_us};
@@ -174,7 +172,7 @@ pub(super) fn encode_merged<'p>(
     for p in parts.clone() {
         buf.extend_from_slice(&p.keys);
     }
-    let _ = write!(buf, "${}\r\n", 2 + args);
+    super::resp::head(buf, b'$', 2 + args);
     buf.extend_from_slice(&requests.to_le_bytes());
     for p in parts {
         buf.extend_from_slice(&p.args);
